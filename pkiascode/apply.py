@@ -1,0 +1,492 @@
+"""The executor: makes exactly the changes of a `Plan`, crash-safely.
+
+Order of work:
+
+1. finish whatever an interrupted apply left (`recover`);
+2. check every key store the plan touches (so a fault stops us before any change);
+3. move keys (export, import, prove the new copy signs for the existing certificate);
+4. make new keys, in parallel (RSA generation releases the GIL), journaling each as it is made;
+5. sign certificates in plan order (parents before children), then the CRLs that changed;
+6. write the whole outcome to a transaction file, roll it into ``state/``, commit ``state/``;
+7. only then delete the keys nobody needs any more.
+
+Killed anywhere before 6, nothing in ``state/`` changed and the journaled keys are deleted by the next
+run; killed after, the next run completes the transaction. A committed certificate never loses its key.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import datetime as dt
+import hashlib
+import os
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
+
+from . import audit
+from .backend import KeyRef, KeyRequest, KeyStore
+from .errors import BackendError, PkiError, StalePlanError
+from .gitops import check_ignored, find_repository
+from .model import CSR_STORE, Entry, Kind, Record, format_time
+from .plan import Action, Change, Plan
+from .project import Project
+from .state import StateDir
+
+__all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight"]
+
+
+class Progress(Protocol):
+    def phase(self, label: str, total: int) -> None: ...
+    def advance(self, n: int = 1) -> None: ...
+    def note(self, message: str) -> None: ...
+    def done(self) -> None: ...
+
+
+class NullProgress:
+    def phase(self, label: str, total: int) -> None:
+        pass
+
+    def advance(self, n: int = 1) -> None:
+        pass
+
+    def note(self, message: str) -> None:
+        pass
+
+    def done(self) -> None:
+        pass
+
+
+@dataclasses.dataclass
+class ApplyResult:
+    summary: dict[str, int]
+    commit: str | None
+    warnings: list[str]
+    message: str
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+def _ref(rec: Record) -> KeyRef:
+    return KeyRef(rec.store, rec.key_id, rec.key_origin)
+
+
+def preflight(project: Project, commit: bool) -> None:
+    """Refuse to start if a local key directory is not git-ignored, or committing is impossible."""
+    repo = find_repository(project.base_dir)
+    dirs = [d for name in project.desired().stores for d in project.store(name).local_key_dirs()]
+    if repo is not None:
+        check_ignored(repo, dirs, project.base_dir)
+    elif commit:
+        raise PkiError(f"{project.base_dir} is not in a git repository: run `git init` (or `pki init`), "
+                       "or apply with --no-commit")
+
+
+def check_plan_fresh(project: Project, plan: Plan) -> None:
+    desired = project.desired()
+    if plan.config_digest != desired.digest:
+        raise StalePlanError("the saved plan is stale: pki.toml changed since it was made; run `pki plan` again")
+    observed, _ = project.observe()
+    if plan.state_digest != observed.digest:
+        raise StalePlanError("the saved plan is stale: state changed since it was made; run `pki plan` again")
+
+
+# -- recovery ------------------------------------------------------------------------------------
+
+def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
+    """Finish an interrupted apply and clean up after one. Returns notes for the user."""
+    state = project.state
+    notes: list[str] = []
+    txn = state.pending_txn()
+    if txn is not None:
+        progress.note("completing an interrupted apply")
+        _finish(project, state, txn, commit=commit and txn.get("commit", True), progress=progress)
+        notes.append("completed an interrupted apply: " + txn["message"].splitlines()[0])
+    else:
+        orphans = _cleanup_orphans(project, state)
+        if orphans:
+            notes.append(f"deleted {orphans} key(s) left by an interrupted apply")
+    notes.extend(_process_deletes(project, state))
+    return notes
+
+
+def _referenced(state: StateDir) -> set[tuple[str, str]]:
+    observed, _ = state.observe()
+    return {(r.store, r.key_id) for r in observed.records.values()}
+
+
+def _cleanup_orphans(project: Project, state: StateDir) -> int:
+    journaled = state.journaled_keys()
+    if not journaled:
+        return 0
+    used = _referenced(state)
+    stale = [(s, i) for s, i in journaled if (s, i) not in used]
+    count = 0
+    for store_name, key_id in stale:
+        if store_name not in project.desired().stores:
+            continue
+        try:
+            project.store(store_name).delete(KeyRef(store_name, key_id))
+            count += 1
+        except BackendError:
+            state.set_pending_deletes(state.pending_deletes() + [(store_name, key_id)])
+    state.clear_key_journal()
+    return count
+
+
+def _process_deletes(project: Project, state: StateDir) -> list[str]:
+    pending = state.pending_deletes()
+    if not pending:
+        return []
+    used = _referenced(state)
+    left: list[tuple[str, str]] = []
+    notes = []
+    for store_name, key_id in pending:
+        if (store_name, key_id) in used:
+            continue  # never delete a key the state still needs
+        if store_name not in project.desired().stores:
+            notes.append(f"old key {key_id} in backend {store_name} was not deleted: the backend is no "
+                         "longer defined")
+            continue
+        try:
+            project.store(store_name).delete(KeyRef(store_name, key_id))
+        except BackendError as e:
+            left.append((store_name, key_id))
+            notes.append(f"old key {key_id} could not be deleted yet ({e}); the next apply retries")
+    state.set_pending_deletes(left)
+    return notes
+
+
+def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
+            progress: Progress) -> str | None:
+    state.roll_forward(txn)
+    sha = None
+    if commit:
+        repo = find_repository(project.base_dir)
+        if repo is None:
+            raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
+        progress.note("committing state")
+        sha = repo.commit_state(state.root, txn["message"])
+    state.set_pending_deletes(state.pending_deletes() + [tuple(x) for x in txn["retire_keys"]])
+    state.finish()
+    _cleanup_orphans(project, state)
+    return sha
+
+
+# -- execution -----------------------------------------------------------------------------------
+
+class _Run:
+    def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress) -> None:
+        self.project = project
+        self.plan = plan
+        self.now = now
+        self.progress = progress
+        self.desired = project.desired()
+        self.state = project.state
+        observed, inv = project.observe(check_keys=False)
+        self.records: dict[str, Record] = dict(observed.records)
+        self.objects: dict[str, Any] = dict(inv["objects"])
+        self.revocations: list[dict[str, Any]] = list(inv["revocations"])
+        self.files: dict[str, str | None] = {}
+        self.events: list[dict[str, Any]] = []
+        self.retire: list[tuple[str, str]] = []
+        self.certs: dict[str, Any] = {}
+        self.new_keys: dict[str, KeyRef] = {}
+        self.crl_due: set[str] = set()
+        self.signers: dict[str, Any] = {}
+        self.plan_digest = hashlib.sha256(plan.dumps().encode()).hexdigest()
+        self.actor = audit.actor()
+
+    # helpers
+    def entry(self, name: str) -> Entry:
+        return self.desired.entries[name]
+
+    def cert(self, name: str) -> Any:
+        from .x509 import load_certificate
+
+        if name not in self.certs:
+            try:
+                self.certs[name] = load_certificate(self.state.cert_path(name).read_bytes())
+            except (FileNotFoundError, ValueError):
+                raise PkiError(f"{self.state.rel}/certs/{name}.pem is missing or damaged; run `pki plan` "
+                               "to see the repair") from None
+        return self.certs[name]
+
+    def signer(self, name: str) -> Any:
+        rec = self.records[name]
+        key = (rec.store, rec.key_id)
+        if key not in self.signers:
+            self.signers[key] = self.project.store(rec.store).signer(_ref(rec))
+        return self.signers[key]
+
+    def event(self, change: Change | None, action: str, kind: Kind, name: str, *, serial: str | None,
+              sha256: str | None, not_after: str | None, backend: str | None, **extra: Any) -> None:
+        e = {"time": format_time(self.now), "actor": self.actor, "action": action, "kind": kind.value,
+             "name": name, "serial": serial, "sha256": sha256, "not_after": not_after, "backend": backend,
+             "plan": self.plan_digest}
+        if change is not None:
+            e["reasons"] = list(change.reasons)
+        e.update(extra)
+        self.events.append(e)
+
+    def stores_touched(self) -> list[str]:
+        names: set[str] = set()
+        for change in self.plan.changes:
+            for n in (change.name, self.records[change.name].issuer if change.name in self.records else None,
+                      self.desired.entries[change.name].issuer if change.name in self.desired.entries else None):
+                if n is None:
+                    continue
+                if n in self.desired.entries and not self.desired.entries[n].csr:
+                    names.add(self.desired.entries[n].backend)
+                if n in self.records and self.records[n].store != CSR_STORE:
+                    names.add(self.records[n].store)
+        return sorted(n for n in names if n in self.desired.stores)
+
+    # phases
+    def check_stores(self) -> None:
+        for name in self.stores_touched():
+            self.project.store(name).check()
+
+    def move_keys(self) -> None:
+        from .x509 import prove_key
+
+        moves = [c for c in self.plan.changes if c.action is Action.MOVE_KEY]
+        if not moves:
+            return
+        self.progress.phase("moving keys", len(moves))
+        for change in moves:
+            entry, rec = self.entry(change.name), self.records[change.name]
+            old_store, new_store = self.project.store(rec.store), self.project.store(entry.backend)
+            key = old_store.export(_ref(rec))
+            request = KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable)
+            new_ref = new_store.import_key(request, key)
+            self.state.journal_key(new_ref.store, new_ref.id)
+            prove_key(new_store.signer(new_ref), self.cert(change.name).public_key(),
+                      what=f"{entry.qualified} in backend {entry.backend}")
+            new = dataclasses.replace(rec, store=entry.backend, plugin=new_store.plugin, key_id=new_ref.id,
+                                      key_origin="imported", key_exportable=new_store.is_exportable(new_ref))
+            self.records[change.name] = new
+            self.objects[change.name] = new.to_json()
+            self.retire.append((rec.store, rec.key_id))
+            self.event(change, "move_key", entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
+                       not_after=format_time(rec.not_after), backend=entry.backend,
+                       moved_from=rec.store)
+            self.progress.advance()
+
+    def generate_keys(self) -> None:
+        wanted = [c for c in self.plan.changes if c.makes_key and not self.entry(c.name).csr]
+        if not wanted:
+            return
+        self.progress.phase("generating keys", len(wanted))
+
+        def make(change: Change) -> KeyRef:
+            entry = self.entry(change.name)
+            request = KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable)
+            return self.project.store(entry.backend).generate(request)
+
+        parallel = len(wanted) > 1 and any(self.entry(c.name).key.slow_to_generate
+                                           or self.project.store(self.entry(c.name).backend).plugin != "local"
+                                           for c in wanted)
+        if not parallel:
+            for change in wanted:
+                ref = make(change)
+                self.state.journal_key(ref.store, ref.id)
+                self.new_keys[change.name] = ref
+                self.progress.advance()
+            return
+        workers = min(len(wanted), max(2, (os.cpu_count() or 2)))
+        with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pki-keygen") as pool:
+            futures = {pool.submit(make, c): c for c in wanted}
+            error: BaseException | None = None
+            for future in concurrent.futures.as_completed(futures):
+                try:
+                    ref = future.result()
+                except BaseException as e:  # noqa: BLE001 - re-raised after the others finish
+                    if error is None:
+                        error = e
+                        for f in futures:
+                            f.cancel()
+                    continue
+                self.state.journal_key(ref.store, ref.id)
+                self.new_keys[futures[future].name] = ref
+                self.progress.advance()
+            if error is not None:
+                raise error
+
+    def sign(self) -> None:
+        from .x509 import build_certificate, fingerprint, pem, ski_hex
+
+        makers = [c for c in self.plan.changes if c.makes_certificate]
+        if makers:
+            self.progress.phase("signing certificates", len(makers))
+        csrs = self.project.csrs()
+        for change in self.plan.changes:
+            if change.action is Action.REVOKE:
+                self.revoke(change)
+                continue
+            if change.action is Action.UPDATE_CRL:
+                self.crl_due.add(change.name)
+                continue
+            if not change.makes_certificate:
+                continue
+            entry = self.entry(change.name)
+            old = self.records.get(change.name)
+            if entry.csr:
+                info = csrs[entry.name]
+                public_key, key_id, origin, exportable, plugin = info.public_key, info.digest, "csr", False, CSR_STORE
+                store_name = CSR_STORE
+            else:
+                ref = self.new_keys.get(change.name) if change.makes_key else _ref(old)  # type: ignore[arg-type]
+                assert ref is not None
+                store = self.project.store(ref.store)
+                public_key = store.public_key(ref)
+                key_id, origin, exportable, plugin = ref.id, ref.origin, store.is_exportable(ref), store.plugin
+                store_name = ref.store
+            if entry.issuer is None:
+                if entry.csr:
+                    raise PkiError(f"{entry.qualified}: a self-signed authority cannot be made from a CSR")
+                signer = self.project.store(store_name).signer(KeyRef(store_name, key_id, origin))
+                issuer_cert = None
+                not_after = self.now + dt.timedelta(seconds=entry.validity)
+            else:
+                issuer_cert = self.cert(entry.issuer)
+                signer = self.signer(entry.issuer)
+                not_after = min(self.now + dt.timedelta(seconds=entry.validity), issuer_cert.not_valid_after_utc)
+            cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
+                                     now=self.now, not_after=not_after,
+                                     subject=csrs[entry.name].subject if entry.csr else None)
+            from .keytypes import key_type_of
+
+            rec = Record(
+                name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
+                sha256=fingerprint(cert), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
+                plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
+                ski=ski_hex(public_key), issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert else None,
+                spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
+                crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
+            )
+            if old is not None:
+                if change.revoke_reason and not old.revoked:
+                    self.add_revocation(old, change.revoke_reason)
+                if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
+                    self.retire.append((old.store, old.key_id))
+            self.records[entry.name] = rec
+            self.objects[entry.name] = rec.to_json()
+            self.certs[entry.name] = cert
+            self.signers.pop((rec.store, rec.key_id), None)
+            self.files[f"certs/{entry.name}.pem"] = pem(cert).decode()
+            if entry.kind is Kind.AUTHORITY:
+                self.crl_due.add(entry.name)
+            self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
+                       not_after=format_time(rec.not_after), backend=rec.store,
+                       **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}))
+            self.progress.advance()
+
+    def add_revocation(self, rec: Record, reason: str, date: str | None = None) -> None:
+        if rec.issuer is None:
+            return  # a self-signed root is on no CRL: distrust it by removing it from trust stores
+        self.revocations.append({"issuer": rec.issuer, "serial": rec.serial, "name": rec.name,
+                                 "date": date or format_time(self.now), "reason": reason,
+                                 "not_after": format_time(rec.not_after)})
+        self.crl_due.add(rec.issuer)
+
+    def revoke(self, change: Change) -> None:
+        rec = self.records[change.name]
+        entry = self.desired.entries.get(change.name)
+        date = entry.revoked.date if entry is not None and entry.revoked and entry.revoked.date else None
+        if change.revoke_reason and not rec.revoked:
+            self.add_revocation(rec, change.revoke_reason, date)
+        keep = self.desired.settings.keep_revoked_keys
+        if rec.store != CSR_STORE and not keep and not rec.revoked:
+            self.retire.append((rec.store, rec.key_id))
+        if change.retire:
+            self.records.pop(change.name)
+            self.objects.pop(change.name, None)
+            self.files[f"certs/{change.name}.pem"] = None
+            if rec.kind is Kind.AUTHORITY:
+                self.files[f"crl/{change.name}.crl"] = None
+        else:
+            new = dataclasses.replace(rec, revoked={"reason": change.revoke_reason or "unspecified",
+                                                    "date": date or format_time(self.now)})
+            self.records[change.name] = new
+            self.objects[change.name] = new.to_json()
+        self.event(change, "revoke", rec.kind, rec.name, serial=rec.serial, sha256=rec.sha256,
+                   not_after=format_time(rec.not_after), backend=rec.store,
+                   reason=change.revoke_reason, retired=change.retire)
+
+    def sign_crls(self) -> None:
+        from .x509 import build_crl, crl_pem
+
+        due = [n for n in self.desired.entries if n in self.crl_due and n in self.records]
+        if not due:
+            return
+        self.progress.phase("signing CRLs", len(due))
+        for name in due:
+            entry, rec = self.entry(name), self.records[name]
+            previous = rec.crl or {}
+            number = int(previous.get("number") or 0) + 1
+            next_update = self.now + dt.timedelta(seconds=entry.crl_validity)
+            revs = [r for r in self.revocations if r["issuer"] == name]
+            crl = build_crl(self.cert(name), self.signer(name), revs, number=number, this_update=self.now,
+                            next_update=next_update)
+            data = crl_pem(crl)
+            from cryptography.hazmat.primitives import serialization
+
+            digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()
+            info = {"number": number, "this_update": format_time(self.now), "next_update": format_time(next_update),
+                    "sha256": digest, "validity": entry.crl_validity, "revoked": len(revs)}
+            new = dataclasses.replace(rec, crl=info)
+            self.records[name] = new
+            self.objects[name] = new.to_json()
+            self.files[f"crl/{name}.crl"] = data.decode()
+            change = next((c for c in self.plan.changes if c.name == name and c.action is Action.UPDATE_CRL), None)
+            self.event(change, "update_crl", Kind.AUTHORITY, name, serial=None, sha256=digest,
+                       not_after=info["next_update"], backend=rec.store, crl_number=number)
+            self.progress.advance()
+
+    def message(self) -> str:
+        counts = self.plan.summary()
+        from .plan import _PAST  # the same words the summary line uses
+
+        head = "pki apply: " + ", ".join(f"{n} {_PAST[Action(a)]}" for a, n in counts.items())
+        body = [f"{c.action.value} {c.qualified}: {'; '.join(c.reasons)}" for c in self.plan.changes]
+        return head + "\n\n" + "\n".join(body) + "\n"
+
+    def transaction(self, commit: bool) -> dict[str, Any]:
+        prev, seq = audit.tail_hash(self.state.audit_path)
+        lines = audit.chain(self.events, prev=prev, seq=seq)
+        inventory = StateDir.render_inventory({"objects": self.objects, "revocations": self.revocations})
+        return {"inventory": inventory.decode(), "files": self.files, "audit_prev": prev, "audit": lines,
+                "message": self.message(), "retire_keys": sorted(set(self.retire)), "commit": commit}
+
+
+def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
+            now: dt.datetime | None = None) -> ApplyResult:
+    """Apply ``plan``. The caller holds the apply lock and has run `recover`."""
+    progress = progress or NullProgress()
+    run = _Run(project, plan, now or _now(), progress)
+    if plan.empty:
+        return ApplyResult({}, None, [], "")
+    run.check_stores()
+    try:
+        run.move_keys()
+        run.generate_keys()
+        run.sign()
+        run.sign_crls()
+    except BaseException:
+        # nothing reached state/: the keys made so far are orphans; delete them now if we can
+        try:
+            _cleanup_orphans(project, run.state)
+        except Exception:  # noqa: BLE001 - the original error matters more
+            pass
+        raise
+    txn = run.transaction(commit)
+    progress.phase("writing state", 1)
+    run.state.begin(txn)
+    sha = _finish(project, run.state, txn, commit=commit, progress=progress)
+    notes = _process_deletes(project, run.state)
+    progress.done()
+    return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])

@@ -1,0 +1,139 @@
+"""``state/audit.jsonl``: an append-only, hash-chained log of every change ever applied.
+
+Each line is one JSON object with at least ``seq, time, actor, action, kind, name, serial, sha256,
+not_after, backend, plan, prev, hash``. ``hash`` is the SHA-256 of the line's canonical JSON (sorted
+keys, no spaces) without ``hash``; ``prev`` is the previous line's ``hash`` (64 zeros for the
+first). Changing, removing or reordering any line breaks the chain from there on.
+"""
+
+from __future__ import annotations
+
+import getpass
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["GENESIS", "canonical", "line_hash", "chain", "read_lines", "tail_hash", "verify", "actor"]
+
+GENESIS = "0" * 64
+#: actions after which the log knows an object's current certificate
+ISSUING = ("create", "reissue", "renew", "rekey", "import")
+REQUIRED = ("seq", "time", "actor", "action", "kind", "name", "serial", "sha256", "not_after", "backend",
+            "plan", "prev", "hash")
+
+
+def canonical(obj: Mapping[str, Any]) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+def line_hash(obj: Mapping[str, Any]) -> str:
+    return hashlib.sha256(canonical({k: v for k, v in obj.items() if k != "hash"})).hexdigest()
+
+
+def chain(events: Iterable[Mapping[str, Any]], *, prev: str, seq: int) -> list[dict[str, Any]]:
+    """Number and link ``events`` after a log whose last line has ``hash == prev`` and ``seq == seq``."""
+    out = []
+    for event in events:
+        seq += 1
+        line = dict(event, seq=seq, prev=prev)
+        line["hash"] = line_hash(line)
+        prev = line["hash"]
+        out.append(line)
+    return out
+
+
+def read_lines(path: Path) -> list[str]:
+    try:
+        return path.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        return []
+
+
+def tail_hash(path: Path) -> tuple[str, int]:
+    """(hash, seq) of the last line, reading only the end of the file."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            size = f.tell()
+            f.seek(max(0, size - 65536))
+            data = f.read()
+    except FileNotFoundError:
+        return GENESIS, 0
+    lines = [ln for ln in data.splitlines() if ln.strip()]
+    if not lines:
+        return GENESIS, 0
+    last = json.loads(lines[-1])
+    return last["hash"], int(last["seq"])
+
+
+def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[str]:
+    """Problems with the chain and with its agreement with the inventory; empty when all is well."""
+    problems: list[str] = []
+    prev, seq = GENESIS, 0
+    known: dict[str, dict[str, Any]] = {}  # name -> what the log says exists
+    for n, text in enumerate(lines, 1):
+        if not text.strip():
+            problems.append(f"audit.jsonl:{n}: empty line")
+            continue
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            problems.append(f"audit.jsonl:{n}: not JSON")
+            return problems
+        missing = [k for k in REQUIRED if k not in obj]
+        if missing:
+            problems.append(f"audit.jsonl:{n}: missing {', '.join(missing)}")
+            return problems
+        if obj["hash"] != line_hash(obj):
+            problems.append(f"audit.jsonl:{n}: hash does not match the line's content (line changed)")
+            return problems
+        if obj["prev"] != prev:
+            problems.append(f"audit.jsonl:{n}: prev does not match line {n - 1}'s hash "
+                            "(a line was removed, inserted or reordered)")
+            return problems
+        if obj["seq"] != seq + 1:
+            problems.append(f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}")
+            return problems
+        prev, seq = obj["hash"], obj["seq"]
+        action, name = obj["action"], obj["name"]
+        if action in ISSUING:
+            known[name] = {"kind": obj["kind"], "serial": obj["serial"], "sha256": obj["sha256"],
+                           "seq": obj["seq"], "revoked": False, "retired": False}
+        elif action == "revoke" and name in known:
+            known[name]["revoked"] = True
+            known[name]["retired"] = bool(obj.get("retired"))
+    if inventory is None or problems:
+        return problems
+
+    objects = inventory.get("objects", {})
+    for name, rec in objects.items():
+        k = known.get(name)
+        where = f"inventory: {rec.get('kind')}.{name}"
+        if k is None or k["retired"]:
+            problems.append(f"{where} has no audit record" if k is None else f"{where} is listed but the audit "
+                            f"log retired it (line {k['seq']})")
+        elif k["serial"] != rec.get("serial") or k["sha256"] != rec.get("sha256"):
+            problems.append(f"{where} serial {rec.get('serial')} does not match the audit log "
+                            f"(serial {k['serial']}, line {k['seq']})")
+        elif k["revoked"] != bool(rec.get("revoked")):
+            problems.append(f"{where} revocation status disagrees with the audit log")
+    for name, k in known.items():
+        if name not in objects and not k["retired"]:
+            problems.append(f"audit log: {k['kind']}.{name} (line {k['seq']}) is missing from the inventory")
+    return problems
+
+
+def actor() -> str:
+    """Who applies: $PKI_ACTOR, else user@host."""
+    explicit = os.environ.get("PKI_ACTOR")
+    if explicit:
+        return explicit
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = str(os.getuid())
+    return f"{user}@{socket.gethostname()}"

@@ -1,0 +1,188 @@
+"""The key-store interface every backend plugin implements.
+
+A *key store* is one ``[backend.NAME]`` table of pki.toml, made by its plugin's factory. The core
+never sees key material unless the store hands it over: it holds a `KeyRef` (the store's name and an
+opaque id the store chose) and asks the store for a *signer*, an object that `cryptography`'s
+builders accept as a private key. For a file that is the key itself; for Vault Transit or an HSM it is
+`pkiascode.signers.external_key`, whose ``sign()`` runs in the store.
+
+What the core relies on, method by method, is documented on `KeyStore`. Every store passes the
+shared conformance suite in `pkiascode.testing`.
+
+Threads: the core may call ``generate`` from several threads at once (RSA generation runs in
+parallel). A store that cannot do that serialises internally.
+
+Construction must not do I/O or import heavy client libraries: the core makes stores to ask cheap
+questions (`KeyStore.local_key_dirs`) and connects only when a method needs the store.
+"""
+
+from __future__ import annotations
+
+import abc
+import contextlib
+import dataclasses
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from .errors import KeyNotExportable
+from .keytypes import KeyType
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.types import (
+        CertificateIssuerPrivateKeyTypes,
+        CertificateIssuerPublicKeyTypes,
+    )
+
+__all__ = ["KeyRef", "KeyRequest", "KeyStore", "StoreContext", "Option", "KeyStoreFactory"]
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRef:
+    """Where a key is: the store's name in pki.toml and the store's own id for it.
+
+    ``id`` is opaque to the core and recorded in the inventory; it must never contain secrets.
+    ``origin`` is ``"generated"`` (made in the store) or ``"imported"`` (brought in from outside).
+    """
+
+    store: str
+    id: str
+    origin: str = "generated"
+
+    def __str__(self) -> str:
+        return f"{self.store}:{self.id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class KeyRequest:
+    """What the core asks a store to make or import.
+
+    ``name`` is the pki.toml entry (``root``, ``node-0``); stores derive labels from it and add a
+    unique part, so a new key never overwrites an old one that a committed certificate still needs.
+    ``exportable`` is the entry's wish: a store that can only keep keys inside (an HSM) ignores
+    ``True``; a store that can only hand them out (files) ignores ``False``. ``authority`` tells
+    stores that keep authority keys elsewhere (Vault: Transit rather than KV) which is which.
+    """
+
+    name: str
+    key_type: KeyType
+    authority: bool
+    exportable: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreContext:
+    """What a store may know about the project: the directory of pki.toml and the local work dir."""
+
+    base_dir: Path
+    work_dir: Path  # <base>/.pki, git-ignored
+
+
+@dataclasses.dataclass(frozen=True)
+class Option:
+    """One option a store accepts in its ``[backend.NAME]`` table (besides ``plugin``)."""
+
+    type: type | tuple[type, ...]
+    default: Any = None
+    help: str = ""
+
+
+class KeyStore(abc.ABC):
+    """A named key store. Methods raise `pkiascode.errors.BackendError` subclasses only.
+
+    - `KeyNotFound` when a reference names a key the store does not have;
+    - `KeyNotExportable` from `export` for keys that never leave the store;
+    - `UnsupportedKeyType` for a key type the store cannot make or hold;
+    - `BackendUnavailable` when the store cannot be used at all (server down, wrong PIN, ...).
+    Messages are one line, name the store, say what to do, and never contain secrets.
+    """
+
+    #: the plugin name, as in ``plugin = "..."``
+    plugin: ClassVar[str]
+    #: options accepted in the ``[backend.NAME]`` table; unknown ones are config errors
+    options: ClassVar[Mapping[str, Option]] = {}
+
+    def __init__(self, name: str, settings: Mapping[str, Any], context: StoreContext) -> None:
+        self.name = name
+        self.settings = dict(settings)
+        self.context = context
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.name!r}>"
+
+    # -- checks ------------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        """Problems with ``settings`` beyond type checks, as (option, message). No I/O."""
+        return []
+
+    def local_key_dirs(self) -> list[Path]:
+        """Directories under the repository where this store writes key files (must be git-ignored)."""
+        return []
+
+    def check(self) -> None:
+        """Prove the store is usable now (reachable, unsealed, logged in, mounts present).
+
+        Called once before an apply touches anything, so a fault stops it before any change.
+        """
+
+    # -- keys --------------------------------------------------------------------------------
+    @abc.abstractmethod
+    def generate(self, request: KeyRequest) -> KeyRef:
+        """Make a new key and return its reference. Never replaces an existing key."""
+
+    @abc.abstractmethod
+    def signer(self, ref: KeyRef) -> "CertificateIssuerPrivateKeyTypes":
+        """An object `cryptography` builders can sign with; signs in the store if the key stays there."""
+
+    @abc.abstractmethod
+    def public_key(self, ref: KeyRef) -> "CertificateIssuerPublicKeyTypes":
+        """The public half of ``ref``."""
+
+    @abc.abstractmethod
+    def missing(self, refs: Iterable[KeyRef]) -> set[KeyRef]:
+        """The subset of ``refs`` that the store no longer has. One round-trip where possible."""
+
+    def exists(self, ref: KeyRef) -> bool:
+        return not self.missing([ref])
+
+    @abc.abstractmethod
+    def is_exportable(self, ref: KeyRef) -> bool:
+        """Whether `export` can return this key. No I/O needed: decided by how it was made."""
+
+    def export(self, ref: KeyRef) -> "CertificateIssuerPrivateKeyTypes":
+        """The private key itself, for ``pki export`` and for moving it to another store."""
+        raise KeyNotExportable(f"backend {self.name}: key {ref.id} cannot leave the store")
+
+    @abc.abstractmethod
+    def import_key(self, request: KeyRequest, key: "CertificateIssuerPrivateKeyTypes") -> KeyRef:
+        """Bring an existing private key in (non-exportable where the store can enforce it)."""
+
+    @abc.abstractmethod
+    def delete(self, ref: KeyRef) -> None:
+        """Remove the key. Deleting a key that is already gone is not an error."""
+
+    # -- coordination --------------------------------------------------------------------------
+    def lock(self, lock_id: str, holder: Mapping[str, str]) -> contextlib.AbstractContextManager[None] | None:
+        """A lock shared by every machine using this store, or None if the store offers none.
+
+        ``lock_id`` names the state being applied; ``holder`` says who asks (user, host, pid, time)
+        and is what a waiting apply shows. Raise `pkiascode.errors.LockError` when someone else holds
+        it and it has not expired.
+        """
+        return None
+
+    def close(self) -> None:
+        """Release connections and sessions."""
+
+
+KeyStoreFactory = type[KeyStore]
+
+
+@contextlib.contextmanager
+def closing_all(stores: Iterable[KeyStore]) -> Iterator[None]:
+    try:
+        yield
+    finally:
+        for store in stores:
+            store.close()

@@ -1,0 +1,431 @@
+"""The ``pki`` command. Parses options, calls the core, renders. Nothing more.
+
+Exit codes are decided in `exit_code` and in `main`: 0 success (or no changes), 1 any error,
+2 changes present (``pki plan --detailed-exitcode`` only).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import json
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+
+from . import __version__
+from .errors import ConfigError, PkiError
+
+__all__ = ["cli", "main", "exit_code", "parse_when"]
+
+EXIT_OK, EXIT_ERROR, EXIT_CHANGES = 0, 1, 2
+
+
+def exit_code(has_changes: bool, detailed: bool) -> int:
+    """``terraform plan -detailed-exitcode``: 0 nothing to do, 2 changes (1 is any error)."""
+    return EXIT_CHANGES if detailed and has_changes else EXIT_OK
+
+
+def parse_when(text: str | None, now: dt.datetime) -> dt.datetime:
+    """``2027-06-01``, an ISO date-time, or ``+90d`` / ``-1d`` relative to now."""
+    if not text:
+        return now
+    from .names import parse_duration
+
+    t = text.strip()
+    if t[:1] in "+-":
+        try:
+            seconds = parse_duration(t[1:])
+        except ValueError as e:
+            raise PkiError(f"--at {text}: {e}") from None
+        return now + dt.timedelta(seconds=seconds if t[0] == "+" else -seconds)
+    try:
+        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+    except ValueError:
+        raise PkiError(f"--at {text}: use an ISO date (2027-06-01), a date-time, or +90d") from None
+    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
+
+
+class Ctx:
+    def __init__(self, config: str, no_color: bool, debug: bool) -> None:
+        self.config = Path(config)
+        self.no_color = no_color
+        self.debug = debug
+        self._project: Any = None
+
+    @property
+    def project(self) -> Any:
+        if self._project is None:
+            from .project import Project
+
+            self._project = Project(self.config)
+        return self._project
+
+    def color(self, stream: Any = None) -> bool:
+        stream = stream or sys.stdout
+        return not self.no_color and "NO_COLOR" not in os.environ and stream.isatty()
+
+    def close(self) -> None:
+        if self._project is not None:
+            self._project.close()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+pass_ctx = click.make_pass_decorator(Ctx)
+
+
+def at_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--at", "at", metavar="WHEN",
+                        help="Plan as of another time: an ISO date (2027-06-01) or +90d.")(f)
+
+
+def replace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--replace", "replace", multiple=True, metavar="NAME",
+                        help="New key and certificate for NAME; the old one is revoked (repeatable).")(f)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="pki")
+@click.option("-C", "directory", metavar="DIR", help="Run as if started in DIR.")
+@click.option("--config", default="pki.toml", show_default=True, metavar="FILE", help="The pki.toml to use.")
+@click.option("--no-color", is_flag=True, help="No colour, even on a terminal.")
+@click.option("--debug", is_flag=True, help="Show tracebacks.")
+@click.pass_context
+def cli(ctx: click.Context, directory: str | None, config: str, no_color: bool, debug: bool) -> None:
+    """pkiascode: PKI as code. A declarative pki.toml, a reviewable plan, keys kept out of git."""
+    if directory:
+        try:
+            os.chdir(directory)
+        except OSError as e:
+            raise PkiError(f"-C {directory}: {e.strerror}") from None
+    obj = Ctx(config, no_color, debug)
+    ctx.obj = obj
+    ctx.call_on_close(obj.close)
+
+
+# -- init / validate -----------------------------------------------------------------------------
+
+@cli.command()
+@click.argument("directory", default=".", metavar="[DIR]")
+@click.option("--example", type=click.Choice(["kubernetes-the-hard-way"]), help="Start from an example PKI.")
+def init(directory: str, example: str | None) -> None:
+    """Create pki.toml, state/ and a .gitignore for .pki/; git init if needed."""
+    from .scaffold import init_project
+
+    for line in init_project(Path(directory), example=example):
+        click.echo(line)
+    click.echo("Next: review pki.toml, then `pki plan`.")
+
+
+@cli.command()
+@pass_ctx
+def validate(c: Ctx) -> None:
+    """Check pki.toml (and any CSRs it names). Exit 0 if valid, 1 if not."""
+    project = c.project
+    try:
+        desired = project.desired()
+        project.csrs()
+    except ConfigError as e:
+        for err in getattr(e, "all_errors", [e]):
+            click.echo(str(err), err=True)
+        sys.exit(EXIT_ERROR)
+    kinds = [e.kind.value for e in desired.entries.values()]
+    n_auth, n_cert = kinds.count("authority"), kinds.count("certificate")
+    used = sorted({e.store for e in desired.entries.values()})
+    click.echo(f"{project.config_path.name} is valid: {n_auth} authorit{'y' if n_auth == 1 else 'ies'}, "
+               f"{n_cert} certificate{'s' if n_cert != 1 else ''}, backends: {', '.join(used) or 'none'}")
+
+
+# -- plan / apply --------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--out", "out", type=click.Path(dir_okay=False), help="Save the plan for `pki apply FILE`.")
+@click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
+@click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 2 when there are changes.")
+@at_option
+@replace_option
+@pass_ctx
+def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | None,
+         replace: tuple[str, ...]) -> None:
+    """Show what apply would change, and why."""
+    from .render import render_json, render_markdown, render_text
+
+    the_plan = c.project.plan(at=parse_when(at, _now()), replace=replace)
+    if fmt == "json":
+        click.echo(render_json(the_plan), nl=False)
+    elif fmt == "markdown":
+        click.echo(render_markdown(the_plan), nl=False)
+    else:
+        click.echo(render_text(the_plan, color=c.color()), nl=False)
+    if out:
+        from .state import atomic_write
+
+        atomic_write(Path(out), the_plan.dumps().encode())
+        if fmt == "text":
+            click.echo(f"\nSaved the plan to {out}. Apply exactly it with `pki apply {out}`.")
+    sys.exit(exit_code(not the_plan.empty, detailed_exitcode))
+
+
+@cli.command()
+@click.argument("planfile", required=False, type=click.Path(dir_okay=False))
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--no-commit", is_flag=True, help="Write state/ but do not commit it.")
+@click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
+              help="How long to wait for another apply to finish.")
+@at_option
+@replace_option
+@pass_ctx
+def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, lock_timeout: str,
+          at: str | None, replace: tuple[str, ...]) -> None:
+    """Make the planned changes, then commit state/ to git."""
+    from .apply import check_plan_fresh, execute, preflight, recover
+    from .audit import actor
+    from .lock import apply_lock, holder_info
+    from .names import parse_duration
+    from .plan import Plan
+    from .render import render_text
+
+    if planfile and (at or replace):
+        raise PkiError("a saved plan already fixes --at and --replace; pass them to `pki plan` instead")
+    project = c.project
+    desired = project.desired()
+    commit = desired.settings.commit and not no_commit
+    try:
+        timeout = parse_duration(lock_timeout) if lock_timeout.strip() not in ("0", "0s") else 0
+    except ValueError as e:
+        raise PkiError(f"--lock-timeout: {e}") from None
+    saved = None
+    if planfile:
+        try:
+            saved = Plan.from_json(json.loads(Path(planfile).read_text()))
+        except FileNotFoundError:
+            raise PkiError(f"plan file {planfile} not found") from None
+        except (ValueError, KeyError, TypeError) as e:
+            raise PkiError(f"{planfile} is not a pkiascode plan ({e})") from None
+    elif not auto_approve and not sys.stdin.isatty():
+        raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
+
+    preflight(project, commit)
+    progress = _progress(c)
+    stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
+    holder = holder_info(actor())
+    with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir, timeout=timeout):
+        for note in recover(project, commit=commit, progress=progress):
+            click.echo(note, err=True)
+        if saved is not None:
+            check_plan_fresh(project, saved)
+            the_plan = saved
+        else:
+            the_plan = project.plan(at=parse_when(at, _now()), replace=replace)
+        click.echo(render_text(the_plan, color=c.color()), nl=False)
+        if the_plan.empty:
+            return
+        if saved is None and not auto_approve:
+            click.echo()
+            answer = click.prompt("Apply these changes? Only 'yes' will be accepted", default="",
+                                  show_default=False)
+            if answer.strip() != "yes":
+                raise PkiError("apply cancelled; nothing changed")
+        result = execute(project, the_plan, commit=commit, progress=progress)
+    for w in result.warnings:
+        if w not in the_plan.warnings:
+            click.echo(f"warning: {w}", err=True)
+    done = result.message.splitlines()[0].replace("pki apply: ", "")
+    tail = f" Committed {result.commit[:12]}." if result.commit else (" State written, not committed." if not commit
+                                                                          else "")
+    click.echo(f"\nApply complete: {done}.{tail}")
+
+
+class _TerminalProgress:
+    """A one-line progress display on stderr, only on a terminal."""
+
+    def __init__(self) -> None:
+        self.label, self.total, self.count = "", 0, 0
+
+    def phase(self, label: str, total: int) -> None:
+        self._end()
+        self.label, self.total, self.count = label, total, 0
+        self._draw()
+
+    def advance(self, n: int = 1) -> None:
+        self.count += n
+        self._draw()
+
+    def note(self, message: str) -> None:
+        self._end()
+        click.echo(message, err=True)
+
+    def done(self) -> None:
+        self._end()
+
+    def _draw(self) -> None:
+        if self.total:
+            width = 24
+            filled = int(width * self.count / self.total)
+            bar = "#" * filled + "." * (width - filled)
+            sys.stderr.write(f"\r  {self.label:<22} [{bar}] {self.count}/{self.total}")
+            sys.stderr.flush()
+
+    def _end(self) -> None:
+        if self.total:
+            sys.stderr.write("\n")
+            self.total = 0
+
+
+def _progress(c: Ctx) -> Any:
+    from .apply import NullProgress
+
+    return _TerminalProgress() if sys.stderr.isatty() else NullProgress()
+
+
+# -- inventory -----------------------------------------------------------------------------------
+
+@cli.command(name="list")
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@at_option
+@pass_ctx
+def list_(c: Ctx, fmt: str, at: str | None) -> None:
+    """The inventory: every authority and certificate with its expiry and status."""
+    from .queries import list_rows
+
+    rows = list_rows(c.project, parse_when(at, _now()))
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("Nothing in state yet: run `pki plan` and `pki apply`.")
+        return
+    cols = ["name", "kind", "issuer", "subject", "not_after", "days_left", "status", "backend"]
+    table = [[str(r[k] if r[k] is not None else "-") for k in cols] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(cols)]
+    colors = {"ok": "green", "renew_due": "yellow", "expired": "red", "revoked": "red"}
+    click.echo("  ".join(h.upper().ljust(w) for h, w in zip(cols, widths)).rstrip())
+    for row in table:
+        cells = [v.ljust(w) for v, w in zip(row, widths)]
+        if c.color():
+            cells[6] = click.style(cells[6], fg=colors.get(row[6].strip()))
+        click.echo("  ".join(cells).rstrip())
+
+
+@cli.command()
+@click.argument("name")
+@pass_ctx
+def show(c: Ctx, name: str) -> None:
+    """One authority or certificate in full."""
+    from .queries import show as show_info
+
+    i = show_info(c.project, name)
+    fields = [
+        ("Name", f"{i['kind']}.{i['name']}"), ("Subject", i["subject"]), ("Issuer", i["issuer"]),
+        ("Chain", " → ".join([i["name"]] + i["chain"])),
+        ("Serial", i["serial"]), ("Not before", i["not_before"].isoformat()),
+        ("Not after", i["not_after"].isoformat()), ("Key", f"{i['key']} in backend {i['backend']} ({i['key_ref']}, "
+                                                           f"{i['key_origin']}{', exportable' if i['key_exportable'] else ', non-exportable'})"),
+        ("SANs", ", ".join(i["sans"]) or "-"),
+        ("Usages", ", ".join(i["usages"] + i["extended_usages"]) or "-"),
+        ("CA", f"yes, path_length {i['path_length']}" if i["ca"] and i["path_length"] is not None
+         else "yes" if i["ca"] else "no"),
+        ("SHA-256", i["sha256"]), ("SHA-1", i["sha1"]), ("Signature", i["signature_algorithm"]),
+        ("SKI", i.get("ski", "-")), ("AKI", i.get("aki", "-")),
+    ]
+    if "name_constraints" in i:
+        nc = i["name_constraints"]
+        fields.append(("Name constraints", f"permitted {', '.join(nc['permitted']) or '-'}; "
+                                           f"excluded {', '.join(nc['excluded']) or '-'}"))
+    if i.get("crl_urls"):
+        fields.append(("CRL URL", ", ".join(i["crl_urls"])))
+    if i["crl"]:
+        fields.append(("CRL", f"number {i['crl']['number']}, next update {i['crl']['next_update']}, "
+                              f"{i['crl'].get('revoked', 0)} revoked"))
+    if i["revoked"]:
+        fields.append(("Revoked", f"{i['revoked'].get('reason')} on {i['revoked'].get('date')}"))
+    fields.append(("File", i["file"]))
+    width = max(len(k) for k, _ in fields)
+    for k, v in fields:
+        click.echo(f"{k + ':':<{width + 1}} {v}")
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--dir", "directory", required=True, type=click.Path(file_okay=False), help="Where to write.")
+@click.option("--no-key", is_flag=True, help="Only the certificate and its chain.")
+@pass_ctx
+def export(c: Ctx, name: str, directory: str, no_key: bool) -> None:
+    """Write NAME.pem, NAME-key.pem (0600) and NAME-ca.pem (the chain to the root)."""
+    from .queries import export as do_export
+
+    for path in do_export(c.project, name, Path(directory), no_key=no_key):
+        click.echo(f"wrote {path}")
+
+
+@cli.command(name="import")
+@click.argument("directory", type=click.Path(file_okay=False, exists=True))
+@click.option("--backend", "backend", default=None, metavar="NAME", help="Key store for the imported keys.")
+@pass_ctx
+def import_(c: Ctx, directory: str, backend: str | None) -> None:
+    """Adopt an existing PKI (CFSSL NAME.pem/NAME-key.pem or NAME.crt/NAME.key) without reissuing."""
+    from .adopt import adopt
+
+    for line in adopt(c.project, Path(directory), backend=backend):
+        click.echo(line)
+
+
+@cli.group()
+def audit() -> None:
+    """The hash-chained audit log."""
+
+
+@audit.command()
+@pass_ctx
+def verify(c: Ctx) -> None:
+    """Check the hash chain of state/audit.jsonl and its agreement with the inventory."""
+    from .audit import read_lines, verify as verify_lines
+
+    state = c.project.state
+    lines = read_lines(state.audit_path)
+    inv = state.parse_inventory(state.read_inventory_bytes())
+    problems = verify_lines(lines, inv)
+    if problems:
+        for p in problems:
+            click.echo(f"{state.rel}/{p}" if p.startswith("audit.jsonl") else p, err=True)
+        sys.exit(EXIT_ERROR)
+    click.echo(f"{state.rel}/audit.jsonl: {len(lines)} entries, hash chain intact, agrees with the inventory "
+               f"({len(inv['objects'])} objects)")
+
+
+# -- entry point ---------------------------------------------------------------------------------
+
+def _fail(message: str) -> NoReturn:
+    click.echo(f"Error: {message}", err=True)
+    sys.exit(EXIT_ERROR)
+
+
+def main(argv: list[str] | None = None) -> None:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=argv, prog_name="pki", standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.exceptions.Abort:
+        _fail("aborted")
+    except click.ClickException as e:
+        _fail(e.format_message())
+    except PkiError as e:
+        if debug:
+            raise
+        _fail(str(e))
+    except KeyboardInterrupt:
+        _fail("interrupted")
+    except BrokenPipeError:
+        sys.exit(EXIT_ERROR)
+    except Exception as e:  # noqa: BLE001 - the CLI boundary: one line unless --debug
+        if debug:
+            raise
+        _fail(f"unexpected {type(e).__name__}: {e} (run with --debug for the traceback; please report it)")

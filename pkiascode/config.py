@@ -1,0 +1,659 @@
+"""pki.toml → `Desired`: parse, validate, apply defaults and profiles, order parents first.
+
+Validation errors are found by TOML path and turned into ``pki.toml:LINE`` only when there is an
+error (the line is looked up in the text then), so the fast path never tracks positions. A valid
+file's result is cached under ``.pki/cache`` keyed by the digest of its bytes: a plan over ten
+thousand certificates does not re-parse what did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import re
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .backend import Option
+from .errors import ConfigError, ConfigIssue
+from .keytypes import KeyType
+from .model import (
+    REVOCATION_REASONS, SUBJECT_ATTRIBUTES, Desired, Entry, Kind, NameConstraints, Revocation,
+    Settings, StoreSpec, digest_json,
+)
+from .names import (
+    NAME_RE, canonical_usages, classify_host, constraint_kind, did_you_mean, host_permitted,
+    parse_duration,
+)
+
+__all__ = ["load_config", "parse_config", "find_line", "IMPLICIT_STORE", "OptionsLookup"]
+
+IMPLICIT_STORE = "local"
+DEFAULT_CERT_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
+AUTHORITY_USAGES = ("cert sign", "crl sign", "digital signature")
+
+OptionsLookup = Callable[[str], "Mapping[str, Option] | None"]
+
+_PKI_KEYS = {"state_dir", "commit", "plugins", "keep_revoked_keys"}
+_DEFAULT_KEYS = {"backend", "key", "validity", "renew_before", "subject", "crl_validity"}
+_PROFILE_KEYS = {"usages", "validity", "renew_before"}
+_COMMON_KEYS = {"issuer", "common_name", "subject", "key", "validity", "renew_before", "backend",
+                "rotate_key", "revoked", "exportable"}
+_AUTHORITY_KEYS = _COMMON_KEYS | {"path_length", "name_constraints", "crl_validity", "crl_url"}
+_CERTIFICATE_KEYS = _COMMON_KEYS | {"profile", "hosts", "usages", "csr"}
+_TOP_KEYS = {"pki", "backend", "defaults", "profile", "authority", "certificate"}
+
+_TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", list: "a list",
+               dict: "a table"}
+
+
+class _Issues(Exception):
+    def __init__(self, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+
+
+class _Checker:
+    """Collects every mistake instead of stopping at the first."""
+
+    def __init__(self) -> None:
+        self.issues: list[ConfigIssue] = []
+
+    def add(self, path: tuple[str, ...], message: str, where: tuple[str, ...] | None = None) -> None:
+        issue = ConfigIssue(path, message)
+        issue.where = _where(where if where is not None else path)  # type: ignore[attr-defined]
+        self.issues.append(issue)
+
+    def unknown_keys(self, table: Mapping[str, Any], allowed: Iterable[str], path: tuple[str, ...]) -> None:
+        allowed = set(allowed)
+        for key in table:
+            if key not in allowed:
+                self.add(path + (key,), f"unknown key {key!r}{did_you_mean(key, allowed)}", where=path)
+
+    def typed(self, table: Mapping[str, Any], key: str, types: type | tuple[type, ...],
+              path: tuple[str, ...], default: Any = None) -> Any:
+        if key not in table:
+            return default
+        value = table[key]
+        types_t = types if isinstance(types, tuple) else (types,)
+        if isinstance(value, bool) and bool not in types_t:
+            ok = False
+        else:
+            ok = isinstance(value, types_t)
+        if not ok:
+            want = " or ".join(_TYPE_NAMES.get(t, t.__name__) for t in types_t)
+            self.add(path + (key,), f"{key} must be {want}, not {_describe(value)}")
+            return default
+        return value
+
+    def string_list(self, table: Mapping[str, Any], key: str, path: tuple[str, ...]) -> list[str] | None:
+        value = self.typed(table, key, list, path)
+        if value is None:
+            return None
+        if not all(isinstance(v, str) for v in value):
+            self.add(path + (key,), f"{key} must be a list of strings")
+            return None
+        return value
+
+    def duration(self, table: Mapping[str, Any], key: str, path: tuple[str, ...]) -> int | None:
+        value = self.typed(table, key, str, path)
+        if value is None:
+            return None
+        try:
+            return parse_duration(value)
+        except ValueError as e:
+            self.add(path + (key,), str(e))
+            return None
+
+    def key_type(self, table: Mapping[str, Any], key: str, path: tuple[str, ...]) -> KeyType | None:
+        value = self.typed(table, key, str, path)
+        if value is None:
+            return None
+        try:
+            return KeyType(value)
+        except ValueError:
+            names = [k.value for k in KeyType]
+            self.add(path + (key,), f"unknown key type {value!r}{did_you_mean(value, names)}; "
+                                    f"use one of {', '.join(names)}")
+            return None
+
+    def subject(self, table: Mapping[str, Any], path: tuple[str, ...]) -> dict[str, str] | None:
+        value = self.typed(table, "subject", dict, path)
+        if value is None:
+            return None
+        out: dict[str, str] = {}
+        for attr, v in value.items():
+            if attr not in SUBJECT_ATTRIBUTES or attr == "CN":
+                allowed = [a for a in SUBJECT_ATTRIBUTES if a != "CN"]
+                hint = " (set common_name instead)" if attr.upper() == "CN" else did_you_mean(attr, allowed)
+                self.add(path + ("subject", attr), f"unknown subject attribute {attr!r}{hint}; "
+                                                   f"use {', '.join(allowed)}")
+            elif not isinstance(v, str):
+                self.add(path + ("subject", attr), f"subject {attr} must be a string")
+            elif attr == "C" and v and len(v) != 2:
+                self.add(path + ("subject", attr), f"country C must be a two-letter code, not {v!r}")
+            else:
+                out[attr] = v
+        return out
+
+
+def _describe(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true/false"
+    if isinstance(value, str):
+        return f"the string {value!r}"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    return type(value).__name__
+
+
+# --- the validator ----------------------------------------------------------------------------
+
+def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLookup) -> Desired:
+    """Validate parsed TOML and resolve it into a `Desired`. Raises `_Issues`."""
+    c = _Checker()
+    c.unknown_keys(data, _TOP_KEYS, ())
+    for top in _TOP_KEYS:
+        if top in data and not isinstance(data[top], dict):
+            c.add((top,), f"{top} must be a table ([{top}] or [{top}.NAME])")
+    if c.issues:
+        raise _Issues(c.issues)
+
+    # [pki]
+    pki = data.get("pki", {})
+    c.unknown_keys(pki, _PKI_KEYS, ("pki",))
+    state_dir = c.typed(pki, "state_dir", str, ("pki",), "state")
+    if state_dir is not None and (not state_dir.strip() or os.path.isabs(state_dir) or ".." in Path(state_dir).parts):
+        c.add(("pki", "state_dir"), "state_dir must be a relative path inside the repository")
+    plugins_allowed = c.string_list(pki, "plugins", ("pki",))
+    settings = Settings(
+        state_dir=state_dir or "state",
+        commit=c.typed(pki, "commit", bool, ("pki",), True),
+        plugins=tuple(plugins_allowed) if plugins_allowed is not None else None,
+        keep_revoked_keys=c.typed(pki, "keep_revoked_keys", bool, ("pki",), False),
+    )
+
+    # [backend.*]
+    stores: dict[str, StoreSpec] = {}
+    for name, table in data.get("backend", {}).items():
+        path = ("backend", name)
+        if not isinstance(table, dict):
+            c.add(path, "must be a table with at least plugin = \"...\"")
+            continue
+        _check_name(c, name, path)
+        plugin = c.typed(table, "plugin", str, path)
+        if plugin is None:
+            if "plugin" not in table:
+                c.add(path, 'missing plugin = "local" | "vault" | "pkcs11"')
+            continue
+        if settings.plugins is not None and plugin not in settings.plugins:
+            c.add(path + ("plugin",), f"plugin {plugin!r} is not in [pki] plugins = {list(settings.plugins)}")
+            continue
+        options = options_for(plugin)
+        if options is None:
+            c.add(path + ("plugin",), f"no backend plugin {plugin!r} is installed")
+            continue
+        c.unknown_keys(table, set(options) | {"plugin"}, path)
+        values: dict[str, Any] = {}
+        for key, opt in options.items():
+            v = c.typed(table, key, opt.type, path, opt.default)
+            if v is not None:
+                values[key] = v
+        stores[name] = StoreSpec(name, plugin, tuple(sorted(values.items())))
+    if IMPLICIT_STORE not in stores and (settings.plugins is None or "local" in settings.plugins):
+        stores[IMPLICIT_STORE] = StoreSpec(IMPLICIT_STORE, "local", (("path", ".pki/keys"),), implicit=True)
+
+    # [defaults]
+    d = data.get("defaults", {})
+    c.unknown_keys(d, _DEFAULT_KEYS, ("defaults",))
+    defaults = {
+        "backend": c.typed(d, "backend", str, ("defaults",)),
+        "key": c.key_type(d, "key", ("defaults",)),
+        "validity": c.duration(d, "validity", ("defaults",)),
+        "renew_before": c.duration(d, "renew_before", ("defaults",)),
+        "subject": c.subject(d, ("defaults",)) or {},
+        "crl_validity": c.duration(d, "crl_validity", ("defaults",)),
+    }
+    if defaults["backend"] and defaults["backend"] not in stores:
+        c.add(("defaults", "backend"), _unknown_store(defaults["backend"], stores))
+
+    # [profile.*]
+    profiles: dict[str, dict[str, Any]] = {}
+    for name, table in data.get("profile", {}).items():
+        path = ("profile", name)
+        if not isinstance(table, dict):
+            c.add(path, "must be a table")
+            continue
+        c.unknown_keys(table, _PROFILE_KEYS, path)
+        usages = c.string_list(table, "usages", path)
+        prof: dict[str, Any] = {"validity": c.duration(table, "validity", path),
+                                "renew_before": c.duration(table, "renew_before", path), "usages": None}
+        if usages is not None:
+            try:
+                prof["usages"] = canonical_usages(usages)
+            except ValueError as e:
+                c.add(path + ("usages",), str(e))
+        profiles[name] = prof
+
+    # [authority.*] and [certificate.*]
+    raw: dict[str, tuple[Kind, dict[str, Any]]] = {}
+    for kind in (Kind.AUTHORITY, Kind.CERTIFICATE):
+        for name, table in data.get(kind.value, {}).items():
+            path = (kind.value, name)
+            if not isinstance(table, dict):
+                c.add(path, "must be a table")
+                continue
+            _check_name(c, name, path)
+            if name in raw:
+                other = raw[name][0].value
+                c.add(path, f"name {name!r} is used twice (also {other}.{name}); names are unique "
+                            "across authorities and certificates")
+                continue
+            raw[name] = (kind, table)
+
+    entries: dict[str, Entry] = {}
+    for name, (kind, table) in raw.items():
+        entry = _entry(c, kind, name, table, raw, defaults, profiles, stores)
+        if entry is not None:
+            entries[name] = entry
+
+    ordered = _order(c, entries, raw)
+    if not c.issues:
+        ordered = _inherit(ordered)
+        _check_tree(c, ordered)
+    if c.issues:
+        raise _Issues(c.issues)
+    spec_digests = {name: digest_json(e.spec()) for name, e in ordered.items()}
+    return Desired(settings=settings, stores=stores, entries=ordered, digest=digest, spec_digests=spec_digests)
+
+
+def _check_name(c: _Checker, name: str, path: tuple[str, ...]) -> None:
+    if not NAME_RE.match(name):
+        c.add(path, f"invalid name {name!r}: use lowercase letters, digits, '.', '_' and '-', "
+                    "starting with a letter or digit")
+
+
+def _unknown_store(name: str, stores: Mapping[str, StoreSpec]) -> str:
+    return (f"unknown backend {name!r}{did_you_mean(name, stores)}; define it as [backend.{name}] "
+            f"(known: {', '.join(sorted(stores)) or 'none'})")
+
+
+def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[str, tuple[Kind, dict]],
+           defaults: dict[str, Any], profiles: dict[str, dict[str, Any]],
+           stores: Mapping[str, StoreSpec]) -> Entry | None:
+    path = (kind.value, name)
+    before = len(c.issues)
+    is_auth = kind is Kind.AUTHORITY
+    c.unknown_keys(t, _AUTHORITY_KEYS if is_auth else _CERTIFICATE_KEYS, path)
+
+    issuer = c.typed(t, "issuer", str, path)
+    if issuer is not None:
+        if issuer == name:
+            c.add(path + ("issuer",), "an entry cannot issue itself; leave issuer out for a self-signed root")
+        elif issuer not in raw:
+            auths = [n for n, (k, _) in raw.items() if k is Kind.AUTHORITY]
+            c.add(path + ("issuer",), f"unknown issuer {issuer!r}{did_you_mean(issuer, auths)}")
+        elif raw[issuer][0] is not Kind.AUTHORITY:
+            c.add(path + ("issuer",), f"issuer {issuer!r} is a certificate, not an authority")
+    elif not is_auth:
+        c.add(path, 'missing issuer = "<authority>"')
+
+    profile_name = None
+    profile: dict[str, Any] = {}
+    if not is_auth:
+        profile_name = c.typed(t, "profile", str, path)
+        if profile_name is not None:
+            if profile_name not in profiles:
+                c.add(path + ("profile",), f"unknown profile {profile_name!r}{did_you_mean(profile_name, profiles)}")
+            else:
+                profile = profiles[profile_name]
+
+    common_name = c.typed(t, "common_name", str, path)
+    if common_name is None and is_auth and "common_name" not in t:
+        c.add(path, 'missing common_name = "..."')
+    if common_name is not None and not common_name.strip():
+        c.add(path + ("common_name",), "common_name must not be empty")
+
+    subject = dict(defaults["subject"])
+    subject.update(c.subject(t, path) or {})
+    subject_t = tuple((a, subject[a]) for a in SUBJECT_ATTRIBUTES if a in subject and subject[a])
+
+    hosts: list[tuple[str, str]] = []
+    for h in (c.string_list(t, "hosts", path) or []) if not is_auth else []:
+        try:
+            host = classify_host(h)
+        except ValueError as e:
+            c.add(path + ("hosts",), str(e))
+            continue
+        if host not in hosts:
+            hosts.append(host)
+
+    usages: tuple[str, ...] | None = None
+    if is_auth:
+        usages = canonical_usages(AUTHORITY_USAGES)
+    else:
+        raw_usages = c.string_list(t, "usages", path)
+        if raw_usages is not None:
+            try:
+                usages = canonical_usages(raw_usages)
+            except ValueError as e:
+                c.add(path + ("usages",), str(e))
+        elif profile.get("usages") is not None:
+            usages = profile["usages"]
+
+    key = c.key_type(t, "key", path) or defaults["key"] or KeyType.ECDSA_P256
+    if usages is None:
+        base = [u for u in DEFAULT_CERT_USAGES if key.is_rsa or u != "key encipherment"]
+        usages = canonical_usages(base)
+
+    validity = c.duration(t, "validity", path) or profile.get("validity") or defaults["validity"]
+    if validity is None:
+        validity = (10 * 365 if issuer is None else 5 * 365) * 86400 if is_auth else 365 * 86400
+    renew_before = c.duration(t, "renew_before", path) or profile.get("renew_before") or defaults["renew_before"]
+    if renew_before is None:
+        renew_before = min(30 * 86400, validity // 3)
+    elif renew_before >= validity:
+        where = path + ("renew_before",) if "renew_before" in t else path
+        c.add(where, f"renew_before ({t.get('renew_before') or 'inherited'}) must be shorter than validity, "
+                     "or every plan would renew it")
+
+    backend = c.typed(t, "backend", str, path) or defaults["backend"] or IMPLICIT_STORE
+    if backend not in stores:
+        c.add(path + ("backend",) if "backend" in t else ("defaults", "backend"), _unknown_store(backend, stores))
+
+    rotate_key = c.typed(t, "rotate_key", bool, path, not is_auth)
+    exportable = c.typed(t, "exportable", bool, path, not is_auth)
+
+    path_length = None
+    nc = None
+    crl_validity = defaults["crl_validity"] or 7 * 86400
+    crl_url = None
+    if is_auth:
+        path_length = c.typed(t, "path_length", int, path)
+        if path_length is not None and path_length < 0:
+            c.add(path + ("path_length",), "path_length must be 0 or more")
+        nc = _name_constraints(c, t, path)
+        crl_validity = c.duration(t, "crl_validity", path) or crl_validity
+        crl_url = c.typed(t, "crl_url", str, path)
+        if crl_url is not None and not re.match(r"^(https?|ldap)://\S+$", crl_url):
+            c.add(path + ("crl_url",), f"crl_url must be an http(s):// or ldap:// URL, not {crl_url!r}")
+
+    csr = None
+    if not is_auth:
+        csr = c.typed(t, "csr", str, path)
+        if csr is not None:
+            if os.path.isabs(csr) or ".." in Path(csr).parts:
+                c.add(path + ("csr",), "csr must be a path inside the repository, relative to pki.toml")
+            for k in ("key", "backend", "rotate_key", "exportable"):
+                if k in t:
+                    c.add(path + (k,), f"{k} does not apply to an entry signed from a CSR: the requester keeps the key")
+
+    revoked = _revocation(c, t, path)
+
+    if len(c.issues) != before:
+        return None
+    return Entry(
+        kind=kind, name=name, issuer=issuer, common_name=common_name or name, subject=subject_t,
+        hosts=tuple(hosts), usages=usages, validity=validity, renew_before=renew_before, key=key,
+        backend=backend, rotate_key=rotate_key, exportable=exportable, path_length=path_length,
+        name_constraints=nc, crl_validity=crl_validity, crl_url=crl_url, csr=csr, profile=profile_name,
+        revoked=revoked,
+    )
+
+
+def _name_constraints(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> NameConstraints | None:
+    value = c.typed(t, "name_constraints", dict, path)
+    if value is None:
+        return None
+    p = path + ("name_constraints",)
+    c.unknown_keys(value, {"permitted", "excluded"}, p)
+    lists: dict[str, tuple[str, ...]] = {}
+    for key in ("permitted", "excluded"):
+        items = c.string_list(value, key, p) or []
+        for item in items:
+            try:
+                constraint_kind(item)
+            except ValueError as e:
+                c.add(p + (key,), str(e))
+        lists[key] = tuple(items)
+    if not lists["permitted"] and not lists["excluded"]:
+        c.add(p, "name_constraints needs permitted or excluded entries")
+    return NameConstraints(lists["permitted"], lists["excluded"])
+
+
+def _revocation(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> Revocation | None:
+    if "revoked" not in t:
+        return None
+    value = t["revoked"]
+    p = path + ("revoked",)
+    if value is True:
+        return Revocation()
+    if value is False:
+        return None
+    if not isinstance(value, dict):
+        c.add(p, 'revoked must be true or a table like { reason = "key_compromise" }')
+        return None
+    c.unknown_keys(value, {"reason", "date"}, p)
+    reason = value.get("reason", "unspecified")
+    if not isinstance(reason, str) or reason not in REVOCATION_REASONS:
+        c.add(p + ("reason",), f"unknown revocation reason {reason!r}{did_you_mean(str(reason), REVOCATION_REASONS)}; "
+                               f"use one of {', '.join(REVOCATION_REASONS)}")
+        return None
+    date = value.get("date")
+    if date is not None:
+        import datetime as dt
+        if isinstance(date, (dt.date, dt.datetime)):
+            date = date.isoformat()
+        elif isinstance(date, str):
+            try:
+                dt.date.fromisoformat(date[:10])
+            except ValueError:
+                c.add(p + ("date",), f"revocation date {date!r} is not an ISO date (YYYY-MM-DD)")
+                return None
+        else:
+            c.add(p + ("date",), "revocation date must be a date")
+            return None
+    return Revocation(reason, date)
+
+
+def _order(c: _Checker, entries: dict[str, Entry], raw: Mapping[str, Any]) -> dict[str, Entry]:
+    """Parents before children; reports issuer cycles."""
+    ordered: dict[str, Entry] = {}
+    state: dict[str, int] = {}
+
+    def visit(name: str, trail: list[str]) -> None:
+        if state.get(name) == 2:
+            return
+        if state.get(name) == 1:
+            cycle = trail[trail.index(name):] + [name]
+            c.add((raw[name][0].value, name, "issuer"), "issuer cycle: " + " → ".join(cycle))
+            return
+        entry = entries.get(name)
+        if entry is None:
+            return
+        state[name] = 1
+        if entry.issuer is not None and entry.issuer in entries:
+            visit(entry.issuer, trail + [name])
+        state[name] = 2
+        ordered[name] = entry
+
+    for name in entries:
+        visit(name, [])
+    return ordered
+
+
+def _inherit(entries: dict[str, Entry]) -> dict[str, Entry]:
+    """Fill in what an entry takes from its issuer: its CRL URL; revocation of everything below."""
+    import dataclasses
+
+    out: dict[str, Entry] = {}
+    for name, e in entries.items():
+        issuer = out.get(e.issuer) if e.issuer else None
+        changes: dict[str, Any] = {}
+        if issuer is not None:
+            if issuer.crl_url:
+                changes["issuer_crl_url"] = issuer.crl_url
+            if issuer.revoked and not e.revoked:
+                reason = "ca_compromise" if issuer.revoked.reason in ("key_compromise", "ca_compromise") \
+                    else "cessation_of_operation"
+                changes["revoked"] = Revocation(reason, issuer.revoked.date)
+        out[name] = dataclasses.replace(e, **changes) if changes else e
+    return out
+
+
+def _check_tree(c: _Checker, entries: Mapping[str, Entry]) -> None:
+    """Path lengths and name constraints along each chain."""
+    for e in entries.values():
+        depth_below = 0  # authorities between e and the ancestor being checked
+        parent = entries.get(e.issuer) if e.issuer else None
+        while parent is not None:
+            if e.kind is Kind.AUTHORITY and parent.path_length is not None and depth_below >= parent.path_length:
+                c.add((e.kind.value, e.name, "issuer"),
+                      f"authority.{parent.name} has path_length {parent.path_length}, which allows "
+                      f"{'no' if parent.path_length == 0 else parent.path_length} authorit"
+                      f"{'y' if parent.path_length == 1 else 'ies'} below it; authority.{e.name} would exceed it")
+                break
+            nc = parent.name_constraints
+            if nc is not None:
+                names = list(e.hosts)
+                for host in names:
+                    why = host_permitted(host, nc.permitted, nc.excluded)
+                    if why:
+                        c.add((e.kind.value, e.name, "hosts"),
+                              f"host {host[1]!r} is outside the name constraints of authority.{parent.name} ({why})")
+            if e.kind is Kind.AUTHORITY:
+                depth_below += 1
+            parent = entries.get(parent.issuer) if parent.issuer else None
+
+
+# --- locating lines --------------------------------------------------------------------------
+
+_BARE = r"[A-Za-z0-9_-]+"
+_QUOTED = r'"(?:[^"\\]|\\.)*"|\'[^\']*\''
+_KEY = rf"(?:{_BARE}|{_QUOTED})"
+_DOTTED = rf"{_KEY}(?:\s*\.\s*{_KEY})*"
+_HEADER_RE = re.compile(rf"^\s*\[\[?\s*({_DOTTED})\s*\]\]?\s*(#.*)?$")
+_ASSIGN_RE = re.compile(rf"^\s*({_DOTTED})\s*=")
+_PART_RE = re.compile(rf"\s*({_KEY})\s*\.?")
+
+
+def _split_key(dotted: str) -> tuple[str, ...]:
+    parts = []
+    for m in _PART_RE.finditer(dotted):
+        k = m.group(1)
+        if k[0] in "\"'":
+            k = k[1:-1]
+        parts.append(k)
+    return tuple(parts)
+
+
+def find_line(text: str, path: tuple[str, ...]) -> int | None:
+    """The line where ``path`` is defined, or of its nearest defined ancestor."""
+    best_line, best_len = None, 0
+    table: tuple[str, ...] = ()
+    for lineno, line in enumerate(text.splitlines(), 1):
+        m = _HEADER_RE.match(line)
+        if m:
+            table = _split_key(m.group(1))
+            full = table
+        else:
+            m = _ASSIGN_RE.match(line)
+            if not m:
+                continue
+            full = table + _split_key(m.group(1))
+        n = 0
+        while n < len(full) and n < len(path) and full[n] == path[n]:
+            n += 1
+        if n == len(full) and n > best_len:  # this line defines a prefix of path
+            best_line, best_len = lineno, n
+            if n == len(path):
+                break
+    return best_line
+
+
+# --- loading ---------------------------------------------------------------------------------
+
+def _where(path: tuple[str, ...]) -> str:
+    """``certificate.node-0.hosts``: the entry, then the key (not deeper)."""
+    return ".".join(p if re.match(r"^[A-Za-z0-9_-]+$", p) else f'"{p}"' for p in path[:3])
+
+
+def _to_error(file: str, text: str, issue: ConfigIssue) -> ConfigError:
+    line = find_line(text, issue.path)
+    return ConfigError(file, line, getattr(issue, "where", _where(issue.path)), issue.message)
+
+
+def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | None = None,
+                display_name: str | None = None) -> Desired:
+    """Read, validate and resolve pki.toml; raise `ConfigError` (the first mistake) if it is wrong.
+
+    The error's ``all_errors`` attribute lists every mistake as a `ConfigError` (for ``pki validate``).
+    """
+    file = display_name or path.name
+    try:
+        data_bytes = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(file, None, "", f"not found in {path.parent} (run `pki init` to make one, "
+                                          "or pass --config FILE)") from None
+    except OSError as e:
+        raise ConfigError(file, None, "", f"cannot read: {e.strerror}") from None
+    digest = hashlib.sha256(data_bytes + __version__.encode()).hexdigest()
+    cache_file = cache_dir / f"config-{digest[:32]}.pickle" if cache_dir else None
+    if cache_file is not None:
+        try:
+            with open(cache_file, "rb") as f:
+                cached = pickle.load(f)
+            if isinstance(cached, Desired) and cached.digest == digest:
+                return cached
+        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
+            pass
+
+    try:
+        text = data_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ConfigError(file, None, "", "is not UTF-8 text") from None
+    import tomli
+
+    try:
+        data = tomli.loads(text)
+    except tomli.TOMLDecodeError as e:
+        msg = str(e)
+        m = re.search(r"\(at line (\d+), column \d+\)$", msg)
+        line = int(m.group(1)) if m else None
+        msg = msg[: m.start()].strip() if m else msg
+        raise ConfigError(file, line, "syntax", msg[0].lower() + msg[1:]) from None
+    try:
+        desired = parse_config(data, digest=digest, options_for=options_for)
+    except _Issues as issues:
+        errors = [_to_error(file, text, i) for i in issues.issues]
+        errors.sort(key=lambda e: e.line or 0)
+        first = errors[0]
+        if len(errors) > 1:
+            first = ConfigError(first.file, first.line, first.where,
+                                f"{first.message} (and {len(errors) - 1} more; `pki validate` lists them all)")
+        first.all_errors = errors  # type: ignore[attr-defined]
+        raise first from None
+
+    if cache_file is not None:
+        _write_cache(cache_file, desired)
+    return desired
+
+
+def _write_cache(cache_file: Path, desired: Desired) -> None:
+    try:
+        cache_file.parent.mkdir(parents=True, exist_ok=True)
+        for old in cache_file.parent.glob("config-*.pickle"):
+            if old != cache_file:
+                old.unlink(missing_ok=True)
+        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
+        with open(tmp, "wb") as f:
+            pickle.dump(desired, f, protocol=pickle.HIGHEST_PROTOCOL)
+        os.replace(tmp, cache_file)
+    except OSError:
+        pass  # a cache is an optimisation only

@@ -1,0 +1,98 @@
+"""One exception tree for everything pkiascode reports to a user.
+
+Every error carries a message that is complete on one line and safe to print: no key material, no
+PIN, no token. The CLI turns any `PkiError` into that line on stderr and exit code 1; anything else
+is a bug and shows its traceback only with ``--debug``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "PkiError",
+    "ConfigError",
+    "ConfigIssue",
+    "PlanError",
+    "BackendError",
+    "BackendUnavailable",
+    "KeyNotFound",
+    "KeyNotExportable",
+    "UnsupportedKeyType",
+    "StateError",
+    "StalePlanError",
+    "LockError",
+    "GitError",
+    "SigningError",
+]
+
+
+class PkiError(Exception):
+    """Base of every error pkiascode reports as a one-line message with exit code 1."""
+
+
+class ConfigIssue(PkiError):
+    """One mistake in pki.toml, before its line is known.
+
+    ``path`` is where it is, as TOML keys (``("certificate", "node-0", "hosts")``); the loader turns
+    it into a `ConfigError` with the line number, found only when there is an error.
+    """
+
+    def __init__(self, path: tuple[str, ...], message: str) -> None:
+        super().__init__(message)
+        self.path = path
+        self.message = message
+
+
+class ConfigError(PkiError):
+    """pki.toml is wrong: ``pki.toml:LINE: <where>: <what>``."""
+
+    def __init__(self, file: str, line: int | None, where: str, message: str) -> None:
+        self.file = file
+        self.line = line
+        self.where = where
+        self.message = message
+        loc = f"{file}:{line}" if line else file
+        super().__init__(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
+
+
+class PlanError(PkiError):
+    """The desired PKI cannot be reached from the current state (e.g. moving a non-exportable key)."""
+
+
+class BackendError(PkiError):
+    """A key store failed or refused. The message names the backend and says what to do."""
+
+
+class BackendUnavailable(BackendError):
+    """The key store cannot be reached or used at all (server down, sealed, wrong PIN, no module)."""
+
+
+class KeyNotFound(BackendError):
+    """The key a reference names does not exist in its store."""
+
+
+class KeyNotExportable(BackendError):
+    """The key never leaves its store (Vault Transit, an HSM)."""
+
+
+class UnsupportedKeyType(BackendError):
+    """The store cannot hold or make this key type (e.g. Ed25519 on a token without it)."""
+
+
+class SigningError(BackendError):
+    """A signature made outside the process did not verify against the key's public key."""
+
+
+class StateError(PkiError):
+    """``state/`` is damaged or disagrees with itself (tampered inventory, broken audit chain)."""
+
+
+class StalePlanError(PkiError):
+    """A saved plan no longer matches pki.toml or state."""
+
+
+class LockError(PkiError):
+    """Another apply holds the lock."""
+
+
+class GitError(PkiError):
+    """Committing state to git failed or was refused."""

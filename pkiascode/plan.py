@@ -1,0 +1,165 @@
+"""The plan model: what apply will do, and why.
+
+A `Plan` is a list of `Change`s, each one `Action` on one authority or certificate. The action alone
+decides what apply does (with the few explicit flags below); the ``reasons`` and ``diff`` are for the
+people reviewing it and never steer apply.
+
+Actions and what apply does for each:
+
+``create``      new key in the entry's backend, new certificate.
+``reissue``     new certificate with the same key (the spec changed, the issuer's key changed, or
+                the certificate file drifted). ``diff`` holds each changed field's before/after.
+``renew``       new certificate because expiry is within ``renew_before``; a new key too when
+                ``new_key`` (the entry's ``rotate_key``).
+``rekey``       new key and certificate (key type changed, key missing, CSR changed, ``--replace``).
+                With ``revoke_reason`` set the old certificate goes on the issuer's CRL.
+``move_key``    the key moves to the entry's new backend (export, import, prove, then delete the
+                old copy after commit). The certificate stays.
+``revoke``      the serial goes on the issuer's CRL with ``revoke_reason``. With ``retire`` (the entry
+                left pki.toml) the certificate leaves ``state/certs/`` and the inventory.
+``update_crl``  the authority's CRL is re-signed (new revocations below it, or ``next_update`` is
+                near). Apply also re-signs the CRL of any authority that gets a new certificate or
+                has a revocation below it in the same plan.
+
+A saved plan carries digests of pki.toml and of ``state/`` as they were when it was made; apply
+refuses it when either changed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import enum
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from .model import Kind, format_time, parse_time
+
+__all__ = ["Action", "FieldChange", "Change", "Plan", "PLAN_FORMAT_VERSION"]
+
+PLAN_FORMAT_VERSION = 1
+
+
+class Action(str, enum.Enum):
+    CREATE = "create"
+    REISSUE = "reissue"
+    RENEW = "renew"
+    REKEY = "rekey"
+    MOVE_KEY = "move_key"
+    REVOKE = "revoke"
+    UPDATE_CRL = "update_crl"
+
+    @property
+    def glyph(self) -> str:
+        return _GLYPHS[self]
+
+    @property
+    def past(self) -> str:
+        return _PAST[self]
+
+
+_GLYPHS = {Action.CREATE: "+", Action.REISSUE: "~", Action.RENEW: "~", Action.REKEY: "-/+",
+           Action.MOVE_KEY: ">", Action.REVOKE: "-", Action.UPDATE_CRL: "~"}
+_PAST = {Action.CREATE: "created", Action.REISSUE: "reissued", Action.RENEW: "renewed",
+         Action.REKEY: "rekeyed", Action.MOVE_KEY: "moved", Action.REVOKE: "revoked",
+         Action.UPDATE_CRL: "CRL updated"}
+ACTION_ORDER = list(Action)
+
+
+@dataclasses.dataclass(frozen=True)
+class FieldChange:
+    before: Any
+    after: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    action: Action
+    kind: Kind
+    name: str
+    reasons: tuple[str, ...]
+    diff: tuple[tuple[str, FieldChange], ...] = ()
+    new_key: bool = False
+    revoke_reason: str | None = None
+    retire: bool = False
+
+    @property
+    def qualified(self) -> str:
+        return f"{self.kind.value}.{self.name}"
+
+    @property
+    def makes_certificate(self) -> bool:
+        return self.action in (Action.CREATE, Action.REISSUE, Action.RENEW, Action.REKEY)
+
+    @property
+    def makes_key(self) -> bool:
+        return self.action in (Action.CREATE, Action.REKEY) or (self.action is Action.RENEW and self.new_key)
+
+    def to_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "action": self.action.value, "kind": self.kind.value, "name": self.name,
+            "reasons": list(self.reasons),
+            "diff": {f: {"before": c.before, "after": c.after} for f, c in self.diff},
+        }
+        if self.new_key:
+            d["new_key"] = True
+        if self.revoke_reason:
+            d["revoke_reason"] = self.revoke_reason
+        if self.retire:
+            d["retire"] = True
+        return d
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Change:
+        return cls(
+            action=Action(d["action"]), kind=Kind(d["kind"]), name=d["name"], reasons=tuple(d["reasons"]),
+            diff=tuple((f, FieldChange(c["before"], c["after"])) for f, c in d.get("diff", {}).items()),
+            new_key=bool(d.get("new_key")), revoke_reason=d.get("revoke_reason"), retire=bool(d.get("retire")),
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    changes: tuple[Change, ...]
+    warnings: tuple[str, ...]
+    at: dt.datetime
+    config_digest: str = ""
+    state_digest: str = ""
+    replace: tuple[str, ...] = ()
+
+    @property
+    def empty(self) -> bool:
+        return not self.changes
+
+    def summary(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for change in self.changes:
+            counts[change.action.value] = counts.get(change.action.value, 0) + 1
+        return {a.value: counts[a.value] for a in ACTION_ORDER if a.value in counts}
+
+    def to_json(self) -> dict[str, Any]:
+        """The public JSON form (``pki plan --format json``), plus what a saved plan needs."""
+        return {
+            "format_version": PLAN_FORMAT_VERSION,
+            "changes": [c.to_json() for c in self.changes],
+            "summary": self.summary(),
+            "warnings": list(self.warnings),
+            "at": format_time(self.at),
+            "replace": list(self.replace),
+            "config_digest": self.config_digest,
+            "state_digest": self.state_digest,
+        }
+
+    def dumps(self) -> str:
+        return json.dumps(self.to_json(), indent=2) + "\n"
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Plan:
+        if d.get("format_version") != PLAN_FORMAT_VERSION:
+            raise ValueError(f"unsupported plan format_version {d.get('format_version')!r}")
+        return cls(
+            changes=tuple(Change.from_json(c) for c in d["changes"]), warnings=tuple(d.get("warnings", ())),
+            at=parse_time(d["at"]), config_digest=d.get("config_digest", ""),
+            state_digest=d.get("state_digest", ""), replace=tuple(d.get("replace", ())),
+        )

@@ -1,0 +1,302 @@
+"""The planner: a pure function of (desired, observed, now) → `Plan`. No I/O, no clock, no backends.
+
+Everything it needs about the world arrives in `Observed` (inventory records and the drift found
+while reading state and asking key stores which keys are missing) and in ``csr_keys`` (the public-key
+digest of each committed CSR).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterable, Mapping
+
+from .errors import PlanError
+from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time
+from .names import format_duration
+from .plan import Action, Change, FieldChange, Plan
+
+__all__ = ["plan"]
+
+_SPEC_FIELD_ORDER = ("issuer", "subject", "hosts", "usages", "validity", "profile", "path_length",
+                     "name_constraints", "crl_distribution_point")
+
+
+@dataclasses.dataclass
+class _Projection:
+    """What an entry will look like after apply, as far as what it issues is concerned."""
+
+    new_key: bool
+    subject_changed: bool
+    not_after: dt.datetime | None
+
+
+def _day(t: dt.datetime) -> str:
+    return t.strftime("%Y-%m-%d")
+
+
+def _left(now: dt.datetime, t: dt.datetime) -> str:
+    secs = int((t - now).total_seconds())
+    if secs < 0:
+        return f"expired {format_duration(-secs) if secs < -60 else 'just now'} ago"
+    if secs < 86400:
+        return f"in {format_duration(max(secs, 1))}"
+    return f"in {secs // 86400} day{'s' if secs // 86400 != 1 else ''}"
+
+
+def plan(
+    desired: Desired,
+    observed: Observed,
+    *,
+    now: dt.datetime,
+    replace: Iterable[str] = (),
+    csr_keys: Mapping[str, str] | None = None,
+) -> Plan:
+    """What apply must do to make ``observed`` match ``desired`` at time ``now``.
+
+    Raises `PlanError` for a desired state that cannot be reached (moving a key that cannot leave its
+    store, replacing an unknown entry, ...).
+    """
+    replace = tuple(dict.fromkeys(replace))
+    csr_keys = csr_keys or {}
+    for name in replace:
+        if name not in desired.entries:
+            raise PlanError(f"--replace {name}: no authority or certificate is named {name!r} in pki.toml")
+        if desired.entries[name].csr:
+            raise PlanError(f"--replace {name}: it is signed from a CSR; its requester makes a new key "
+                            "and commits a new CSR")
+        if desired.entries[name].revoked:
+            raise PlanError(f"--replace {name}: it is revoked in pki.toml")
+
+    records = observed.records
+    changes: list[Change] = []
+    warnings: list[str] = []
+    proj: dict[str, _Projection] = {}
+    revoked_under: dict[str, list[str]] = {}
+
+    def note_revocation(issuer: str | None, what: str) -> None:
+        if issuer:
+            revoked_under.setdefault(issuer, []).append(what)
+
+    for name, entry in desired.entries.items():
+        rec = records.get(name)
+        issuer_proj = proj.get(entry.issuer) if entry.issuer else None
+        issuer_rec = records.get(entry.issuer) if entry.issuer else None
+        issuer_not_after = (issuer_proj.not_after if issuer_proj and issuer_proj.not_after
+                            else issuer_rec.not_after if issuer_rec else None)
+
+        # -- revoked in pki.toml (or below a revoked authority) ---------------------------------
+        if entry.revoked is not None:
+            proj[name] = _Projection(False, False, rec.not_after if rec else None)
+            if rec is None or rec.revoked:
+                continue
+            why = (f"revoked = {{ reason = \"{entry.revoked.reason}\" }} in pki.toml"
+                   if entry.issuer is None or not desired.entries[entry.issuer].revoked
+                   else f"issuer authority.{entry.issuer} is revoked")
+            changes.append(Change(Action.REVOKE, entry.kind, name, (why,),
+                                  (("status", FieldChange("valid", "revoked")),),
+                                  revoke_reason=entry.revoked.reason))
+            note_revocation(rec.issuer, f"{entry.qualified} ({entry.revoked.reason})")
+            continue
+
+        def projected_not_after() -> dt.datetime:
+            t = now + dt.timedelta(seconds=entry.validity)
+            return min(t, issuer_not_after) if issuer_not_after else t
+
+        def cap_warning() -> None:
+            if issuer_not_after and now + dt.timedelta(seconds=entry.validity) > issuer_not_after:
+                warnings.append(f"{entry.qualified}: validity {format_duration(entry.validity)} is capped at "
+                                f"the expiry of authority.{entry.issuer} ({format_time(issuer_not_after)}): "
+                                "a certificate may not outlive its issuer")
+
+        # -- new ---------------------------------------------------------------------------------
+        if rec is None:
+            changes.append(Change(Action.CREATE, entry.kind, name, ("not in state",),
+                                  _creation_diff(entry, desired), new_key=not entry.csr))
+            proj[name] = _Projection(True, False, projected_not_after())
+            cap_warning()
+            continue
+
+        # -- key identity: rekey -----------------------------------------------------------------
+        key_reasons: list[str] = []
+        replaced = name in replace
+        if rec.revoked:
+            key_reasons.append("it was revoked and a revocation cannot be undone: a new key and certificate")
+        if replaced:
+            key_reasons.append("--replace: new key, the old certificate is revoked as key_compromise")
+        if entry.csr:
+            digest = csr_keys.get(name)
+            if digest is not None and digest != rec.key_id:
+                key_reasons.append(f"{entry.csr} requests a new key")
+        else:
+            if rec.key_type != entry.key.value:
+                key_reasons.append(f"key algorithm changes {rec.key_type} → {entry.key.value}")
+            if name in observed.missing_keys:
+                key_reasons.append(observed.missing_keys[name])
+        store_changes = rec.store != entry.store
+        if store_changes and rec.store != CSR_STORE and rec.store not in desired.stores and not key_reasons:
+            raise PlanError(f"{entry.qualified}: its key is in backend {rec.store!r}, which pki.toml no longer "
+                            f"defines; define [backend.{rec.store}] again so the key can move, or "
+                            f"--replace {name} for a new key")
+
+        if key_reasons:
+            diff = [("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry)))]
+            diff += _spec_diff(rec, entry)
+            changes.append(Change(Action.REKEY, entry.kind, name, tuple(key_reasons), tuple(diff),
+                                  new_key=not entry.csr,
+                                  revoke_reason="key_compromise" if replaced else None))
+            if replaced:
+                note_revocation(rec.issuer, f"{entry.qualified} (key_compromise, replaced)")
+            proj[name] = _Projection(True, rec.subject != entry.subject_text(), projected_not_after())
+            cap_warning()
+            continue
+
+        # -- key store: move_key -----------------------------------------------------------------
+        moving = False
+        if store_changes:
+            if rec.store == CSR_STORE or entry.csr:
+                pass  # switching to/from a CSR changes the key: caught above via the digest
+            elif not rec.key_exportable:
+                raise PlanError(f"{entry.qualified}: cannot move its key from backend {rec.store!r} to "
+                                f"{entry.backend!r}: the key was made non-exportable and never leaves "
+                                f"{rec.store!r}; keep backend = \"{rec.store}\" or --replace {name}")
+            else:
+                moving = True
+
+        # -- certificate content: reissue --------------------------------------------------------
+        reasons: list[str] = []
+        diff: list[tuple[str, FieldChange]] = []
+        if rec.spec_digest != desired.spec_digests[name]:
+            diff = _spec_diff(rec, entry)
+            reasons.extend(f"{field} changed" for field, _ in diff)
+            if not diff:
+                reasons.append("the certificate's spec changed")
+        if name in observed.cert_drift:
+            reasons.append(observed.cert_drift[name])
+        if entry.issuer:
+            if issuer_proj and issuer_proj.new_key:
+                reasons.append(f"issuer key changed (authority.{entry.issuer} gets a new key)")
+            elif issuer_rec is not None and rec.issuer_ski != issuer_rec.ski and rec.issuer == entry.issuer:
+                reasons.append(f"issuer key changed (authority.{entry.issuer}'s key is not the one that signed it)")
+            if issuer_proj and issuer_proj.subject_changed and rec.issuer == entry.issuer:
+                reasons.append(f"issuer subject changed (authority.{entry.issuer})")
+
+        # -- expiry: renew -----------------------------------------------------------------------
+        renew_due = now >= rec.not_after - dt.timedelta(seconds=entry.renew_before)
+        renew_reason = None
+        if renew_due:
+            new_not_after = projected_not_after()
+            if new_not_after <= rec.not_after + dt.timedelta(minutes=1) and not reasons:
+                warnings.append(f"{entry.qualified}: due for renewal (expires {format_time(rec.not_after)}) but "
+                                f"cannot outlive authority.{entry.issuer} (expires "
+                                f"{format_time(issuer_not_after) if issuer_not_after else '?'}); renew the issuer")
+                renew_due = False
+            elif now >= rec.not_after:
+                renew_reason = f"expired on {_day(rec.not_after)}"
+            else:
+                renew_reason = (f"expires {_day(rec.not_after)} ({_left(now, rec.not_after)}), within "
+                                f"renew_before {format_duration(entry.renew_before)}")
+
+        if moving:
+            changes.append(Change(Action.MOVE_KEY, entry.kind, name,
+                                  (f"backend changes {rec.store} → {entry.backend}",),
+                                  (("backend", FieldChange(rec.store, entry.backend)),)))
+        if reasons:
+            if renew_reason:
+                reasons.append(renew_reason)
+            diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(projected_not_after()))))
+            changes.append(Change(Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff)))
+            proj[name] = _Projection(False, rec.subject != entry.subject_text(), projected_not_after())
+            cap_warning()
+        elif renew_due and renew_reason:
+            new_key = entry.rotate_key and not entry.csr
+            renew_diff = [("not_after", FieldChange(format_time(rec.not_after), format_time(projected_not_after())))]
+            if new_key:
+                renew_diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
+            changes.append(Change(Action.RENEW, entry.kind, name,
+                                  (renew_reason,) + (("rotate_key: a new key",) if new_key else ()),
+                                  tuple(renew_diff), new_key=new_key))
+            proj[name] = _Projection(new_key, False, projected_not_after())
+            cap_warning()
+        else:
+            proj[name] = _Projection(False, False, rec.not_after)
+
+    # -- entries gone from pki.toml: revoke and retire, children first --------------------------
+    gone = [r for n, r in records.items() if n not in desired.entries]
+    depth = {r.name: _depth(r, records) for r in gone}
+    for rec in sorted(gone, key=lambda r: (-depth[r.name], r.name)):
+        if rec.revoked:
+            why = "removed from pki.toml (already revoked): leaves state"
+        else:
+            why = "removed from pki.toml: revoked, and its certificate leaves state"
+            note_revocation(rec.issuer, f"{rec.qualified} (cessation_of_operation)")
+        changes.append(Change(Action.REVOKE, rec.kind, rec.name, (why,),
+                              (("status", FieldChange("revoked" if rec.revoked else "valid", "removed")),),
+                              revoke_reason=None if rec.revoked else "cessation_of_operation", retire=True))
+
+    # -- CRLs -----------------------------------------------------------------------------------
+    own_change = {c.name for c in changes if c.makes_certificate}
+    for name, entry in desired.entries.items():
+        if entry.kind is not Kind.AUTHORITY or name in own_change:
+            continue
+        rec = records.get(name)
+        if rec is None:
+            continue
+        if rec.revoked and name not in revoked_under:
+            continue
+        reasons = []
+        if name in revoked_under:
+            reasons.append("new revocations: " + ", ".join(revoked_under[name]))
+        crl = rec.crl or {}
+        if name in observed.crl_drift:
+            reasons.append(observed.crl_drift[name])
+        elif not crl:
+            reasons.append("no CRL yet")
+        else:
+            next_update = dt.datetime.fromisoformat(crl["next_update"].replace("Z", "+00:00"))
+            validity = int(crl.get("validity", entry.crl_validity))
+            if validity != entry.crl_validity:
+                reasons.append(f"crl_validity changes {format_duration(validity)} → "
+                               f"{format_duration(entry.crl_validity)}")
+            elif now >= next_update - dt.timedelta(seconds=entry.crl_validity / 3):
+                reasons.append(f"next_update {format_time(next_update)} is within a third of crl_validity "
+                               f"{format_duration(entry.crl_validity)}")
+        if reasons:
+            changes.append(Change(Action.UPDATE_CRL, Kind.AUTHORITY, name, tuple(reasons),
+                                  (("crl_number", FieldChange(crl.get("number"),
+                                                              (crl.get("number") or 0) + 1)),)))
+
+    return Plan(changes=tuple(changes), warnings=tuple(warnings), at=now, config_digest=desired.digest,
+                state_digest=observed.digest, replace=replace)
+
+
+def _depth(rec: Record, records: Mapping[str, Record]) -> int:
+    d, seen = 0, set()
+    while rec.issuer and rec.issuer in records and rec.issuer not in seen:
+        seen.add(rec.issuer)
+        rec = records[rec.issuer]
+        d += 1
+    return d
+
+
+def _key_label(entry: Entry) -> str:
+    return f"{entry.key.value} ({entry.store})" if not entry.csr else f"from {entry.csr}"
+
+
+def _creation_diff(entry: Entry, desired: Desired) -> tuple[tuple[str, FieldChange], ...]:
+    spec = entry.spec()
+    out = [("key", FieldChange(None, _key_label(entry)))]
+    for field in _SPEC_FIELD_ORDER:
+        value = spec.get(field)
+        if value not in (None, [], ""):
+            out.append((field, FieldChange(None, value)))
+    return tuple(out)
+
+
+def _spec_diff(rec: Record, entry: Entry) -> list[tuple[str, FieldChange]]:
+    after = entry.spec()
+    before = rec.spec
+    fields = [f for f in _SPEC_FIELD_ORDER if f in after or f in before]
+    fields += sorted((set(after) | set(before)) - set(fields))
+    return [(f, FieldChange(before.get(f), after.get(f))) for f in fields
+            if before.get(f) != after.get(f) and f in after]

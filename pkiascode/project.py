@@ -1,0 +1,184 @@
+"""A project: one pki.toml, its state directory, its key stores. Reads; `pkiascode.apply` writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .backend import KeyRef, KeyStore, StoreContext
+from .config import find_line, load_config
+from .errors import BackendError, ConfigError, PkiError
+from .model import CSR_STORE, Desired, Entry, Observed, Record
+from .plan import Plan
+from .planner import plan as make_plan
+from .plugins import Plugins
+from .state import StateDir
+
+if TYPE_CHECKING:
+    from .x509 import CsrInfo
+
+__all__ = ["Project", "require_entry"]
+
+
+class Project:
+    def __init__(self, config_path: Path, *, plugins: Plugins | None = None) -> None:
+        self.config_path = config_path.resolve()
+        self.base_dir = self.config_path.parent
+        self.work_dir = self.base_dir / ".pki"
+        self.plugins = plugins or Plugins()
+        self._desired: Desired | None = None
+        self._stores: dict[str, KeyStore] = {}
+        self._csrs: dict[str, CsrInfo] | None = None
+
+    # -- desired --------------------------------------------------------------------------------
+    def desired(self) -> Desired:
+        if self._desired is None:
+            def options_for(plugin: str) -> Any:
+                factory = self.plugins.factory(plugin)
+                return None if factory is None else factory.options
+
+            self._desired = load_config(self.config_path, options_for=options_for,
+                                        cache_dir=self.work_dir / "cache",
+                                        display_name=self._display_name())
+            self._validate_store_settings(self._desired)
+        return self._desired
+
+    def _display_name(self) -> str:
+        try:
+            return self.config_path.relative_to(Path.cwd()).as_posix()
+        except ValueError:
+            return str(self.config_path)
+
+    def config_error(self, path: tuple[str, ...], message: str) -> ConfigError:
+        """A ConfigError at the line of ``path`` (for checks made after parsing, e.g. CSRs)."""
+        try:
+            line = find_line(self.config_path.read_text(encoding="utf-8"), path)
+        except OSError:
+            line = None
+        return ConfigError(self._display_name(), line, ".".join(path[:3]), message)
+
+    def _validate_store_settings(self, desired: Desired) -> None:
+        for spec in desired.stores.values():
+            factory = self.plugins.factory(spec.plugin)
+            if factory is None:
+                raise self.config_error(("backend", spec.name, "plugin"),
+                                        f"no backend plugin {spec.plugin!r} is installed")
+            for option, message in factory.validate(spec.settings_dict()):
+                raise self.config_error(("backend", spec.name, option), message)
+
+    @property
+    def state(self) -> StateDir:
+        return StateDir(self.base_dir, self.desired().settings.state_dir, self.work_dir)
+
+    # -- key stores -----------------------------------------------------------------------------
+    def store(self, name: str) -> KeyStore:
+        store = self._stores.get(name)
+        if store is None:
+            desired = self.desired()
+            spec = desired.stores.get(name)
+            if spec is None:
+                raise BackendError(f"backend {name!r} is not defined in pki.toml")
+            store = self.plugins.create(name, spec.plugin, spec.settings_dict(),
+                                        StoreContext(self.base_dir, self.work_dir))
+            self._stores[name] = store
+        return store
+
+    def open_stores(self) -> list[KeyStore]:
+        return list(self._stores.values())
+
+    def close(self) -> None:
+        for store in self._stores.values():
+            try:
+                store.close()
+            except Exception:  # noqa: BLE001 - closing must not mask the real outcome
+                pass
+        self._stores.clear()
+
+    # -- CSRs -----------------------------------------------------------------------------------
+    def csrs(self) -> dict[str, CsrInfo]:
+        """Every committed CSR, parsed, checked and compared with its entry."""
+        if self._csrs is None:
+            self._csrs = {}
+            for entry in self.desired().entries.values():
+                if entry.csr and not entry.revoked:
+                    self._csrs[entry.name] = self._load_csr(entry)
+        return self._csrs
+
+    def _load_csr(self, entry: Entry) -> CsrInfo:
+        from .x509 import load_csr
+
+        path = ("certificate", entry.name, "csr")
+        try:
+            data = (self.base_dir / entry.csr).read_bytes()  # type: ignore[operator]
+        except FileNotFoundError:
+            raise self.config_error(path, f"{entry.csr} not found") from None
+        try:
+            info = load_csr(data)
+        except ValueError as e:
+            raise self.config_error(path, f"{entry.csr}: {e}") from None
+        want_attrs = list(entry.subject) + [("CN", entry.common_name)]
+        if sorted(info.attributes) != sorted(want_attrs):
+            got = ", ".join(f"{k}={v}" for k, v in info.attributes) or "(empty)"
+            raise self.config_error(("certificate", entry.name, "subject"),
+                                    f"subject of {entry.csr} is {got}, but pki.toml says {entry.subject_text()}")
+        if sorted(info.hosts) != sorted(entry.hosts):
+            got = ", ".join(h for _, h in info.hosts) or "(none)"
+            want = ", ".join(h for _, h in entry.hosts) or "(none)"
+            raise self.config_error(("certificate", entry.name, "hosts"),
+                                    f"SANs of {entry.csr} are {got}, but pki.toml hosts are {want}")
+        return info
+
+    # -- observed -------------------------------------------------------------------------------
+    def observe(self, *, check_keys: bool = True) -> tuple[Observed, dict[str, Any]]:
+        observed, inv = self.state.observe()
+        if check_keys:
+            missing = self.missing_keys(observed.records)
+            if missing:
+                observed = Observed(records=observed.records, revocations=observed.revocations,
+                                    cert_drift=observed.cert_drift, crl_drift=observed.crl_drift,
+                                    missing_keys=missing,
+                                    digest=hashlib.sha256((observed.digest + repr(sorted(missing))).encode())
+                                    .hexdigest())
+        return observed, inv
+
+    def missing_keys(self, records: Mapping[str, Record]) -> dict[str, str]:
+        """Records whose key their store no longer has (one query per store)."""
+        desired = self.desired()
+        by_store: dict[str, list[Record]] = {}
+        for rec in records.values():
+            if rec.store == CSR_STORE or rec.revoked or rec.store not in desired.stores:
+                continue
+            by_store.setdefault(rec.store, []).append(rec)
+        out: dict[str, str] = {}
+        for store_name, recs in by_store.items():
+            store = self.store(store_name)
+            refs = {KeyRef(store_name, r.key_id, r.key_origin): r for r in recs}
+            for ref in store.missing(refs):
+                rec = refs[ref]
+                out[rec.name] = f"its key {ref.id} is missing from backend {store_name}"
+        return out
+
+    # -- plan -----------------------------------------------------------------------------------
+    def plan(self, *, at: dt.datetime, replace: Iterable[str] = ()) -> Plan:
+        desired = self.desired()
+        csr_keys = {name: info.digest for name, info in self.csrs().items()}
+        observed, _ = self.observe()
+        return make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys)
+
+    def entry_or_record(self, name: str) -> tuple[Entry | None, Record | None]:
+        observed, _ = self.state.observe()
+        return self.desired().entries.get(name), observed.records.get(name)
+
+
+def require_entry(project: Project, name: str) -> Record:
+    _, rec = project.entry_or_record(name)
+    if rec is None:
+        known = sorted(project.state.observe()[0].records)
+        from .names import did_you_mean
+        raise PkiError(f"{name!r} is not in state{did_you_mean(name, known)}; run `pki apply` first"
+                        if known else f"{name!r} is not in state: nothing has been applied yet")
+    return rec
+

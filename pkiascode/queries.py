@@ -1,0 +1,129 @@
+"""Read-only views of state for ``pki list``, ``pki show`` and ``pki export``."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+from pathlib import Path
+from typing import Any
+
+from .backend import KeyRef
+from .errors import ConfigError, KeyNotExportable, PkiError
+from .model import CSR_STORE, Kind, Record, format_time
+from .project import Project, require_entry
+
+__all__ = ["list_rows", "show", "export", "status_of", "chain_names"]
+
+_DEFAULT_RENEW_BEFORE = 30 * 86400
+
+
+def status_of(rec: Record, at: dt.datetime, renew_before: int) -> str:
+    if rec.revoked:
+        return "revoked"
+    if at >= rec.not_after:
+        return "expired"
+    if at >= rec.not_after - dt.timedelta(seconds=renew_before):
+        return "renew_due"
+    return "ok"
+
+
+def _renew_before(project: Project) -> dict[str, int]:
+    try:
+        return {n: e.renew_before for n, e in project.desired().entries.items()}
+    except ConfigError:
+        return {}  # list still works from state when pki.toml is broken
+
+
+def list_rows(project: Project, at: dt.datetime) -> list[dict[str, Any]]:
+    observed, _ = project.state.observe()
+    renew = _renew_before(project)
+    rows = []
+    for rec in sorted(observed.records.values(), key=lambda r: (r.kind is Kind.CERTIFICATE, r.name)):
+        left = (rec.not_after - at).total_seconds() / 86400
+        rows.append({
+            "name": rec.name, "kind": rec.kind.value, "issuer": rec.issuer, "subject": rec.subject,
+            "serial": rec.serial, "sha256": rec.sha256, "not_before": format_time(rec.not_before),
+            "not_after": format_time(rec.not_after), "days_left": int(left // 1),
+            "status": status_of(rec, at, renew.get(rec.name, _DEFAULT_RENEW_BEFORE)),
+            "backend": rec.store, "key": rec.key_type,
+            "revoked": dict(rec.revoked) if rec.revoked else None,
+        })
+    return rows
+
+
+def chain_names(records: dict[str, Record], name: str) -> list[str]:
+    out, seen = [], {name}
+    rec = records[name]
+    while rec.issuer and rec.issuer in records and rec.issuer not in seen:
+        seen.add(rec.issuer)
+        out.append(rec.issuer)
+        rec = records[rec.issuer]
+    return out
+
+
+def show(project: Project, name: str) -> dict[str, Any]:
+    from .x509 import describe, load_certificate
+
+    rec = require_entry(project, name)
+    path = project.state.cert_path(name)
+    try:
+        info = describe(load_certificate(path.read_bytes()))
+    except (FileNotFoundError, ValueError):
+        raise PkiError(f"{project.state.rel}/certs/{name}.pem is missing or damaged; `pki plan` shows the repair") \
+            from None
+    records = project.state.observe()[0].records
+    info.update({
+        "name": rec.name, "kind": rec.kind.value, "issuer_name": rec.issuer,
+        "chain": chain_names(dict(records), name), "backend": rec.store, "key_ref": rec.key_id,
+        "key_origin": rec.key_origin, "key_exportable": rec.key_exportable, "revoked": rec.revoked,
+        "crl": dict(rec.crl) if rec.crl else None, "file": f"{project.state.rel}/certs/{name}.pem",
+    })
+    return info
+
+
+def export(project: Project, name: str, directory: Path, *, no_key: bool) -> list[Path]:
+    """Write NAME.pem, NAME-ca.pem and (unless ``no_key``) NAME-key.pem. Checks before writing."""
+    from cryptography.hazmat.primitives import serialization
+
+    rec = require_entry(project, name)
+    state = project.state
+    records = dict(state.observe()[0].records)
+    chain = chain_names(records, name) or ([name] if rec.issuer is None else [])
+    if rec.issuer and not chain:
+        raise PkiError(f"the issuer of {rec.qualified} is not in state")
+    try:
+        cert = state.cert_path(name).read_bytes()
+        ca = b"".join(state.cert_path(n).read_bytes() for n in chain)
+    except FileNotFoundError as e:
+        raise PkiError(f"{e.filename} is missing; `pki plan` shows the repair") from None
+
+    key_pem = None
+    if not no_key and rec.store != CSR_STORE:
+        if rec.store not in project.desired().stores:
+            raise PkiError(f"the key of {rec.qualified} is in backend {rec.store!r}, which pki.toml no longer defines")
+        store = project.store(rec.store)
+        ref = KeyRef(rec.store, rec.key_id, rec.key_origin)
+        if not store.is_exportable(ref):
+            raise KeyNotExportable(f"the key of {rec.qualified} cannot leave backend {rec.store} "
+                                   f"({store.plugin}); export the certificate and chain with --no-key")
+        key = store.export(ref)
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption())
+
+    directory.mkdir(parents=True, exist_ok=True)
+    written = []
+    for fname, data, mode in ((f"{name}.pem", cert, 0o644), (f"{name}-ca.pem", ca, 0o644),
+                              (f"{name}-key.pem", key_pem, 0o600)):
+        if data is None:
+            continue
+        path = directory / fname
+        tmp = directory / f".{fname}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+        written.append(path)
+    return written

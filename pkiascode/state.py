@@ -1,0 +1,292 @@
+"""``state/`` (in git) and ``.pki/`` (local): reading what exists, and writing it crash-safely.
+
+Writing goes through a transaction: apply first writes everything it will change, complete, into
+``.pki/journal/txn.json`` (one atomic rename), then copies it into ``state/``. A run killed before the
+rename changed nothing; one killed after it is finished by the next run (`StateDir.pending_txn`,
+`StateDir.roll_forward`), which is idempotent. Keys made during an apply are listed in
+``.pki/journal/keys.jsonl`` as they are made, so the next run can delete the ones no certificate
+ended up using. Old keys are deleted only after the new state is committed.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from . import audit
+from .errors import StateError
+from .model import Observed, Record
+
+__all__ = ["StateDir", "atomic_write", "INVENTORY_FORMAT"]
+
+INVENTORY_FORMAT = 1
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        os.write(fd, data)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def _pem_der_digest(data: bytes) -> str | None:
+    """SHA-256 of the DER inside a one-object PEM file, without importing a crypto library."""
+    lines = data.strip().splitlines()
+    if len(lines) < 3 or not lines[0].startswith(b"-----BEGIN ") or not lines[-1].startswith(b"-----END "):
+        return None
+    try:
+        der = base64.b64decode(b"".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    return hashlib.sha256(der).hexdigest()
+
+
+class StateDir:
+    """The state directory of one pki.toml, and its local work directory."""
+
+    def __init__(self, base_dir: Path, state_dir: str, work_dir: Path) -> None:
+        self.base = base_dir
+        self.root = base_dir / state_dir
+        self.rel = state_dir
+        self.work = work_dir
+        self.certs = self.root / "certs"
+        self.crls = self.root / "crl"
+        self.inventory_path = self.root / "inventory.json"
+        self.audit_path = self.root / "audit.jsonl"
+        self.journal = work_dir / "journal"
+        self.txn_path = self.journal / "txn.json"
+        self.keys_path = self.journal / "keys.jsonl"
+        self.deletes_path = self.journal / "deletes.json"
+        self._stat_cache_path = work_dir / "cache" / "files.json"
+        self._cache_dirty = False
+
+    def cert_path(self, name: str) -> Path:
+        return self.certs / f"{name}.pem"
+
+    def crl_path(self, name: str) -> Path:
+        return self.crls / f"{name}.crl"
+
+    def rel_path(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    # -- inventory ------------------------------------------------------------------------------
+    def read_inventory_bytes(self) -> bytes:
+        try:
+            return self.inventory_path.read_bytes()
+        except FileNotFoundError:
+            return b""
+
+    def parse_inventory(self, data: bytes) -> dict[str, Any]:
+        if not data.strip():
+            return {"format_version": INVENTORY_FORMAT, "objects": {}, "revocations": []}
+        try:
+            inv = json.loads(data)
+        except json.JSONDecodeError as e:
+            raise StateError(f"{self.rel}/inventory.json is not valid JSON (line {e.lineno}): restore it "
+                             f"with `git checkout -- {self.rel}/inventory.json`") from None
+        if not isinstance(inv, dict) or inv.get("format_version") != INVENTORY_FORMAT \
+                or not isinstance(inv.get("objects"), dict):
+            raise StateError(f"{self.rel}/inventory.json is not a pkiascode inventory (format_version "
+                             f"{INVENTORY_FORMAT} with objects)")
+        inv.setdefault("revocations", [])
+        return inv
+
+    @staticmethod
+    def render_inventory(inv: Mapping[str, Any]) -> bytes:
+        """One object per line: small, reviewable diffs in git."""
+        objects = inv["objects"]
+        out = ['{"format_version": %d,' % INVENTORY_FORMAT, '"objects": {']
+        names = sorted(objects)
+        for i, name in enumerate(names):
+            sep = "," if i < len(names) - 1 else ""
+            out.append(f"{json.dumps(name)}: {json.dumps(objects[name], sort_keys=True)}{sep}")
+        out.append("},")
+        out.append('"revocations": [')
+        revs = inv.get("revocations", [])
+        for i, r in enumerate(revs):
+            out.append(json.dumps(r, sort_keys=True) + ("," if i < len(revs) - 1 else ""))
+        out.append("]}")
+        return ("\n".join(out) + "\n").encode()
+
+    def records(self, inv: Mapping[str, Any]) -> dict[str, Record]:
+        try:
+            return {name: Record.from_json(obj) for name, obj in inv["objects"].items()}
+        except (KeyError, TypeError, ValueError) as e:
+            raise StateError(f"{self.rel}/inventory.json has a malformed record ({type(e).__name__}: {e}); "
+                             f"restore it with `git checkout -- {self.rel}/inventory.json`") from None
+
+    # -- observation ----------------------------------------------------------------------------
+    def observe(self) -> tuple[Observed, dict[str, Any]]:
+        """Records, revocations and file drift; the pending transaction overlaid if there is one.
+
+        Key stores are asked about missing keys by the caller (`Observed.missing_keys`).
+        """
+        txn = self.pending_txn()
+        if txn is not None:
+            data = txn["inventory"].encode()
+            overlay = {rel for rel in txn["files"]}
+        else:
+            data = self.read_inventory_bytes()
+            overlay = set()
+        inv = self.parse_inventory(data)
+        records = self.records(inv)
+        cache = self._load_stat_cache()
+        cert_drift: dict[str, str] = {}
+        crl_drift: dict[str, str] = {}
+        for name, rec in records.items():
+            rel = f"certs/{name}.pem"
+            if rel not in overlay:
+                why = self._file_drift(self.cert_path(name), rec.sha256, cache)
+                if why:
+                    cert_drift[name] = f"{self.rel}/{rel} {why}"
+            crl = rec.crl
+            rel = f"crl/{name}.crl"
+            if crl and rel not in overlay:
+                why = self._file_drift(self.crl_path(name), crl.get("sha256", ""), cache)
+                if why:
+                    crl_drift[name] = f"{self.rel}/{rel} {why}"
+        self._save_stat_cache(cache)
+        digest = hashlib.sha256(data + json.dumps([cert_drift, crl_drift], sort_keys=True).encode()
+                                + (b"txn" if txn else b"")).hexdigest()
+        observed = Observed(records=records, revocations=tuple(inv["revocations"]), cert_drift=cert_drift,
+                            crl_drift=crl_drift, digest=digest)
+        return observed, inv
+
+    def _file_drift(self, path: Path, expected: str, cache: dict[str, list[Any]]) -> str | None:
+        try:
+            st = path.stat()
+        except FileNotFoundError:
+            return "is missing"
+        key = str(path)
+        hit = cache.get(key)
+        if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
+            digest = hit[2]
+        else:
+            digest = _pem_der_digest(path.read_bytes())
+            cache[key] = [st.st_mtime_ns, st.st_size, digest]
+            self._cache_dirty = True
+        if digest is None:
+            return "is not a PEM file"
+        if digest != expected:
+            return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
+        return None
+
+    def _load_stat_cache(self) -> dict[str, list[Any]]:
+        try:
+            return json.loads(self._stat_cache_path.read_bytes())
+        except (OSError, ValueError):
+            return {}
+
+    def _save_stat_cache(self, cache: dict[str, list[Any]]) -> None:
+        if not self._cache_dirty:
+            return
+        try:
+            atomic_write(self._stat_cache_path, json.dumps(cache, separators=(",", ":")).encode())
+        except OSError:
+            pass
+        self._cache_dirty = False
+
+    # -- transactions ---------------------------------------------------------------------------
+    def pending_txn(self) -> dict[str, Any] | None:
+        try:
+            return json.loads(self.txn_path.read_bytes())
+        except FileNotFoundError:
+            return None
+        except ValueError:
+            # a torn txn file cannot exist (it is renamed into place), so this is damage
+            raise StateError(f"{self.txn_path} is damaged; remove it to discard the interrupted apply") from None
+
+    def begin(self, txn: Mapping[str, Any]) -> None:
+        """Make the transaction durable: from here on the change will complete."""
+        data = json.dumps(txn).encode()
+        self.journal.mkdir(parents=True, exist_ok=True)
+        tmp = self.txn_path.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.txn_path)
+
+    def roll_forward(self, txn: Mapping[str, Any]) -> None:
+        """Write the transaction into state/ (idempotent: safe to repeat after a crash)."""
+        for rel, content in txn["files"].items():
+            path = self.root / rel
+            if content is None:
+                path.unlink(missing_ok=True)
+            else:
+                data = content.encode()
+                try:
+                    if path.read_bytes() == data:
+                        continue
+                except FileNotFoundError:
+                    pass
+                atomic_write(path, data)
+        self._append_audit(txn["audit_prev"], txn["audit"])
+        inv = txn["inventory"].encode()
+        if self.read_inventory_bytes() != inv:
+            atomic_write(self.inventory_path, inv)
+
+    def _append_audit(self, base: str, lines: list[dict[str, Any]]) -> None:
+        if not lines:
+            return
+        current, _ = audit.tail_hash(self.audit_path)
+        if current == lines[-1]["hash"]:
+            return  # already appended
+        if current != base:
+            raise StateError(f"{self.rel}/audit.jsonl changed while an apply was pending (its last hash is "
+                             f"{current[:12]}…, expected {base[:12]}…); run `pki audit verify`")
+        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.audit_path, "ab") as f:
+            for line in lines:
+                f.write(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+
+    def finish(self) -> None:
+        self.txn_path.unlink(missing_ok=True)
+
+    # -- key journal ----------------------------------------------------------------------------
+    def journal_key(self, store: str, key_id: str) -> None:
+        self.journal.mkdir(parents=True, exist_ok=True)
+        with open(self.keys_path, "a") as f:
+            f.write(json.dumps({"store": store, "id": key_id}) + "\n")
+
+    def journaled_keys(self) -> list[tuple[str, str]]:
+        try:
+            lines = self.keys_path.read_text().splitlines()
+        except FileNotFoundError:
+            return []
+        out = []
+        for line in lines:
+            try:
+                d = json.loads(line)
+                out.append((d["store"], d["id"]))
+            except (ValueError, KeyError, TypeError):
+                continue  # a torn last line from a crash
+        return out
+
+    def clear_key_journal(self) -> None:
+        self.keys_path.unlink(missing_ok=True)
+
+    def pending_deletes(self) -> list[tuple[str, str]]:
+        try:
+            return [tuple(x) for x in json.loads(self.deletes_path.read_bytes())]  # type: ignore[misc]
+        except FileNotFoundError:
+            return []
+        except ValueError:
+            return []
+
+    def set_pending_deletes(self, refs: Iterable[tuple[str, str]]) -> None:
+        refs = sorted(set(refs))
+        if refs:
+            atomic_write(self.deletes_path, json.dumps(refs).encode())
+        else:
+            self.deletes_path.unlink(missing_ok=True)

@@ -1,0 +1,331 @@
+"""All X.509 building and reading: certificates, CRLs, CSRs. Nothing else imports `cryptography.x509`
+to make things (readers for ``pki show`` live here too)."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import ipaddress
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
+from cryptography.x509.oid import NameOID, ObjectIdentifier
+
+from .keytypes import key_type_of, signature_hash
+from .model import REVOCATION_REASONS, Entry, Kind
+from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_kind
+
+__all__ = [
+    "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
+    "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key", "NotBefore",
+    "build_name", "public_key_der", "prove_key",
+]
+
+#: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
+BACKDATE = dt.timedelta(minutes=5)
+NotBefore = dt.datetime
+
+_ATTR_OID = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
+             "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,
+             "CN": NameOID.COMMON_NAME}
+_OID_ATTR = {v: k for k, v in _ATTR_OID.items()}
+_REASON_FLAGS = {
+    "unspecified": x509.ReasonFlags.unspecified, "key_compromise": x509.ReasonFlags.key_compromise,
+    "ca_compromise": x509.ReasonFlags.ca_compromise, "affiliation_changed": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded, "cessation_of_operation": x509.ReasonFlags.cessation_of_operation,
+    "certificate_hold": x509.ReasonFlags.certificate_hold,
+    "privilege_withdrawn": x509.ReasonFlags.privilege_withdrawn, "aa_compromise": x509.ReasonFlags.aa_compromise,
+}
+assert set(_REASON_FLAGS) == set(REVOCATION_REASONS)
+
+PRIVATE_KEY_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----")
+
+
+def holds_private_key(data: bytes) -> bool:
+    """PEM private keys of any kind (PKCS#8, encrypted, RSA, EC, OpenSSH)."""
+    return bool(PRIVATE_KEY_RE.search(data))
+
+
+def build_name(subject: Iterable[tuple[str, str]], common_name: str | None) -> x509.Name:
+    attrs = [x509.NameAttribute(_ATTR_OID[k], v) for k, v in subject]
+    if common_name:
+        attrs.append(x509.NameAttribute(NameOID.COMMON_NAME, common_name))
+    return x509.Name(attrs)
+
+
+def _san(hosts: Sequence[Host]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for kind, value in hosts:
+        if kind == "ip":
+            out.append(x509.IPAddress(ipaddress.ip_address(value)))
+        elif kind == "email":
+            out.append(x509.RFC822Name(value))
+        elif kind == "uri":
+            out.append(x509.UniformResourceIdentifier(value))
+        else:
+            out.append(x509.DNSName(value))
+    return out
+
+
+def _name_constraint_subtrees(values: Iterable[str]) -> list[x509.GeneralName]:
+    out: list[x509.GeneralName] = []
+    for v in values:
+        kind, parsed = constraint_kind(v)
+        if kind == "ip":
+            out.append(x509.IPAddress(parsed))  # type: ignore[arg-type]
+        elif kind == "email":
+            out.append(x509.RFC822Name(str(parsed).lstrip("@")))
+        elif kind == "uri":
+            out.append(x509.UniformResourceIdentifier(str(parsed)))
+        else:
+            out.append(x509.DNSName(str(parsed)))
+    return out
+
+
+def _key_usage(usages: Iterable[str]) -> x509.KeyUsage | None:
+    flags = {attr: False for attr in set(KEY_USAGES.values())}
+    any_set = False
+    for u in usages:
+        if u in KEY_USAGES:
+            flags[KEY_USAGES[u]] = True
+            any_set = True
+    if not any_set:
+        return None
+    if not flags["key_agreement"]:
+        flags["encipher_only"] = flags["decipher_only"] = False
+    return x509.KeyUsage(**flags)
+
+
+def _extended_usage(usages: Iterable[str]) -> x509.ExtendedKeyUsage | None:
+    oids = [ObjectIdentifier(EXTENDED_USAGES[u]) for u in usages if u in EXTENDED_USAGES]
+    return x509.ExtendedKeyUsage(oids) if oids else None
+
+
+def build_certificate(
+    entry: Entry,
+    *,
+    public_key: CertificateIssuerPublicKeyTypes,
+    signer: CertificateIssuerPrivateKeyTypes,
+    issuer_cert: x509.Certificate | None,
+    now: dt.datetime,
+    not_after: dt.datetime,
+    subject: x509.Name | None = None,
+    hosts: Sequence[Host] | None = None,
+) -> x509.Certificate:
+    """The certificate for ``entry``; ``issuer_cert`` None makes it self-signed by ``signer``.
+
+    ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal).
+    """
+    name = subject if subject is not None else build_name(entry.subject, entry.common_name)
+    issuer_name = issuer_cert.subject if issuer_cert is not None else name
+    is_ca = entry.kind is Kind.AUTHORITY
+    b = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(issuer_name)
+        .public_key(public_key)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - BACKDATE)
+        .not_valid_after(not_after)
+        .add_extension(x509.BasicConstraints(ca=is_ca, path_length=entry.path_length if is_ca else None),
+                       critical=True)
+    )
+    ku = _key_usage(entry.usages)
+    if ku is not None:
+        b = b.add_extension(ku, critical=True)
+    eku = _extended_usage(entry.usages)
+    if eku is not None and not is_ca:
+        b = b.add_extension(eku, critical=False)
+    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
+    b = b.add_extension(ski, critical=False)
+    if issuer_cert is not None:
+        try:
+            issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+        except x509.ExtensionNotFound:
+            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())  # type: ignore[arg-type]
+        b = b.add_extension(aki, critical=False)
+    sans = _san(hosts if hosts is not None else entry.hosts)
+    if sans:
+        b = b.add_extension(x509.SubjectAlternativeName(sans), critical=len(name) == 0)
+    nc = entry.name_constraints
+    if is_ca and nc is not None:
+        b = b.add_extension(x509.NameConstraints(
+            permitted_subtrees=_name_constraint_subtrees(nc.permitted) or None,
+            excluded_subtrees=_name_constraint_subtrees(nc.excluded) or None), critical=True)
+    if entry.issuer_crl_url and issuer_cert is not None:
+        b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
+            full_name=[x509.UniformResourceIdentifier(entry.issuer_crl_url)],
+            relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
+    return b.sign(signer, signature_hash(signer.public_key()))
+
+
+def build_crl(
+    issuer_cert: x509.Certificate,
+    signer: CertificateIssuerPrivateKeyTypes,
+    revocations: Iterable[Mapping[str, Any]],
+    *,
+    number: int,
+    this_update: dt.datetime,
+    next_update: dt.datetime,
+) -> x509.CertificateRevocationList:
+    """A CRL with CRL number and authority key identifier; ``revocations`` as in the inventory."""
+    b = (
+        x509.CertificateRevocationListBuilder()
+        .issuer_name(issuer_cert.subject)
+        .last_update(this_update)
+        .next_update(next_update)
+        .add_extension(x509.CRLNumber(number), critical=False)
+    )
+    try:
+        ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        b = b.add_extension(x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False)
+    except x509.ExtensionNotFound:
+        pass
+    for r in revocations:
+        rb = (x509.RevokedCertificateBuilder().serial_number(int(r["serial"], 16))
+              .revocation_date(_revocation_time(r["date"])))
+        reason = r.get("reason", "unspecified")
+        if reason != "unspecified":
+            rb = rb.add_extension(x509.CRLReason(_REASON_FLAGS[reason]), critical=False)
+        b = b.add_revoked_certificate(rb.build())
+    return b.sign(signer, signature_hash(signer.public_key()))
+
+
+def _revocation_time(text: str) -> dt.datetime:
+    if len(text) == 10:
+        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
+    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def load_certificate(data: bytes) -> x509.Certificate:
+    return x509.load_pem_x509_certificate(data)
+
+
+def load_crl(data: bytes) -> x509.CertificateRevocationList:
+    return x509.load_pem_x509_crl(data)
+
+
+def pem(cert: x509.Certificate) -> bytes:
+    return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def crl_pem(crl: x509.CertificateRevocationList) -> bytes:
+    return crl.public_bytes(serialization.Encoding.PEM)
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
+
+
+def ski_hex(public_key: CertificateIssuerPublicKeyTypes) -> str:
+    return x509.SubjectKeyIdentifier.from_public_key(public_key).digest.hex()
+
+
+def public_key_der(public_key: CertificateIssuerPublicKeyTypes) -> bytes:
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def prove_key(signer: CertificateIssuerPrivateKeyTypes, public_key: CertificateIssuerPublicKeyTypes, *,
+              what: str) -> None:
+    """Prove ``signer`` holds the private half of ``public_key`` (e.g. a certificate's) by signing."""
+    from .errors import SigningError
+
+    csr = x509.CertificateSigningRequestBuilder().subject_name(build_name((), "pkiascode key proof")) \
+        .sign(signer, signature_hash(public_key))
+    if public_key_der(csr.public_key()) != public_key_der(public_key):
+        raise SigningError(f"{what}: the key's public half does not match the certificate")
+    if not csr.is_signature_valid:
+        raise SigningError(f"{what}: the key does not sign for the certificate's public key")
+
+
+# --- CSRs -------------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class CsrInfo:
+    digest: str  # sha256 of the public key (a new key in the CSR → rekey)
+    public_key: Any
+    subject: x509.Name
+    attributes: tuple[tuple[str, str], ...]  # in order, CN included
+    hosts: tuple[Host, ...]
+
+
+def load_csr(data: bytes) -> CsrInfo:
+    """Parse and check a CSR (PEM or DER). ValueError with a reason when it is not acceptable."""
+    try:
+        csr = x509.load_pem_x509_csr(data) if b"-----BEGIN" in data else x509.load_der_x509_csr(data)
+    except ValueError as e:
+        raise ValueError(f"not a valid certificate signing request ({e})") from None
+    if not csr.is_signature_valid:
+        raise ValueError("its signature does not verify: the requester must sign it with the key it requests for")
+    attrs = []
+    for attr in csr.subject:
+        short = _OID_ATTR.get(attr.oid)
+        if short is None:
+            raise ValueError(f"subject attribute {attr.oid.dotted_string} is not supported")
+        attrs.append((short, str(attr.value)))
+    hosts: list[Host] = []
+    try:
+        san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        for gn in san:
+            value = str(gn.value)
+            hosts.append(classify_host(value))
+    except x509.ExtensionNotFound:
+        pass
+    key = csr.public_key()
+    key_type_of(key)  # raises for unsupported keys
+    return CsrInfo(hashlib.sha256(public_key_der(key)).hexdigest(), key, csr.subject, tuple(attrs), tuple(hosts))
+
+
+# --- reading for `pki show` -------------------------------------------------------------------
+
+def describe(cert: x509.Certificate) -> dict[str, Any]:
+    """Everything ``pki show`` prints about a certificate, as plain data."""
+    info: dict[str, Any] = {
+        "subject": cert.subject.rfc4514_string(),
+        "issuer": cert.issuer.rfc4514_string(),
+        "serial": format(cert.serial_number, "x"),
+        "not_before": cert.not_valid_before_utc,
+        "not_after": cert.not_valid_after_utc,
+        "sha256": fingerprint(cert),
+        "sha1": cert.fingerprint(hashes.SHA1()).hex(),
+        "key": key_type_of(cert.public_key()).value,
+        "signature_algorithm": cert.signature_algorithm_oid._name,
+        "sans": [], "usages": [], "extended_usages": [], "ca": False, "path_length": None,
+    }
+    for ext in cert.extensions:
+        v = ext.value
+        if isinstance(v, x509.SubjectAlternativeName):
+            info["sans"] = [f"{type(g).__name__.replace('Name', '').replace('UniformResourceIdentifier', 'URI')}:{g.value}"
+                            for g in v]
+        elif isinstance(v, x509.KeyUsage):
+            names = {val: key for key, val in KEY_USAGES.items() if key not in ("signing", "non repudiation")}
+            info["usages"] = [n for attr, n in sorted(names.items())
+                              if not (attr in ("encipher_only", "decipher_only") and not v.key_agreement)
+                              and getattr(v, attr)]
+        elif isinstance(v, x509.ExtendedKeyUsage):
+            rev = {oid: name for name, oid in EXTENDED_USAGES.items() if name not in ("s/mime",)}
+            info["extended_usages"] = [rev.get(o.dotted_string, o.dotted_string) for o in v]
+        elif isinstance(v, x509.BasicConstraints):
+            info["ca"], info["path_length"] = v.ca, v.path_length
+        elif isinstance(v, x509.SubjectKeyIdentifier):
+            info["ski"] = v.digest.hex()
+        elif isinstance(v, x509.AuthorityKeyIdentifier) and v.key_identifier:
+            info["aki"] = v.key_identifier.hex()
+        elif isinstance(v, x509.NameConstraints):
+            info["name_constraints"] = {
+                "permitted": [str(g.value) for g in v.permitted_subtrees or []],
+                "excluded": [str(g.value) for g in v.excluded_subtrees or []]}
+        elif isinstance(v, x509.CRLDistributionPoints):
+            info["crl_urls"] = [str(n.value) for dp in v for n in (dp.full_name or [])]
+    return info
+

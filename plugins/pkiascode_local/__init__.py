@@ -1,0 +1,154 @@
+"""The ``local`` backend: PKCS#8 PEM files, mode 0600, in a 0700 directory under the repository.
+
+```toml
+[backend.files]
+plugin = "local"
+path = ".pki/keys"                      # must be git-ignored; apply refuses otherwise
+passphrase_env = "PKI_KEY_PASSPHRASE"   # optional: encrypt keys at rest with this passphrase
+```
+
+Each key is its own file named after its entry plus a random part (``node-0-3f9a1c2e.pem``), written
+atomically (a temporary file, then a rename), so a new key never overwrites one that a committed
+certificate still needs.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from pkiascode.backend import KeyRef, KeyRequest, KeyStore, Option
+from pkiascode.errors import BackendError, BackendUnavailable, KeyNotFound
+from pkiascode.hookspecs import hookimpl
+from pkiascode.keytypes import generate_private_key
+
+__all__ = ["LocalKeyStore"]
+
+
+class LocalKeyStore(KeyStore):
+    plugin = "local"
+    options = {
+        "path": Option(str, ".pki/keys", "directory for key files, relative to pki.toml"),
+        "passphrase_env": Option(str, None, "environment variable holding a passphrase to encrypt keys"),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.path = (self.context.base_dir / (self.settings.get("path") or ".pki/keys")).resolve()
+        self._dir_ready = False
+        self._mkdir_lock = threading.Lock()
+
+    @classmethod
+    def validate(cls, settings: Any) -> list[tuple[str, str]]:
+        path = settings.get("path")
+        if isinstance(path, str) and not path.strip():
+            return [("path", "must not be empty")]
+        return []
+
+    def local_key_dirs(self) -> list[Path]:
+        return [self.path]
+
+    # -- helpers ------------------------------------------------------------------------------
+    def _passphrase(self) -> bytes | None:
+        env = self.settings.get("passphrase_env")
+        if not env:
+            return None
+        value = os.environ.get(env)
+        if not value:
+            raise BackendUnavailable(f"backend {self.name}: keys are encrypted; set ${env} to their passphrase")
+        return value.encode()
+
+    def _ensure_dir(self) -> None:
+        if self._dir_ready:
+            return
+        with self._mkdir_lock:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            mode = self.path.stat().st_mode & 0o777
+            if mode & 0o077:
+                os.chmod(self.path, 0o700)
+            self._dir_ready = True
+
+    def _file(self, ref: KeyRef) -> Path:
+        if "/" in ref.id or ref.id.startswith("."):
+            raise BackendError(f"backend {self.name}: invalid key reference {ref.id!r}")
+        return self.path / ref.id
+
+    def _write(self, name: str, key: Any) -> KeyRef:
+        from cryptography.hazmat.primitives import serialization
+
+        self._ensure_dir()
+        passphrase = self._passphrase()
+        encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
+                      else serialization.NoEncryption())
+        data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        while True:
+            file_name = f"{name}-{secrets.token_hex(4)}.pem"
+            final = self.path / file_name
+            if not final.exists():
+                break
+        tmp = self.path / f".{file_name}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+        os.link(tmp, final)  # fails rather than replace if the name was taken meanwhile
+        os.unlink(tmp)
+        return KeyRef(self.name, file_name)
+
+    def _read(self, ref: KeyRef) -> Any:
+        from cryptography.hazmat.primitives import serialization
+
+        try:
+            data = self._file(ref).read_bytes()
+        except FileNotFoundError:
+            raise KeyNotFound(f"backend {self.name}: key file {self._file(ref)} is missing") from None
+        except PermissionError:
+            raise BackendUnavailable(f"backend {self.name}: cannot read {self._file(ref)}: permission denied") from None
+        try:
+            return serialization.load_pem_private_key(data, password=self._passphrase() if b"ENCRYPTED" in data else None)
+        except (ValueError, TypeError):
+            raise BackendError(f"backend {self.name}: cannot decrypt or parse key file {self._file(ref)} "
+                               "(wrong passphrase?)") from None
+
+    # -- KeyStore -------------------------------------------------------------------------------
+    def generate(self, request: KeyRequest) -> KeyRef:
+        return self._write(request.name, generate_private_key(request.key_type))
+
+    def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
+        ref = self._write(request.name, key)
+        return KeyRef(ref.store, ref.id, "imported")
+
+    def signer(self, ref: KeyRef) -> Any:
+        return self._read(ref)
+
+    def public_key(self, ref: KeyRef) -> Any:
+        return self._read(ref).public_key()
+
+    def export(self, ref: KeyRef) -> Any:
+        return self._read(ref)
+
+    def is_exportable(self, ref: KeyRef) -> bool:
+        return True
+
+    def missing(self, refs: Iterable[KeyRef]) -> set[KeyRef]:
+        try:
+            present = set(os.listdir(self.path))
+        except FileNotFoundError:
+            present = set()
+        return {ref for ref in refs if ref.id not in present}
+
+    def delete(self, ref: KeyRef) -> None:
+        try:
+            self._file(ref).unlink()
+        except FileNotFoundError:
+            pass
+
+
+@hookimpl
+def pki_register_backends(register: Any) -> None:
+    register("local", LocalKeyStore)

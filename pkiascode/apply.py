@@ -65,6 +65,13 @@ class ApplyResult:
     message: str
 
 
+def _crash_point(name: str) -> None:
+    """Fault injection for the restartability tests: ``PKI_TEST_CRASH_AT=after-keys`` etc. kills the
+    process at that point exactly as SIGKILL would (no cleanup, no flush)."""
+    if os.environ.get("PKI_TEST_CRASH_AT") == name:
+        os._exit(137)
+
+
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
@@ -162,6 +169,7 @@ def _process_deletes(project: Project, state: StateDir) -> list[str]:
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
             progress: Progress) -> str | None:
     state.roll_forward(txn)
+    _crash_point("after-state")
     sha = None
     if commit:
         repo = find_repository(project.base_dir)
@@ -169,6 +177,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
         progress.note("committing state")
         sha = repo.commit_state(state.root, txn["message"])
+    _crash_point("after-commit")
     state.set_pending_deletes(state.pending_deletes() + [tuple(x) for x in txn["retire_keys"]])
     state.finish()
     _cleanup_orphans(project, state)
@@ -248,6 +257,11 @@ class _Run:
     def check_stores(self) -> None:
         for name in self.stores_touched():
             self.project.store(name).check()
+        for change in self.plan.changes:
+            if change.makes_key or change.action is Action.MOVE_KEY:
+                entry = self.entry(change.name)
+                if not entry.csr:
+                    self.project.store(entry.backend).require(entry.key, generate=change.makes_key)
 
     def move_keys(self) -> None:
         from .x509 import prove_key
@@ -474,6 +488,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     try:
         run.move_keys()
         run.generate_keys()
+        _crash_point("after-keys")
         run.sign()
         run.sign_crls()
     except BaseException:
@@ -486,6 +501,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     txn = run.transaction(commit)
     progress.phase("writing state", 1)
     run.state.begin(txn)
+    _crash_point("after-txn")
     sha = _finish(project, run.state, txn, commit=commit, progress=progress)
     notes = _process_deletes(project, run.state)
     progress.done()

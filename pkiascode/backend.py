@@ -126,6 +126,10 @@ class KeyStore(abc.ABC):
         Called once before an apply touches anything, so a fault stops it before any change.
         """
 
+    def require(self, key_type: KeyType, *, generate: bool) -> None:
+        """Raise `UnsupportedKeyType` unless the store can make (``generate``) or import, and sign
+        with, ``key_type``. Called before an apply changes anything; the default accepts all."""
+
     # -- keys --------------------------------------------------------------------------------
     @abc.abstractmethod
     def generate(self, request: KeyRequest) -> KeyRef:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import hashlib
 from collections.abc import Iterable, Mapping
@@ -166,7 +167,12 @@ class Project:
         desired = self.desired()
         csr_keys = {name: info.digest for name, info in self.csrs().items()}
         observed, _ = self.observe()
-        return make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys)
+        result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys)
+        if self.state.txn_path.exists():
+            result = dataclasses.replace(result, warnings=result.warnings + (
+                "an interrupted apply is pending; this plan assumes it completed, and the next "
+                "`pki apply` completes it",))
+        return result
 
     def entry_or_record(self, name: str) -> tuple[Entry | None, Record | None]:
         observed, _ = self.state.observe()

@@ -218,7 +218,16 @@ class StateDir:
         os.replace(tmp, self.txn_path)
 
     def roll_forward(self, txn: Mapping[str, Any]) -> None:
-        """Write the transaction into state/ (idempotent: safe to repeat after a crash)."""
+        """Write the transaction into state/ (idempotent: safe to repeat after a crash).
+
+        ``txn["config"]``, when present, is a new pki.toml (``pki import`` adds tables to it): it is
+        written first, so state never holds objects that pki.toml does not describe.
+        """
+        config = txn.get("config")
+        if config is not None:
+            path = self.base / config["path"]
+            if path.read_text(encoding="utf-8") != config["content"]:
+                atomic_write(path, config["content"].encode("utf-8"))
         for rel, content in txn["files"].items():
             path = self.root / rel
             if content is None:

@@ -305,8 +305,9 @@ def describe(cert: x509.Certificate) -> dict[str, Any]:
     for ext in cert.extensions:
         v = ext.value
         if isinstance(v, x509.SubjectAlternativeName):
-            info["sans"] = [f"{type(g).__name__.replace('Name', '').replace('UniformResourceIdentifier', 'URI')}:{g.value}"
-                            for g in v]
+            label = {x509.DNSName: "DNS", x509.IPAddress: "IP", x509.RFC822Name: "email",
+                     x509.UniformResourceIdentifier: "URI"}
+            info["sans"] = [f"{label.get(type(g), type(g).__name__)}:{g.value}" for g in v]
         elif isinstance(v, x509.KeyUsage):
             names = {val: key for key, val in KEY_USAGES.items() if key not in ("signing", "non repudiation")}
             info["usages"] = [n for attr, n in sorted(names.items())

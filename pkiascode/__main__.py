@@ -1,0 +1,5 @@
+"""``python -m pkiascode`` is ``pki``."""
+
+from .cli import main
+
+main()

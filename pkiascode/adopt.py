@@ -1,0 +1,397 @@
+"""``pki import DIR``: adopt an existing PKI without reissuing anything.
+
+Reads certificate/key pairs as CFSSL writes them (``NAME.pem`` + ``NAME-key.pem``, from
+``cfssljson -bare``) or as openssl scripts do (``NAME.crt`` + ``NAME.key``), matches each certificate
+to its issuer by key identifier and subject (and checks the signature), and refuses the whole import
+with the reason if a key does not match its certificate or a chain is incomplete. Then, in one
+crash-safe transaction: the keys go into the chosen backend, the certificates into ``state/``, a
+first CRL for each authority, ``import`` records into the audit log, and matching
+``[authority.*]``/``[certificate.*]`` tables into pki.toml, written with tomlkit so its comments and
+layout stay. Afterwards ``pki plan`` has nothing to do for what was imported.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import re
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from . import audit
+from .apply import NullProgress, _finish, preflight, recover
+from .backend import KeyRequest
+from .errors import PkiError
+from .keytypes import key_type_of
+from .lock import apply_lock, holder_info
+from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
+from .names import format_duration
+from .project import Project
+from .state import StateDir
+
+__all__ = ["adopt", "find_pairs", "Candidate"]
+
+
+@dataclasses.dataclass
+class Candidate:
+    name: str
+    cert_path: Path
+    key_path: Path
+    cert: Any
+    key: Any
+    issuer: str | None = None
+
+
+def _sanitize(stem: str) -> str:
+    name = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-.")
+    return name or "imported"
+
+
+def find_pairs(directory: Path) -> Iterator[tuple[str, Path, Path | None]]:
+    """(name, certificate file, key file or None) for every certificate in ``directory``."""
+    for path in sorted(directory.iterdir()):
+        if not path.is_file():
+            continue
+        if path.suffix == ".pem" and not path.name.endswith("-key.pem"):
+            key = path.with_name(path.stem + "-key.pem")
+        elif path.suffix in (".crt", ".cer"):
+            key = path.with_suffix(".key")
+        else:
+            continue
+        if b"-----BEGIN CERTIFICATE-----" not in path.read_bytes()[:4096]:
+            continue  # e.g. a bundle of keys or a CSR named .pem
+        yield _sanitize(path.stem), path, key if key.exists() else None
+
+
+def _load(directory: Path) -> dict[str, Candidate]:
+    from cryptography import x509
+    from cryptography.hazmat.primitives import serialization
+
+    from .x509 import public_key_der
+
+    out: dict[str, Candidate] = {}
+    for name, cert_path, key_path in find_pairs(directory):
+        try:
+            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        except ValueError as e:
+            raise PkiError(f"{cert_path}: not a readable certificate ({e})") from None
+        if key_path is None:
+            raise PkiError(f"{cert_path}: no private key next to it ({cert_path.stem}-key.pem or "
+                           f"{cert_path.stem}.key); pkiascode adopts a certificate only with its key")
+        try:
+            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+        except (ValueError, TypeError) as e:
+            raise PkiError(f"{key_path}: not a readable unencrypted private key ({e})") from None
+        if public_key_der(key.public_key()) != public_key_der(cert.public_key()):
+            raise PkiError(f"{key_path} does not match {cert_path.name}: the key's public half differs from "
+                           "the certificate's")
+        try:
+            key_type_of(key)
+        except ValueError as e:
+            raise PkiError(f"{key_path}: {e}") from None
+        if name in out:
+            raise PkiError(f"{cert_path} and {out[name].cert_path} would both be named {name!r}")
+        out[name] = Candidate(name, cert_path, key_path, cert, key)
+    if not out:
+        raise PkiError(f"no certificates with keys found in {directory} (expected NAME.pem + NAME-key.pem, "
+                       "or NAME.crt + NAME.key)")
+    return out
+
+
+def _ski(cert: Any) -> bytes:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
+    except x509.ExtensionNotFound:
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
+
+
+def _aki(cert: Any) -> bytes | None:
+    from cryptography import x509
+
+    try:
+        return cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _signed_by(cert: Any, issuer: Any) -> bool:
+    try:
+        cert.verify_directly_issued_by(issuer)
+        return True
+    except (ValueError, TypeError, Exception):  # noqa: BLE001 - InvalidSignature and friends
+        return False
+
+
+def _is_ca(cert: Any) -> bool:
+    from cryptography import x509
+
+    try:
+        return bool(cert.extensions.get_extension_for_class(x509.BasicConstraints).value.ca)
+    except x509.ExtensionNotFound:
+        return False
+
+
+def _match_issuers(cands: dict[str, Candidate], existing: dict[str, Any]) -> None:
+    """Set each candidate's issuer by key identifier and subject, verifying the signature."""
+    pool = {n: c.cert for n, c in cands.items() if _is_ca(c.cert)} | existing
+    for cand in cands.values():
+        cert = cand.cert
+        if cert.issuer == cert.subject and _signed_by(cert, cert):
+            if not _is_ca(cert):
+                raise PkiError(f"{cand.cert_path}: a self-signed certificate that is not a CA cannot be adopted")
+            continue
+        aki = _aki(cert)
+        found = [n for n, ca in pool.items() if n != cand.name and ca.subject == cert.issuer
+                 and (aki is None or _ski(ca) == aki) and _signed_by(cert, ca)]
+        if not found:
+            raise PkiError(f"{cand.cert_path}: incomplete chain: its issuer {cert.issuer.rfc4514_string()} is not "
+                           "among the imported certificates nor in state; add the issuer's certificate and key")
+        cand.issuer = found[0]
+
+
+def _validity(cert: Any) -> int:
+    secs = int((cert.not_valid_after_utc - cert.not_valid_before_utc).total_seconds())
+    hours = round(secs / 3600) * 3600
+    return hours if hours and abs(hours - secs) <= 600 else secs  # CFSSL and others backdate a little
+
+
+def _entry_table(cand: Candidate, kind: Kind, backend: str | None, default_subject: dict[str, str]) -> dict[str, Any]:
+    """The pki.toml table that describes ``cand`` exactly."""
+    from cryptography import x509
+
+    from .x509 import describe
+
+    cert = cand.cert
+    attrs: dict[str, str] = {}
+    cn = None
+    oid_names = {"countryName": "C", "stateOrProvinceName": "ST", "localityName": "L", "organizationName": "O",
+                 "organizationalUnitName": "OU", "commonName": "CN"}
+    for attr in cert.subject:
+        short = oid_names.get(attr.oid._name)
+        if short is None:
+            raise PkiError(f"{cand.cert_path}: subject attribute {attr.oid._name or attr.oid.dotted_string} "
+                           "is not supported")
+        if short in attrs or (short == "CN" and cn is not None):
+            raise PkiError(f"{cand.cert_path}: subject has more than one {short}; pkiascode supports one each")
+        if short == "CN":
+            cn = str(attr.value)
+        else:
+            attrs[short] = str(attr.value)
+    table: dict[str, Any] = {}
+    if cand.issuer:
+        table["issuer"] = cand.issuer
+    table["common_name"] = cn or cand.name
+    subject = {k: v for k, v in attrs.items() if default_subject.get(k) != v}
+    subject.update({k: "" for k in default_subject if k not in attrs})
+    if subject:
+        table["subject"] = {k: subject[k] for k in SUBJECT_ATTRIBUTES if k in subject}
+    table["key"] = key_type_of(cand.key).value
+    table["validity"] = format_duration(_validity(cert))
+    if backend:
+        table["backend"] = backend
+    info = describe(cert)
+    if kind is Kind.AUTHORITY:
+        if info["path_length"] is not None:
+            table["path_length"] = info["path_length"]
+        nc = info.get("name_constraints")
+        if nc:
+            try:
+                ext = cert.extensions.get_extension_for_class(x509.NameConstraints).value
+                table["name_constraints"] = {
+                    "permitted": [_constraint_text(g) for g in ext.permitted_subtrees or []],
+                    "excluded": [_constraint_text(g) for g in ext.excluded_subtrees or []]}
+            except x509.ExtensionNotFound:
+                pass
+    else:
+        hosts = []
+        try:
+            for g in cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value:
+                hosts.append(str(g.value))
+        except x509.ExtensionNotFound:
+            pass
+        if hosts:
+            table["hosts"] = hosts
+        usages = info["usages"] + info["extended_usages"]
+        table["usages"] = usages or ["digital signature"]
+    return table
+
+
+def _constraint_text(g: Any) -> str:
+    from cryptography import x509
+
+    if isinstance(g, x509.IPAddress):
+        return str(g.value)
+    if isinstance(g, x509.RFC822Name):
+        return "@" + g.value if "@" not in g.value else g.value
+    if isinstance(g, x509.UniformResourceIdentifier):
+        return "uri:" + g.value
+    return str(g.value)
+
+
+def _order(cands: dict[str, Candidate]) -> list[Candidate]:
+    done: list[Candidate] = []
+    seen: set[str] = set()
+
+    def visit(c: Candidate) -> None:
+        if c.name in seen:
+            return
+        seen.add(c.name)
+        if c.issuer in cands:
+            visit(cands[c.issuer])
+        done.append(c)
+
+    for c in cands.values():
+        visit(c)
+    return done
+
+
+def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str]:
+    """Import every certificate/key pair of ``directory``; returns lines for the user."""
+    import tomlkit
+    from cryptography.hazmat.primitives import serialization
+
+    from .config import parse_config
+    from .x509 import build_crl, crl_pem, fingerprint, pem, ski_hex
+
+    desired = project.desired()
+    if backend is not None and backend not in desired.stores:
+        raise PkiError(f"--backend {backend}: no [backend.{backend}] in pki.toml (known: "
+                       f"{', '.join(sorted(desired.stores))})")
+    commit = desired.settings.commit
+    preflight(project, commit)
+    cands = _load(directory)
+    clash = sorted(set(cands) & set(desired.entries))
+    if clash:
+        raise PkiError(f"pki.toml already has {', '.join(clash)}; rename the files or remove those entries")
+
+    state = project.state
+    lines: list[str] = []
+    stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
+    with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()), desired.settings.state_dir):
+        lines += recover(project, commit=commit, progress=NullProgress())
+        observed, inv = state.observe()
+        clash = sorted(set(cands) & set(observed.records))
+        if clash:
+            raise PkiError(f"state already has {', '.join(clash)}")
+        existing = {}
+        from .x509 import load_certificate
+
+        for name, rec in observed.records.items():
+            if rec.kind is Kind.AUTHORITY and not rec.revoked:
+                existing[name] = load_certificate(state.cert_path(name).read_bytes())
+        _match_issuers(cands, existing)
+
+        # the new pki.toml, validated exactly as `pki plan` will read it
+        text = project.config_path.read_text(encoding="utf-8")
+        doc = tomlkit.parse(text)
+        defaults = doc.get("defaults", {})
+        default_subject = {k: str(v) for k, v in dict(defaults.get("subject", {})).items()}
+        ordered = _order(cands)
+        for cand in ordered:
+            kind = Kind.AUTHORITY if _is_ca(cand.cert) else Kind.CERTIFICATE
+            section = doc.get(kind.value)
+            if section is None:
+                section = tomlkit.table(is_super_table=True)
+                doc[kind.value] = section
+            table = tomlkit.table()
+            for k, v in _entry_table(cand, kind, backend, default_subject).items():
+                if isinstance(v, dict):
+                    inline = tomlkit.inline_table()
+                    inline.update(v)
+                    table[k] = inline
+                else:
+                    table[k] = v
+            table.comment(f"imported from {cand.cert_path.name}")
+            section[cand.name] = table
+        new_text = tomlkit.dumps(doc)
+        import tomli
+
+        from .config import _Issues  # noqa: PLC2701 - the loader's own error collection
+
+        def options_for(plugin: str) -> Any:
+            factory = project.plugins.factory(plugin)
+            return None if factory is None else factory.options
+
+        try:
+            new_desired = parse_config(tomli.loads(new_text), digest="", options_for=options_for)
+        except _Issues as e:
+            first = e.issues[0]
+            raise PkiError(f"the imported tables would not be valid: {'.'.join(first.path[:3])}: {first.message}") \
+                from None
+
+        now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+        actor = audit.actor()
+        objects = dict(inv["objects"])
+        files: dict[str, str | None] = {}
+        events: list[dict[str, Any]] = []
+        made: list[tuple[str, str]] = []
+        try:
+            for cand in ordered:
+                entry: Entry = new_desired.entries[cand.name]
+                store = project.store(entry.backend)
+                ref = store.import_key(KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY,
+                                                  entry.exportable), cand.key)
+                state.journal_key(ref.store, ref.id)
+                made.append((ref.store, ref.id))
+                issuer_cert = cands[cand.issuer].cert if cand.issuer in cands else existing.get(cand.issuer)
+                cert = cand.cert
+                rec = Record(
+                    name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
+                    sha256=fingerprint(cert), not_before=cert.not_valid_before_utc,
+                    not_after=cert.not_valid_after_utc, subject=entry.subject_text(),
+                    key_type=entry.key.value, store=ref.store, plugin=store.plugin, key_id=ref.id,
+                    key_origin="imported", key_exportable=store.is_exportable(ref),
+                    ski=ski_hex(cert.public_key()),
+                    issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert is not None else None,
+                    spec=entry.spec(), spec_digest=new_desired.spec_digests[entry.name],
+                )
+                if entry.kind is Kind.AUTHORITY:
+                    signer = store.signer(ref)
+                    next_update = now + dt.timedelta(seconds=entry.crl_validity)
+                    crl = build_crl(cert, signer, [], number=1, this_update=now, next_update=next_update)
+                    import hashlib
+
+                    digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()
+                    rec = dataclasses.replace(rec, crl={"number": 1, "this_update": format_time(now),
+                                                        "next_update": format_time(next_update), "sha256": digest,
+                                                        "validity": entry.crl_validity, "revoked": 0})
+                    files[f"crl/{entry.name}.crl"] = crl_pem(crl).decode()
+                objects[entry.name] = rec.to_json()
+                files[f"certs/{entry.name}.pem"] = pem(cert).decode()
+                events.append({"time": format_time(now), "actor": actor, "action": "import",
+                               "kind": entry.kind.value, "name": entry.name, "serial": rec.serial,
+                               "sha256": rec.sha256, "not_after": format_time(rec.not_after),
+                               "backend": rec.store, "plan": None, "source": str(cand.cert_path)})
+                lines.append(f"imported {entry.qualified} from {cand.cert_path.name} (key into backend "
+                             f"{entry.backend}{', non-exportable' if not rec.key_exportable else ''})")
+        except BaseException:
+            for store_name, key_id in made:
+                try:
+                    from .backend import KeyRef
+
+                    project.store(store_name).delete(KeyRef(store_name, key_id))
+                except Exception:  # noqa: BLE001 - the original error matters more
+                    pass
+            state.clear_key_journal()
+            raise
+
+        prev, seq = audit.tail_hash(state.audit_path)
+        n_auth = sum(1 for c in ordered if _is_ca(c.cert))
+        n_cert = len(ordered) - n_auth
+        message = (f"pki import: {n_auth} authorit{'y' if n_auth == 1 else 'ies'}, {n_cert} "
+                   f"certificate{'s' if n_cert != 1 else ''}\n\n"
+                   + "\n".join(f"import {e['kind']}.{e['name']} from {Path(e['source']).name}" for e in events) + "\n")
+        txn = {"inventory": StateDir.render_inventory({"objects": objects, "revocations": inv["revocations"]}).decode(),
+               "files": files, "audit_prev": prev, "audit": audit.chain(events, prev=prev, seq=seq),
+               "message": message, "retire_keys": [], "commit": commit,
+               "config": {"path": project.config_path.relative_to(project.base_dir).as_posix(), "content": new_text}}
+        state.begin(txn)
+        sha = _finish(project, state, txn, commit=commit, progress=NullProgress())
+    cfg = project.config_path.name
+    lines.append(f"added {len(ordered)} table(s) to {cfg}; state/ " + (f"committed ({sha[:12]})" if sha else "written"))
+    if commit:
+        lines.append(f"review and commit {cfg}: git add {cfg} && git commit -m 'Adopt existing PKI'")
+    return lines

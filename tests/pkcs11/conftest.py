@@ -1,0 +1,110 @@
+"""SoftHSM2 for the pkcs11 tests: a private configuration and token directory per process.
+
+SoftHSM2 reads ``SOFTHSM2_CONF`` once, when the library is first loaded into a process, and sees only
+the tokens that exist at that moment. So the configuration is pointed at a fresh directory as soon as
+this conftest is loaded (``pytest_configure``, before any test here can load the library), and the
+tokens are initialised by a session fixture that every test here uses, before the first store
+connects. Under pytest-xdist every worker is its own process and gets its own directory.
+
+Two tokens: ``pki-test`` for the keys, and ``pki-fault`` on which no login ever succeeds in this
+process, for the wrong-PIN and missing-PIN tests (a PKCS#11 login lasts for the whole process).
+
+Without ``softhsm2-util``, the SoftHSM2 module or python-pkcs11 the tests are skipped on a
+workstation and fail when ``$CI`` is set.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+
+import pytest
+
+TOKEN = "pki-test"
+FAULT_TOKEN = "pki-fault"
+PIN = "246810"
+SO_PIN = "97531"
+PIN_ENV = "PKI_PKCS11_PIN"  # the store's default
+FAULT_PIN_ENV = "PKI_TEST_FAULT_PIN"
+
+_conf: dict[str, str] = {}
+
+
+@dataclasses.dataclass(frozen=True)
+class SoftHSM:
+    module: str
+    conf: str
+    token_dir: str
+    util: str
+    token: str = TOKEN
+    fault_token: str = FAULT_TOKEN
+    pin: str = PIN
+    so_pin: str = SO_PIN
+    pin_env: str = PIN_ENV
+    fault_pin_env: str = FAULT_PIN_ENV
+
+    def settings(self, **overrides: str) -> dict[str, str]:
+        return {"module": self.module, "token": self.token, "pin_env": self.pin_env, **overrides}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if _conf:
+        return
+    base = tempfile.mkdtemp(prefix=f"pki-softhsm-{os.getpid()}-")
+    token_dir = os.path.join(base, "tokens")
+    os.mkdir(token_dir, 0o700)
+    conf = os.path.join(base, "softhsm2.conf")
+    with open(conf, "w") as f:
+        f.write(f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                "slots.removable = false\n")
+    _conf.update(base=base, conf=conf, token_dir=token_dir, previous=os.environ.get("SOFTHSM2_CONF", ""))
+    os.environ["SOFTHSM2_CONF"] = conf
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if not _conf:
+        return
+    shutil.rmtree(_conf["base"], ignore_errors=True)
+    if _conf["previous"]:
+        os.environ["SOFTHSM2_CONF"] = _conf["previous"]
+    else:
+        os.environ.pop("SOFTHSM2_CONF", None)
+    _conf.clear()
+
+
+def unavailable(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"SoftHSM2 is required on CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def softhsm() -> Iterator[SoftHSM]:
+    try:
+        import pkcs11  # python-pkcs11
+
+        from pkiascode_pkcs11._token import DEFAULT_MODULES
+    except ImportError as exc:
+        unavailable(f"python-pkcs11 is not installed ({exc})")
+    util = shutil.which("softhsm2-util")
+    module = next((m for m in DEFAULT_MODULES if os.path.exists(m)), None)
+    if util is None or module is None:
+        unavailable("SoftHSM2 is not installed (softhsm2-util and libsofthsm2.so)")
+    if pkcs11._loaded:  # loaded before our configuration: it would not see our tokens
+        pytest.fail("the PKCS#11 module was loaded before tests/pkcs11/conftest.py set SOFTHSM2_CONF",
+                    pytrace=False)
+    assert os.environ.get("SOFTHSM2_CONF") == _conf["conf"]
+    for label in (TOKEN, FAULT_TOKEN):
+        subprocess.run([util, "--init-token", "--free", "--label", label, "--so-pin", SO_PIN, "--pin", PIN],
+                       check=True, capture_output=True)
+    previous = os.environ.get(PIN_ENV)
+    os.environ[PIN_ENV] = PIN
+    yield SoftHSM(module=module, conf=_conf["conf"], token_dir=_conf["token_dir"], util=util)
+    if previous is None:
+        os.environ.pop(PIN_ENV, None)
+    else:
+        os.environ[PIN_ENV] = previous

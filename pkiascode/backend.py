@@ -167,12 +167,13 @@ class KeyStore(abc.ABC):
         """Remove the key. Deleting a key that is already gone is not an error."""
 
     # -- coordination --------------------------------------------------------------------------
-    def lock(self, lock_id: str, holder: Mapping[str, str]) -> contextlib.AbstractContextManager[None] | None:
+    def lock(self, lock_id: str, holder: Mapping[str, str], *,
+             timeout: float = 0.0) -> contextlib.AbstractContextManager[None] | None:
         """A lock shared by every machine using this store, or None if the store offers none.
 
         ``lock_id`` names the state being applied; ``holder`` says who asks (user, host, pid, time)
-        and is what a waiting apply shows. Raise `pkiascode.errors.LockError` when someone else holds
-        it and it has not expired.
+        and is what a waiting apply shows. Wait up to ``timeout`` seconds (``pki apply
+        --lock-timeout``), then raise `pkiascode.errors.LockError` naming the holder.
         """
         return None
 

@@ -67,7 +67,7 @@ def apply_lock(path: Path, stores: Sequence[KeyStore], holder: Mapping[str, str]
     with contextlib.ExitStack() as stack:
         stack.enter_context(local_lock(path, holder, timeout=timeout))
         for store in stores:
-            cm = store.lock(lock_id, holder)
+            cm = store.lock(lock_id, holder, timeout=timeout)
             if cm is not None:
                 stack.enter_context(cm)
         yield

@@ -23,7 +23,7 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 864
 _DURATION_RE = re.compile(r"(\d+)([smhdwy])")
 
 
-def parse_duration(text: str) -> int:
+def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     """``"1y30d"`` → seconds. Raises ValueError with a message fit for a user."""
     s = text.strip().replace(" ", "")
     if not s:
@@ -36,7 +36,7 @@ def parse_duration(text: str) -> int:
         pos = m.end()
     if pos != len(s):
         raise ValueError(f"bad duration {text!r}: use an integer and a unit (s m h d w y), e.g. \"90d\" or \"1y30d\"")
-    if total <= 0:
+    if total <= 0 and not allow_zero:
         raise ValueError(f"duration {text!r} must be positive")
     return total
 

@@ -1,0 +1,214 @@
+"""HTTP to Vault (or OpenBao) through hvac, and every failure turned into one safe line.
+
+hvac is imported here, and this module is imported only when a store first talks to Vault, so a
+``pki plan`` that never touches Vault does not pay for hvac and requests.
+
+Each thread gets its own hvac adapter (its own ``requests.Session``): sessions are not thread-safe
+and the core generates keys from several threads. The token is read from ``$VAULT_TOKEN`` when a
+thread's adapter is made and is never part of a message, a repr or a chained exception.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import threading
+from collections.abc import Mapping
+from typing import Any
+
+from hvac.adapters import RawAdapter
+from requests import exceptions as rx
+
+from pkiascode.errors import BackendError, BackendUnavailable
+
+__all__ = ["VaultClient", "Reply", "server_errors"]
+
+TOKEN_ENV = "VAULT_TOKEN"
+
+
+class Reply:
+    """A response the caller said it expects: status and parsed JSON body (``{}`` when empty)."""
+
+    __slots__ = ("status", "body")
+
+    def __init__(self, status: int, body: dict[str, Any]) -> None:
+        self.status = status
+        self.body = body
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300
+
+    @property
+    def data(self) -> dict[str, Any]:
+        return self.body.get("data") or {}
+
+    @property
+    def errors(self) -> str:
+        return server_errors(self.body)
+
+
+def server_errors(body: Mapping[str, Any]) -> str:
+    """Vault's ``errors`` list as one line ("1 error occurred: * x" becomes "x")."""
+    errors = body.get("errors") or []
+    text = "; ".join(str(e) for e in errors) if isinstance(errors, list) else str(errors)
+    text = re.sub(r"\d+ errors? occurred:", "", text)
+    text = re.sub(r"\s*\*\s+", " ", text)
+    return " ".join(text.split()).strip(" ;")
+
+
+class VaultClient:
+    """``call(method, path, body)`` against ``/v1/<path>``; errors become `BackendError` subclasses.
+
+    ``mount_hints`` maps a mount path to the command that enables it, used when Vault says it has
+    no handler for a route (the mount is missing).
+    """
+
+    def __init__(self, store: str, address: str | None, *, namespace: str | None, verify: bool | str,
+                 cert: tuple[str, str] | None, timeout: float, mount_hints: Mapping[str, str]) -> None:
+        self.store = store
+        self.address = (address or "").rstrip("/")
+        self.namespace = namespace or None
+        self.verify = verify
+        self.cert = cert
+        self.timeout = timeout
+        self.mount_hints = dict(mount_hints)
+        if verify is False:  # turned off on purpose (the store logs it once): no warning per request
+            import urllib3
+
+            urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+        self._local = threading.local()
+        self._adapters: list[RawAdapter] = []
+        self._adapters_lock = threading.Lock()
+
+    def __repr__(self) -> str:
+        return f"<VaultClient {self.store!r} {self.address!r}>"
+
+    # -- plumbing ---------------------------------------------------------------------------------
+    def _fail(self, cls: type[BackendError], what: str) -> BackendError:
+        token = os.environ.get(TOKEN_ENV)
+        if token and len(token) >= 4:
+            what = what.replace(token, "<token>")  # a server never echoes it, but be sure
+        return cls(f"backend {self.store}: {what}")
+
+    def _adapter(self) -> RawAdapter:
+        adapter = getattr(self._local, "adapter", None)
+        if adapter is not None:
+            return adapter
+        self._check_address()
+        token = os.environ.get(TOKEN_ENV)
+        if not token:
+            raise self._fail(BackendUnavailable, f"no Vault token: set ${TOKEN_ENV} (it is never read from pki.toml)")
+        adapter = RawAdapter(base_uri=self.address, token=token, verify=self.verify, cert=self.cert,
+                             timeout=self.timeout, namespace=self.namespace)
+        self._local.adapter = adapter
+        with self._adapters_lock:
+            self._adapters.append(adapter)
+        return adapter
+
+    def close(self) -> None:
+        with self._adapters_lock:
+            adapters, self._adapters = self._adapters, []
+        for adapter in adapters:
+            try:
+                adapter.close()
+            except Exception:  # pragma: no cover - closing is best effort
+                pass
+        self._local = threading.local()
+
+    def call(self, method: str, path: str, body: Mapping[str, Any] | None = None, *,
+             allow: tuple[int, ...] = (), authenticated: bool = True) -> Reply:
+        """One request. Returns a `Reply` for 2xx and for statuses in ``allow``; raises otherwise."""
+        try:
+            # sys/seal-status and friends need no token: none is sent
+            adapter = self._adapter() if authenticated else self._adapter_without_token()
+            response = adapter.request(method, f"/v1/{path}", json=body, raise_exception=False)
+        except rx.SSLError:
+            raise self._fail(BackendUnavailable, f"TLS verification failed for {self.address}: set `ca_cert` to the "
+                                                 "CA that signed Vault's certificate (or `tls_verify = false` "
+                                                 "for a test server)") from None
+        except rx.Timeout:
+            raise self._fail(BackendUnavailable, f"Vault at {self.address} did not answer within "
+                                                 f"{self.timeout:g}s") from None
+        except rx.ConnectionError:
+            raise self._fail(BackendUnavailable, f"cannot reach Vault at {self.address}: is it running, and is "
+                                                 "`address` (or $VAULT_ADDR) right?") from None
+        except (rx.RequestException, ValueError, OSError) as exc:
+            reason = " ".join(str(exc).split())[:200] or type(exc).__name__
+            raise self._fail(BackendUnavailable, f"cannot talk to Vault at {self.address!r} ({reason}): check "
+                                                 "`address`, `ca_cert`, `client_cert` and `client_key`") from None
+        try:
+            parsed = response.json() if response.content else {}
+        except ValueError:
+            parsed = {}
+        if not isinstance(parsed, dict):
+            parsed = {}
+        status = response.status_code
+        if 200 <= status < 300 or status in allow:
+            return Reply(status, parsed)
+        raise self._error(method, path, status, parsed)
+
+    def _check_address(self) -> None:
+        if not self.address:
+            raise self._fail(BackendUnavailable, "no Vault address: set `address` in the backend table or $VAULT_ADDR")
+        if not re.match(r"https?://", self.address):
+            raise self._fail(BackendUnavailable, f"Vault address {self.address!r} must start with http:// or https://")
+
+    def _adapter_without_token(self) -> RawAdapter:
+        adapter = getattr(self._local, "anonymous", None)
+        if adapter is None:
+            self._check_address()
+            adapter = RawAdapter(base_uri=self.address, verify=self.verify, cert=self.cert,
+                                 timeout=self.timeout, namespace=self.namespace)
+            self._local.anonymous = adapter
+            with self._adapters_lock:
+                self._adapters.append(adapter)
+        return adapter
+
+    def error_for(self, method: str, path: str, reply: Reply) -> BackendError:
+        """The error for a reply the caller allowed but cannot use after all."""
+        return self._error(method, path, reply.status, reply.body)
+
+    # -- error mapping ----------------------------------------------------------------------------
+    def _error(self, method: str, path: str, status: int, body: Mapping[str, Any]) -> BackendError:
+        detail = server_errors(body)
+        where = f"{method.upper()} {path}"
+        if status == 503 and "sealed" in detail.lower():
+            return self._fail(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
+                                                  "(`vault operator unseal` or `bao operator unseal`)")
+        if status == 501:
+            return self._fail(BackendUnavailable, f"Vault at {self.address} is not initialized "
+                                                  "(`vault operator init`)")
+        if status in (502, 503, 504):
+            return self._fail(BackendUnavailable, f"Vault at {self.address} is unavailable ({status}"
+                                                  f"{': ' + detail if detail else ''})")
+        if status == 403:
+            return self._forbidden(where, path)
+        if status == 404 and "no handler for route" in detail:
+            return self._fail(BackendError, self.mount_message(path.split("/", 1)[0]))
+        if status == 429:
+            return self._fail(BackendUnavailable, f"Vault at {self.address} is rate-limiting requests ({where})")
+        return self._fail(BackendError, f"Vault refused {where} ({status}{': ' + detail if detail else ''})")
+
+    def mount_message(self, mount: str) -> str:
+        hint = self.mount_hints.get(mount)
+        text = f"the secrets engine mount {mount}/ does not exist in Vault at {self.address}"
+        if self.namespace:
+            text += f" (namespace {self.namespace})"
+        return text + (f": enable it with `{hint}`" if hint else "")
+
+    def token_is_valid(self) -> bool:
+        """Whether Vault accepts the token at all (a 403 is then a policy matter, not a bad token)."""
+        reply = self.call("GET", "auth/token/lookup-self", allow=(400, 401, 403))
+        return reply.ok
+
+    def _forbidden(self, where: str, path: str) -> BackendError:
+        try:
+            valid = self.token_is_valid()
+        except BackendError:
+            valid = True  # cannot tell; say what we know
+        if not valid:
+            return self._fail(BackendUnavailable, f"Vault at {self.address} rejected the token in ${TOKEN_ENV} "
+                                                  "(expired, revoked or wrong): log in again and retry")
+        return self._fail(BackendError, f"permission denied: {where}: the token's policies do not allow it "
+                                        "(grant the policy in pki-policy.hcl shipped with pkiascode_vault)")

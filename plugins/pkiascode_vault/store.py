@@ -1,0 +1,556 @@
+"""`VaultKeyStore`: authority keys in Transit, leaf keys in KV v2, a lease lock in KV v2.
+
+Key references (`KeyRef.id`, recorded in the inventory, never secret):
+
+- ``transit:<name>@<version>``, e.g. ``transit:pki-root-3f9a1c2e@1``: a Transit key, non-exportable,
+  signing inside Vault always with that pinned version, so rotating the key in Vault cannot change
+  the signer of an existing authority behind the inventory's back;
+- ``kv:<path>``, e.g. ``kv:pki/keys/node-0-3f9a1c2e``: a PKCS#8 PEM key in KV v2 (field
+  ``private_key``), generated here and written once with ``cas=0``.
+
+An authority's key (`KeyRequest.authority`) or any key asked for as non-exportable goes to Transit;
+other keys go to KV. Imports follow the same rule; into Transit they go through Transit's BYOK import
+(the key wrapped for Vault's wrapping key), created non-exportable.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+import re
+import secrets
+import threading
+from collections.abc import Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+
+from pkiascode.backend import KeyRef, KeyRequest, KeyStore, Option
+from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound, UnsupportedKeyType
+from pkiascode.keytypes import KeyType, generate_private_key, key_type_of
+
+from pkiascode.names import parse_duration
+
+
+def seconds(value: object) -> float:
+    """A lock option in seconds: a non-negative number, or a pki.toml duration such as ``"5m"``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise ValueError('expected a duration such as "300s" or "5m"')
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("must not be negative")
+        return float(value)
+    return float(value.strip()) if value.strip().isdigit() else float(parse_duration(value, allow_zero=True))
+
+if TYPE_CHECKING:
+    import contextlib
+
+    from .client import VaultClient
+
+__all__ = ["VaultKeyStore"]
+
+log = logging.getLogger("pkiascode.vault")
+
+# Transit's names for our key types; all six exist in Vault >= 1.9 and OpenBao.
+_TRANSIT_TYPES = {
+    KeyType.RSA_2048: "rsa-2048",
+    KeyType.RSA_3072: "rsa-3072",
+    KeyType.RSA_4096: "rsa-4096",
+    KeyType.ECDSA_P256: "ecdsa-p256",
+    KeyType.ECDSA_P384: "ecdsa-p384",
+    KeyType.ED25519: "ed25519",
+}
+_KEY_TYPE_OF_TRANSIT = {v: k for k, v in _TRANSIT_TYPES.items()}
+_TRANSIT_HASHES = {"sha224": "sha2-224", "sha256": "sha2-256", "sha384": "sha2-384", "sha512": "sha2-512",
+                   "sha3-224": "sha3-224", "sha3-256": "sha3-256", "sha3-384": "sha3-384",
+                   "sha3-512": "sha3-512"}
+_TRANSIT_ID = re.compile(r"transit:([A-Za-z0-9._-]+)@([1-9][0-9]{0,8})")
+_KV_ID = re.compile(r"kv:((?:[A-Za-z0-9._-]+/)*keys/[A-Za-z0-9._-]+)")
+_SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_NAME_TRIES = 5
+_GONE = re.compile(r"not found|no existing key|could not be found")
+
+
+def _mount(value: Any, default: str) -> str:
+    return str(value if value is not None else default).strip("/")
+
+
+class _TransitKey:
+    """What one pinned Transit key version is: cached per reference, so signing costs one call."""
+
+    __slots__ = ("name", "version", "key_type", "public")
+
+    def __init__(self, name: str, version: int, key_type: KeyType, public: Any) -> None:
+        self.name = name
+        self.version = version
+        self.key_type = key_type
+        self.public = public
+
+
+class VaultKeyStore(KeyStore):
+    """Keys in HashiCorp Vault or OpenBao. The token only ever comes from ``$VAULT_TOKEN``."""
+
+    plugin = "vault"
+    options = {
+        "address": Option(str, None, "Vault address, e.g. https://vault.example:8200 (default $VAULT_ADDR)"),
+        "namespace": Option(str, None, "Vault Enterprise / OpenBao namespace (default $VAULT_NAMESPACE)"),
+        "kv_mount": Option(str, "secret", "mount path of the KV v2 engine holding exportable keys and the lock"),
+        "transit_mount": Option(str, "transit", "mount path of the Transit engine holding non-exportable keys"),
+        "prefix": Option(str, "pki", "path prefix in KV and name prefix in Transit for everything pkiascode writes"),
+        "ca_cert": Option(str, None, "PEM file of the CA that signed Vault's TLS certificate (default $VAULT_CACERT)"),
+        "tls_verify": Option(bool, True, "verify Vault's TLS certificate (turn off only for a test server)"),
+        "client_cert": Option(str, None, "PEM client certificate for TLS client authentication"),
+        "client_key": Option(str, None, "PEM key of client_cert"),
+        "timeout": Option((int, float), 10, "seconds to wait for one answer from Vault"),
+        "lock_ttl": Option((int, str), "300s",
+                           "lease of the apply lock; a holder that stops renewing loses it after this"),
+        "lock_timeout": Option((int, str), "0s", "how long apply waits for another apply's lock (0: fail at once)"),
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        s = self.settings
+        self.address = (s.get("address") or os.environ.get("VAULT_ADDR") or "").rstrip("/")
+        self.namespace = s.get("namespace") or os.environ.get("VAULT_NAMESPACE") or None
+        self.kv_mount = _mount(s.get("kv_mount"), "secret")
+        self.transit_mount = _mount(s.get("transit_mount"), "transit")
+        self.prefix = str(s.get("prefix") if s.get("prefix") is not None else "pki").strip("/")
+        try:
+            self.lock_ttl = seconds(s.get("lock_ttl", "300s"))
+            self.lock_timeout = seconds(s.get("lock_timeout", "0s"))
+        except ValueError as error:
+            raise BackendError(f"backend {self.name}: lock_ttl/lock_timeout: {error}") from None
+        self._client_obj: VaultClient | None = None
+        self._client_lock = threading.Lock()
+        self._transit_cache: dict[str, _TransitKey] = {}
+        self._public_cache: dict[str, Any] = {}
+        self._wrapping_key: Any = None
+
+    # -- configuration ----------------------------------------------------------------------------------
+    @classmethod
+    def validate(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
+        problems: list[tuple[str, str]] = []
+        address = settings.get("address")
+        if address is not None and not re.match(r"https?://[^/\s]+", str(address)):
+            problems.append(("address", "must be an http:// or https:// URL, e.g. \"https://vault.example:8200\""))
+        for option in ("kv_mount", "transit_mount"):
+            value = settings.get(option)
+            if value is not None and not all(_SEGMENT.fullmatch(p) for p in str(value).strip("/").split("/")):
+                problems.append((option, "must be a mount path such as \"secret\" or \"team/transit\""))
+        prefix = settings.get("prefix")
+        if prefix is not None and str(prefix).strip("/") and not all(
+                _SEGMENT.fullmatch(p) for p in str(prefix).strip("/").split("/")):
+            problems.append(("prefix", "may hold only letters, digits, '.', '_', '-' and '/' between parts"))
+        for option in ("lock_ttl", "lock_timeout"):
+            if option in settings:
+                try:
+                    value = seconds(settings[option])
+                except ValueError as error:
+                    problems.append((option, str(error)))
+                    continue
+                if option == "lock_ttl" and value < 1:
+                    problems.append((option, "must be at least 1s"))
+        timeout = settings.get("timeout")
+        if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
+                                    or timeout <= 0):
+            problems.append(("timeout", "must be a positive number of seconds"))
+        if bool(settings.get("client_cert")) != bool(settings.get("client_key")):
+            problems.append(("client_cert", "client_cert and client_key go together"))
+        return problems
+
+    def _path(self, value: str | None) -> str | None:
+        if not value:
+            return None
+        path = self.context.base_dir / os.path.expanduser(value)
+        return str(path)
+
+    @property
+    def _client(self) -> "VaultClient":
+        if self._client_obj is None:
+            with self._client_lock:
+                if self._client_obj is None:
+                    from .client import VaultClient  # hvac and requests load here, not at plugin import
+
+                    s = self.settings
+                    ca_cert = self._path(s.get("ca_cert")) or os.environ.get("VAULT_CACERT") or None
+                    if ca_cert and not os.path.isfile(ca_cert):
+                        raise self._err(BackendUnavailable, f"ca_cert {ca_cert} is not a file")
+                    verify: bool | str = ca_cert or True
+                    if s.get("tls_verify") is False:
+                        verify = False
+                        log.warning("backend %s: TLS verification of %s is turned off", self.name, self.address)
+                    cert = None
+                    if s.get("client_cert") and s.get("client_key"):
+                        cert = (self._path(s["client_cert"]) or "", self._path(s["client_key"]) or "")
+                    hints = {self.kv_mount: f"vault secrets enable -path={self.kv_mount} kv-v2",
+                             self.transit_mount: f"vault secrets enable -path={self.transit_mount} transit"}
+                    self._client_obj = VaultClient(self.name, self.address, namespace=self.namespace,
+                                                   verify=verify, cert=cert, timeout=float(s.get("timeout") or 10),
+                                                   mount_hints=hints)
+        return self._client_obj
+
+    def close(self) -> None:
+        if self._client_obj is not None:
+            self._client_obj.close()
+
+    # -- names and references ---------------------------------------------------------------------------
+    def _err(self, cls: type[BackendError], text: str) -> BackendError:
+        return cls(f"backend {self.name}: {text}")
+
+    def _transit_name(self, entry: str) -> str:
+        head = self.prefix.replace("/", "-")
+        return f"{head}-{entry}-{secrets.token_hex(4)}" if head else f"{entry}-{secrets.token_hex(4)}"
+
+    def _kv_path(self, entry: str) -> str:
+        return f"{self.prefix}/keys/{entry}-{secrets.token_hex(4)}" if self.prefix else \
+            f"keys/{entry}-{secrets.token_hex(4)}"
+
+    @staticmethod
+    def _parse(ref_id: str) -> tuple[str, str, int]:
+        m = _TRANSIT_ID.fullmatch(ref_id)
+        if m:
+            return "transit", m.group(1), int(m.group(2))
+        m = _KV_ID.fullmatch(ref_id)
+        if m and ".." not in m.group(1).split("/"):
+            return "kv", m.group(1), 0
+        raise ValueError(ref_id)
+
+    def _parse_ref(self, ref: KeyRef) -> tuple[str, str, int]:
+        try:
+            return self._parse(ref.id)
+        except ValueError:
+            raise self._err(BackendError, f"{ref.id!r} is not a Vault key reference "
+                                          "(expected transit:NAME@VERSION or kv:PATH)") from None
+
+    @staticmethod
+    def _check_request(request: KeyRequest) -> None:
+        if request.key_type not in _TRANSIT_TYPES:  # pragma: no cover - every KeyType is supported
+            raise UnsupportedKeyType(f"key type {request.key_type.value} is not supported by Vault")
+        if not _SEGMENT.fullmatch(request.name):
+            raise BackendError(f"invalid entry name {request.name!r} for a Vault key")
+
+    @staticmethod
+    def _wants_transit(request: KeyRequest) -> bool:
+        return request.authority or not request.exportable
+
+    # -- Transit ------------------------------------------------------------------------------------------
+    def _transit_key(self, ref: KeyRef) -> _TransitKey:
+        cached = self._transit_cache.get(ref.id)
+        if cached is not None:
+            return cached
+        _, name, version = self._parse_ref(ref)
+        reply = self._client.call("GET", f"{self.transit_mount}/keys/{name}", allow=(404,))
+        if reply.status == 404:
+            raise self._err(KeyNotFound, f"Transit key {name} does not exist in {self.transit_mount}/ "
+                                         f"at {self.address}")
+        return self._remember_transit(ref.id, name, version, reply.data)
+
+    def _remember_transit(self, ref_id: str, name: str, version: int, data: Mapping[str, Any]) -> _TransitKey:
+        key_type = _KEY_TYPE_OF_TRANSIT.get(str(data.get("type")))
+        if key_type is None:
+            raise self._err(UnsupportedKeyType, f"Transit key {name} is of type {data.get('type')}, "
+                                                "which cannot sign certificates")
+        entry = (data.get("keys") or {}).get(str(version))
+        if not isinstance(entry, Mapping) or not entry.get("public_key"):
+            raise self._err(KeyNotFound, f"Transit key {name} has no version {version} any more "
+                                         f"(latest {data.get('latest_version')}, oldest "
+                                         f"{data.get('min_available_version') or 1}): was it trimmed?")
+        public = self._load_transit_public(key_type, str(entry["public_key"]))
+        key = _TransitKey(name, version, key_type, public)
+        self._transit_cache[ref_id] = key
+        return key
+
+    @staticmethod
+    def _load_transit_public(key_type: KeyType, text: str) -> Any:
+        from cryptography.hazmat.primitives import serialization
+        from cryptography.hazmat.primitives.asymmetric import ed25519
+
+        if key_type is KeyType.ED25519:  # Transit gives Ed25519 public keys as base64 of the raw 32 bytes
+            return ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(text))
+        return serialization.load_pem_public_key(text.encode())
+
+    def _new_transit_name(self, entry: str) -> str:
+        # Creating a Transit key under a taken name silently returns the old key, so look first.
+        for _ in range(_NAME_TRIES):
+            name = self._transit_name(entry)
+            if self._client.call("GET", f"{self.transit_mount}/keys/{name}", allow=(404,)).status == 404:
+                return name
+        raise self._err(BackendError, f"could not find a free Transit key name for {entry}")  # pragma: no cover
+
+    def _generate_transit(self, request: KeyRequest) -> KeyRef:
+        name = self._new_transit_name(request.name)
+        reply = self._client.call("POST", f"{self.transit_mount}/keys/{name}",
+                                  {"type": _TRANSIT_TYPES[request.key_type], "exportable": False,
+                                   "allow_plaintext_backup": False})
+        data = reply.data if reply.data.get("keys") else \
+            self._client.call("GET", f"{self.transit_mount}/keys/{name}").data  # Vault < 1.10 answers 204
+        if data.get("exportable") or data.get("type") != _TRANSIT_TYPES[request.key_type]:
+            raise self._err(BackendError, f"Transit key {name} is not the non-exportable "
+                                          f"{request.key_type.value} key just created")
+        version = int(data.get("latest_version") or 1)
+        ref_id = f"transit:{name}@{version}"
+        self._remember_transit(ref_id, name, version, data)
+        return KeyRef(self.name, ref_id)
+
+    def _wrapping_public_key(self) -> Any:
+        if self._wrapping_key is None:
+            from cryptography.hazmat.primitives import serialization
+
+            reply = self._client.call("GET", f"{self.transit_mount}/wrapping_key")
+            self._wrapping_key = serialization.load_pem_public_key(str(reply.data["public_key"]).encode())
+        return self._wrapping_key
+
+    def _import_transit(self, request: KeyRequest, key: Any) -> KeyRef:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding
+        from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
+
+        name = self._new_transit_name(request.name)
+        # BYOK: an ephemeral AES-256 key wrapped with RSA-OAEP-SHA256 for Vault's wrapping key, then the
+        # PKCS#8 key wrapped with AES-KWP (RFC 5649) under it; Vault unwraps both inside.
+        ephemeral = os.urandom(32)
+        wrapped_aes = self._wrapping_public_key().encrypt(
+            ephemeral, padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None))
+        pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
+                                  serialization.NoEncryption())
+        wrapped_key = aes_key_wrap_with_padding(ephemeral, pkcs8)
+        self._client.call("POST", f"{self.transit_mount}/keys/{name}/import", {
+            "ciphertext": base64.b64encode(wrapped_aes + wrapped_key).decode(),
+            "hash_function": "SHA256",
+            "type": _TRANSIT_TYPES[request.key_type],
+            "exportable": False,
+            "allow_plaintext_backup": False,
+            "allow_rotation": False,
+        })
+        data = self._client.call("GET", f"{self.transit_mount}/keys/{name}").data
+        version = int(data.get("latest_version") or 1)
+        ref_id = f"transit:{name}@{version}"
+        imported = self._remember_transit(ref_id, name, version, data)
+        raw = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        if imported.public.public_bytes(*raw) != key.public_key().public_bytes(*raw):
+            raise self._err(BackendError, f"Transit key {name} does not hold the key just imported")
+        return KeyRef(self.name, ref_id, "imported")
+
+    def _transit_signer(self, ref: KeyRef) -> Any:
+        from pkiascode.signers import external_key
+
+        key = self._transit_key(ref)
+        client, path = self._client, f"{self.transit_mount}/sign/{key.name}"
+        prefix = f"vault:v{key.version}:"
+        label = f"backend {self.name}: Transit key {key.name} version {key.version}"
+
+        def sign(data: bytes, algorithm: Any) -> bytes:
+            body: dict[str, Any] = {"key_version": key.version}
+            if key.key_type is KeyType.ED25519:
+                body["input"] = base64.b64encode(data).decode()  # Transit ignores `prehashed` for Ed25519
+            else:
+                from cryptography.hazmat.primitives import hashes
+
+                transit_hash = _TRANSIT_HASHES.get(algorithm.name)
+                if transit_hash is None:
+                    raise BackendError(f"{label}: Transit cannot sign with hash {algorithm.name}")
+                digest = hashes.Hash(algorithm)
+                digest.update(data)
+                body.update(input=base64.b64encode(digest.finalize()).decode(), prehashed=True,
+                            hash_algorithm=transit_hash)
+                if key.key_type.is_rsa:
+                    body["signature_algorithm"] = "pkcs1v15"  # Transit's default for RSA is PSS
+                else:
+                    body["marshaling_algorithm"] = "asn1"
+            reply = client.call("POST", path, body, allow=(400, 404))
+            if reply.status == 404 or (reply.status == 400 and _GONE.search(reply.errors)):
+                raise KeyNotFound(f"{label}: the key is gone from {self.transit_mount}/")
+            if reply.status == 400:
+                raise client.error_for("POST", path, reply)
+            signature = str(reply.data.get("signature") or "")
+            if not signature.startswith(prefix):
+                raise BackendError(f"{label}: Vault signed with {signature.split(':')[1:2] or '?'} "
+                                   f"instead of the pinned version")
+            return base64.b64decode(signature[len(prefix):])
+
+        return external_key(key.public, sign, label=label)
+
+    def _delete_transit(self, name: str) -> None:
+        # Transit refuses to delete a key until its config allows it; both steps tolerate a missing key.
+        reply = self._client.call("POST", f"{self.transit_mount}/keys/{name}/config", {"deletion_allowed": True},
+                                  allow=(400, 404))
+        if reply.status == 404 or (reply.status == 400 and _GONE.search(reply.errors)):
+            return
+        if reply.status == 400:
+            raise self._err(BackendError, f"Vault refused to allow deleting Transit key {name} ({reply.errors})")
+        reply = self._client.call("DELETE", f"{self.transit_mount}/keys/{name}", allow=(400, 404))
+        if reply.status == 400 and not _GONE.search(reply.errors):
+            raise self._err(BackendError, f"Vault refused to delete Transit key {name} ({reply.errors})")
+
+    # -- KV v2 --------------------------------------------------------------------------------------------
+    def _write_kv(self, request: KeyRequest, key: Any, origin: str) -> KeyRef:
+        from cryptography.hazmat.primitives import serialization
+
+        pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                serialization.NoEncryption()).decode()
+        record = {"private_key": pem, "key_type": request.key_type.value, "entry": request.name, "origin": origin}
+        for _ in range(_NAME_TRIES):
+            path = self._kv_path(request.name)
+            # cas=0: written only if nothing is there, so an existing key is never overwritten
+            reply = self._client.call("POST", f"{self.kv_mount}/data/{path}",
+                                      {"options": {"cas": 0}, "data": record}, allow=(400,))
+            if reply.status == 400 and "check-and-set" in reply.errors:
+                continue
+            if reply.status == 400:
+                raise self._err(BackendError, f"Vault refused to store key {path} in {self.kv_mount}/ "
+                                              f"({reply.errors})")
+            ref_id = f"kv:{path}"
+            self._public_cache[ref_id] = key.public_key()
+            return KeyRef(self.name, ref_id, origin)
+        raise self._err(BackendError, f"could not find a free KV path for {request.name}")  # pragma: no cover
+
+    def _read_kv(self, ref: KeyRef) -> Any:
+        from cryptography.hazmat.primitives import serialization
+
+        _, path, _ = self._parse_ref(ref)
+        reply = self._client.call("GET", f"{self.kv_mount}/data/{path}", allow=(404,))
+        data = (reply.data.get("data") or {}) if reply.status != 404 else {}
+        if not data.get("private_key"):
+            raise self._err(KeyNotFound, f"key {path} does not exist in {self.kv_mount}/ at {self.address}")
+        try:
+            key = serialization.load_pem_private_key(str(data["private_key"]).encode(), password=None)
+        except (ValueError, TypeError):
+            raise self._err(BackendError, f"{self.kv_mount}/{path} does not hold an unencrypted PEM private key "
+                                          "in its private_key field") from None
+        self._public_cache[ref.id] = key.public_key()
+        return key
+
+    # -- KeyStore -----------------------------------------------------------------------------------------
+    def generate(self, request: KeyRequest) -> KeyRef:
+        self._check_request(request)
+        if self._wants_transit(request):
+            return self._generate_transit(request)
+        return self._write_kv(request, generate_private_key(request.key_type), "generated")
+
+    def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
+        self._check_request(request)
+        try:
+            key_type = key_type_of(key)
+        except ValueError as error:
+            raise self._err(UnsupportedKeyType, str(error)) from None
+        if key_type is not request.key_type:
+            request = KeyRequest(request.name, key_type, request.authority, request.exportable)
+        if self._wants_transit(request):
+            return self._import_transit(request, key)
+        return self._write_kv(request, key, "imported")
+
+    def signer(self, ref: KeyRef) -> Any:
+        kind, _, _ = self._parse_ref(ref)
+        if kind == "transit":
+            return self._transit_signer(ref)
+        return self._read_kv(ref)
+
+    def public_key(self, ref: KeyRef) -> Any:
+        kind, _, _ = self._parse_ref(ref)
+        if kind == "transit":
+            return self._transit_key(ref).public
+        cached = self._public_cache.get(ref.id)
+        return cached if cached is not None else self._read_kv(ref).public_key()
+
+    def is_exportable(self, ref: KeyRef) -> bool:
+        return ref.id.startswith("kv:")
+
+    def export(self, ref: KeyRef) -> Any:
+        kind, name, version = self._parse_ref(ref)
+        if kind == "transit":
+            raise self._err(KeyNotExportable, f"key {ref.id} is a non-exportable Vault Transit key: it signs inside "
+                                              "Vault and never leaves it (use `pki export --no-key` for the "
+                                              "certificate alone)")
+        return self._read_kv(ref)
+
+    def missing(self, refs: Iterable[KeyRef]) -> set[KeyRef]:
+        refs = list(refs)
+        gone: set[KeyRef] = set()
+        transit: list[tuple[KeyRef, str]] = []
+        kv: dict[str, list[tuple[KeyRef, str]]] = {}
+        for ref in refs:
+            try:
+                kind, name, _ = self._parse(ref.id)
+            except ValueError:
+                gone.add(ref)
+                continue
+            if kind == "transit":
+                transit.append((ref, name))
+            else:
+                folder, _, leaf = name.rpartition("/")
+                kv.setdefault(folder, []).append((ref, leaf))
+        # one LIST per place instead of one GET per key
+        if transit:
+            names = self._list(f"{self.transit_mount}/keys")
+            gone.update(ref for ref, name in transit if name not in names)
+        for folder, items in kv.items():
+            names = self._list(f"{self.kv_mount}/metadata/{folder}")
+            gone.update(ref for ref, leaf in items if leaf not in names)
+        for ref in gone:
+            self._transit_cache.pop(ref.id, None)
+            self._public_cache.pop(ref.id, None)
+        return gone
+
+    def _list(self, path: str) -> set[str]:
+        reply = self._client.call("LIST", path, allow=(404,))
+        return set() if reply.status == 404 else set(reply.data.get("keys") or [])
+
+    def delete(self, ref: KeyRef) -> None:
+        kind, name, _ = self._parse_ref(ref)
+        self._transit_cache.pop(ref.id, None)
+        self._public_cache.pop(ref.id, None)
+        if kind == "transit":
+            self._delete_transit(name)
+        else:
+            # the metadata delete removes every version; KV answers 204 for a path that is already gone
+            self._client.call("DELETE", f"{self.kv_mount}/metadata/{name}")
+
+    # -- checks -------------------------------------------------------------------------------------------
+    def check(self) -> None:
+        client = self._client
+        status = client.call("GET", "sys/seal-status", authenticated=False).body
+        if not status.get("initialized", True):
+            raise self._err(BackendUnavailable, f"Vault at {self.address} is not initialized (`vault operator init`)")
+        if status.get("sealed"):
+            raise self._err(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
+                                                "(`vault operator unseal` or `bao operator unseal`)")
+        if not client.token_is_valid():
+            raise self._err(BackendUnavailable, f"Vault at {self.address} rejected the token in $VAULT_TOKEN "
+                                                "(expired, revoked or wrong): log in again and retry")
+        self._check_mount(self.kv_mount, "kv", "kv-v2")
+        self._check_mount(self.transit_mount, "transit", "transit")
+
+    def _check_mount(self, mount: str, engine: str, enable: str) -> None:
+        command = f"vault secrets enable -path={mount} {enable}"
+        reply = self._client.call("GET", f"sys/internal/ui/mounts/{mount}", allow=(400, 403, 404))
+        if not reply.ok:
+            raise self._err(BackendUnavailable, f"the {engine} mount {mount}/ is missing in Vault at {self.address} "
+                                                f"or the token may not use it: enable it with `{command}`, or "
+                                                "grant the token pki-policy.hcl")
+        data = reply.data
+        if data.get("type") != engine:
+            raise self._err(BackendUnavailable, f"{mount}/ is a {data.get('type')} mount, not {engine}: use another "
+                                                f"mount path, or enable one with `{command}`")
+        if engine == "kv" and str((data.get("options") or {}).get("version")) != "2":
+            raise self._err(BackendUnavailable, f"{mount}/ is KV version 1; pkiascode needs KV v2: "
+                                                f"`vault kv enable-versioning {mount}/` or `{command}` elsewhere")
+
+    # -- coordination -------------------------------------------------------------------------------------
+    def lock(self, lock_id: str, holder: Mapping[str, str], *,
+             timeout: float = 0.0) -> "contextlib.AbstractContextManager[None]":
+        from .lock import LeaseLock
+
+        return LeaseLock(self._client, store=self.name, mount=self.kv_mount,
+                         path=f"{self.prefix}/locks/{self.lock_name(lock_id)}" if self.prefix else
+                         f"locks/{self.lock_name(lock_id)}",
+                         lock_id=lock_id, holder=holder, ttl=self.lock_ttl,
+                         timeout=max(self.lock_timeout, timeout))
+
+    @staticmethod
+    def lock_name(lock_id: str) -> str:
+        """A KV path segment for ``lock_id``; distinct ids stay distinct (a hash is added when cleaned)."""
+        import hashlib
+
+        safe = re.sub(r"[^A-Za-z0-9._-]+", "-", lock_id).strip("-.")[:80]
+        if safe != lock_id or not safe:
+            safe = f"{safe or 'state'}-{hashlib.sha256(lock_id.encode()).hexdigest()[:8]}"
+        return safe

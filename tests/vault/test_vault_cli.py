@@ -1,0 +1,93 @@
+"""End to end through `pki`: keys move from local files to Vault by changing `backend`, and the
+Vault lock, export refusal and faults reach the user as one line and exit code 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.vault
+
+
+@pytest.fixture
+def project(tmp_path, vault_env):
+    prefix = f"e2e{time.monotonic_ns() % 10**9}"
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "GIT_"))}
+    env.update(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token, NO_COLOR="1",
+               GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
+               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
+
+    def pki(*args: str, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
+        run_env = dict(env)
+        if token is not None:
+            run_env["VAULT_TOKEN"] = token
+        done = subprocess.run([sys.executable, "-m", "pkiascode", "-C", str(tmp_path), *args], env=run_env,
+                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
+        if check and done.returncode != 0:
+            raise AssertionError(f"pki {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
+        return done
+
+    pki("init")
+    return tmp_path, pki, prefix
+
+
+def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
+    root_dir, pki, prefix = project
+    pki("apply", "--auto-approve")
+    assert len(list((root_dir / ".pki" / "keys").iterdir())) == 2
+
+    toml = (root_dir / "pki.toml").read_text()
+    toml = toml.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n', 1)
+    toml += (f'\n[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n'
+             '\n[certificate.secret-svc]\nissuer = "root"\ncommon_name = "secret-svc"\nexportable = false\n')
+    (root_dir / "pki.toml").write_text(toml)
+
+    plan = json.loads(pki("plan", "--format", "json").stdout)
+    actions = {(c["name"], c["action"]) for c in plan["changes"]}
+    assert actions == {("root", "move_key"), ("example", "move_key"), ("secret-svc", "create")}
+
+    pki("apply", "--auto-approve")
+    inventory = json.loads((root_dir / "state" / "inventory.json").read_text())["objects"]
+    refs = {name: obj["key"]["ref"] for name, obj in inventory.items()}
+    assert refs["root"].startswith(f"transit:{prefix}-root-") and refs["root"].endswith("@1")
+    assert refs["example"].startswith(f"kv:{prefix}/keys/example-")
+    assert refs["secret-svc"].startswith(f"transit:{prefix}-secret-svc-")
+    assert inventory["root"]["key"]["origin"] == "imported" and not inventory["root"]["key"]["exportable"]
+    assert not list((root_dir / ".pki" / "keys").iterdir())  # the local copies are gone
+    assert pki("plan", "--detailed-exitcode").returncode == 0
+    for text in (root_dir / "state").rglob("*"):
+        if text.is_file():
+            assert vault_env.token not in text.read_text(errors="replace")
+
+    refused = pki("export", "root", "--dir", str(root_dir / "out"), check=False)
+    assert refused.returncode == 1 and "--no-key" in refused.stderr and "Traceback" not in refused.stderr
+    pki("export", "example", "--dir", str(root_dir / "out"))
+    assert (root_dir / "out" / "example-key.pem").read_text().startswith("-----BEGIN PRIVATE KEY-----")
+
+    # another machine holds the Vault lock: apply says who, and stops
+    _, listing = vault_env.api("LIST", f"secret/metadata/{prefix}/locks")
+    (lock_name,) = listing["data"]["keys"]
+    path = f"secret/data/{prefix}/locks/{lock_name}"
+    version = vault_env.api("GET", path)[1]["data"]["metadata"]["version"]
+    vault_env.api("POST", path, {"options": {"cas": version}, "data": {
+        "state": "held", "user": "deploy", "host": "runner-12", "pid": "777", "since": "2026-01-01T00:00:00Z",
+        "ttl": 300}})
+    (root_dir / "pki.toml").write_text(toml.replace('common_name = "secret-svc"', 'common_name = "secret-svc-2"'))
+    blocked = pki("apply", "--auto-approve", check=False)
+    assert blocked.returncode == 1 and "deploy@runner-12 (pid 777)" in blocked.stderr
+    assert len(blocked.stderr.strip().splitlines()) == 1 and "Traceback" not in blocked.stderr
+    vault_env.api("POST", path, {"options": {"cas": version + 1}, "data": {"state": "free"}})
+
+    # a wrong token: one line, exit 1, and the token nowhere
+    wrong = pki("apply", "--auto-approve", token="s.wrong-token-0815", check=False)
+    assert wrong.returncode == 1 and "rejected the token" in wrong.stderr
+    assert "0815" not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr
+
+    pki("apply", "--auto-approve")
+    assert pki("plan", "--detailed-exitcode", check=False).returncode == 0

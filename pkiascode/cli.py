@@ -417,6 +417,11 @@ def main(argv: list[str] | None = None) -> None:
         _fail("aborted")
     except click.ClickException as e:
         _fail(e.format_message())
+    except ConfigError as e:
+        if debug:
+            raise
+        click.echo(str(e), err=True)  # already `pki.toml:LINE: where: what`, like a compiler
+        sys.exit(EXIT_ERROR)
     except PkiError as e:
         if debug:
             raise

@@ -365,7 +365,10 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
 
     backend = c.typed(t, "backend", str, path) or defaults["backend"] or IMPLICIT_STORE
     if backend not in stores:
-        c.add(path + ("backend",) if "backend" in t else ("defaults", "backend"), _unknown_store(backend, stores))
+        if "backend" in t:
+            c.add(path + ("backend",), _unknown_store(backend, stores))
+        elif not defaults["backend"]:  # an unknown defaults.backend is reported once, above
+            c.add(path, _unknown_store(backend, stores))
 
     rotate_key = c.typed(t, "rotate_key", bool, path, not is_auth)
     exportable = c.typed(t, "exportable", bool, path, not is_auth)
@@ -570,7 +573,7 @@ def find_line(text: str, path: tuple[str, ...]) -> int | None:
         n = 0
         while n < len(full) and n < len(path) and full[n] == path[n]:
             n += 1
-        if n == len(full) and n > best_len:  # this line defines a prefix of path
+        if (n == len(full) or n == len(path)) and n > best_len:  # defines a prefix of path, or path itself
             best_line, best_len = lineno, n
             if n == len(path):
                 break

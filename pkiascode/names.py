@@ -17,10 +17,12 @@ __all__ = [
     "host_permitted",
 ]
 
-NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*$")
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9._-]*\Z")
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400, "y": 365 * 86400}
 _DURATION_RE = re.compile(r"(\d+)([smhdwy])")
+#: longer would take a certificate (or --at) past what X.509 and datetime can hold
+MAX_DURATION = 1000 * _UNITS["y"]
 
 
 def parse_duration(text: str, *, allow_zero: bool = False) -> int:
@@ -38,6 +40,8 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
         raise ValueError(f"bad duration {text!r}: use an integer and a unit (s m h d w y), e.g. \"90d\" or \"1y30d\"")
     if total <= 0 and not allow_zero:
         raise ValueError(f"duration {text!r} must be positive")
+    if total > MAX_DURATION:
+        raise ValueError(f"duration {text!r} is too long (at most {MAX_DURATION // _UNITS['y']}y)")
     return total
 
 
@@ -157,6 +161,13 @@ def constraint_kind(value: str) -> tuple[str, object]:
             return ("ip", ipaddress.ip_network(v, strict=True))
         except ValueError as e:
             raise ValueError(f"bad IP range {value!r}: {e}") from None
+    try:
+        ipaddress.ip_address(v)
+    except ValueError:
+        pass
+    else:
+        raise ValueError(f"bad name constraint {value!r}: an IP address needs a prefix length, "
+                         f"e.g. {v}/{32 if ':' not in v else 128}")
     if v.startswith("uri:"):
         host = v[4:]
         if not _valid_dns(host.lstrip(".")):

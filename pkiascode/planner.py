@@ -29,6 +29,7 @@ class _Projection:
     new_key: bool
     subject_changed: bool
     not_after: dt.datetime | None
+    key_above: str | None = None  # the nearest authority above that gets a new key
 
 
 def _day(t: dt.datetime) -> str:
@@ -84,10 +85,11 @@ def plan(
         issuer_rec = records.get(entry.issuer) if entry.issuer else None
         issuer_not_after = (issuer_proj.not_after if issuer_proj and issuer_proj.not_after
                             else issuer_rec.not_after if issuer_rec else None)
+        key_above = None if issuer_proj is None else entry.issuer if issuer_proj.new_key else issuer_proj.key_above
 
         # -- revoked in pki.toml (or below a revoked authority) ---------------------------------
         if entry.revoked is not None:
-            proj[name] = _Projection(False, False, rec.not_after if rec else None)
+            proj[name] = _Projection(False, False, rec.not_after if rec else None, key_above)
             if rec is None or rec.revoked:
                 continue
             why = (f"revoked = {{ reason = \"{entry.revoked.reason}\" }} in pki.toml"
@@ -113,7 +115,7 @@ def plan(
         if rec is None:
             changes.append(Change(Action.CREATE, entry.kind, name, ("not in state",),
                                   _creation_diff(entry, desired), new_key=not entry.csr))
-            proj[name] = _Projection(True, False, projected_not_after())
+            proj[name] = _Projection(True, False, projected_not_after(), key_above)
             cap_warning()
             continue
 
@@ -122,6 +124,8 @@ def plan(
         replaced = name in replace
         if rec.revoked:
             key_reasons.append("it was revoked and a revocation cannot be undone: a new key and certificate")
+        if rec.kind is not entry.kind and not entry.csr:
+            key_reasons.append(f"kind changes {rec.kind.value} → {entry.kind.value}: a new key")
         if replaced:
             key_reasons.append("--replace: new key, the old certificate is revoked as key_compromise")
         if entry.csr:
@@ -147,7 +151,7 @@ def plan(
                                   revoke_reason="key_compromise" if replaced else None))
             if replaced:
                 note_revocation(rec.issuer, f"{entry.qualified} (key_compromise, replaced)")
-            proj[name] = _Projection(True, rec.subject != entry.subject_text(), projected_not_after())
+            proj[name] = _Projection(True, rec.subject != entry.subject_text(), projected_not_after(), key_above)
             cap_warning()
             continue
 
@@ -176,6 +180,8 @@ def plan(
         if entry.issuer:
             if issuer_proj and issuer_proj.new_key:
                 reasons.append(f"issuer key changed (authority.{entry.issuer} gets a new key)")
+            elif key_above:
+                reasons.append(f"authority.{key_above} above it gets a new key: everything below it is reissued")
             elif issuer_rec is not None and rec.issuer_ski != issuer_rec.ski and rec.issuer == entry.issuer:
                 reasons.append(f"issuer key changed (authority.{entry.issuer}'s key is not the one that signed it)")
             if issuer_proj and issuer_proj.subject_changed and rec.issuer == entry.issuer:
@@ -202,11 +208,17 @@ def plan(
                                   (f"backend changes {rec.store} → {entry.backend}",),
                                   (("backend", FieldChange(rec.store, entry.backend)),)))
         if reasons:
+            rotate = bool(renew_reason) and entry.rotate_key and not entry.csr
             if renew_reason:
                 reasons.append(renew_reason)
             diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(projected_not_after()))))
-            changes.append(Change(Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff)))
-            proj[name] = _Projection(False, rec.subject != entry.subject_text(), projected_not_after())
+            if rotate:  # due for renewal anyway: the renewal's new key is not skipped
+                diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
+                changes.append(Change(Action.RENEW, entry.kind, name, tuple(reasons) + ("rotate_key: a new key",),
+                                      tuple(diff), new_key=True))
+            else:
+                changes.append(Change(Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff)))
+            proj[name] = _Projection(rotate, rec.subject != entry.subject_text(), projected_not_after(), key_above)
             cap_warning()
         elif renew_due and renew_reason:
             new_key = entry.rotate_key and not entry.csr
@@ -216,10 +228,10 @@ def plan(
             changes.append(Change(Action.RENEW, entry.kind, name,
                                   (renew_reason,) + (("rotate_key: a new key",) if new_key else ()),
                                   tuple(renew_diff), new_key=new_key))
-            proj[name] = _Projection(new_key, False, projected_not_after())
+            proj[name] = _Projection(new_key, False, projected_not_after(), key_above)
             cap_warning()
         else:
-            proj[name] = _Projection(False, False, rec.not_after)
+            proj[name] = _Projection(False, False, rec.not_after, key_above)
 
     # -- entries gone from pki.toml: revoke and retire, children first --------------------------
     gone = [r for n, r in records.items() if n not in desired.entries]

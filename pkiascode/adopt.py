@@ -158,7 +158,17 @@ def _validity(cert: Any) -> int:
     return hours if hours and abs(hours - secs) <= 600 else secs  # CFSSL and others backdate a little
 
 
-def _entry_table(cand: Candidate, kind: Kind, backend: str | None, default_subject: dict[str, str]) -> dict[str, Any]:
+def _seconds_or_none(value: Any) -> int | None:
+    from .names import parse_duration
+
+    try:
+        return parse_duration(str(value)) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _entry_table(cand: Candidate, kind: Kind, backend: str | None, default_subject: dict[str, str],
+                 default_renew: int | None) -> dict[str, Any]:
     """The pki.toml table that describes ``cand`` exactly."""
     from cryptography import x509
 
@@ -189,7 +199,10 @@ def _entry_table(cand: Candidate, kind: Kind, backend: str | None, default_subje
     if subject:
         table["subject"] = {k: subject[k] for k in SUBJECT_ATTRIBUTES if k in subject}
     table["key"] = key_type_of(cand.key).value
-    table["validity"] = format_duration(_validity(cert))
+    validity = _validity(cert)
+    table["validity"] = format_duration(validity)
+    if default_renew is not None and default_renew >= validity:
+        table["renew_before"] = format_duration(max(validity // 3, 1))  # [defaults] would not fit it
     if backend:
         table["backend"] = backend
     info = describe(cert)
@@ -285,19 +298,21 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         _match_issuers(cands, existing)
 
         # the new pki.toml, validated exactly as `pki plan` will read it
+        # appended as a block of its own, so the file's existing tables and comments stay where they are
         text = project.config_path.read_text(encoding="utf-8")
-        doc = tomlkit.parse(text)
-        defaults = doc.get("defaults", {})
+        defaults = tomlkit.parse(text).get("defaults", {})
         default_subject = {k: str(v) for k, v in dict(defaults.get("subject", {})).items()}
+        default_renew = _seconds_or_none(defaults.get("renew_before"))
+        added = tomlkit.document()
         ordered = _order(cands)
         for cand in ordered:
             kind = Kind.AUTHORITY if _is_ca(cand.cert) else Kind.CERTIFICATE
-            section = doc.get(kind.value)
+            section = added.get(kind.value)
             if section is None:
                 section = tomlkit.table(is_super_table=True)
-                doc[kind.value] = section
+                added[kind.value] = section
             table = tomlkit.table()
-            for k, v in _entry_table(cand, kind, backend, default_subject).items():
+            for k, v in _entry_table(cand, kind, backend, default_subject, default_renew).items():
                 if isinstance(v, dict):
                     inline = tomlkit.inline_table()
                     inline.update(v)
@@ -306,7 +321,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                     table[k] = v
             table.comment(f"imported from {cand.cert_path.name}")
             section[cand.name] = table
-        new_text = tomlkit.dumps(doc)
+        new_text = text.rstrip("\n") + "\n\n" + tomlkit.dumps(added) if text.strip() else tomlkit.dumps(added)
         import tomli
 
         from .config import _Issues  # noqa: PLC2701 - the loader's own error collection

@@ -413,8 +413,9 @@ class _Run:
         date = entry.revoked.date if entry is not None and entry.revoked and entry.revoked.date else None
         if change.revoke_reason and not rec.revoked:
             self.add_revocation(rec, change.revoke_reason, date)
-        keep = self.desired.settings.keep_revoked_keys
-        if rec.store != CSR_STORE and not keep and not rec.revoked:
+        # A revoked entry that stays listed keeps its key (its record still names it); the key goes
+        # when the entry leaves pki.toml, unless keep_revoked_keys.
+        if change.retire and rec.store != CSR_STORE and not self.desired.settings.keep_revoked_keys:
             self.retire.append((rec.store, rec.key_id))
         if change.retire:
             self.records.pop(change.name)

@@ -455,7 +455,10 @@ def _revocation(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> Rev
             date = date.isoformat()
         elif isinstance(date, str):
             try:
-                dt.date.fromisoformat(date[:10])
+                if len(date) == 10:
+                    dt.date.fromisoformat(date)
+                else:
+                    dt.datetime.fromisoformat(date.replace("Z", "+00:00"))
             except ValueError:
                 c.add(p + ("date",), f"revocation date {date!r} is not an ISO date (YYYY-MM-DD)")
                 return None
@@ -524,15 +527,29 @@ def _check_tree(c: _Checker, entries: Mapping[str, Entry]) -> None:
                 break
             nc = parent.name_constraints
             if nc is not None:
-                names = list(e.hosts)
-                for host in names:
+                for host, key in _constrained_names(e):
                     why = host_permitted(host, nc.permitted, nc.excluded)
                     if why:
-                        c.add((e.kind.value, e.name, "hosts"),
-                              f"host {host[1]!r} is outside the name constraints of authority.{parent.name} ({why})")
+                        what = "host" if key == "hosts" else "common_name"
+                        c.add((e.kind.value, e.name, key),
+                              f"{what} {host[1]!r} is outside the name constraints of authority.{parent.name} ({why})")
             if e.kind is Kind.AUTHORITY:
                 depth_below += 1
             parent = entries.get(parent.issuer) if parent.issuer else None
+
+
+def _constrained_names(e: Entry) -> list[tuple[tuple[str, str], str]]:
+    """The names a verifier checks against name constraints: the SANs, and (like OpenSSL) a DNS-like
+    common name when the certificate has no DNS SAN."""
+    names: list[tuple[tuple[str, str], str]] = [(h, "hosts") for h in e.hosts]
+    if e.kind is Kind.CERTIFICATE and not any(k == "dns" for k, _ in e.hosts) and "." in e.common_name:
+        try:
+            host = classify_host(e.common_name)
+        except ValueError:
+            return names
+        if host[0] == "dns":
+            names.append((host, "common_name"))
+    return names
 
 
 # --- locating lines --------------------------------------------------------------------------

@@ -206,14 +206,16 @@ def _matches(host: Host, kind: str, value: object) -> bool:
         mailbox = hvalue.lower()
         if "@" in c and not c.startswith("@"):
             return mailbox == c
-        domain = mailbox.rsplit("@", 1)[1]
-        c = c.lstrip("@")
-        return _dns_within(domain, c)
+        return _host_within(mailbox.rsplit("@", 1)[1], c.lstrip("@"))
     if kind == "uri" and hkind == "uri":
         from urllib.parse import urlsplit
-        h = (urlsplit(hvalue).hostname or "").lower()
-        return _dns_within(h, str(value))
+        return _host_within((urlsplit(hvalue).hostname or "").lower(), str(value))
     return False
+
+
+def _host_within(host: str, constraint: str) -> bool:
+    # RFC 5280 for email and URI constraints: "example.com" is that host only, ".example.com" its subdomains
+    return host.endswith(constraint) if constraint.startswith(".") else host == constraint
 
 
 def host_permitted(host: Host, permitted: Iterable[str], excluded: Iterable[str]) -> str | None:

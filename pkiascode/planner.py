@@ -127,7 +127,10 @@ def plan(
         if rec.kind is not entry.kind and not entry.csr:
             key_reasons.append(f"kind changes {rec.kind.value} → {entry.kind.value}: a new key")
         if replaced:
-            key_reasons.append("--replace: new key, the old certificate is revoked as key_compromise")
+            key_reasons.append("--replace: new key, the old certificate is revoked as key_compromise"
+                               if entry.issuer else
+                               "--replace: new key (a self-signed root is on no CRL: remove the old one from "
+                               "trust stores)")
         if entry.csr:
             digest = csr_keys.get(name)
             if digest is not None and digest != rec.key_id:

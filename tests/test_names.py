@@ -227,7 +227,8 @@ def test_a_bare_ip_constraint_is_not_a_dns_suffix():
     (("email", "a@example.com"), [".example.com"], [], None),
     # email
     (("email", "a@example.com"), ["@example.com"], [], None),
-    (("email", "a@sub.example.com"), ["@example.com"], [], None),
+    (("email", "a@sub.example.com"), ["@example.com"], [], "is not within permitted @example.com"),
+    (("email", "a@sub.example.com"), ["@.example.com"], [], None),
     (("email", "a@example.org"), ["@example.com"], [], "is not within permitted @example.com"),
     (("email", "ops@example.com"), ["ops@example.com"], [], None),
     (("email", "dev@example.com"), ["ops@example.com"], [], "is not within permitted ops@example.com"),

@@ -108,3 +108,73 @@ def softhsm() -> Iterator[SoftHSM]:
         os.environ.pop(PIN_ENV, None)
     else:
         os.environ[PIN_ENV] = previous
+
+
+# -- a SoftHSM2 of its own, for the `pki` command run as a child process --------------------------
+
+@dataclasses.dataclass(frozen=True)
+class PrivateHSM:
+    """A SoftHSM2 configuration, token directory and initialised token that belong to one test (or
+    one module), for child processes only: the `pki` CLI, pkcs11-tool, a python-pkcs11 inspector.
+
+    This process never loads it (SoftHSM2 reads ``SOFTHSM2_CONF`` once per process), so the tokens of
+    the ``softhsm`` fixture are untouched and each scenario starts from an empty token.
+    """
+
+    module: str
+    util: str
+    conf: str
+    token_dir: str
+    token: str
+    pin: str
+    so_pin: str
+
+    def restricted_conf(self, *disabled: str) -> str:
+        """Another configuration of the same token directory in which the token lacks ``disabled``
+        mechanisms (SoftHSM 2.6 ignores the first entry of a ``-`` list: hence CKM_MD5 first)."""
+        path = os.path.join(os.path.dirname(self.conf), f"softhsm2-without-{'-'.join(disabled).lower()}.conf")
+        with open(path, "w") as f:
+            f.write(f"directories.tokendir = {self.token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                    f"slots.removable = false\nslots.mechanisms = -CKM_MD5,{','.join(disabled)}\n")
+        return path
+
+    def env(self, *, conf: str | None = None, **extra: str | None) -> dict[str, str]:
+        """The environment of a child process: this SoftHSM2, its PIN in $PKI_PKCS11_PIN, a fixed git
+        identity, no colour. ``NAME=None`` removes a variable."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "PKI_"))}
+        env.update({"SOFTHSM2_CONF": conf or self.conf, PIN_ENV: self.pin, "NO_COLOR": "1", "LC_ALL": "C.UTF-8",
+                    "GIT_AUTHOR_NAME": "PKI Test", "GIT_AUTHOR_EMAIL": "pki-test@example.invalid",
+                    "GIT_COMMITTER_NAME": "PKI Test", "GIT_COMMITTER_EMAIL": "pki-test@example.invalid",
+                    "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "PKI_ACTOR": "pki-test@ci"})
+        for key, value in extra.items():
+            if value is None:
+                env.pop(key, None)
+            else:
+                env[key] = value
+        return env
+
+
+@pytest.fixture(scope="session")
+def private_hsm_factory(softhsm: SoftHSM):
+    """``make(directory, token="e2e-ca", pin="e2e-Pin-8172")`` → a `PrivateHSM` under ``directory``."""
+
+    def make(directory: str | os.PathLike[str], token: str = "e2e-ca", pin: str = "e2e-Pin-8172") -> PrivateHSM:
+        base = os.fspath(directory)
+        token_dir = os.path.join(base, "tokens")
+        os.makedirs(token_dir, 0o700)
+        conf = os.path.join(base, "softhsm2.conf")
+        with open(conf, "w") as f:
+            f.write(f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                    "slots.removable = false\n")
+        subprocess.run([softhsm.util, "--init-token", "--free", "--label", token, "--so-pin", SO_PIN, "--pin", pin],
+                       check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": conf})
+        return PrivateHSM(module=softhsm.module, util=softhsm.util, conf=conf, token_dir=token_dir, token=token,
+                          pin=pin, so_pin=SO_PIN)
+
+    return make
+
+
+@pytest.fixture
+def private_hsm(private_hsm_factory, tmp_path) -> PrivateHSM:
+    """A fresh SoftHSM2 with one empty token, for the `pki` CLI run as a child process."""
+    return private_hsm_factory(tmp_path / "softhsm")

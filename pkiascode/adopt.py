@@ -399,8 +399,10 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         message = (f"pki import: {n_auth} authorit{'y' if n_auth == 1 else 'ies'}, {n_cert} "
                    f"certificate{'s' if n_cert != 1 else ''}\n\n"
                    + "\n".join(f"import {e['kind']}.{e['name']} from {Path(e['source']).name}" for e in events) + "\n")
-        txn = {"inventory": StateDir.render_inventory({"objects": objects, "revocations": inv["revocations"]}).decode(),
-               "files": files, "audit_prev": prev, "audit": audit.chain(events, prev=prev, seq=seq),
+        lines_out = audit.chain(events, prev=prev, seq=seq)
+        txn = {"inventory": StateDir.render_inventory({"objects": objects, "revocations": inv["revocations"],
+                                                       "audit_head": audit.head(lines_out, prev, seq)}).decode(),
+               "files": files, "audit_prev": prev, "audit": lines_out,
                "message": message, "retire_keys": [], "commit": commit,
                "config": {"path": project.config_path.relative_to(project.base_dir).as_posix(), "content": new_text}}
         state.begin(txn)

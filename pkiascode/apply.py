@@ -86,6 +86,8 @@ def preflight(project: Project, commit: bool) -> None:
     dirs = [d for name in project.desired().stores for d in project.store(name).local_key_dirs()]
     if repo is not None:
         check_ignored(repo, dirs, project.base_dir)
+        if commit and project.state.root.exists():
+            repo.check_can_commit(project.state.root)
     elif commit:
         raise PkiError(f"{project.base_dir} is not in a git repository: run `git init` (or `pki init`), "
                        "or apply with --no-commit")
@@ -176,7 +178,10 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
         progress.note("committing state")
-        sha = repo.commit_state(state.root, txn["message"])
+        try:
+            sha = repo.commit_state(state.root, txn["message"])
+        except PkiError as e:
+            raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
     state.set_pending_deletes(state.pending_deletes() + [tuple(x) for x in txn["retire_keys"]])
     state.finish()
@@ -205,7 +210,7 @@ class _Run:
         self.new_keys: dict[str, KeyRef] = {}
         self.crl_due: set[str] = set()
         self.signers: dict[str, Any] = {}
-        self.plan_digest = hashlib.sha256(plan.dumps().encode()).hexdigest()
+        self.plan_digest = plan.digest()
         self.actor = audit.actor()
 
     # helpers
@@ -473,7 +478,8 @@ class _Run:
     def transaction(self, commit: bool) -> dict[str, Any]:
         prev, seq = audit.tail_hash(self.state.audit_path)
         lines = audit.chain(self.events, prev=prev, seq=seq)
-        inventory = StateDir.render_inventory({"objects": self.objects, "revocations": self.revocations})
+        inventory = StateDir.render_inventory({"objects": self.objects, "revocations": self.revocations,
+                                               "audit_head": audit.head(lines, prev, seq)})
         return {"inventory": inventory.decode(), "files": self.files, "audit_prev": prev, "audit": lines,
                 "message": self.message(), "retire_keys": sorted(set(self.retire)), "commit": commit}
 

@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "canonical", "line_hash", "chain", "read_lines", "tail_hash", "verify", "actor"]
+__all__ = ["GENESIS", "canonical", "line_hash", "chain", "head", "read_lines", "tail_hash", "verify", "actor"]
 
 GENESIS = "0" * 64
 #: actions after which the log knows an object's current certificate
@@ -44,6 +44,11 @@ def chain(events: Iterable[Mapping[str, Any]], *, prev: str, seq: int) -> list[d
         prev = line["hash"]
         out.append(line)
     return out
+
+
+def head(lines: Sequence[Mapping[str, Any]], prev: str, seq: int) -> dict[str, Any]:
+    """The log's last line after appending ``lines`` to a log ending at (``prev``, ``seq``)."""
+    return {"seq": lines[-1]["seq"], "hash": lines[-1]["hash"]} if lines else {"seq": seq, "hash": prev}
 
 
 def read_lines(path: Path) -> list[str]:
@@ -93,7 +98,8 @@ def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[st
             return problems
         if obj["prev"] != prev:
             problems.append(f"audit.jsonl:{n}: prev does not match line {n - 1}'s hash "
-                            "(a line was removed, inserted or reordered)")
+                            "(a line was removed, inserted or reordered)" if n > 1 else
+                            "audit.jsonl:1: prev is not the genesis hash (lines before it were removed)")
             return problems
         if obj["seq"] != seq + 1:
             problems.append(f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}")
@@ -108,6 +114,10 @@ def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[st
             known[name]["retired"] = bool(obj.get("retired"))
     if inventory is None or problems:
         return problems
+    head = inventory.get("audit_head")
+    if head is not None and (head.get("seq") != seq or head.get("hash") != prev):
+        problems.append(f"audit.jsonl ends at line {seq} (hash {prev[:12]}…) but the inventory was written after "
+                        f"line {head.get('seq')} (hash {str(head.get('hash'))[:12]}…): lines were removed or added")
 
     objects = inventory.get("objects", {})
     for name, rec in objects.items():

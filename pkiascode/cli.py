@@ -157,7 +157,10 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | N
     """Show what apply would change, and why."""
     from .render import render_json, render_markdown, render_text
 
-    the_plan = c.project.plan(at=parse_when(at, _now()), replace=replace)
+    now = _now()
+    # --at decides what is due as of then; certificates are signed when apply runs, and the plan
+    # shows the not_after they will really get
+    the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":
@@ -170,7 +173,9 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | N
         atomic_write(Path(out), the_plan.dumps().encode())
         if fmt == "text":
             click.echo(f"\nSaved the plan to {out}. Apply exactly it with `pki apply {out}`.")
-    sys.exit(exit_code(not the_plan.empty, detailed_exitcode))
+    # a pending interrupted apply is a change too: apply still has to write and commit it
+    pending = c.project.state.txn_path.exists()
+    sys.exit(exit_code(not the_plan.empty or pending, detailed_exitcode))
 
 
 @cli.command()
@@ -217,13 +222,18 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
     holder = holder_info(actor())
     with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir, timeout=timeout):
+        interrupted = _pending_plan_digest(project)
         for note in recover(project, commit=commit, progress=progress):
             click.echo(note, err=True)
         if saved is not None:
+            if interrupted is not None and interrupted == saved.digest():
+                click.echo(f"{planfile} was already applied: the interrupted apply of it is now complete.")
+                return
             check_plan_fresh(project, saved)
             the_plan = saved
         else:
-            the_plan = project.plan(at=parse_when(at, _now()), replace=replace)
+            now = _now()
+            the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
         if the_plan.empty:
             return
@@ -241,6 +251,13 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     tail = f" Committed {result.commit[:12]}." if result.commit else (" State written, not committed." if not commit
                                                                           else "")
     click.echo(f"\nApply complete: {done}.{tail}")
+
+
+def _pending_plan_digest(project: Any) -> str | None:
+    """The digest of the plan an interrupted apply was making, if one is pending."""
+    txn = project.state.pending_txn()
+    lines = (txn or {}).get("audit") or []
+    return lines[0].get("plan") if lines else None
 
 
 class _TerminalProgress:

@@ -37,6 +37,19 @@ class Repository:
         except git.GitCommandError:
             return False
 
+    def check_can_commit(self, state_root: Path) -> None:
+        """Before an apply: git is not busy, and nothing that would be committed holds a key."""
+        git_dir = Path(self._repo.git_dir)  # type: ignore[attr-defined]
+        if (git_dir / "index.lock").exists():
+            raise GitError(f"{git_dir / 'index.lock'} exists: another git process is running, or one crashed; "
+                           "when none is running, remove that file")
+        rel = state_root.resolve().relative_to(self.top).as_posix()
+        changed = self.git.status("--porcelain", "-uall", "--no-renames", "--", rel).splitlines()
+        bad = [line[3:] for line in changed if line[3:] and _holds_key(self.top / line[3:])]
+        if bad:
+            raise GitError(f"refusing to apply: {', '.join(bad[:3])} holds private key material; remove it "
+                           "from the state directory (nothing was changed)")
+
     def commit_state(self, state_root: Path, message: str) -> str | None:
         """Stage and commit ``state_root`` only; None when nothing changed. Refuses key material."""
         import git
@@ -59,8 +72,19 @@ class Repository:
             self._repo.git.execute(["git", *identity, "commit", "-q", "--no-verify", "-m", message, "--", rel])
             return self._repo.head.commit.hexsha  # type: ignore[attr-defined]
         except git.GitCommandError as e:
-            detail = (e.stderr or "").strip().splitlines()
-            raise GitError(f"git commit of {rel} failed: {detail[-1] if detail else e}") from None
+            raise GitError(f"git commit of {rel} failed: {_git_reason(e)}") from None
+
+
+def _git_reason(error: "object") -> str:
+    """The line of git's stderr that says what went wrong (``fatal: ...``), without GitPython's wrapping."""
+    text = str(getattr(error, "stderr", "") or "").strip()
+    if text.startswith("stderr:"):
+        text = text[len("stderr:"):].strip().strip("'")
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    for line in lines:
+        if line.startswith(("fatal:", "error:")):
+            return line
+    return lines[0] if lines else str(error)
 
 
 def _holds_key(path: Path) -> bool:

@@ -30,6 +30,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
@@ -153,6 +154,10 @@ class Plan:
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
+
+    def digest(self) -> str:
+        """What the audit log records as the plan a change was made by."""
+        return hashlib.sha256(self.dumps().encode()).hexdigest()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:

@@ -52,14 +52,20 @@ def plan(
     now: dt.datetime,
     replace: Iterable[str] = (),
     csr_keys: Mapping[str, str] | None = None,
+    issue_time: dt.datetime | None = None,
 ) -> Plan:
     """What apply must do to make ``observed`` match ``desired`` at time ``now``.
+
+    ``issue_time`` is when apply will sign (default ``now``): ``pki plan --at +30d`` decides what is
+    due as of then, but certificates are always signed as of the moment apply runs, and the diffs
+    show the ``not_after`` they will really get.
 
     Raises `PlanError` for a desired state that cannot be reached (moving a key that cannot leave its
     store, replacing an unknown entry, ...).
     """
     replace = tuple(dict.fromkeys(replace))
     csr_keys = csr_keys or {}
+    issued = issue_time or now
     for name in replace:
         if name not in desired.entries:
             raise PlanError(f"--replace {name}: no authority or certificate is named {name!r} in pki.toml")
@@ -102,11 +108,11 @@ def plan(
             continue
 
         def projected_not_after() -> dt.datetime:
-            t = now + dt.timedelta(seconds=entry.validity)
+            t = issued + dt.timedelta(seconds=entry.validity)
             return min(t, issuer_not_after) if issuer_not_after else t
 
         def cap_warning() -> None:
-            if issuer_not_after and now + dt.timedelta(seconds=entry.validity) > issuer_not_after:
+            if issuer_not_after and issued + dt.timedelta(seconds=entry.validity) > issuer_not_after:
                 warnings.append(f"{entry.qualified}: validity {format_duration(entry.validity)} is capped at "
                                 f"the expiry of authority.{entry.issuer} ({format_time(issuer_not_after)}): "
                                 "a certificate may not outlive its issuer")
@@ -195,10 +201,14 @@ def plan(
         renew_reason = None
         if renew_due:
             new_not_after = projected_not_after()
-            if new_not_after <= rec.not_after + dt.timedelta(minutes=1) and not reasons:
-                warnings.append(f"{entry.qualified}: due for renewal (expires {format_time(rec.not_after)}) but "
-                                f"cannot outlive authority.{entry.issuer} (expires "
-                                f"{format_time(issuer_not_after) if issuer_not_after else '?'}); renew the issuer")
+            capped = issuer_not_after is not None and new_not_after >= issuer_not_after
+            # renewing would not extend it (it cannot outlive its issuer): warn instead of renewing on
+            # every run; with --at ahead of the signing time the user asked for it, so renew anyway
+            if capped and new_not_after <= rec.not_after + dt.timedelta(minutes=1) and not reasons \
+                    and issued >= now:
+                warnings.append(f"{entry.qualified}: due for renewal (expires {format_time(rec.not_after)}) "
+                                f"but cannot outlive authority.{entry.issuer} (expires "
+                                f"{format_time(issuer_not_after)}); renew the issuer")
                 renew_due = False
             elif now >= rec.not_after:
                 renew_reason = f"expired on {_day(rec.not_after)}"

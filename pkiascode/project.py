@@ -163,11 +163,12 @@ class Project:
         return out
 
     # -- plan -----------------------------------------------------------------------------------
-    def plan(self, *, at: dt.datetime, replace: Iterable[str] = ()) -> Plan:
+    def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None) -> Plan:
+        """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``)."""
         desired = self.desired()
         csr_keys = {name: info.digest for name, info in self.csrs().items()}
         observed, _ = self.observe()
-        result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys)
+        result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now)
         if self.state.txn_path.exists():
             result = dataclasses.replace(result, warnings=result.warnings + (
                 "an interrupted apply is pending; this plan assumes it completed, and the next "

@@ -105,7 +105,11 @@ class StateDir:
     def render_inventory(inv: Mapping[str, Any]) -> bytes:
         """One object per line: small, reviewable diffs in git."""
         objects = inv["objects"]
-        out = ['{"format_version": %d,' % INVENTORY_FORMAT, '"objects": {']
+        out = ['{"format_version": %d,' % INVENTORY_FORMAT]
+        if inv.get("audit_head"):
+            # the audit log's last line when this was written: removing lines from its end shows
+            out.append(f'"audit_head": {json.dumps(inv["audit_head"], sort_keys=True)},')
+        out.append('"objects": {')
         names = sorted(objects)
         for i, name in enumerate(names):
             sep = "," if i < len(names) - 1 else ""
@@ -169,11 +173,13 @@ class StateDir:
             return "is missing"
         key = str(path)
         hit = cache.get(key)
-        if hit and hit[0] == st.st_mtime_ns and hit[1] == st.st_size:
-            digest = hit[2]
+        # ctime cannot be set back by `touch -d`/utime, so an edit is always seen
+        stamp = [st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size]
+        if hit and hit[:4] == stamp:
+            digest = hit[4]
         else:
             digest = _pem_der_digest(path.read_bytes())
-            cache[key] = [st.st_mtime_ns, st.st_size, digest]
+            cache[key] = stamp + [digest]
             self._cache_dirty = True
         if digest is None:
             return "is not a PEM file"

@@ -50,8 +50,18 @@ PRIVATE_KEY_RE = re.compile(rb"-----BEGIN ([A-Z0-9 ]*)PRIVATE KEY-----")
 
 
 def holds_private_key(data: bytes) -> bool:
-    """PEM private keys of any kind (PKCS#8, encrypted, RSA, EC, OpenSSH)."""
-    return bool(PRIVATE_KEY_RE.search(data))
+    """PEM private keys of any kind (PKCS#8, encrypted, RSA, EC, OpenSSH), and DER private keys."""
+    if PRIVATE_KEY_RE.search(data):
+        return True
+    if data[:1] != b"\x30" or len(data) > 16384:
+        return False
+    try:
+        serialization.load_der_private_key(data, password=None)
+        return True
+    except TypeError:
+        return True  # an encrypted PKCS#8 key: still key material
+    except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: not a key
+        return False
 
 
 def build_name(subject: Iterable[tuple[str, str]], common_name: str | None) -> x509.Name:

@@ -53,6 +53,7 @@ def test_encrypted_keys_need_their_passphrase(tmp_path, monkeypatch):
     store = LocalKeyStore("files", {"passphrase_env": "PKI_TEST_PASS"}, StoreContext(tmp_path, tmp_path / ".pki"))
     ref = store.generate(KeyRequest("a", KeyType.ECDSA_P256, authority=True, exportable=False))
     assert b"ENCRYPTED PRIVATE KEY" in (store.path / ref.id).read_bytes()
+    store = LocalKeyStore("files", {"passphrase_env": "PKI_TEST_PASS"}, StoreContext(tmp_path, tmp_path / ".pki"))
     monkeypatch.delenv("PKI_TEST_PASS")
     with pytest.raises(BackendUnavailable, match=r"set \$PKI_TEST_PASS"):
         store.signer(ref)

@@ -41,6 +41,7 @@ class LocalKeyStore(KeyStore):
         self.path = (self.context.base_dir / (self.settings.get("path") or ".pki/keys")).resolve()
         self._dir_ready = False
         self._mkdir_lock = threading.Lock()
+        self._keys: dict[str, Any] = {}  # id -> key, for keys this process wrote or read
 
     @classmethod
     def validate(cls, settings: Any) -> list[tuple[str, str]]:
@@ -70,6 +71,8 @@ class LocalKeyStore(KeyStore):
             mode = self.path.stat().st_mode & 0o777
             if mode & 0o077:
                 os.chmod(self.path, 0o700)
+            for stale in self.path.glob(".*.tmp"):  # left by a process killed mid-write: never in use
+                stale.unlink(missing_ok=True)
             self._dir_ready = True
 
     def _file(self, ref: KeyRef) -> Path:
@@ -98,11 +101,15 @@ class LocalKeyStore(KeyStore):
             os.close(fd)
         os.link(tmp, final)  # fails rather than replace if the name was taken meanwhile
         os.unlink(tmp)
+        self._keys[file_name] = key
         return KeyRef(self.name, file_name)
 
     def _read(self, ref: KeyRef) -> Any:
         from cryptography.hazmat.primitives import serialization
 
+        cached = self._keys.get(ref.id)
+        if cached is not None and self._file(ref).exists():
+            return cached
         try:
             data = self._file(ref).read_bytes()
         except FileNotFoundError:
@@ -110,10 +117,14 @@ class LocalKeyStore(KeyStore):
         except PermissionError:
             raise BackendUnavailable(f"backend {self.name}: cannot read {self._file(ref)}: permission denied") from None
         try:
-            return serialization.load_pem_private_key(data, password=self._passphrase() if b"ENCRYPTED" in data else None)
+            # our own 0600 files: the RSA consistency check (tens of ms per key) buys nothing here
+            key = serialization.load_pem_private_key(data, password=self._passphrase() if b"ENCRYPTED" in data
+                                                     else None, unsafe_skip_rsa_key_validation=True)
         except (ValueError, TypeError):
             raise BackendError(f"backend {self.name}: cannot decrypt or parse key file {self._file(ref)} "
                                "(wrong passphrase?)") from None
+        self._keys[ref.id] = key
+        return key
 
     # -- KeyStore -------------------------------------------------------------------------------
     def generate(self, request: KeyRequest) -> KeyRef:
@@ -143,6 +154,7 @@ class LocalKeyStore(KeyStore):
         return {ref for ref in refs if ref.id not in present}
 
     def delete(self, ref: KeyRef) -> None:
+        self._keys.pop(ref.id, None)
         try:
             self._file(ref).unlink()
         except FileNotFoundError:

@@ -1,0 +1,324 @@
+"""Apply is restartable: killed at any point, the next plan/apply converges.
+
+Three ways to kill it:
+
+- real SIGKILLs at points found by watching the files apply writes (mid key generation, as soon as
+  ``.pki/journal/txn.json`` appears, as soon as ``state/inventory.json`` is written);
+- real SIGKILLs of the whole process group while git runs a hook that pauses (inside ``git commit``,
+  and just after it);
+- the fault-injection hook ``PKI_TEST_CRASH_AT=after-keys|after-txn|after-state|after-commit``, which
+  ends the process with ``os._exit(137)`` at exactly that point (tests skip when apply.py lacks it).
+
+After each, the same invariants: the next apply converges (plan has nothing to do), ``pki audit
+verify`` passes, every inventory entry has its certificate file and its key (and they match), no key
+file is left that the inventory does not reference, no serial is issued twice in the audit log, and
+git has ``state/`` committed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from helpers import (
+    ROOT, Pki, audit_lines, commit_count, edit_toml, git, head, inventory, key_files,
+    write_project,
+)
+
+CRASH_POINTS = ("after-keys", "after-txn", "after-state", "after-commit")
+ISSUING = ("create", "reissue", "renew", "rekey", "import")
+
+
+def crash_hook_supported(point: str) -> bool:
+    try:
+        source = (ROOT / "pkiascode" / "apply.py").read_text()
+    except OSError:
+        return False
+    return "PKI_TEST_CRASH_AT" in source and f'"{point}"' in source
+
+
+def needs_hook(point: str):
+    return pytest.mark.skipif(not crash_hook_supported(point),
+                              reason=f"pkiascode/apply.py has no PKI_TEST_CRASH_AT={point} hook")
+
+
+def spki_of_cert(cert: x509.Certificate) -> bytes:
+    return cert.public_key().public_bytes(serialization.Encoding.DER,
+                                          serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def spki_of_key(path: Path) -> bytes:
+    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    return key.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def assert_converged(repo: Path, pki: Pki) -> None:
+    assert not (repo / ".pki/journal/txn.json").exists(), "a transaction is still pending"
+    assert pki.plan_exit() == 0, pki("plan").stdout
+    pki("audit", "verify", expect=0)
+
+    inv = inventory(repo)
+    refs = set()
+    for name, rec in inv.items():
+        cert_path = repo / "state/certs" / f"{name}.pem"
+        assert cert_path.exists(), f"{name}: certificate file missing"
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        assert cert.fingerprint(hashes.SHA256()).hex() == rec["sha256"], f"{name}: file is not the inventory's"
+        key = repo / ".pki/keys" / rec["key"]["ref"]
+        assert key.exists(), f"{name}: key {rec['key']['ref']} missing"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert spki_of_key(key) == spki_of_cert(cert), f"{name}: the key does not fit the certificate"
+        refs.add(rec["key"]["ref"])
+        if rec["kind"] == "authority":
+            assert (repo / "state/crl" / f"{name}.crl").exists(), f"{name}: CRL missing"
+    assert key_files(repo) == refs, f"orphan or missing keys: files {sorted(key_files(repo))}, inventory {sorted(refs)}"
+
+    issued = [line["serial"] for line in audit_lines(repo) if line["action"] in ISSUING]
+    assert len(issued) == len(set(issued)), f"a serial was issued twice: {issued}"
+    for rec in inv.values():
+        assert issued.count(rec["serial"]) == 1
+
+    assert git(repo, "status", "--porcelain", "--", "state") == "", "state/ is not committed"
+    assert git(repo, "show", "HEAD:state/inventory.json") == (repo / "state/inventory.json").read_text()
+    assert git(repo, "show", "HEAD:state/audit.jsonl") == (repo / "state/audit.jsonl").read_text()
+    for subject in git(repo, "log", "--format=%s").splitlines():
+        assert subject.startswith("pki apply: "), subject
+
+
+def changes_of(plan: dict) -> list[tuple[str, str]]:
+    return [(c["action"], c["name"]) for c in plan["changes"]]
+
+
+# -- the fault-injection hook, at each point, for a first apply and for an authority rekey -------
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=needs_hook(p)) for p in CRASH_POINTS])
+def test_first_apply_killed_at_each_point_converges(project, pki, point):
+    planned = changes_of(pki.plan_json())
+    r = pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": point})
+    assert r.returncode == 137, r.output
+
+    if point == "after-keys":
+        assert len(key_files(project)) == 4  # made, journaled, not used by any state
+        assert not (project / "state/inventory.json").exists() and head(project) is None
+        assert not (project / ".pki/journal/txn.json").exists()
+        assert changes_of(pki.plan_json()) == planned  # the same creates
+    elif point == "after-txn":
+        assert (project / ".pki/journal/txn.json").exists()
+        assert not (project / "state/inventory.json").exists() and head(project) is None
+        assert "interrupted apply is pending" in pki.ok("plan").stdout
+    elif point == "after-state":
+        assert (project / "state/inventory.json").exists() and head(project) is None
+        pki("audit", "verify", expect=0)  # state/ is whole, only the commit is missing
+    else:
+        assert commit_count(project) == 1 and (project / ".pki/journal/txn.json").exists()
+
+    r = pki.apply()
+    if point == "after-keys":
+        assert "deleted 4 key(s) left by an interrupted apply" in r.stderr
+        assert "Apply complete: 4 created" in r.stdout
+    else:
+        assert "completed an interrupted apply: pki apply: 4 created" in r.stderr
+    assert commit_count(project) == 1
+    assert git(project, "log", "-1", "--format=%s") == "pki apply: 4 created\n"
+    assert_converged(project, pki)
+
+
+@pytest.mark.parametrize("point", [pytest.param(p, marks=needs_hook(p)) for p in CRASH_POINTS])
+def test_authority_replace_killed_at_each_point_converges(project, pki, point):
+    pki.apply()
+    before = inventory(project)
+    old_keys = key_files(project)
+    r = pki("apply", "--auto-approve", "--replace", "inter", env={"PKI_TEST_CRASH_AT": point})
+    assert r.returncode == 137, r.output
+    if point in ("after-keys", "after-txn", "after-state"):
+        assert commit_count(project) == 1
+    # the old authority key must survive until the new state is committed
+    assert before["inter"]["key"]["ref"] in key_files(project)
+    assert old_keys <= key_files(project)
+
+    pki.apply()  # re-run plainly: complete what was started, or (after-keys) clean up
+    after = inventory(project)
+    if point == "after-keys":
+        assert after == before and commit_count(project) == 1
+    else:
+        assert commit_count(project) == 2
+        assert after["inter"]["key"]["ref"] != before["inter"]["key"]["ref"]
+        assert before["inter"]["key"]["ref"] not in key_files(project)  # retired after the commit
+        for child in ("server", "client"):
+            assert after[child]["serial"] != before[child]["serial"]
+            assert after[child]["key"]["ref"] == before[child]["key"]["ref"]
+        crl = x509.load_pem_x509_crl((project / "state/crl/root.crl").read_bytes())
+        assert int(before["inter"]["serial"], 16) in {r.serial_number for r in crl}
+    assert_converged(project, pki)
+
+
+@needs_hook("after-txn")
+def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(project, pki):
+    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+    edit_toml(project, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost", "127.0.0.1", "::1"]')
+    plan = pki.plan_json()
+    assert changes_of(plan) == [("reissue", "server")]  # on top of the pending transaction
+    r = pki.apply()
+    assert "completed an interrupted apply" in r.stderr and "Apply complete: 1 reissued" in r.stdout
+    assert git(project, "log", "--format=%s").splitlines() == ["pki apply: 1 reissued", "pki apply: 4 created"]
+    assert_converged(project, pki)
+
+
+@needs_hook("after-txn")
+def test_plan_detailed_exitcode_reports_a_pending_transaction(project, pki):
+    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+    assert pki.plan_exit() == 2
+
+
+@needs_hook("after-txn")
+def test_rerunning_a_killed_saved_plan_succeeds(project, pki, tmp_path):
+    plan = tmp_path / "p.json"
+    pki("plan", "--out", str(plan), expect=0)
+    assert pki("apply", str(plan), env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+    r = pki("apply", str(plan))
+    assert_converged(project, pki)  # this part holds today
+    assert r.returncode == 0, r.stderr
+
+
+# -- real SIGKILLs -------------------------------------------------------------------------------
+
+MANY_RSA = """\
+[defaults]
+key = "rsa-3072"
+validity = "30d"
+renew_before = "5d"
+subject = { O = "slow keys" }
+
+[authority.root]
+key = "ecdsa-p256"
+common_name = "Slow Root"
+validity = "1y"
+""" + "".join(f"""
+[certificate.leaf-{i:02d}]
+issuer = "root"
+common_name = "leaf-{i:02d}"
+""" for i in range(8))
+
+
+def _journaled(repo: Path) -> int:
+    try:
+        return len((repo / ".pki/journal/keys.jsonl").read_text().splitlines())
+    except FileNotFoundError:
+        return 0
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False if it finished first."""
+    deadline = time.monotonic() + timeout
+    while proc.poll() is None:
+        if ready():
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait()
+            return True
+        if time.monotonic() > deadline:
+            proc.kill()
+            raise AssertionError("apply did not get there in time")
+        time.sleep(0.001)  # leave the CPU to the process under test
+    return False
+
+
+def _wait_for_git(repo: Path) -> None:
+    """A `git commit` child of the killed apply may still be finishing: let it."""
+    time.sleep(0.3)
+    deadline = time.monotonic() + 10
+    while (repo / ".git/index.lock").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def test_sigkill_during_key_generation(repo, pki):
+    write_project(repo, MANY_RSA)
+    planned = changes_of(pki.plan_json())
+    assert len(planned) == 9
+    proc = pki.popen("apply", "--auto-approve")
+    if not _kill_when(proc, lambda: _journaled(repo) >= 2):
+        pytest.skip("key generation finished before it could be interrupted")
+    assert proc.returncode == -signal.SIGKILL
+    made = key_files(repo)
+    assert len(made) >= 2, made
+    assert not (repo / ".pki/journal/txn.json").exists()
+    assert not (repo / "state/inventory.json").exists() and head(repo) is None
+    assert changes_of(pki.plan_json()) == planned
+    r = pki.apply()
+    assert "left by an interrupted apply" in r.stderr
+    assert not made & key_files(repo), "keys of the killed apply were not deleted"
+    assert commit_count(repo) == 1
+    assert_converged(repo, pki)
+
+
+@pytest.mark.parametrize("watch", ["journal/txn.json", "state/inventory.json"])
+def test_sigkill_once_the_transaction_is_written(project, pki, watch):
+    target = project / (".pki/" + watch if watch.startswith("journal") else watch)
+    proc = pki.popen("apply", "--auto-approve")
+    if not _kill_when(proc, target.exists):
+        pytest.skip(f"apply finished before {watch} could be seen")
+    _wait_for_git(project)
+    assert (project / ".pki/journal/txn.json").exists()
+    r = pki.apply()
+    assert "completed an interrupted apply" in r.stderr
+    assert commit_count(project) == 1
+    assert_converged(project, pki)
+
+
+def _hooked_kill(project: Path, pki: Pki, hook: str) -> None:
+    """Run apply with a git hook that pauses; SIGKILL apply and git (the process group) there."""
+    marker = project.parent / f"{hook}.reached"
+    hook_path = project / ".git/hooks" / hook
+    hook_path.write_text(f'#!/bin/sh\ntouch "{marker}"\nsleep 60\n')
+    hook_path.chmod(0o755)
+    proc = pki.popen("apply", "--auto-approve", start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()
+            assert time.monotonic() < deadline, "the hook was never reached"
+            time.sleep(0.02)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    hook_path.unlink()
+
+
+def test_killed_inside_git_commit_converges_once_git_is_unlocked(project, pki):
+    _hooked_kill(project, pki, "prepare-commit-msg")
+    assert head(project) is None
+    assert (project / "state/inventory.json").exists()
+    # git's own lock outlives the killed commit, exactly as after any killed git command
+    lock = project / ".git/index.lock"
+    if lock.exists():
+        r = pki("apply", "--auto-approve", expect=1)
+        assert "git" in r.stderr
+        lock.unlink()
+    r = pki.apply()
+    assert "completed an interrupted apply" in r.stderr
+    assert commit_count(project) == 1
+    assert_converged(project, pki)
+
+
+def test_killed_right_after_git_commit_converges(project, pki):
+    _hooked_kill(project, pki, "post-commit")
+    assert commit_count(project) == 1
+    assert (project / ".pki/journal/txn.json").exists()
+    r = pki.apply()
+    assert "completed an interrupted apply" in r.stderr
+    assert commit_count(project) == 1
+    assert_converged(project, pki)
+
+
+def test_stale_git_index_lock_is_named_in_the_error(project, pki):
+    (project / ".git/index.lock").write_text("")
+    r = pki("apply", "--auto-approve", expect=1)
+    assert "index.lock" in r.stderr, r.stderr

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audit
-from .apply import NullProgress, _finish, preflight, recover
+from .apply import NullProgress, _cleanup_orphans, _finish, preflight, recover
 from .backend import KeyRequest
 from .errors import PkiError
 from .keytypes import key_type_of
@@ -342,15 +342,15 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         objects = dict(inv["objects"])
         files: dict[str, str | None] = {}
         events: list[dict[str, Any]] = []
-        made: list[tuple[str, str]] = []
         try:
             for cand in ordered:
                 entry: Entry = new_desired.entries[cand.name]
                 store = project.store(entry.backend)
-                ref = store.import_key(KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY,
-                                                  entry.exportable), cand.key)
-                state.journal_key(ref.store, ref.id)
-                made.append((ref.store, ref.id))
+                request = KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY,
+                                     entry.exportable).with_suffix()
+                state.journal_intents([(entry.backend, request.to_json())])
+                ref = store.import_key(request, cand.key)
+                state.journal_key(ref.store, ref.id, request.suffix)
                 issuer_cert = cands[cand.issuer].cert if cand.issuer in cands else existing.get(cand.issuer)
                 cert = cand.cert
                 rec = Record(
@@ -383,14 +383,10 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                 lines.append(f"imported {entry.qualified} from {cand.cert_path.name} (key into backend "
                              f"{entry.backend}{', non-exportable' if not rec.key_exportable else ''})")
         except BaseException:
-            for store_name, key_id in made:
-                try:
-                    from .backend import KeyRef
-
-                    project.store(store_name).delete(KeyRef(store_name, key_id))
-                except Exception:  # noqa: BLE001 - the original error matters more
-                    pass
-            state.clear_key_journal()
+            try:
+                _cleanup_orphans(project, state)  # nothing reached state: every key made here goes
+            except Exception:  # noqa: BLE001 - the original error matters more
+                pass
             raise
 
         prev, seq = audit.tail_hash(state.audit_path)

@@ -28,6 +28,7 @@ from . import audit
 from .backend import KeyRef, KeyRequest, KeyStore
 from .errors import BackendError, PkiError, StalePlanError
 from .gitops import check_ignored, find_repository
+from .keytypes import KeyType
 from .model import CSR_STORE, Entry, Kind, Record, format_time
 from .plan import Action, Change, Plan
 from .project import Project
@@ -80,6 +81,10 @@ def _ref(rec: Record) -> KeyRef:
     return KeyRef(rec.store, rec.key_id, rec.key_origin)
 
 
+def _request(entry: Entry) -> KeyRequest:
+    return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable).with_suffix()
+
+
 def preflight(project: Project, commit: bool) -> None:
     """Refuse to start if a local key directory is not git-ignored, or committing is impossible."""
     repo = find_repository(project.base_dir)
@@ -127,20 +132,35 @@ def _referenced(state: StateDir) -> set[tuple[str, str]]:
 
 
 def _cleanup_orphans(project: Project, state: StateDir) -> int:
+    """Delete the keys journaled by a run whose outcome does not use them; clear the journal."""
     journaled = state.journaled_keys()
-    if not journaled:
+    unanswered = state.unanswered_intents()
+    if not journaled and not unanswered:
+        state.clear_key_journal()
         return 0
     used = _referenced(state)
     stale = [(s, i) for s, i in journaled if (s, i) not in used]
     count = 0
+    stores = project.desired().stores
     for store_name, key_id in stale:
-        if store_name not in project.desired().stores:
+        if store_name not in stores:
             continue
         try:
             project.store(store_name).delete(KeyRef(store_name, key_id))
             count += 1
         except BackendError:
             state.set_pending_deletes(state.pending_deletes() + [(store_name, key_id)])
+    for store_name, request in unanswered:
+        # the process died inside the store call: the key, if made, is known only by its name. Never
+        # touch a name that a recorded key carries (a store that found the name taken picked another).
+        suffix = str(request.get("suffix") or "")
+        if not suffix or any(s == store_name and suffix in key_id for s, key_id in used):
+            continue
+        if store_name in stores:
+            try:
+                project.store(store_name).discard(KeyRequest.from_json(request))
+            except BackendError:
+                return count  # keep the journal: the next run tries again
     state.clear_key_journal()
     return count
 
@@ -262,11 +282,24 @@ class _Run:
     def check_stores(self) -> None:
         for name in self.stores_touched():
             self.project.store(name).check()
+        signers: set[str] = set()
         for change in self.plan.changes:
             if change.makes_key or change.action is Action.MOVE_KEY:
                 entry = self.entry(change.name)
                 if not entry.csr:
                     self.project.store(entry.backend).require(entry.key, generate=change.makes_key)
+            if change.makes_certificate and change.name in self.desired.entries:
+                signers.add(self.entry(change.name).issuer or "")
+            if change.action is Action.UPDATE_CRL:
+                signers.add(change.name)
+        # the existing keys that will sign: can their stores still sign with them?
+        for name in signers:
+            rec = self.records.get(name)
+            if rec is not None and rec.store in self.desired.stores and not self.plan_moves(name):
+                self.project.store(rec.store).require(KeyType(rec.key_type), generate=False)
+
+    def plan_moves(self, name: str) -> bool:
+        return any(c.name == name and (c.makes_key or c.action is Action.MOVE_KEY) for c in self.plan.changes)
 
     def move_keys(self) -> None:
         from .x509 import prove_key
@@ -279,9 +312,14 @@ class _Run:
             entry, rec = self.entry(change.name), self.records[change.name]
             old_store, new_store = self.project.store(rec.store), self.project.store(entry.backend)
             key = old_store.export(_ref(rec))
-            request = KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable)
-            new_ref = new_store.import_key(request, key)
-            self.state.journal_key(new_ref.store, new_ref.id)
+            request = _request(entry)
+            self.state.journal_intents([(entry.backend, request.to_json())])
+            try:
+                new_ref = new_store.import_key(request, key)
+            except BaseException:
+                self.state.journal_key(entry.backend, None, request.suffix)
+                raise
+            self.state.journal_key(new_ref.store, new_ref.id, request.suffix)
             prove_key(new_store.signer(new_ref), self.cert(change.name).public_key(),
                       what=f"{entry.qualified} in backend {entry.backend}")
             new = dataclasses.replace(rec, store=entry.backend, plugin=new_store.plugin, key_id=new_ref.id,
@@ -299,19 +337,23 @@ class _Run:
         if not wanted:
             return
         self.progress.phase("generating keys", len(wanted))
+        requests = {c.name: _request(self.entry(c.name)) for c in wanted}
+        self.state.journal_intents((self.entry(n).backend, r.to_json()) for n, r in requests.items())
 
         def make(change: Change) -> KeyRef:
-            entry = self.entry(change.name)
-            request = KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable)
-            return self.project.store(entry.backend).generate(request)
+            return self.project.store(self.entry(change.name).backend).generate(requests[change.name])
 
         parallel = len(wanted) > 1 and any(self.entry(c.name).key.slow_to_generate
                                            or self.project.store(self.entry(c.name).backend).plugin != "local"
                                            for c in wanted)
         if not parallel:
             for change in wanted:
-                ref = make(change)
-                self.state.journal_key(ref.store, ref.id)
+                try:
+                    ref = make(change)
+                except BaseException:
+                    self.state.journal_key(self.entry(change.name).backend, None, requests[change.name].suffix)
+                    raise
+                self.state.journal_key(ref.store, ref.id, requests[change.name].suffix)
                 self.new_keys[change.name] = ref
                 self.progress.advance()
             return
@@ -320,16 +362,19 @@ class _Run:
             futures = {pool.submit(make, c): c for c in wanted}
             error: BaseException | None = None
             for future in concurrent.futures.as_completed(futures):
+                name = futures[future].name
                 try:
                     ref = future.result()
                 except BaseException as e:  # noqa: BLE001 - re-raised after the others finish
+                    # failed or cancelled: the store made nothing for it
+                    self.state.journal_key(self.entry(name).backend, None, requests[name].suffix)
                     if error is None:
                         error = e
                         for f in futures:
                             f.cancel()
                     continue
-                self.state.journal_key(ref.store, ref.id)
-                self.new_keys[futures[future].name] = ref
+                self.state.journal_key(ref.store, ref.id, requests[name].suffix)
+                self.new_keys[name] = ref
                 self.progress.advance()
             if error is not None:
                 raise error

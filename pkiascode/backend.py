@@ -62,12 +62,31 @@ class KeyRequest:
     ``exportable`` is the entry's wish: a store that can only keep keys inside (an HSM) ignores
     ``True``; a store that can only hand them out (files) ignores ``False``. ``authority`` tells
     stores that keep authority keys elsewhere (Vault: Transit rather than KV) which is which.
+    ``suffix``, when set, is the unique part to name the key with (``<name>-<suffix>``): the core
+    journals the request before the call, so if the process dies during it, `KeyStore.discard` can
+    find what the store made. A store may pick another name if that one is taken.
     """
 
     name: str
     key_type: KeyType
     authority: bool
     exportable: bool
+    suffix: str | None = None
+
+    def with_suffix(self) -> KeyRequest:
+        """This request with a fresh unique part, which the core journals before calling the store."""
+        import secrets
+
+        return dataclasses.replace(self, suffix=secrets.token_hex(4))
+
+    def to_json(self) -> dict[str, object]:
+        return {"name": self.name, "key_type": self.key_type.value, "authority": self.authority,
+                "exportable": self.exportable, "suffix": self.suffix}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, object]) -> KeyRequest:
+        return cls(str(d["name"]), KeyType(str(d["key_type"])), bool(d["authority"]), bool(d["exportable"]),
+                   str(d["suffix"]) if d.get("suffix") else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -165,6 +184,16 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, ref: KeyRef) -> None:
         """Remove the key. Deleting a key that is already gone is not an error."""
+
+    def discard(self, request: KeyRequest) -> None:
+        """Remove whatever `generate` or `import_key` may have made for ``request`` (which has a
+        ``suffix``) in a run that died before it learnt the reference. Nothing there is not an error.
+        The default does nothing: a store that names keys its own way cannot find them."""
+
+    #: whether the store can keep keys that never leave it (Vault Transit, an HSM)
+    holds_non_exportable: ClassVar[bool] = False
+    #: whether the store can hand keys out (`export`)
+    holds_exportable: ClassVar[bool] = True
 
     # -- coordination --------------------------------------------------------------------------
     def lock(self, lock_id: str, holder: Mapping[str, str], *,

@@ -46,6 +46,7 @@ _AUTHORITY_KEYS = _COMMON_KEYS | {"path_length", "name_constraints", "crl_validi
 _CERTIFICATE_KEYS = _COMMON_KEYS | {"profile", "hosts", "usages", "csr"}
 _TOP_KEYS = {"pki", "backend", "defaults", "profile", "authority", "certificate"}
 
+_SECRET_WORDS = {"pin", "password", "passphrase", "secret", "token", "vault_token", "so_pin", "user_pin"}
 _TYPE_NAMES = {str: "a string", bool: "true or false", int: "an integer", list: "a list",
                dict: "a table"}
 
@@ -199,7 +200,15 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
         if options is None:
             c.add(path + ("plugin",), f"no backend plugin {plugin!r} is installed")
             continue
-        c.unknown_keys(table, set(options) | {"plugin"}, path)
+        for key in table:
+            if key not in options and key.lower() in _SECRET_WORDS:
+                env_options = [o for o in options if o.endswith("_env")]
+                hint = (f"; name the environment variable that holds it with {env_options[0]}"
+                        if env_options else "; the plugin reads it from the environment")
+                c.add(path + (key,), f"{key} does not belong in pki.toml: secrets never go into files in git"
+                                     f"{hint}", where=path)
+        c.unknown_keys({k: v for k, v in table.items() if k.lower() not in _SECRET_WORDS},
+                       set(options) | {"plugin"}, path)
         values: dict[str, Any] = {}
         for key, opt in options.items():
             v = c.typed(table, key, opt.type, path, opt.default)

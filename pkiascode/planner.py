@@ -53,12 +53,14 @@ def plan(
     replace: Iterable[str] = (),
     csr_keys: Mapping[str, str] | None = None,
     issue_time: dt.datetime | None = None,
+    store_caps: Mapping[str, tuple[bool, bool]] | None = None,
 ) -> Plan:
     """What apply must do to make ``observed`` match ``desired`` at time ``now``.
 
     ``issue_time`` is when apply will sign (default ``now``): ``pki plan --at +30d`` decides what is
     due as of then, but certificates are always signed as of the moment apply runs, and the diffs
-    show the ``not_after`` they will really get.
+    show the ``not_after`` they will really get. ``store_caps`` says, per key store, whether it can
+    hold exportable and non-exportable keys (default: exportable only, like files).
 
     Raises `PlanError` for a desired state that cannot be reached (moving a key that cannot leave its
     store, replacing an unknown entry, ...).
@@ -175,6 +177,17 @@ def plan(
                                 f"{rec.store!r}; keep backend = \"{rec.store}\" or --replace {name}")
             else:
                 moving = True
+        move_reason = f"backend changes {rec.store} → {entry.backend}"
+        if not store_changes and not entry.csr and rec.store != CSR_STORE:
+            holds_exportable, holds_sealed = (store_caps or {}).get(entry.backend, (True, False))
+            if rec.key_exportable and not entry.exportable and holds_sealed:
+                moving = True  # within the store, to where keys cannot leave (Vault: KV → Transit)
+                move_reason = (f"exportable changes true → false: the key moves where it cannot leave "
+                               f"backend {entry.backend}")
+            elif not rec.key_exportable and entry.exportable and holds_exportable:
+                warnings.append(f"{entry.qualified}: exportable = true, but its key was made non-exportable "
+                                f"and can never leave backend {rec.store}; --replace {name} makes a new, "
+                                "exportable key")
 
         # -- certificate content: reissue --------------------------------------------------------
         reasons: list[str] = []
@@ -217,9 +230,9 @@ def plan(
                                 f"renew_before {format_duration(entry.renew_before)}")
 
         if moving:
-            changes.append(Change(Action.MOVE_KEY, entry.kind, name,
-                                  (f"backend changes {rec.store} → {entry.backend}",),
-                                  (("backend", FieldChange(rec.store, entry.backend)),)))
+            changes.append(Change(Action.MOVE_KEY, entry.kind, name, (move_reason,),
+                                  (("backend", FieldChange(rec.store, entry.backend)),) if store_changes else
+                                  (("exportable", FieldChange(True, False)),)))
         if reasons:
             rotate = bool(renew_reason) and entry.rotate_key and not entry.csr
             if renew_reason:

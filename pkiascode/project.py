@@ -62,13 +62,22 @@ class Project:
         return ConfigError(self._display_name(), line, ".".join(path[:3]), message)
 
     def _validate_store_settings(self, desired: Desired) -> None:
+        errors: list[ConfigError] = []
         for spec in desired.stores.values():
             factory = self.plugins.factory(spec.plugin)
             if factory is None:
-                raise self.config_error(("backend", spec.name, "plugin"),
-                                        f"no backend plugin {spec.plugin!r} is installed")
-            for option, message in factory.validate(spec.settings_dict()):
-                raise self.config_error(("backend", spec.name, option), message)
+                errors.append(self.config_error(("backend", spec.name, "plugin"),
+                                                f"no backend plugin {spec.plugin!r} is installed"))
+                continue
+            errors += [self.config_error(("backend", spec.name, option), message)
+                       for option, message in factory.validate(spec.settings_dict())]
+        if errors:
+            first = errors[0]
+            if len(errors) > 1:
+                first = ConfigError(first.file, first.line, first.where,
+                                    f"{first.message} (and {len(errors) - 1} more; `pki validate` lists them all)")
+            first.all_errors = errors  # type: ignore[attr-defined]
+            raise first
 
     @property
     def state(self) -> StateDir:
@@ -168,7 +177,13 @@ class Project:
         desired = self.desired()
         csr_keys = {name: info.digest for name, info in self.csrs().items()}
         observed, _ = self.observe()
-        result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now)
+        caps = {}
+        for name, spec in desired.stores.items():
+            factory = self.plugins.factory(spec.plugin)
+            if factory is not None:
+                caps[name] = (factory.holds_exportable, factory.holds_non_exportable)
+        result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
+                           store_caps=caps)
         if self.state.txn_path.exists():
             result = dataclasses.replace(result, warnings=result.warnings + (
                 "an interrupted apply is pending; this plan assumes it completed, and the next "

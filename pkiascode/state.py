@@ -269,12 +269,23 @@ class StateDir:
         self.txn_path.unlink(missing_ok=True)
 
     # -- key journal ----------------------------------------------------------------------------
-    def journal_key(self, store: str, key_id: str) -> None:
+    # Two kinds of line: {"intent": {store, request}} before a store is asked to make or import a key,
+    # and {"store", "id", "suffix"} once it has answered.
+    def journal_intents(self, intents: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
+        lines = [json.dumps({"intent": {"store": store, "request": dict(request)}}) + "\n"
+                 for store, request in intents]
+        if lines:
+            self.journal.mkdir(parents=True, exist_ok=True)
+            with open(self.keys_path, "a") as f:
+                f.write("".join(lines))
+
+    def journal_key(self, store: str, key_id: str | None, suffix: str | None = None) -> None:
+        """The store's answer: the key's id, or None when the call failed (nothing to discard)."""
         self.journal.mkdir(parents=True, exist_ok=True)
         with open(self.keys_path, "a") as f:
-            f.write(json.dumps({"store": store, "id": key_id}) + "\n")
+            f.write(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n")
 
-    def journaled_keys(self) -> list[tuple[str, str]]:
+    def _journal_lines(self) -> list[dict[str, Any]]:
         try:
             lines = self.keys_path.read_text().splitlines()
         except FileNotFoundError:
@@ -282,11 +293,21 @@ class StateDir:
         out = []
         for line in lines:
             try:
-                d = json.loads(line)
-                out.append((d["store"], d["id"]))
-            except (ValueError, KeyError, TypeError):
+                out.append(json.loads(line))
+            except ValueError:
                 continue  # a torn last line from a crash
         return out
+
+    def journaled_keys(self) -> list[tuple[str, str]]:
+        """Keys a store made (store, id)."""
+        return [(d["store"], d["id"]) for d in self._journal_lines() if d.get("id") and "store" in d]
+
+    def unanswered_intents(self) -> list[tuple[str, dict[str, Any]]]:
+        """(store, request) asked for but never answered: the process died during the call."""
+        lines = self._journal_lines()
+        answered = {(d.get("store"), d.get("suffix")) for d in lines if "intent" not in d}
+        return [(d["intent"]["store"], d["intent"]["request"]) for d in lines
+                if "intent" in d and (d["intent"]["store"], d["intent"]["request"].get("suffix")) not in answered]
 
     def clear_key_journal(self) -> None:
         self.keys_path.unlink(missing_ok=True)

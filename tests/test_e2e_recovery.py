@@ -210,8 +210,9 @@ common_name = "leaf-{i:02d}"
 
 
 def _journaled(repo: Path) -> int:
+    """Keys the store has made and apply has journaled (not the intents written before asking)."""
     try:
-        return len((repo / ".pki/journal/keys.jsonl").read_text().splitlines())
+        return sum('"id": "' in line for line in (repo / ".pki/journal/keys.jsonl").read_text().splitlines())
     except FileNotFoundError:
         return 0
 

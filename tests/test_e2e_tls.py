@@ -215,4 +215,6 @@ def test_openssl_s_server_and_s_client(ours, theirs, client_pki):
         assert "verify error" not in out
     else:
         assert "hello from s_client" not in out
-        assert "certificate verify failed" in out and "unknown ca" in client_out, out + client_out
+        # the server refuses the client's chain; under TLS 1.3 the client may finish its side of the
+        # handshake before the server's alert reaches it, so only the server's verdict is certain
+        assert "certificate verify failed" in out or "verify error" in out, out + client_out

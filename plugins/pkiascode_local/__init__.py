@@ -80,7 +80,7 @@ class LocalKeyStore(KeyStore):
             raise BackendError(f"backend {self.name}: invalid key reference {ref.id!r}")
         return self.path / ref.id
 
-    def _write(self, name: str, key: Any) -> KeyRef:
+    def _write(self, request: KeyRequest, key: Any) -> KeyRef:
         from cryptography.hazmat.primitives import serialization
 
         self._ensure_dir()
@@ -88,11 +88,13 @@ class LocalKeyStore(KeyStore):
         encryption = (serialization.BestAvailableEncryption(passphrase) if passphrase
                       else serialization.NoEncryption())
         data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
+        suffix = request.suffix or secrets.token_hex(4)
         while True:
-            file_name = f"{name}-{secrets.token_hex(4)}.pem"
+            file_name = f"{request.name}-{suffix}.pem"
             final = self.path / file_name
             if not final.exists():
                 break
+            suffix = secrets.token_hex(4)
         tmp = self.path / f".{file_name}.tmp"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
@@ -128,10 +130,10 @@ class LocalKeyStore(KeyStore):
 
     # -- KeyStore -------------------------------------------------------------------------------
     def generate(self, request: KeyRequest) -> KeyRef:
-        return self._write(request.name, generate_private_key(request.key_type))
+        return self._write(request, generate_private_key(request.key_type))
 
     def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
-        ref = self._write(request.name, key)
+        ref = self._write(request, key)
         return KeyRef(ref.store, ref.id, "imported")
 
     def signer(self, ref: KeyRef) -> Any:
@@ -152,6 +154,13 @@ class LocalKeyStore(KeyStore):
         except FileNotFoundError:
             present = set()
         return {ref for ref in refs if ref.id not in present}
+
+    def discard(self, request: KeyRequest) -> None:
+        if request.suffix:
+            for path in (self.path / f"{request.name}-{request.suffix}.pem",
+                         self.path / f".{request.name}-{request.suffix}.pem.tmp"):
+                path.unlink(missing_ok=True)
+            self._keys.pop(f"{request.name}-{request.suffix}.pem", None)
 
     def delete(self, ref: KeyRef) -> None:
         self._keys.pop(ref.id, None)

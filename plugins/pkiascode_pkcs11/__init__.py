@@ -61,6 +61,8 @@ class Pkcs11KeyStore(KeyStore):
     """
 
     plugin = "pkcs11"
+    holds_non_exportable = True
+    holds_exportable = False
     options = {
         "module": Option(str, None, "path of the PKCS#11 module (default: SoftHSM2 where installed)"),
         "token": Option(str, None, "label of the token holding the keys (required)"),
@@ -119,12 +121,16 @@ class Pkcs11KeyStore(KeyStore):
         self._conn().require(self.name, key_type, generate=generate)
 
     def generate(self, request: KeyRequest) -> KeyRef:
-        handle = self._conn().generate(self.name, request.name, request.key_type)
+        handle = self._conn().generate(self.name, request.name, request.key_type, request.suffix)
         return KeyRef(self.name, handle.ref_id)
 
     def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
-        handle = self._conn().import_key(self.name, request.name, key)
+        handle = self._conn().import_key(self.name, request.name, key, request.suffix)
         return KeyRef(self.name, handle.ref_id, "imported")
+
+    def discard(self, request: KeyRequest) -> None:
+        if request.suffix:
+            self._conn().discard(self.name, _impl(self.name).label_for(request.name, request.suffix))
 
     def public_key(self, ref: KeyRef) -> Any:
         return self._conn().public_key(self.name, _impl(self.name).KeyHandle.parse(self.name, ref.id))

@@ -142,6 +142,11 @@ def _random_suffix() -> str:
     return secrets.token_hex(4)
 
 
+def label_for(name: str, suffix: str) -> str:
+    # bounded, so every label fits _REF and tokens that limit CKA_LABEL's length
+    return f"pki-{name[:64]}-{suffix}"
+
+
 @dataclasses.dataclass(frozen=True)
 class KeyHandle:
     """A key pair on the token: its CKA_LABEL and CKA_ID. The inventory holds ``LABEL/HEXID``."""
@@ -154,8 +159,8 @@ class KeyHandle:
         return f"{self.label}/{self.cka_id.hex()}"
 
     @classmethod
-    def new(cls, name: str) -> "KeyHandle":
-        return cls(f"pki-{name}-{_random_suffix()}", secrets.token_bytes(16))
+    def new(cls, name: str, suffix: str | None = None) -> "KeyHandle":
+        return cls(label_for(name, suffix or _random_suffix()), secrets.token_bytes(16))
 
     @classmethod
     def parse_or_none(cls, ref_id: str) -> "KeyHandle | None":
@@ -421,9 +426,9 @@ class Connection:
 
         return self.run(store, "looking up keys", op)
 
-    def generate(self, store: str, name: str, key_type: KeyType) -> KeyHandle:
+    def generate(self, store: str, name: str, key_type: KeyType, suffix: str | None = None) -> KeyHandle:
         self.require(store, key_type, generate=True)
-        handle = KeyHandle.new(name)
+        handle = KeyHandle.new(name, suffix)
         common = {"store": True, "label": handle.label, "id": handle.cka_id, "capabilities": _SIGN_ONLY,
                   "private_template": dict(_PRIVATE)}
 
@@ -438,14 +443,14 @@ class Connection:
         self._create(store, f"generating a {key_type.value} key", handle, op)
         return handle
 
-    def import_key(self, store: str, name: str, key: Any) -> KeyHandle:
+    def import_key(self, store: str, name: str, key: Any, suffix: str | None = None) -> KeyHandle:
         try:
             key_type = key_type_of(key)
         except ValueError as exc:
             raise UnsupportedKeyType(f"backend {store}: cannot import the key: {exc}") from None
         self.require(store, key_type, generate=False)
         public, private = _import_templates(key_type, key)
-        handle = KeyHandle.new(name)
+        handle = KeyHandle.new(name, suffix)
         ids = {Attribute.LABEL: handle.label, Attribute.ID: handle.cka_id}
 
         def op(session: Any) -> None:
@@ -516,6 +521,16 @@ class Connection:
         names = " and ".join(ckm(m) for m in mechanisms if m is not None)
         raise UnsupportedKeyType(f"backend {store}: PKCS#11 token {self.token_label!r} cannot make "
                                  f"{what} signatures: it lacks {names}")
+
+    def discard(self, store: str, label: str) -> None:
+        """Remove the key objects a run that died mid-call made under ``label`` (16-byte CKA_ID: ours)."""
+        def op(session: Any) -> None:
+            for obj in list(session.get_objects({Attribute.LABEL: label})):
+                if obj[Attribute.CLASS] in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY) \
+                        and len(obj[Attribute.ID] or b"") == 16:
+                    obj.destroy()
+
+        self.run(store, f"discarding {label}", op)
 
     def delete(self, store: str, handle: KeyHandle) -> None:
         def op(session: Any) -> None:

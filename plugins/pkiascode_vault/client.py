@@ -87,7 +87,7 @@ class VaultClient:
     # -- plumbing ---------------------------------------------------------------------------------
     def _fail(self, cls: type[BackendError], what: str) -> BackendError:
         token = os.environ.get(TOKEN_ENV)
-        if token and len(token) >= 4:
+        if token and len(token) >= 16:  # a real token; a short dev token ("root") is a common word
             what = what.replace(token, "<token>")  # a server never echoes it, but be sure
         return cls(f"backend {self.store}: {what}")
 
@@ -144,6 +144,8 @@ class VaultClient:
         if not isinstance(parsed, dict):
             parsed = {}
         status = response.status_code
+        if status == 404 and "no handler for route" in server_errors(parsed):
+            raise self._error(method, path, status, parsed)  # a missing mount is never an allowed "not found"
         if 200 <= status < 300 or status in allow:
             return Reply(status, parsed)
         raise self._error(method, path, status, parsed)
@@ -185,7 +187,9 @@ class VaultClient:
         if status == 403:
             return self._forbidden(where, path)
         if status == 404 and "no handler for route" in detail:
-            return self._fail(BackendError, self.mount_message(path.split("/", 1)[0]))
+            mount = next((m for m in sorted(self.mount_hints, key=len, reverse=True) if path.startswith(m + "/")),
+                         path.split("/", 1)[0])
+            return self._fail(BackendError, self.mount_message(mount))
         if status == 429:
             return self._fail(BackendUnavailable, f"Vault at {self.address} is rate-limiting requests ({where})")
         return self._fail(BackendError, f"Vault refused {where} ({status}{': ' + detail if detail else ''})")

@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import datetime
 import logging
+import os
 import secrets
+import socket
 import threading
 import time
 from collections.abc import Mapping
@@ -130,10 +132,14 @@ class LeaseLock:
                 ttl = float(data.get("ttl") or self._ttl)
                 expires = (written or _now()) + datetime.timedelta(seconds=ttl)
                 left = (expires - _now()).total_seconds()
-                if left > 0:
+                if left > 0 and not _holder_died_here(data):
                     return {**data, "expires_in": left}
-                log.warning("backend %s: taking over the stale lock %s held by %s (lease ran out %.0fs ago)",
-                            self._store, self._lock_id, describe_holder(data), -left)
+                if left > 0:
+                    log.warning("backend %s: taking over the lock %s: its holder %s is no longer running",
+                                self._store, self._lock_id, describe_holder(data))
+                else:
+                    log.warning("backend %s: taking over the stale lock %s held by %s (lease ran out %.0fs ago)",
+                                self._store, self._lock_id, describe_holder(data), -left)
         version = self._write(self._held_record(), cas)
         if version is None:  # someone else got there between our read and our write
             return {"state": "held", "race": True}
@@ -214,8 +220,29 @@ class LeaseLock:
                     if self._write(free, self._version) is None:
                         self._lost = "another apply took it over"
                 except BackendError as error:
-                    log.warning("%s; the lock %s will expire by itself within %gs", error, self._lock_id, self._ttl)
+                    # after a failed apply the user already sees that error: this would be a second line
+                    log.log(logging.DEBUG if exc_type else logging.WARNING,
+                            "%s; the lock %s will expire by itself within %gs", error, self._lock_id, self._ttl)
         if self._lost and exc_type is None:
             raise LockError(f"backend {self._store}: the lock on state {self._lock_id!r} was lost while applying "
                             f"({self._lost}, after its lease of {self._ttl:g}s ran out without renewal): "
                             "check `pki plan` before applying again")
+
+
+def _holder_died_here(holder: Mapping[str, Any]) -> bool:
+    """The holder ran on this machine and its process is gone (a crashed or killed apply)."""
+    if holder.get("host") != socket.gethostname():
+        return False
+    try:
+        pid = int(holder.get("pid") or 0)
+    except (TypeError, ValueError):
+        return False
+    if pid <= 0 or pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except OSError:
+        return False
+    return False

@@ -90,6 +90,8 @@ class VaultKeyStore(KeyStore):
     """Keys in HashiCorp Vault or OpenBao. The token only ever comes from ``$VAULT_TOKEN``."""
 
     plugin = "vault"
+    holds_non_exportable = True  # Transit
+    holds_exportable = True  # KV
     options = {
         "address": Option(str, None, "Vault address, e.g. https://vault.example:8200 (default $VAULT_ADDR)"),
         "namespace": Option(str, None, "Vault Enterprise / OpenBao namespace (default $VAULT_NAMESPACE)"),
@@ -196,13 +198,14 @@ class VaultKeyStore(KeyStore):
     def _err(self, cls: type[BackendError], text: str) -> BackendError:
         return cls(f"backend {self.name}: {text}")
 
-    def _transit_name(self, entry: str) -> str:
+    def _transit_name(self, entry: str, suffix: str | None = None) -> str:
         head = self.prefix.replace("/", "-")
-        return f"{head}-{entry}-{secrets.token_hex(4)}" if head else f"{entry}-{secrets.token_hex(4)}"
+        suffix = suffix or secrets.token_hex(4)
+        return f"{head}-{entry}-{suffix}" if head else f"{entry}-{suffix}"
 
-    def _kv_path(self, entry: str) -> str:
-        return f"{self.prefix}/keys/{entry}-{secrets.token_hex(4)}" if self.prefix else \
-            f"keys/{entry}-{secrets.token_hex(4)}"
+    def _kv_path(self, entry: str, suffix: str | None = None) -> str:
+        suffix = suffix or secrets.token_hex(4)
+        return f"{self.prefix}/keys/{entry}-{suffix}" if self.prefix else f"keys/{entry}-{suffix}"
 
     @staticmethod
     def _parse(ref_id: str) -> tuple[str, str, int]:
@@ -268,16 +271,16 @@ class VaultKeyStore(KeyStore):
             return ed25519.Ed25519PublicKey.from_public_bytes(base64.b64decode(text))
         return serialization.load_pem_public_key(text.encode())
 
-    def _new_transit_name(self, entry: str) -> str:
+    def _new_transit_name(self, entry: str, suffix: str | None = None) -> str:
         # Creating a Transit key under a taken name silently returns the old key, so look first.
-        for _ in range(_NAME_TRIES):
-            name = self._transit_name(entry)
+        for attempt in range(_NAME_TRIES):
+            name = self._transit_name(entry, suffix if attempt == 0 else None)
             if self._client.call("GET", f"{self.transit_mount}/keys/{name}", allow=(404,)).status == 404:
                 return name
         raise self._err(BackendError, f"could not find a free Transit key name for {entry}")  # pragma: no cover
 
     def _generate_transit(self, request: KeyRequest) -> KeyRef:
-        name = self._new_transit_name(request.name)
+        name = self._new_transit_name(request.name, request.suffix)
         reply = self._client.call("POST", f"{self.transit_mount}/keys/{name}",
                                   {"type": _TRANSIT_TYPES[request.key_type], "exportable": False,
                                    "allow_plaintext_backup": False})
@@ -304,7 +307,7 @@ class VaultKeyStore(KeyStore):
         from cryptography.hazmat.primitives.asymmetric import padding
         from cryptography.hazmat.primitives.keywrap import aes_key_wrap_with_padding
 
-        name = self._new_transit_name(request.name)
+        name = self._new_transit_name(request.name, request.suffix)
         # BYOK: an ephemeral AES-256 key wrapped with RSA-OAEP-SHA256 for Vault's wrapping key, then the
         # PKCS#8 key wrapped with AES-KWP (RFC 5649) under it; Vault unwraps both inside.
         ephemeral = os.urandom(32)
@@ -388,8 +391,8 @@ class VaultKeyStore(KeyStore):
         pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption()).decode()
         record = {"private_key": pem, "key_type": request.key_type.value, "entry": request.name, "origin": origin}
-        for _ in range(_NAME_TRIES):
-            path = self._kv_path(request.name)
+        for attempt in range(_NAME_TRIES):
+            path = self._kv_path(request.name, request.suffix if attempt == 0 else None)
             # cas=0: written only if nothing is there, so an existing key is never overwritten
             reply = self._client.call("POST", f"{self.kv_mount}/data/{path}",
                                       {"options": {"cas": 0}, "data": record}, allow=(400,))
@@ -493,6 +496,14 @@ class VaultKeyStore(KeyStore):
     def _list(self, path: str) -> set[str]:
         reply = self._client.call("LIST", path, allow=(404,))
         return set() if reply.status == 404 else set(reply.data.get("keys") or [])
+
+    def discard(self, request: KeyRequest) -> None:
+        if not request.suffix:
+            return
+        # whichever engine the request would have gone to; both deletes tolerate a missing key
+        self._client.call("DELETE", f"{self.kv_mount}/metadata/{self._kv_path(request.name, request.suffix)}",
+                          allow=(404,))
+        self._delete_transit(self._transit_name(request.name, request.suffix))
 
     def delete(self, ref: KeyRef) -> None:
         kind, name, _ = self._parse_ref(ref)

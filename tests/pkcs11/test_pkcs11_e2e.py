@@ -660,8 +660,8 @@ FAULTS = {
     "token-cannot-sign-with-the-root": Fault(  # a new local leaf, but the token lost CKM_ECDSA
         lambda hsm, tmp: backend_table(hsm) + FAULT_BASE + EXTRA_ON_TOKEN.replace('backend = "hsm"\n', ""),
         lambda hsm: hsm.env(conf=hsm.restricted_conf("CKM_ECDSA")), APPLY,
-        lambda hsm, tmp: f"Error: backend hsm: PKCS#11 token '{hsm.token}' cannot make ECDSA signatures: it lacks "
-                         "CKM_ECDSA and CKM_ECDSA_SHA256"),
+        lambda hsm, tmp: f"Error: backend hsm: PKCS#11 token '{hsm.token}' cannot sign with ecdsa-p256 keys: it "
+                         "lacks CKM_ECDSA and CKM_ECDSA_SHA256; choose another key type or another backend"),
 }
 
 
@@ -869,11 +869,6 @@ backend = "hsm"
 
 # -- bugs -----------------------------------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: a key on the token whose entry name is longer than 187 characters gets a reference its own "
-    "store rejects (_token._REF allows labels of at most 200 characters; the label is 'pki-NAME-xxxxxxxx'): "
-    "apply fails with \"... is not a key of this store\", and the key pair it just generated stays on the "
-    "token for good, since the orphan clean-up cannot parse the reference either"))
 def test_a_long_entry_name_works_on_the_token(private_hsm, tmp_path):
     hsm = private_hsm
     name = "n" * 190  # valid per pki.toml's rules (no length limit), and fine for the local backend
@@ -895,9 +890,6 @@ backend = "hsm"
     assert pairs_on_token(hsm) == {key_ref(repo, "root"), key_ref(repo, name)}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: pki validate reports only the first mistake of a [backend.*] table (Project._validate_store_settings "
-    "raises on the first problem the plugin's validate() returns), though it promises to list them all"))
 def test_validate_lists_every_mistake_in_the_backend_table(private_hsm, tmp_path):
     hsm = private_hsm
     repo = new_repo(tmp_path / "repo", hsm, """[backend.hsm]

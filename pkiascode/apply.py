@@ -5,7 +5,8 @@ Order of work:
 1. finish whatever an interrupted apply left (`recover`);
 2. check every key store the plan touches (so a fault stops us before any change);
 3. move keys (export, import, prove the new copy signs for the existing certificate);
-4. make new keys, in parallel (RSA generation releases the GIL), journaling each as it is made;
+4. make new keys, in parallel (RSA generation releases the GIL), journaling each request before
+   the store is asked and each answer after;
 5. sign certificates in plan order (parents before children), then the CRLs that changed;
 6. write the whole outcome to a transaction file, roll it into ``state/``, commit ``state/``;
 7. only then delete the keys nobody needs any more.
@@ -21,11 +22,11 @@ import dataclasses
 import datetime as dt
 import hashlib
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any, Protocol
 
 from . import audit
-from .backend import KeyRef, KeyRequest, KeyStore
+from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
 from .gitops import check_ignored, find_repository
 from .keytypes import KeyType
@@ -229,7 +230,7 @@ class _Run:
         self.certs: dict[str, Any] = {}
         self.new_keys: dict[str, KeyRef] = {}
         self.crl_due: set[str] = set()
-        self.signers: dict[str, Any] = {}
+        self.signers: dict[tuple[str, str], Any] = {}
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
 
@@ -257,7 +258,7 @@ class _Run:
 
     def event(self, change: Change | None, action: str, kind: Kind, name: str, *, serial: str | None,
               sha256: str | None, not_after: str | None, backend: str | None, **extra: Any) -> None:
-        e = {"time": format_time(self.now), "actor": self.actor, "action": action, "kind": kind.value,
+        e: dict[str, Any] = {"time": format_time(self.now), "actor": self.actor, "action": action, "kind": kind.value,
              "name": name, "serial": serial, "sha256": sha256, "not_after": not_after, "backend": backend,
              "plan": self.plan_digest}
         if change is not None:

@@ -7,7 +7,6 @@ Exit codes are decided in `exit_code` and in `main`: 0 success (or no changes), 
 from __future__ import annotations
 
 import datetime as dt
-import functools
 import json
 import logging
 import os

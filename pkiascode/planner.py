@@ -109,22 +109,19 @@ def plan(
             note_revocation(rec.issuer, f"{entry.qualified} ({entry.revoked.reason})")
             continue
 
-        def projected_not_after() -> dt.datetime:
-            t = issued + dt.timedelta(seconds=entry.validity)
-            return min(t, issuer_not_after) if issuer_not_after else t
-
-        def cap_warning() -> None:
-            if issuer_not_after and issued + dt.timedelta(seconds=entry.validity) > issuer_not_after:
-                warnings.append(f"{entry.qualified}: validity {format_duration(entry.validity)} is capped at "
-                                f"the expiry of authority.{entry.issuer} ({format_time(issuer_not_after)}): "
-                                "a certificate may not outlive its issuer")
+        # what a certificate signed now would get: its validity, capped at its issuer's expiry
+        full_term = issued + dt.timedelta(seconds=entry.validity)
+        new_not_after = min(full_term, issuer_not_after) if issuer_not_after else full_term
+        cap_warning = (f"{entry.qualified}: validity {format_duration(entry.validity)} is capped at the expiry of "
+                       f"authority.{entry.issuer} ({format_time(issuer_not_after)}): a certificate may not outlive "
+                       "its issuer" if issuer_not_after and full_term > issuer_not_after else None)
 
         # -- new ---------------------------------------------------------------------------------
         if rec is None:
             changes.append(Change(Action.CREATE, entry.kind, name, ("not in state",),
                                   _creation_diff(entry, desired), new_key=not entry.csr))
-            proj[name] = _Projection(True, False, projected_not_after(), key_above)
-            cap_warning()
+            proj[name] = _Projection(True, False, new_not_after, key_above)
+            warnings.extend([cap_warning] if cap_warning else [])
             continue
 
         # -- key identity: rekey -----------------------------------------------------------------
@@ -155,15 +152,15 @@ def plan(
                             f"--replace {name} for a new key")
 
         if key_reasons:
-            diff = [("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry)))]
-            diff += _spec_diff(rec, entry)
-            changes.append(Change(Action.REKEY, entry.kind, name, tuple(key_reasons), tuple(diff),
+            rekey_diff = [("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry)))]
+            rekey_diff += _spec_diff(rec, entry)
+            changes.append(Change(Action.REKEY, entry.kind, name, tuple(key_reasons), tuple(rekey_diff),
                                   new_key=not entry.csr,
                                   revoke_reason="key_compromise" if replaced else None))
             if replaced:
                 note_revocation(rec.issuer, f"{entry.qualified} (key_compromise, replaced)")
-            proj[name] = _Projection(True, rec.subject != entry.subject_text(), projected_not_after(), key_above)
-            cap_warning()
+            proj[name] = _Projection(True, rec.subject != entry.subject_text(), new_not_after, key_above)
+            warnings.extend([cap_warning] if cap_warning else [])
             continue
 
         # -- key store: move_key -----------------------------------------------------------------
@@ -213,7 +210,6 @@ def plan(
         renew_due = now >= rec.not_after - dt.timedelta(seconds=entry.renew_before)
         renew_reason = None
         if renew_due:
-            new_not_after = projected_not_after()
             capped = issuer_not_after is not None and new_not_after >= issuer_not_after
             # renewing would not extend it (it cannot outlive its issuer): warn instead of renewing on
             # every run; with --at ahead of the signing time the user asked for it, so renew anyway
@@ -237,25 +233,25 @@ def plan(
             rotate = bool(renew_reason) and entry.rotate_key and not entry.csr
             if renew_reason:
                 reasons.append(renew_reason)
-            diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(projected_not_after()))))
+            diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(new_not_after))))
             if rotate:  # due for renewal anyway: the renewal's new key is not skipped
                 diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
                 changes.append(Change(Action.RENEW, entry.kind, name, tuple(reasons) + ("rotate_key: a new key",),
                                       tuple(diff), new_key=True))
             else:
                 changes.append(Change(Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff)))
-            proj[name] = _Projection(rotate, rec.subject != entry.subject_text(), projected_not_after(), key_above)
-            cap_warning()
+            proj[name] = _Projection(rotate, rec.subject != entry.subject_text(), new_not_after, key_above)
+            warnings.extend([cap_warning] if cap_warning else [])
         elif renew_due and renew_reason:
             new_key = entry.rotate_key and not entry.csr
-            renew_diff = [("not_after", FieldChange(format_time(rec.not_after), format_time(projected_not_after())))]
+            renew_diff = [("not_after", FieldChange(format_time(rec.not_after), format_time(new_not_after)))]
             if new_key:
                 renew_diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
             changes.append(Change(Action.RENEW, entry.kind, name,
                                   (renew_reason,) + (("rotate_key: a new key",) if new_key else ()),
                                   tuple(renew_diff), new_key=new_key))
-            proj[name] = _Projection(new_key, False, projected_not_after(), key_above)
-            cap_warning()
+            proj[name] = _Projection(new_key, False, new_not_after, key_above)
+            warnings.extend([cap_warning] if cap_warning else [])
         else:
             proj[name] = _Projection(False, False, rec.not_after, key_above)
 

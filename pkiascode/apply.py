@@ -21,6 +21,7 @@ import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import os
 from collections.abc import Mapping
 from typing import Any, Protocol
@@ -132,14 +133,21 @@ def _referenced(state: StateDir) -> set[tuple[str, str]]:
     return {(r.store, r.key_id) for r in observed.records.values()}
 
 
-def _cleanup_orphans(project: Project, state: StateDir) -> int:
-    """Delete the keys journaled by a run whose outcome does not use them; clear the journal."""
+def _referenced_by(inventory_text: str) -> set[tuple[str, str]]:
+    return {(o["key"]["backend"], o["key"]["ref"]) for o in json.loads(inventory_text)["objects"].values()}
+
+
+def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> int:
+    """Delete the keys journaled by a run whose outcome does not use them; clear the journal.
+
+    ``used``: the keys the state references, when the caller knows them already."""
     journaled = state.journaled_keys()
     unanswered = state.unanswered_intents()
     if not journaled and not unanswered:
         state.clear_key_journal()
         return 0
-    used = _referenced(state)
+    if used is None:
+        used = _referenced(state)
     stale = [(s, i) for s, i in journaled if (s, i) not in used]
     count = 0
     stores = project.desired().stores
@@ -206,7 +214,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     _crash_point("after-commit")
     state.set_pending_deletes(state.pending_deletes() + [tuple(x) for x in txn["retire_keys"]])
     state.finish()
-    _cleanup_orphans(project, state)
+    _cleanup_orphans(project, state, _referenced_by(txn["inventory"]))
     return sha
 
 
@@ -231,6 +239,7 @@ class _Run:
         self.new_keys: dict[str, KeyRef] = {}
         self.crl_due: set[str] = set()
         self.signers: dict[tuple[str, str], Any] = {}
+        self.skis: dict[str, tuple[Any, str]] = {}
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
 
@@ -248,6 +257,17 @@ class _Run:
                 raise PkiError(f"{self.state.rel}/certs/{name}.pem is missing or damaged; run `pki plan` "
                                "to see the repair") from None
         return self.certs[name]
+
+    def ski_of(self, name: str) -> str:
+        """The key identifier of authority ``name``'s current certificate (cached per certificate)."""
+        from .x509 import ski_hex
+
+        cert = self.cert(name)
+        cached = self.skis.get(name)
+        if cached is None or cached[0] is not cert:
+            cached = (cert, ski_hex(cert.public_key()))
+            self.skis[name] = cached
+        return cached[1]
 
     def signer(self, name: str) -> Any:
         rec = self.records[name]
@@ -429,7 +449,7 @@ class _Run:
                 sha256=fingerprint(cert), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
                 subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
                 plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
-                ski=ski_hex(public_key), issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert else None,
+                ski=ski_hex(public_key), issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
                 spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
                 crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
             )

@@ -69,10 +69,21 @@ class Repository:
             reader = self._repo.config_reader()  # type: ignore[attr-defined]
             if not reader.has_option("user", "email"):
                 identity = ["-c", "user.name=pkiascode", "-c", "user.email=pkiascode@localhost"]
-            self._repo.git.execute(["git", *identity, "commit", "-q", "--no-verify", "-m", message, "--", rel])
+            # the message on stdin: thousands of body lines exceed what one argument may hold
+            self._repo.git.execute(["git", *identity, "commit", "-q", "--no-verify", "-F", "-", "--", rel],
+                                   istream=_message_stream(message))
             return self._repo.head.commit.hexsha  # type: ignore[attr-defined]
         except git.GitCommandError as e:
             raise GitError(f"git commit of {rel} failed: {_git_reason(e)}") from None
+
+
+def _message_stream(message: str) -> "object":
+    import tempfile
+
+    f = tempfile.TemporaryFile()
+    f.write(message.encode("utf-8"))
+    f.seek(0)
+    return f
 
 
 def _git_reason(error: "object") -> str:

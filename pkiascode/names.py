@@ -76,10 +76,11 @@ def classify_host(host: str) -> Host:
     h = host.strip()
     if h != host or not h:
         raise ValueError(f"bad host {host!r}: empty or surrounded by spaces")
-    try:
-        return ("ip", str(ipaddress.ip_address(h)))
-    except ValueError:
-        pass
+    if h[0].isdigit() or ":" in h:  # only these can be addresses; saves an exception per DNS name
+        try:
+            return ("ip", str(ipaddress.ip_address(h)))
+        except ValueError:
+            pass
     if "://" in h:
         scheme = h.split("://", 1)[0]
         if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", scheme) or len(h) == len(scheme) + 3:

@@ -157,7 +157,8 @@ class Plan:
 
     def digest(self) -> str:
         """What the audit log records as the plan a change was made by."""
-        return hashlib.sha256(self.dumps().encode()).hexdigest()
+        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:

@@ -1,4 +1,10 @@
-"""The typed facade through which the core reaches plugins. Nothing else calls ``pm.hook``."""
+"""The typed facade through which the core reaches plugins. Nothing else calls ``pm.hook``.
+
+Plugins are loaded on request, not at import time: asking for the ``local`` backend loads the entry
+point named ``local`` only (a plan that uses files never imports the Vault client). A plugin name no
+entry point carries makes every entry point load, since a distribution may register backends under
+other names than its entry point's.
+"""
 
 from __future__ import annotations
 
@@ -12,7 +18,7 @@ from . import hookspecs
 from .backend import KeyStore, KeyStoreFactory, StoreContext
 from .errors import BackendError, ConfigError
 
-__all__ = ["Plugins", "ENTRY_POINT_GROUP"]
+__all__ = ["Plugins", "ENTRY_POINT_GROUP", "installed_plugin_names"]
 
 ENTRY_POINT_GROUP = "pkiascode"
 
@@ -23,19 +29,37 @@ class Plugins:
     def __init__(self, *, load_entry_points: bool = True, extra: Iterable[object] = ()) -> None:
         self._pm = pluggy.PluginManager("pkiascode")
         self._pm.add_hookspecs(hookspecs)
-        self._load_entry_points = load_entry_points
         self._extra = list(extra)
-        self._factories: dict[str, KeyStoreFactory] | None = None
-        self._owner: dict[str, str] = {}
+        self._entry_points: dict[str, importlib.metadata.EntryPoint] | None = (
+            None if load_entry_points else {})
+        self._loaded: set[str] = set()
+        self._factories: dict[str, KeyStoreFactory] = {}
+        self._started = False
 
-    def _load(self) -> dict[str, KeyStoreFactory]:
-        if self._factories is not None:
-            return self._factories
-        if self._load_entry_points:
-            self._pm.load_setuptools_entrypoints(ENTRY_POINT_GROUP)
-        for plugin in self._extra:
-            self._pm.register(plugin)
-        self._pm.check_pending()
+    def _eps(self) -> dict[str, importlib.metadata.EntryPoint]:
+        if self._entry_points is None:
+            self._entry_points = {ep.name: ep for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+        return self._entry_points
+
+    def _register(self, names: Iterable[str]) -> None:
+        changed = not self._started
+        if not self._started:
+            for plugin in self._extra:
+                self._pm.register(plugin)
+            self._started = True
+        for name in names:
+            if name in self._loaded:
+                continue
+            self._loaded.add(name)
+            ep = self._eps()[name]
+            if self._pm.get_plugin(name) is None and not self._pm.is_blocked(name):
+                self._pm.register(ep.load(), name=name)
+                changed = True
+        if changed:
+            self._pm.check_pending()
+            self._collect()
+
+    def _collect(self) -> None:
         factories: dict[str, KeyStoreFactory] = {}
 
         def register(plugin: str, factory: KeyStoreFactory) -> None:
@@ -48,13 +72,17 @@ class Plugins:
 
         self._pm.hook.pki_register_backends(register=register)
         self._factories = factories
-        return factories
 
     def names(self) -> list[str]:
-        return sorted(self._load())
+        self._register(self._eps())
+        return sorted(self._factories)
 
     def factory(self, plugin: str) -> KeyStoreFactory | None:
-        return self._load().get(plugin)
+        if plugin not in self._factories:
+            self._register([plugin] if plugin in self._eps() else [])
+        if plugin not in self._factories:
+            self._register(self._eps())  # registered under another entry point's name, or not at all
+        return self._factories.get(plugin)
 
     def create(self, name: str, plugin: str, settings: Mapping[str, Any], context: StoreContext) -> KeyStore:
         factory = self.factory(plugin)

@@ -69,6 +69,7 @@ class StateDir:
         self.deletes_path = self.journal / "deletes.json"
         self._stat_cache_path = work_dir / "cache" / "files.json"
         self._cache_dirty = False
+        self._journal_file: Any = None
 
     def cert_path(self, name: str) -> Path:
         return self.certs / f"{name}.pem"
@@ -281,9 +282,10 @@ class StateDir:
 
     def journal_key(self, store: str, key_id: str | None, suffix: str | None = None) -> None:
         """The store's answer: the key's id, or None when the call failed (nothing to discard)."""
-        self.journal.mkdir(parents=True, exist_ok=True)
-        with open(self.keys_path, "a") as f:
-            f.write(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n")
+        if self._journal_file is None:
+            self.journal.mkdir(parents=True, exist_ok=True)
+            self._journal_file = open(self.keys_path, "a", buffering=1)  # noqa: SIM115 - one line, one write
+        self._journal_file.write(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n")
 
     def _journal_lines(self) -> list[dict[str, Any]]:
         try:
@@ -310,6 +312,9 @@ class StateDir:
                 if "intent" in d and (d["intent"]["store"], d["intent"]["request"].get("suffix")) not in answered]
 
     def clear_key_journal(self) -> None:
+        if self._journal_file is not None:
+            self._journal_file.close()
+            self._journal_file = None
         self.keys_path.unlink(missing_ok=True)
 
     def pending_deletes(self) -> list[tuple[str, str]]:

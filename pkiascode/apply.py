@@ -29,7 +29,7 @@ from typing import Any, Protocol
 from . import audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
-from .gitops import check_ignored, find_repository
+from .gitops import check_ignored
 from .keytypes import KeyType
 from .model import CSR_STORE, Entry, Kind, Record, format_time
 from .plan import Action, Change, Plan
@@ -89,7 +89,7 @@ def _request(entry: Entry) -> KeyRequest:
 
 def preflight(project: Project, commit: bool) -> None:
     """Refuse to start if a local key directory is not git-ignored, or committing is impossible."""
-    repo = find_repository(project.base_dir)
+    repo = project.repository()
     dirs = [d for name in project.desired().stores for d in project.store(name).local_key_dirs()]
     if repo is not None:
         check_ignored(repo, dirs, project.base_dir)
@@ -203,12 +203,14 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     _crash_point("after-state")
     sha = None
     if commit:
-        repo = find_repository(project.base_dir)
+        repo = project.repository()
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
-        progress.note("committing state")
+        files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
+        files["inventory.json"] = txn["inventory"].encode()
+        files["audit.jsonl"] = state.audit_path.read_bytes()
         try:
-            sha = repo.commit_state(state.root, txn["message"])
+            sha = repo.commit_state(state.root, files, txn["message"])
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
@@ -221,8 +223,10 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
 # -- execution -----------------------------------------------------------------------------------
 
 class _Run:
-    def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress) -> None:
+    def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool) -> None:
         self.project = project
+        repo = project.repository() if commit else None
+        self.blobs = repo.blobs if repo is not None else None
         self.plan = plan
         self.now = now
         self.progress = progress
@@ -401,7 +405,10 @@ class _Run:
                 raise error
 
     def sign(self) -> None:
-        from .x509 import build_certificate, fingerprint, pem, ski_hex
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        from .keytypes import key_type_of
+        from .x509 import build_certificate, der_to_pem, ski_hex
 
         makers = [c for c in self.plan.changes if c.makes_certificate]
         if makers:
@@ -442,11 +449,11 @@ class _Run:
             cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
                                      now=self.now, not_after=not_after,
                                      subject=csrs[entry.name].subject if entry.csr else None)
-            from .keytypes import key_type_of
-
+            der = cert.public_bytes(Encoding.DER)
             rec = Record(
                 name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
-                sha256=fingerprint(cert), not_before=cert.not_valid_before_utc, not_after=cert.not_valid_after_utc,
+                sha256=hashlib.sha256(der).hexdigest(), not_before=cert.not_valid_before_utc,
+                not_after=cert.not_valid_after_utc,
                 subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
                 plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
                 ski=ski_hex(public_key), issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
@@ -462,7 +469,10 @@ class _Run:
             self.objects[entry.name] = rec.to_json()
             self.certs[entry.name] = cert
             self.signers.pop((rec.store, rec.key_id), None)
-            self.files[f"certs/{entry.name}.pem"] = pem(cert).decode()
+            cert_pem = der_to_pem(der)
+            self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
+            if self.blobs is not None:
+                self.blobs.add(cert_pem)  # git stores it on the other core while we sign the next
             if entry.kind is Kind.AUTHORITY:
                 self.crl_due.add(entry.name)
             self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
@@ -528,6 +538,8 @@ class _Run:
             self.records[name] = new
             self.objects[name] = new.to_json()
             self.files[f"crl/{name}.crl"] = data.decode()
+            if self.blobs is not None:
+                self.blobs.add(data)
             change = next((c for c in self.plan.changes if c.name == name and c.action is Action.UPDATE_CRL), None)
             self.event(change, "update_crl", Kind.AUTHORITY, name, serial=None, sha256=digest,
                        not_after=info["next_update"], backend=rec.store, crl_number=number)
@@ -554,7 +566,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
             now: dt.datetime | None = None) -> ApplyResult:
     """Apply ``plan``. The caller holds the apply lock and has run `recover`."""
     progress = progress or NullProgress()
-    run = _Run(project, plan, now or _now(), progress)
+    run = _Run(project, plan, now or _now(), progress, commit)
     if plan.empty:
         return ApplyResult({}, None, [], "")
     run.check_stores()

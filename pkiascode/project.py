@@ -33,6 +33,7 @@ class Project:
         self._desired: Desired | None = None
         self._stores: dict[str, KeyStore] = {}
         self._csrs: dict[str, CsrInfo] | None = None
+        self._repo: Any = False  # not looked up yet
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -79,6 +80,14 @@ class Project:
             first.all_errors = errors  # type: ignore[attr-defined]
             raise first
 
+    def repository(self) -> Any:
+        """The git repository holding pki.toml (a `pkiascode.gitops.Repository`), or None."""
+        if self._repo is False:
+            from .gitops import find_repository
+
+            self._repo = find_repository(self.base_dir)
+        return self._repo
+
     @property
     def state(self) -> StateDir:
         return StateDir(self.base_dir, self.desired().settings.state_dir, self.work_dir)
@@ -100,6 +109,8 @@ class Project:
         return list(self._stores.values())
 
     def close(self) -> None:
+        if self._repo:
+            self._repo.close()
         for store in self._stores.values():
             try:
                 store.close()

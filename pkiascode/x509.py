@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import hashlib
 import ipaddress
 import re
@@ -26,7 +27,7 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
     "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key", "NotBefore",
-    "build_name", "public_key_der", "prove_key",
+    "build_name", "public_key_der", "prove_key", "der_to_pem",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
@@ -62,6 +63,11 @@ def holds_private_key(data: bytes) -> bool:
         return True  # an encrypted PKCS#8 key: still key material
     except Exception:  # noqa: BLE001 - ValueError, UnsupportedAlgorithm: not a key
         return False
+
+
+@functools.lru_cache(maxsize=4096)
+def _cached_name(subject: tuple[tuple[str, str], ...], common_name: str | None) -> x509.Name:
+    return build_name(subject, common_name)
 
 
 def build_name(subject: Iterable[tuple[str, str]], common_name: str | None) -> x509.Name:
@@ -100,7 +106,8 @@ def _name_constraint_subtrees(values: Iterable[str]) -> list[x509.GeneralName]:
     return out
 
 
-def _key_usage(usages: Iterable[str]) -> x509.KeyUsage | None:
+@functools.lru_cache(maxsize=256)
+def _key_usage(usages: tuple[str, ...]) -> x509.KeyUsage | None:
     flags = {attr: False for attr in set(KEY_USAGES.values())}
     any_set = False
     for u in usages:
@@ -114,7 +121,8 @@ def _key_usage(usages: Iterable[str]) -> x509.KeyUsage | None:
     return x509.KeyUsage(**flags)
 
 
-def _extended_usage(usages: Iterable[str]) -> x509.ExtendedKeyUsage | None:
+@functools.lru_cache(maxsize=256)
+def _extended_usage(usages: tuple[str, ...]) -> x509.ExtendedKeyUsage | None:
     oids = [ObjectIdentifier(EXTENDED_USAGES[u]) for u in usages if u in EXTENDED_USAGES]
     return x509.ExtendedKeyUsage(oids) if oids else None
 
@@ -134,7 +142,7 @@ def build_certificate(
 
     ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal).
     """
-    name = subject if subject is not None else build_name(entry.subject, entry.common_name)
+    name = subject if subject is not None else _cached_name(entry.subject, entry.common_name)
     issuer_name = issuer_cert.subject if issuer_cert is not None else name
     is_ca = entry.kind is Kind.AUTHORITY
     b = (
@@ -157,12 +165,7 @@ def build_certificate(
     ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
     b = b.add_extension(ski, critical=False)
     if issuer_cert is not None:
-        try:
-            issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-            aki = x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
-        except x509.ExtensionNotFound:
-            aki = x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())  # type: ignore[arg-type]
-        b = b.add_extension(aki, critical=False)
+        b = b.add_extension(_authority_key_id(issuer_cert), critical=False)
     sans = _san(hosts if hosts is not None else entry.hosts)
     if sans:
         b = b.add_extension(x509.SubjectAlternativeName(sans), critical=len(name) == 0)
@@ -175,7 +178,30 @@ def build_certificate(
         b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
             full_name=[x509.UniformResourceIdentifier(entry.issuer_crl_url)],
             relative_name=None, reasons=None, crl_issuer=None)]), critical=False)
-    return b.sign(signer, signature_hash(signer.public_key()))
+    return b.sign(signer, _hash_for(signer))
+
+
+@functools.lru_cache(maxsize=64)
+def _authority_key_id(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    try:
+        issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
+        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+    except x509.ExtensionNotFound:
+        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())  # type: ignore[arg-type]
+
+
+_HASHES: dict[int, tuple[Any, Any]] = {}
+
+
+def _hash_for(signer: Any) -> Any:
+    """The signature hash for ``signer``, remembered per signer object (one issuer signs many)."""
+    hit = _HASHES.get(id(signer))
+    if hit is None or hit[0] is not signer:
+        if len(_HASHES) > 256:
+            _HASHES.clear()
+        hit = (signer, signature_hash(signer.public_key()))
+        _HASHES[id(signer)] = hit
+    return hit[1]
 
 
 def build_crl(
@@ -227,6 +253,15 @@ def load_crl(data: bytes) -> x509.CertificateRevocationList:
 
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def der_to_pem(der: bytes, label: str = "CERTIFICATE") -> bytes:
+    """PEM from DER without a second encoding pass through the library."""
+    import base64
+
+    b64 = base64.encodebytes(der).replace(b"\n", b"")
+    body = b"\n".join(b64[i:i + 64] for i in range(0, len(b64), 64))
+    return b"-----BEGIN %s-----\n%s\n-----END %s-----\n" % (label.encode(), body, label.encode())
 
 
 def crl_pem(crl: x509.CertificateRevocationList) -> bytes:

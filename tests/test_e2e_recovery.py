@@ -18,6 +18,7 @@ git has ``state/`` committed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import stat
 import subprocess
@@ -274,35 +275,38 @@ def test_sigkill_once_the_transaction_is_written(project, pki, watch):
     assert_converged(project, pki)
 
 
-def _hooked_kill(project: Path, pki: Pki, hook: str) -> None:
-    """Run apply with a git hook that pauses; SIGKILL apply and git (the process group) there."""
-    marker = project.parent / f"{hook}.reached"
-    hook_path = project / ".git/hooks" / hook
-    hook_path.write_text(f'#!/bin/sh\ntouch "{marker}"\nsleep 60\n')
-    hook_path.chmod(0o755)
-    proc = pki.popen("apply", "--auto-approve", start_new_session=True)
+def _killed_in_git(project: Path, pki: Pki, step: str) -> None:
+    """Run apply with a `git` on PATH that pauses at ``step`` of the commit; SIGKILL apply and git there.
+
+    ``commit-tree``: the commit object is being made (HEAD not moved yet). ``index``: HEAD has moved
+    and git is updating the user's index (the last step of the commit)."""
+    marker = project.parent / f"{step}.reached"
+    bin_dir = project.parent / "paused-git"
+    bin_dir.mkdir(exist_ok=True)
+    real_git = shutil.which("git")
+    match = ('[ "$1" = commit-tree ]' if step == "commit-tree"
+             else '[ "$1" = update-index ] && [ -z "$GIT_INDEX_FILE" ]')
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\nif {match}; then touch "{marker}"; sleep 60; fi\nexec "{real_git}" "$@"\n')
+    wrapper.chmod(0o755)
+    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    proc = pki.popen("apply", "--auto-approve", env=env, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
         while not marker.exists():
             assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the hook was never reached"
+            assert time.monotonic() < deadline, "the paused git step was never reached"
             time.sleep(0.02)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    hook_path.unlink()
 
 
-def test_killed_inside_git_commit_converges_once_git_is_unlocked(project, pki):
-    _hooked_kill(project, pki, "prepare-commit-msg")
+def test_killed_inside_git_commit_converges(project, pki):
+    _killed_in_git(project, pki, "commit-tree")
     assert head(project) is None
     assert (project / "state/inventory.json").exists()
-    # git's own lock outlives the killed commit, exactly as after any killed git command
-    lock = project / ".git/index.lock"
-    if lock.exists():
-        r = pki("apply", "--auto-approve", expect=1)
-        assert "git" in r.stderr
-        lock.unlink()
+    assert (project / ".pki/journal/txn.json").exists()
     r = pki.apply()
     assert "completed an interrupted apply" in r.stderr
     assert commit_count(project) == 1
@@ -310,12 +314,14 @@ def test_killed_inside_git_commit_converges_once_git_is_unlocked(project, pki):
 
 
 def test_killed_right_after_git_commit_converges(project, pki):
-    _hooked_kill(project, pki, "post-commit")
+    _killed_in_git(project, pki, "index")
     assert commit_count(project) == 1
     assert (project / ".pki/journal/txn.json").exists()
     r = pki.apply()
     assert "completed an interrupted apply" in r.stderr
     assert commit_count(project) == 1
+    # the user's index follows the commit: nothing under state/ shows as staged or changed
+    assert git(project, "status", "--porcelain", "--", "state") == ""
     assert_converged(project, pki)
 
 

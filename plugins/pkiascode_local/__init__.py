@@ -67,6 +67,8 @@ class LocalKeyStore(KeyStore):
         if self._dir_ready:
             return
         with self._mkdir_lock:
+            if self._dir_ready:  # another thread got here first (and may be writing a .tmp already)
+                return
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             mode = self.path.stat().st_mode & 0o777
             if mode & 0o077:

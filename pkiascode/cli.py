@@ -174,7 +174,7 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | N
         if fmt == "text":
             click.echo(f"\nSaved the plan to {out}. Apply exactly it with `pki apply {out}`.")
     # a pending interrupted apply is a change too: apply still has to write and commit it
-    pending = c.project.state.txn_path.exists()
+    pending = c.project.txn_pending()
     sys.exit(exit_code(not the_plan.empty or pending, detailed_exitcode))
 
 

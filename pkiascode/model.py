@@ -40,12 +40,15 @@ class Kind(str, enum.Enum):
     CERTIFICATE = "certificate"
 
 
+_KINDS = {k.value: k for k in Kind}
+
+
 def digest_json(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def parse_time(text: str) -> dt.datetime:
-    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
+    t = dt.datetime.fromisoformat(text)  # Python 3.11 reads the trailing Z
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
@@ -204,12 +207,11 @@ class Record:
     def from_json(cls, d: Mapping[str, Any]) -> Record:
         k = d["key"]
         return cls(
-            name=d["name"], kind=Kind(d["kind"]), issuer=d["issuer"], serial=d["serial"], sha256=d["sha256"],
-            not_before=parse_time(d["not_before"]), not_after=parse_time(d["not_after"]), subject=d["subject"],
-            key_type=k["algorithm"], store=k["backend"], plugin=k["plugin"], key_id=k["ref"],
-            key_origin=k.get("origin", "generated"), key_exportable=bool(k.get("exportable", True)),
-            ski=d["ski"], issuer_ski=d.get("issuer_ski"), spec=d.get("spec") or {},
-            spec_digest=d["spec_digest"], revoked=d.get("revoked"), crl=d.get("crl"),
+            d["name"], _KINDS[d["kind"]], d["issuer"], d["serial"], d["sha256"],
+            parse_time(d["not_before"]), parse_time(d["not_after"]), d["subject"],
+            k["algorithm"], k["backend"], k["plugin"], k["ref"], k.get("origin", "generated"),
+            bool(k.get("exportable", True)), d["ski"], d.get("issuer_ski"), d.get("spec") or {},
+            d["spec_digest"], d.get("revoked"), d.get("crl"),
         )
 
 

@@ -16,7 +16,7 @@ from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_tim
 from .names import format_duration
 from .plan import Action, Change, FieldChange, Plan
 
-__all__ = ["plan"]
+__all__ = ["plan", "quiet_until"]
 
 _SPEC_FIELD_ORDER = ("issuer", "subject", "hosts", "usages", "validity", "profile", "path_length",
                      "name_constraints", "crl_distribution_point")
@@ -334,3 +334,20 @@ def _spec_diff(rec: Record, entry: Entry) -> list[tuple[str, FieldChange]]:
     fields += sorted((set(after) | set(before)) - set(fields))
     return [(f, FieldChange(before.get(f), after.get(f))) for f in fields
             if before.get(f) != after.get(f) and f in after]
+
+
+def quiet_until(desired: Desired, observed: Observed) -> dt.datetime | None:
+    """The first moment at which, with nothing else changing, a plan would stop being empty: the
+    earliest renewal window or CRL refresh. None when nothing ever falls due (nothing in state)."""
+    times: list[dt.datetime] = []
+    records = observed.records
+    for name, entry in desired.entries.items():
+        rec = records.get(name)
+        if rec is None or rec.revoked or entry.revoked:
+            continue
+        times.append(rec.not_after - dt.timedelta(seconds=entry.renew_before))
+        crl = rec.crl
+        if entry.kind is Kind.AUTHORITY and crl and crl.get("next_update"):
+            next_update = dt.datetime.fromisoformat(crl["next_update"])
+            times.append(next_update - dt.timedelta(seconds=entry.crl_validity / 3))
+    return min(times) if times else None

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import find_line, load_config
+from . import __version__
 from .errors import BackendError, ConfigError, PkiError
+from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Plan
 from .planner import plan as make_plan
@@ -185,6 +187,12 @@ class Project:
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None) -> Plan:
         """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``)."""
+        replace = tuple(replace)
+        quiet = not replace and not self.txn_pending()
+        if quiet:
+            remembered = self._remembered_noop(at)
+            if remembered is not None:
+                return remembered
         desired = self.desired()
         csr_keys = {name: info.digest for name, info in self.csrs().items()}
         observed, _ = self.observe()
@@ -199,7 +207,63 @@ class Project:
             result = dataclasses.replace(result, warnings=result.warnings + (
                 "an interrupted apply is pending; this plan assumes it completed, and the next "
                 "`pki apply` completes it",))
+        elif quiet and result.empty and not result.warnings:
+            self._remember_noop(desired, observed)
         return result
+
+    def txn_pending(self) -> bool:
+        """An interrupted apply left a transaction for the next apply to finish."""
+        return (self.work_dir / "journal" / "txn.json").exists()
+
+    # -- the remembered no-op plan (see pkiascode.memo) -----------------------------------------
+    def _memo(self) -> NoopMemo:
+        return NoopMemo(self.work_dir / "cache" / "noop.json")
+
+    def _remembered_noop(self, at: dt.datetime) -> Plan | None:
+        memo = self._memo().load()
+        if memo is None:
+            return None
+        try:
+            config_digest = hashlib.sha256(self.config_path.read_bytes() + __version__.encode()).hexdigest()
+            csrs = {p: hashlib.sha256((self.base_dir / p).read_bytes()).hexdigest() for p in memo.get("csrs", {})}
+        except OSError:
+            return None
+        if not NoopMemo.still_holds(memo, config_digest=config_digest, csrs=csrs, at=at):
+            return None
+        for store_name, refs in memo["refs"].items():
+            store = self._stores.get(store_name)
+            if store is None:
+                spec = memo["stores"][store_name]
+                store = self.plugins.create(store_name, spec["plugin"], spec["settings"],
+                                            StoreContext(self.base_dir, self.work_dir))
+                self._stores[store_name] = store
+            if store.missing([KeyRef(store_name, key_id, origin) for key_id, origin in refs]):
+                return None
+        return Plan(changes=(), warnings=(), at=at, config_digest=memo["config_digest"],
+                    state_digest=memo["state_digest"])
+
+    def _remember_noop(self, desired: Desired, observed: Observed) -> None:
+        from .planner import quiet_until
+
+        state = self.state
+        files = [str(state.inventory_path)]
+        refs: dict[str, list[list[str]]] = {}
+        for rec in observed.records.values():
+            if not (rec.revoked and rec.name not in desired.entries):
+                files.append(str(state.cert_path(rec.name)))
+            if rec.crl:
+                files.append(str(state.crl_path(rec.name)))
+            if rec.store != CSR_STORE and not rec.revoked and rec.store in desired.stores:
+                refs.setdefault(rec.store, []).append([rec.key_id, rec.key_origin])
+        csrs = {e.csr: hashlib.sha256((self.base_dir / e.csr).read_bytes()).hexdigest()
+                for e in desired.entries.values() if e.csr and not e.revoked}
+        stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict()}
+                  for n in refs}
+        try:
+            self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files, csrs=csrs,
+                              stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
+        except (TypeError, ValueError):
+            self._memo().forget()  # a setting JSON cannot hold: plan the long way every time
 
     def entry_or_record(self, name: str) -> tuple[Entry | None, Record | None]:
         observed, _ = self.state.observe()

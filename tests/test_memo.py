@@ -1,0 +1,118 @@
+"""The remembered no-op plan: fast when nothing changed, never hiding a change."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from pkiascode.project import Project
+
+PKI = """\
+[defaults]
+key = "ecdsa-p256"
+validity = "90d"
+renew_before = "10d"
+
+[authority.root]
+common_name = "Memo Root"
+validity = "1y"
+renew_before = "30d"
+
+[certificate.web]
+issuer = "root"
+hosts = ["web.internal"]
+"""
+
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+
+
+@pytest.fixture
+def applied(tmp_path: Path) -> Path:
+    from pkiascode.apply import execute
+
+    (tmp_path / "pki.toml").write_text(PKI)
+    project = Project(tmp_path / "pki.toml")
+    execute(project, project.plan(at=NOW), commit=False)
+    project.close()
+    return tmp_path
+
+
+def plan(directory: Path, **kw: object):
+    project = Project(directory / "pki.toml")
+    try:
+        return project.plan(at=kw.pop("at", NOW), **kw), project  # type: ignore[arg-type]
+    finally:
+        project.close()
+
+
+def memo_file(directory: Path) -> Path:
+    return directory / ".pki" / "cache" / "noop.json"
+
+
+def test_an_empty_plan_is_remembered_and_reused_without_reading_pki_toml_again(applied, monkeypatch):
+    first, _ = plan(applied)
+    assert first.empty and memo_file(applied).exists()
+    memo = json.loads(memo_file(applied).read_text())
+    assert set(memo["refs"]) == {"local"} and len(memo["refs"]["local"]) == 2
+    assert memo["quiet_until"] is not None
+
+    def boom(self):  # the remembered plan must not need the parsed configuration
+        raise AssertionError("desired() was called")
+
+    monkeypatch.setattr(Project, "desired", boom)
+    again, _ = plan(applied)
+    assert again.empty
+    assert (again.config_digest, again.state_digest) == (first.config_digest, first.state_digest)
+
+
+def test_a_changed_pki_toml_is_planned_again(applied):
+    plan(applied)
+    (applied / "pki.toml").write_text(PKI.replace('["web.internal"]', '["web.internal", "www.internal"]'))
+    p, _ = plan(applied)
+    assert [c.action.value for c in p.changes] == ["reissue"]
+
+
+def test_an_edited_certificate_file_is_drift_even_with_its_mtime_put_back(applied):
+    plan(applied)
+    cert = applied / "state" / "certs" / "web.pem"
+    st = cert.stat()
+    data = bytearray(cert.read_bytes())
+    data[100] = ord("A") if data[100] != ord("A") else ord("B")
+    cert.write_bytes(bytes(data))
+    os.utime(cert, ns=(st.st_atime_ns, st.st_mtime_ns))
+    p, _ = plan(applied)
+    assert [(c.action.value, c.name) for c in p.changes] == [("reissue", "web")]
+
+
+def test_a_deleted_key_is_drift(applied):
+    plan(applied)
+    for key in (applied / ".pki" / "keys").glob("web-*.pem"):
+        key.unlink()
+    p, _ = plan(applied)
+    assert [(c.action.value, c.name) for c in p.changes] == [("rekey", "web")]
+
+
+def test_planning_past_the_horizon_is_planned_again(applied):
+    plan(applied)
+    p, _ = plan(applied, at=NOW + dt.timedelta(days=85))
+    assert ("renew", "web") in [(c.action.value, c.name) for c in p.changes]
+
+
+def test_replace_and_a_pending_apply_never_use_the_memo(applied):
+    plan(applied)
+    p, _ = plan(applied, replace=["web"])
+    assert [c.action.value for c in p.changes if c.name == "web"] == ["rekey"]
+    journal = applied / ".pki" / "journal"
+    journal.mkdir(parents=True, exist_ok=True)
+    # a pending transaction that (as after a crash) equals the state already written
+    project = Project(applied / "pki.toml")
+    state = project.state
+    txn = {"inventory": state.read_inventory_bytes().decode(), "files": {}, "audit_prev": "", "audit": [],
+           "message": "x", "retire_keys": [], "commit": False}
+    (journal / "txn.json").write_text(json.dumps(txn))
+    p, _ = plan(applied)
+    assert p.empty and any("interrupted apply" in w for w in p.warnings)

@@ -23,6 +23,8 @@ import datetime as dt
 import hashlib
 import json
 import os
+import pickle
+import threading
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -68,9 +70,13 @@ class ApplyResult:
     message: str
 
 
+#: fewer new leaves than this are not worth a second process
+BULK_MIN = 200
+
+
 def _crash_point(name: str) -> None:
-    """Fault injection for the restartability tests: ``PKI_TEST_CRASH_AT=after-keys`` etc. kills the
-    process at that point exactly as SIGKILL would (no cleanup, no flush)."""
+    """Fault injection for the restartability tests: ``PKI_TEST_CRASH_AT=after-keys`` (or after-sign,
+    after-txn, after-state, after-commit) kills the process at that point exactly as SIGKILL would."""
     if os.environ.get("PKI_TEST_CRASH_AT") == name:
         os._exit(137)
 
@@ -244,6 +250,8 @@ class _Run:
         self.crl_due: set[str] = set()
         self.signers: dict[tuple[str, str], Any] = {}
         self.skis: dict[str, tuple[Any, str]] = {}
+        self.requests: dict[str, KeyRequest] = {}
+        self.bulk: set[str] = set()
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
 
@@ -361,9 +369,14 @@ class _Run:
         wanted = [c for c in self.plan.changes if c.makes_key and not self.entry(c.name).csr]
         if not wanted:
             return
+        self.requests = {c.name: _request(self.entry(c.name)) for c in wanted}
+        self.state.journal_intents((self.entry(n).backend, r.to_json()) for n, r in self.requests.items())
+        self.bulk = self._bulk_leaves(wanted)
+        wanted = [c for c in wanted if c.name not in self.bulk]  # made by the signing workers
+        if not wanted:
+            return
         self.progress.phase("generating keys", len(wanted))
-        requests = {c.name: _request(self.entry(c.name)) for c in wanted}
-        self.state.journal_intents((self.entry(n).backend, r.to_json()) for n, r in requests.items())
+        requests = self.requests
 
         def make(change: Change) -> KeyRef:
             return self.project.store(self.entry(change.name).backend).generate(requests[change.name])
@@ -405,80 +418,164 @@ class _Run:
                 raise error
 
     def sign(self) -> None:
+        makers = [c for c in self.plan.changes if c.makes_certificate]
+        if makers:
+            self.progress.phase("signing certificates", len(makers))
+        for change in self.plan.changes:
+            if change.action is Action.REVOKE:
+                self.revoke(change)
+            elif change.action is Action.UPDATE_CRL:
+                self.crl_due.add(change.name)
+            elif change.makes_certificate and change.name not in self.bulk:
+                self.make_certificate(change)
+                self.progress.advance()
+        if self.bulk:
+            self.sign_bulk([c for c in self.plan.changes if c.name in self.bulk and c.makes_certificate])
+
+    def make_certificate(self, change: Change) -> None:
+        """Sign ``change``'s certificate and record it (its key is in `new_keys` or the record)."""
         from cryptography.hazmat.primitives.serialization import Encoding
 
         from .keytypes import key_type_of
         from .x509 import build_certificate, der_to_pem, ski_hex
 
-        makers = [c for c in self.plan.changes if c.makes_certificate]
-        if makers:
-            self.progress.phase("signing certificates", len(makers))
-        csrs = self.project.csrs()
-        for change in self.plan.changes:
-            if change.action is Action.REVOKE:
-                self.revoke(change)
-                continue
-            if change.action is Action.UPDATE_CRL:
-                self.crl_due.add(change.name)
-                continue
-            if not change.makes_certificate:
-                continue
-            entry = self.entry(change.name)
-            old = self.records.get(change.name)
+        entry = self.entry(change.name)
+        old = self.records.get(change.name)
+        if entry.csr:
+            info = self.project.csrs()[entry.name]
+            public_key, key_id, origin, exportable, plugin = info.public_key, info.digest, "csr", False, CSR_STORE
+            store_name = CSR_STORE
+        else:
+            ref = self.new_keys.get(change.name) if change.makes_key else _ref(old)  # type: ignore[arg-type]
+            assert ref is not None
+            store = self.project.store(ref.store)
+            public_key = store.public_key(ref)
+            key_id, origin, exportable, plugin = ref.id, ref.origin, store.is_exportable(ref), store.plugin
+            store_name = ref.store
+        if entry.issuer is None:
             if entry.csr:
-                info = csrs[entry.name]
-                public_key, key_id, origin, exportable, plugin = info.public_key, info.digest, "csr", False, CSR_STORE
-                store_name = CSR_STORE
-            else:
-                ref = self.new_keys.get(change.name) if change.makes_key else _ref(old)  # type: ignore[arg-type]
-                assert ref is not None
-                store = self.project.store(ref.store)
-                public_key = store.public_key(ref)
-                key_id, origin, exportable, plugin = ref.id, ref.origin, store.is_exportable(ref), store.plugin
-                store_name = ref.store
-            if entry.issuer is None:
-                if entry.csr:
-                    raise PkiError(f"{entry.qualified}: a self-signed authority cannot be made from a CSR")
-                signer = self.project.store(store_name).signer(KeyRef(store_name, key_id, origin))
-                issuer_cert = None
-                not_after = self.now + dt.timedelta(seconds=entry.validity)
-            else:
-                issuer_cert = self.cert(entry.issuer)
-                signer = self.signer(entry.issuer)
-                not_after = min(self.now + dt.timedelta(seconds=entry.validity), issuer_cert.not_valid_after_utc)
-            cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
-                                     now=self.now, not_after=not_after,
-                                     subject=csrs[entry.name].subject if entry.csr else None)
-            der = cert.public_bytes(Encoding.DER)
-            rec = Record(
-                name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
-                sha256=hashlib.sha256(der).hexdigest(), not_before=cert.not_valid_before_utc,
-                not_after=cert.not_valid_after_utc,
-                subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
-                plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
-                ski=ski_hex(public_key), issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
-                spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
-                crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
-            )
-            if old is not None:
-                if change.revoke_reason and not old.revoked:
-                    self.add_revocation(old, change.revoke_reason)
-                if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
-                    self.retire.append((old.store, old.key_id))
-            self.records[entry.name] = rec
-            self.objects[entry.name] = rec.to_json()
-            self.certs[entry.name] = cert
-            self.signers.pop((rec.store, rec.key_id), None)
-            cert_pem = der_to_pem(der)
-            self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
+                raise PkiError(f"{entry.qualified}: a self-signed authority cannot be made from a CSR")
+            signer = self.project.store(store_name).signer(KeyRef(store_name, key_id, origin))
+            issuer_cert = None
+            not_after = self.now + dt.timedelta(seconds=entry.validity)
+        else:
+            issuer_cert = self.cert(entry.issuer)
+            signer = self.signer(entry.issuer)
+            not_after = min(self.now + dt.timedelta(seconds=entry.validity), issuer_cert.not_valid_after_utc)
+        cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
+                                 now=self.now, not_after=not_after,
+                                 subject=self.project.csrs()[entry.name].subject if entry.csr else None)
+        der = cert.public_bytes(Encoding.DER)
+        rec = Record(
+            name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
+            sha256=hashlib.sha256(der).hexdigest(), not_before=cert.not_valid_before_utc,
+            not_after=cert.not_valid_after_utc,
+            subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
+            plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
+            ski=ski_hex(public_key), issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
+            spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
+            crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
+        )
+        if old is not None:
+            if change.revoke_reason and not old.revoked:
+                self.add_revocation(old, change.revoke_reason)
+            if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
+                self.retire.append((old.store, old.key_id))
+        self.records[entry.name] = rec
+        self.objects[entry.name] = rec.to_json()
+        self.certs[entry.name] = cert
+        self.signers.pop((rec.store, rec.key_id), None)
+        cert_pem = der_to_pem(der)
+        self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
+        if self.blobs is not None:
+            self.blobs.add(cert_pem)  # git stores it on the other core while we sign the next
+        if entry.kind is Kind.AUTHORITY:
+            self.crl_due.add(entry.name)
+        self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
+                   not_after=format_time(rec.not_after), backend=rec.store,
+                   **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}))
+
+    # -- many new leaves: two processes ----------------------------------------------------------
+    def _bulk_leaves(self, wanted: list[Change]) -> set[str]:
+        """Leaves whose key and certificate a forked worker can make: hundreds of new keys in stores
+        that work across fork(), signed by an authority whose key does too. Key generation and
+        signing hold the GIL, so threads would not help; a second process halves the time."""
+        if len(wanted) < BULK_MIN or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork") \
+                or threading.active_count() > 1:
+            return set()
+        names = set()
+        for change in wanted:
+            entry = self.entry(change.name)
+            if entry.kind is not Kind.CERTIFICATE or not change.makes_certificate or change.revoke_reason \
+                    or entry.issuer is None:
+                continue
+            issuer_stores = {self.entry(entry.issuer).backend}
+            if entry.issuer in self.records:
+                issuer_stores.add(self.records[entry.issuer].store)
+            if all(s in self.desired.stores and self.project.store(s).fork_safe
+                   for s in issuer_stores | {entry.backend}):
+                names.add(change.name)
+        return names if len(names) >= BULK_MIN else set()
+
+    def _make_key(self, change: Change, *, journal: bool) -> None:
+        request = self.requests[change.name]
+        store_name = self.entry(change.name).backend
+        try:
+            ref = self.project.store(store_name).generate(request)
+        except BaseException:
+            if journal:
+                self.state.journal_key(store_name, None, request.suffix)
+            raise
+        if journal:
+            self.state.journal_key(ref.store, ref.id, request.suffix)
+        self.new_keys[change.name] = ref
+
+    def sign_bulk(self, changes: list[Change]) -> None:
+        """Half of ``changes`` here, half in a forked worker that sends back what it recorded."""
+        mine, theirs = changes[: len(changes) // 2], changes[len(changes) // 2:]
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the worker: no journal, no git pipe, no cleanup; the parent records it all
+            os.close(read_end)
+            try:
+                self.blobs = None
+                events_from, retire_from = len(self.events), len(self.retire)
+                for change in theirs:
+                    self._make_key(change, journal=False)
+                    self.make_certificate(change)
+                out: tuple[Any, ...] = ("ok", [(c.name, self.new_keys[c.name], self.objects[c.name],
+                                                self.files[f"certs/{c.name}.pem"]) for c in theirs],
+                                        self.events[events_from:], self.retire[retire_from:])
+            except BaseException as e:  # noqa: BLE001 - reported by the parent
+                out = ("error", str(e) if isinstance(e, PkiError) else f"{type(e).__name__}: {e}")
+            with os.fdopen(write_end, "wb") as f:
+                f.write(pickle.dumps(out))
+            os._exit(0)
+        os.close(write_end)
+        try:
+            for change in mine:
+                self._make_key(change, journal=True)
+                self.make_certificate(change)
+                self.progress.advance()
+        finally:
+            with os.fdopen(read_end, "rb") as f:
+                data = f.read()
+            os.waitpid(pid, 0)
+        status, *rest = pickle.loads(data) if data else ("error", "the signing worker died")
+        if status != "ok":
+            raise PkiError(f"signing worker: {rest[0]}")
+        results, events, retire = rest
+        for name, ref, obj, cert_pem in results:
+            self.state.journal_key(ref.store, ref.id, self.requests[name].suffix)
+            self.new_keys[name] = ref
+            self.objects[name] = obj
+            self.records[name] = Record.from_json(obj)
+            self.files[f"certs/{name}.pem"] = cert_pem
             if self.blobs is not None:
-                self.blobs.add(cert_pem)  # git stores it on the other core while we sign the next
-            if entry.kind is Kind.AUTHORITY:
-                self.crl_due.add(entry.name)
-            self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
-                       not_after=format_time(rec.not_after), backend=rec.store,
-                       **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}))
+                self.blobs.add(cert_pem.encode())
             self.progress.advance()
+        self.events.extend(events)
+        self.retire.extend(retire)
 
     def add_revocation(self, rec: Record, reason: str, date: str | None = None) -> None:
         if rec.issuer is None:
@@ -576,6 +673,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         _crash_point("after-keys")
         run.sign()
         run.sign_crls()
+        _crash_point("after-sign")
     except BaseException:
         # nothing reached state/: the keys made so far are orphans; delete them now if we can
         try:

@@ -190,6 +190,9 @@ class KeyStore(abc.ABC):
         ``suffix``) in a run that died before it learnt the reference. Nothing there is not an error.
         The default does nothing: a store that names keys its own way cannot find them."""
 
+    #: whether a forked worker process may call `generate` and sign with this store's keys (files:
+    #: yes; a network client or an HSM session: no). The core makes hundreds of leaves that way.
+    fork_safe: ClassVar[bool] = False
     #: whether the store can keep keys that never leave it (Vault Transit, an HSM)
     holds_non_exportable: ClassVar[bool] = False
     #: whether the store can hand keys out (`export`)

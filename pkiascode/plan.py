@@ -156,9 +156,15 @@ class Plan:
         return json.dumps(self.to_json(), indent=2) + "\n"
 
     def digest(self) -> str:
-        """What the audit log records as the plan a change was made by."""
-        canonical = json.dumps(self.to_json(), sort_keys=True, separators=(",", ":"))
-        return hashlib.sha256(canonical.encode()).hexdigest()
+        """What the audit log records as the plan a change was made by.
+
+        A plan is a pure function of pki.toml, state, the time and ``--replace``, so the digest of those
+        (and of what the planner made of them) names it, without serialising thousands of changes."""
+        from . import __version__
+
+        ident = [__version__, self.config_digest, self.state_digest, format_time(self.at), list(self.replace),
+                 [[c.action.value, c.name] for c in self.changes]]
+        return hashlib.sha256(json.dumps(ident, separators=(",", ":")).encode()).hexdigest()
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:

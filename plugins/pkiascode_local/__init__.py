@@ -31,6 +31,7 @@ __all__ = ["LocalKeyStore"]
 
 class LocalKeyStore(KeyStore):
     plugin = "local"
+    fork_safe = True  # files, and keys in memory
     options = {
         "path": Option(str, ".pki/keys", "directory for key files, relative to pki.toml"),
         "passphrase_env": Option(str, None, "environment variable holding a passphrase to encrypt keys"),

@@ -682,10 +682,11 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
             pass
         raise
     txn = run.transaction(commit)
-    progress.phase("writing state", 1)
+    progress.phase("writing and committing state" if commit else "writing state", 1)
     run.state.begin(txn)
     _crash_point("after-txn")
     sha = _finish(project, run.state, txn, commit=commit, progress=progress)
+    progress.advance()
     notes = _process_deletes(project, run.state)
     progress.done()
     return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])

@@ -7,6 +7,7 @@ Exit codes are decided in `exit_code` and in `main`: 0 success (or no changes), 
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import logging
 import os
@@ -78,7 +79,30 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
-pass_ctx = click.make_pass_decorator(Ctx)
+def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Pass the `Ctx`, and accept the global options after the command too (``pki plan --no-color``)."""
+
+    @click.option("-C", "sub_directory", metavar="DIR", hidden=True)
+    @click.option("--config", "sub_config", metavar="FILE", hidden=True)
+    @click.option("--no-color", "sub_no_color", is_flag=True, hidden=True)
+    @click.option("--debug", "sub_debug", is_flag=True, hidden=True)
+    @click.pass_context
+    @functools.wraps(f)
+    def wrapper(ctx: click.Context, *args: Any, sub_directory: str | None, sub_config: str | None,
+                sub_no_color: bool, sub_debug: bool, **kwargs: Any) -> Any:
+        c = ctx.find_object(Ctx)
+        assert c is not None
+        if sub_directory:
+            try:
+                os.chdir(sub_directory)
+            except OSError as e:
+                raise PkiError(f"-C {sub_directory}: {e.strerror}") from None
+        if sub_config:
+            c.config = Path(sub_config)
+        c.no_color = c.no_color or sub_no_color
+        return f(c, *args, **kwargs)
+
+    return wrapper
 
 
 def at_option(f: Callable[..., Any]) -> Callable[..., Any]:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audit
-from .apply import NullProgress, _cleanup_orphans, _finish, preflight, recover
+from .apply import NullProgress, _cleanup_orphans, _crash_point, _finish, preflight, recover
 from .backend import KeyRequest
 from .errors import PkiError
 from .keytypes import key_type_of
@@ -150,6 +150,23 @@ def _match_issuers(cands: dict[str, Candidate], existing: dict[str, Any]) -> Non
             raise PkiError(f"{cand.cert_path}: incomplete chain: its issuer {cert.issuer.rfc4514_string()} is not "
                            "among the imported certificates nor in state; add the issuer's certificate and key")
         cand.issuer = found[0]
+
+
+def _refuse_duplicates(cands: dict[str, Candidate], records: Any) -> None:
+    """One certificate is one object: the same certificate (or serial of one issuer) twice would
+    make revoking one revoke the other."""
+    from .x509 import fingerprint
+
+    seen: dict[Any, str] = {}
+    for rec in records.values():
+        seen[rec.sha256] = f"{rec.qualified} in state"
+        seen[(rec.issuer, rec.serial)] = f"{rec.qualified} in state"
+    for cand in cands.values():
+        for key in (fingerprint(cand.cert), (cand.issuer, format(cand.cert.serial_number, "x"))):
+            if key in seen:
+                raise PkiError(f"{cand.cert_path}: the same certificate (or serial of the same issuer) as "
+                               f"{seen[key]}; import it once")
+            seen[key] = cand.cert_path.name
 
 
 def _validity(cert: Any) -> int:
@@ -283,7 +300,8 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
     state = project.state
     lines: list[str] = []
     stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
-    with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()), desired.settings.state_dir):
+    with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
+                    desired.settings.state_dir) as still_locked:
         lines += recover(project, commit=commit, progress=NullProgress())
         observed, inv = state.observe()
         clash = sorted(set(cands) & set(observed.records))
@@ -296,6 +314,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
             if rec.kind is Kind.AUTHORITY and not rec.revoked:
                 existing[name] = load_certificate(state.cert_path(name).read_bytes())
         _match_issuers(cands, existing)
+        _refuse_duplicates(cands, observed.records)
 
         # the new pki.toml, validated exactly as `pki plan` will read it
         # appended as a block of its own, so the file's existing tables and comments stay where they are
@@ -398,10 +417,12 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         lines_out = audit.chain(events, prev=prev, seq=seq)
         txn = {"inventory": StateDir.render_inventory({"objects": objects, "revocations": inv["revocations"],
                                                        "audit_head": audit.head(lines_out, prev, seq)}).decode(),
-               "files": files, "audit_prev": prev, "audit": lines_out,
+               "files": files, "audit_prev": prev, "audit": lines_out, "audit_size": state.audit_size(),
                "message": message, "retire_keys": [], "commit": commit,
                "config": {"path": project.config_path.relative_to(project.base_dir).as_posix(), "content": new_text}}
+        still_locked()
         state.begin(txn)
+        _crash_point("after-txn")
         sha = _finish(project, state, txn, commit=commit, progress=NullProgress())
     cfg = project.config_path.name
     lines.append(f"added {len(ordered)} table(s) to {cfg}; state/ " + (f"committed ({sha[:12]})" if sha else "written"))

@@ -25,7 +25,7 @@ import json
 import os
 import pickle
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from . import audit
@@ -33,7 +33,7 @@ from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
 from .gitops import check_ignored
 from .keytypes import KeyType
-from .model import CSR_STORE, Entry, Kind, Record, format_time
+from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
 from .state import StateDir
@@ -81,10 +81,6 @@ def _crash_point(name: str) -> None:
         os._exit(137)
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-
-
 def _ref(rec: Record) -> KeyRef:
     return KeyRef(rec.store, rec.key_id, rec.key_origin)
 
@@ -126,10 +122,21 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
         progress.note("completing an interrupted apply")
         _finish(project, state, txn, commit=commit and txn.get("commit", True), progress=progress)
         notes.append("completed an interrupted apply: " + txn["message"].splitlines()[0])
+        project.reload()  # it may have written pki.toml (an import); plan from what is there now
+        state = project.state
     else:
         orphans = _cleanup_orphans(project, state)
         if orphans:
             notes.append(f"deleted {orphans} key(s) left by an interrupted apply")
+    deferred = state.deferred_deletes()
+    repo = project.repository()
+    if deferred is not None and commit and repo is not None:
+        sha = repo.commit_state(state.root, {}, "pki apply: commit state written by `pki apply --no-commit`\n",
+                                everything=True)
+        if sha:
+            notes.append(f"committed the state an earlier `pki apply --no-commit` wrote ({sha[:12]})")
+        state.set_pending_deletes(state.pending_deletes() + deferred)
+        state.clear_deferred_deletes()
     notes.extend(_process_deletes(project, state))
     return notes
 
@@ -220,7 +227,12 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
-    state.set_pending_deletes(state.pending_deletes() + [tuple(x) for x in txn["retire_keys"]])
+    retired = [(str(a), str(b)) for a, b in txn["retire_keys"]]
+    if not commit and project.desired().settings.commit and project.repository() is not None:
+        # `--no-commit` once: HEAD's certificates still need the old keys until a commit replaces them
+        state.defer_deletes(retired)
+    else:
+        state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
     _cleanup_orphans(project, state, _referenced_by(txn["inventory"]))
     return sha
@@ -548,9 +560,11 @@ class _Run:
                                         self.events[events_from:], self.retire[retire_from:])
             except BaseException as e:  # noqa: BLE001 - reported by the parent
                 out = ("error", str(e) if isinstance(e, PkiError) else f"{type(e).__name__}: {e}")
-            with os.fdopen(write_end, "wb") as f:
-                f.write(pickle.dumps(out))
-            os._exit(0)
+            try:
+                with os.fdopen(write_end, "wb") as f:
+                    f.write(pickle.dumps(out))
+            finally:
+                os._exit(0)  # never run the parent's code (cleanup, commit) in the worker
         os.close(write_end)
         try:
             for change in mine:
@@ -601,6 +615,9 @@ class _Run:
             self.files[f"certs/{change.name}.pem"] = None
             if rec.kind is Kind.AUTHORITY:
                 self.files[f"crl/{change.name}.crl"] = None
+                # its CRL is gone with it: an authority made again under this name starts a clean one
+                self.revocations = [r for r in self.revocations if r["issuer"] != change.name]
+                self.crl_due.discard(change.name)
         else:
             new = dataclasses.replace(rec, revoked={"reason": change.revoke_reason or "unspecified",
                                                     "date": date or format_time(self.now)})
@@ -656,14 +673,15 @@ class _Run:
         inventory = StateDir.render_inventory({"objects": self.objects, "revocations": self.revocations,
                                                "audit_head": audit.head(lines, prev, seq)})
         return {"inventory": inventory.decode(), "files": self.files, "audit_prev": prev, "audit": lines,
+                "audit_size": self.state.audit_size(),
                 "message": self.message(), "retire_keys": sorted(set(self.retire)), "commit": commit}
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
-            now: dt.datetime | None = None) -> ApplyResult:
+            now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None) -> ApplyResult:
     """Apply ``plan``. The caller holds the apply lock and has run `recover`."""
     progress = progress or NullProgress()
-    run = _Run(project, plan, now or _now(), progress, commit)
+    run = _Run(project, plan, now or utc_now(), progress, commit)
     if plan.empty:
         return ApplyResult({}, None, [], "")
     run.check_stores()
@@ -681,6 +699,8 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
         raise
+    if still_locked is not None:
+        still_locked()  # nothing written yet: a lost lock stops us here
     txn = run.transaction(commit)
     progress.phase("writing and committing state" if commit else "writing state", 1)
     run.state.begin(txn)

@@ -59,20 +59,33 @@ def read_lines(path: Path) -> list[str]:
 
 
 def tail_hash(path: Path) -> tuple[str, int]:
-    """(hash, seq) of the last line, reading only the end of the file."""
+    """(hash, seq) of the last line, reading only the end of the file (more of it for a long line)."""
     try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            size = f.tell()
-            f.seek(max(0, size - 65536))
-            data = f.read()
+        f = open(path, "rb")
     except FileNotFoundError:
         return GENESIS, 0
-    lines = [ln for ln in data.splitlines() if ln.strip()]
-    if not lines:
-        return GENESIS, 0
-    last = json.loads(lines[-1])
-    return last["hash"], int(last["seq"])
+    with f:
+        size = f.seek(0, os.SEEK_END)
+        window = 65536
+        while True:
+            start = max(0, size - window)
+            f.seek(start)
+            data = f.read().rstrip(b"\n")
+            if not data:
+                return GENESIS, 0
+            cut = data.rfind(b"\n")
+            if cut >= 0 or start == 0:
+                break
+            window *= 4  # the last line is longer than the window
+    last_line = data[cut + 1:]
+    try:
+        last = json.loads(last_line)
+        return str(last["hash"]), int(last["seq"])
+    except (ValueError, KeyError, TypeError):
+        from .errors import StateError
+
+        raise StateError(f"the last line of {path.name} is damaged; run `pki audit verify`, and restore it "
+                         f"with `git checkout -- {path.name}` if it was changed by hand") from None
 
 
 def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[str]:

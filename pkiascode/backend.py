@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
@@ -205,7 +205,9 @@ class KeyStore(abc.ABC):
 
         ``lock_id`` names the state being applied; ``holder`` says who asks (user, host, pid, time)
         and is what a waiting apply shows. Wait up to ``timeout`` seconds (``pki apply
-        --lock-timeout``), then raise `pkiascode.errors.LockError` naming the holder.
+        --lock-timeout``), then raise `pkiascode.errors.LockError` naming the holder. A lock that can
+        be lost while held (a lease) gives its context manager a ``check()`` method raising
+        `LockError` once it is lost; apply calls it before writing anything.
         """
         return None
 
@@ -214,12 +216,3 @@ class KeyStore(abc.ABC):
 
 
 KeyStoreFactory = type[KeyStore]
-
-
-@contextlib.contextmanager
-def closing_all(stores: Iterable[KeyStore]) -> Iterator[None]:
-    try:
-        yield
-    finally:
-        for store in stores:
-            store.close()

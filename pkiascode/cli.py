@@ -20,6 +20,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, PkiError
+from .model import utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
 
@@ -73,10 +74,6 @@ class Ctx:
     def close(self) -> None:
         if self._project is not None:
             self._project.close()
-
-
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
 def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -181,7 +178,7 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | N
     """Show what apply would change, and why."""
     from .render import render_json, render_markdown, render_text
 
-    now = _now()
+    now = utc_now()
     # --at decides what is due as of then; certificates are signed when apply runs, and the plan
     # shows the not_after they will really get
     the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now)
@@ -227,7 +224,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
     try:
-        timeout = parse_duration(lock_timeout) if lock_timeout.strip() not in ("0", "0s") else 0
+        timeout = parse_duration(lock_timeout, allow_zero=True) if lock_timeout.strip() != "0" else 0
     except ValueError as e:
         raise PkiError(f"--lock-timeout: {e}") from None
     saved = None
@@ -236,8 +233,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             saved = Plan.from_json(json.loads(Path(planfile).read_text()))
         except FileNotFoundError:
             raise PkiError(f"plan file {planfile} not found") from None
-        except (ValueError, KeyError, TypeError) as e:
-            raise PkiError(f"{planfile} is not a pkiascode plan ({e})") from None
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise PkiError(f"{planfile} is not a pkiascode plan ({type(e).__name__}: {e})") from None
     elif not auto_approve and not sys.stdin.isatty():
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
 
@@ -245,7 +242,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     progress = _progress(c)
     stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
     holder = holder_info(actor())
-    with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir, timeout=timeout):
+    with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir,
+                    timeout=timeout) as still_locked:
         interrupted = _pending_plan_digest(project)
         for note in recover(project, commit=commit, progress=progress):
             click.echo(note, err=True)
@@ -256,7 +254,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             check_plan_fresh(project, saved)
             the_plan = saved
         else:
-            now = _now()
+            now = utc_now()
             the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
         if the_plan.empty:
@@ -267,7 +265,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                                   show_default=False)
             if answer.strip() != "yes":
                 raise PkiError("apply cancelled; nothing changed")
-        result = execute(project, the_plan, commit=commit, progress=progress)
+        result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked)
     for w in result.warnings:
         if w not in the_plan.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -336,7 +334,7 @@ def list_(c: Ctx, fmt: str, at: str | None) -> None:
     """The inventory: every authority and certificate with its expiry and status."""
     from .queries import list_rows
 
-    rows = list_rows(c.project, parse_when(at, _now()))
+    rows = list_rows(c.project, parse_when(at, utc_now()))
     if fmt == "json":
         click.echo(json.dumps(rows, indent=2))
         return

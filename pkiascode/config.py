@@ -172,6 +172,9 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
     state_dir = c.typed(pki, "state_dir", str, ("pki",), "state")
     if state_dir is not None and (not state_dir.strip() or os.path.isabs(state_dir) or ".." in Path(state_dir).parts):
         c.add(("pki", "state_dir"), "state_dir must be a relative path inside the repository")
+    elif state_dir is not None and (not Path(state_dir).parts or Path(state_dir).parts[0] in (".pki", ".git")):
+        c.add(("pki", "state_dir"), "state_dir must be a directory of its own (not the directory of pki.toml, "
+                                    "not under .pki/ or .git/)")
     plugins_allowed = c.string_list(pki, "plugins", ("pki",))
     settings = Settings(
         state_dir=state_dir or "state",
@@ -619,14 +622,16 @@ def _to_error(file: str, text: str, issue: ConfigIssue) -> ConfigError:
 
 
 def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | None = None,
-                display_name: str | None = None) -> Desired:
+                display_name: str | None = None, data: bytes | None = None) -> Desired:
     """Read, validate and resolve pki.toml; raise `ConfigError` (the first mistake) if it is wrong.
 
-    The error's ``all_errors`` attribute lists every mistake as a `ConfigError` (for ``pki validate``).
+    ``data`` stands for the file's content when it is known better than the disk does (an
+    interrupted ``pki import`` whose new pki.toml is not written yet). The error's ``all_errors``
+    attribute lists every mistake as a `ConfigError` (for ``pki validate``).
     """
     file = display_name or path.name
     try:
-        data_bytes = path.read_bytes()
+        data_bytes = path.read_bytes() if data is None else data
     except FileNotFoundError:
         raise ConfigError(file, None, "", f"not found in {path.parent} (run `pki init` to make one, "
                                           "or pass --config FILE)") from None

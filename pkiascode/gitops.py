@@ -122,20 +122,25 @@ class Repository:
             raise GitError(f"refusing to apply: {', '.join(bad[:3])} holds private key material; remove it "
                            "from the state directory (nothing was changed)")
 
-    def _loose_state_files(self, state_root: Path) -> list[tuple[str, bool]]:
-        """(path, exists) of the files under ``state_root`` that are new to git or deleted."""
-        # not --modified: that would hash every file whose index entry has no stat data yet
-        out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--",
-                        self.rel(state_root))
-        paths = sorted({p for p in out.split("\0") if p})
-        return [(p, (self.top / p).is_file()) for p in paths]
+    def _loose_state_files(self, state_root: Path, *, modified: bool = False) -> list[tuple[str, bool]]:
+        """(path, exists) of pkiascode's files under ``state_root`` that are new to git or deleted (and,
+        with ``modified``, changed since HEAD); temporary and foreign files are left alone."""
+        root = self.rel(state_root)
+        # not --modified by default: that would hash every file whose index entry has no stat data yet
+        out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root)
+        paths = {p for p in out.split("\0") if p}
+        if modified and self._head():
+            paths |= {p for p in self._git("diff-index", "-z", "--name-only", "HEAD", "--", root).split("\0") if p}
+        return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
 
-    def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str) -> str | None:
-        """Commit ``files`` (paths relative to ``state_root``; None deletes) and any other change under
-        ``state_root``, and nothing else. None when there was nothing to commit. Refuses key material."""
+    def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
+                     everything: bool = False) -> str | None:
+        """Commit ``files`` (paths relative to ``state_root``; None deletes) and the state files git does
+        not know yet (with ``everything``, every state file that differs from HEAD), and nothing else.
+        None when there was nothing to commit. Refuses key material."""
         root = self.rel(state_root)
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
-        for path, exists in self._loose_state_files(state_root):
+        for path, exists in self._loose_state_files(state_root, modified=everything):
             if path not in changes:
                 changes[path] = (self.top / path).read_bytes() if exists else None
         bad = [p for p, data in changes.items() if data is not None and holds_private_key(data)]
@@ -186,6 +191,16 @@ class Repository:
         proc = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD^{commit}"], cwd=self.top,
                               capture_output=True)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+
+def _is_state_file(root: str, path: str) -> bool:
+    """What pkiascode writes under the state directory: certs/, crl/, the inventory, the audit log,
+    its README; never a dot-file (temporary files of a killed write) or anything else put there."""
+    rel = path[len(root) + 1:] if root not in ("", ".") else path
+    name = rel.rsplit("/", 1)[-1]
+    if name.startswith("."):
+        return False
+    return rel in ("inventory.json", "audit.jsonl", "README.md") or rel.startswith(("certs/", "crl/"))
 
 
 def _first_reason(text: str) -> str:

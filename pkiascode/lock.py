@@ -10,7 +10,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from .backend import KeyStore
@@ -62,12 +62,23 @@ def local_lock(path: Path, holder: Mapping[str, str], *, timeout: float = 0.0) -
 
 @contextlib.contextmanager
 def apply_lock(path: Path, stores: Sequence[KeyStore], holder: Mapping[str, str], lock_id: str, *,
-               timeout: float = 0.0) -> Iterator[None]:
-    """The local lock, then every store's shared lock, released in reverse order."""
+               timeout: float = 0.0) -> Iterator[Callable[[], None]]:
+    """The local lock, then every store's shared lock, released in reverse order.
+
+    Yields a function that raises `LockError` if a store's lock was lost meanwhile (a lease that ran
+    out while the store was unreachable): apply calls it before it writes anything."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(local_lock(path, holder, timeout=timeout))
+        checks = []
         for store in stores:
             cm = store.lock(lock_id, holder, timeout=timeout)
             if cm is not None:
                 stack.enter_context(cm)
-        yield
+                if callable(getattr(cm, "check", None)):
+                    checks.append(cm.check)
+
+        def still_held() -> None:
+            for check in checks:
+                check()
+
+        yield still_held

@@ -26,15 +26,21 @@ from .state import atomic_write
 __all__ = ["NoopMemo", "stamp_files"]
 
 
-def stamp_files(paths: Sequence[str]) -> str:
-    """One digest over the stat stamps of ``paths`` (a missing file stamps as missing)."""
+def stamp_files(paths: Sequence[str], seen: Mapping[str, tuple[int, ...] | None] | None = None) -> str:
+    """One digest over the stat stamps (mtime, ctime, inode, size) of ``paths``; a missing file stamps
+    as missing. ``seen`` gives the stamps taken when the files were read, so that a change made after
+    they were read is a change the memo has not seen."""
     h = hashlib.sha256()
     for path in paths:
-        try:
-            st = os.stat(path)
-            h.update(b"%d %d %d %d\n" % (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size))
-        except FileNotFoundError:
-            h.update(b"-\n")
+        if seen is not None and path in seen:
+            stamp = seen[path]
+        else:
+            try:
+                st = os.stat(path)
+                stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+            except FileNotFoundError:
+                stamp = None
+        h.update(b"%d %d %d %d\n" % stamp if stamp else b"-\n")
     return h.hexdigest()
 
 
@@ -49,11 +55,12 @@ class NoopMemo:
             return None
         return data if isinstance(data, dict) and data.get("version") == __version__ else None
 
-    def save(self, *, config_digest: str, state_digest: str, files: Sequence[str], csrs: Mapping[str, str],
+    def save(self, *, config_digest: str, state_digest: str, files: Sequence[str],
+             seen: Mapping[str, tuple[int, ...] | None], csrs: Mapping[str, str],
              stores: Mapping[str, Mapping[str, Any]], refs: Mapping[str, list[list[str]]],
              quiet_until: dt.datetime | None) -> None:
         memo = {"version": __version__, "config_digest": config_digest, "state_digest": state_digest,
-                "files": list(files), "stamp": stamp_files(files), "csrs": dict(csrs), "stores": dict(stores),
+                "files": list(files), "stamp": stamp_files(files, seen), "csrs": dict(csrs), "stores": dict(stores),
                 "refs": dict(refs), "quiet_until": quiet_until.isoformat() if quiet_until else None}
         try:
             atomic_write(self.path, json.dumps(memo, separators=(",", ":")).encode())

@@ -21,7 +21,7 @@ from .names import Host, format_duration
 __all__ = [
     "Kind", "NameConstraints", "Revocation", "StoreSpec", "Settings", "Entry", "Desired",
     "Record", "Observed", "REVOCATION_REASONS", "SUBJECT_ATTRIBUTES", "CSR_STORE",
-    "digest_json", "parse_time", "format_time",
+    "digest_json", "parse_time", "format_time", "utc_now",
 ]
 
 #: RFC 5280 CRLReason names in snake case
@@ -50,6 +50,11 @@ def digest_json(value: Any) -> str:
 def parse_time(text: str) -> dt.datetime:
     t = dt.datetime.fromisoformat(text)  # Python 3.11 reads the trailing Z
     return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
+
+
+def utc_now() -> dt.datetime:
+    """Now, in UTC, to the second: what certificates, plans and the audit log are stamped with."""
+    return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
 def format_time(t: dt.datetime) -> str:
@@ -158,9 +163,6 @@ class Desired:
     digest: str  # of pki.toml's bytes
     spec_digests: Mapping[str, str]
 
-    def children(self, name: str) -> list[Entry]:
-        return [e for e in self.entries.values() if e.issuer == name]
-
 
 @dataclasses.dataclass(frozen=True)
 class Record:
@@ -205,7 +207,14 @@ class Record:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Record:
+        """ValueError/KeyError/TypeError for a malformed record (the caller reports a damaged inventory)."""
         k = d["key"]
+        revoked, crl = d.get("revoked"), d.get("crl")
+        if revoked is not None and not isinstance(revoked, dict):
+            raise ValueError(f"{d['name']}: revoked must be an object or null")
+        if crl is not None:
+            parse_time(crl["next_update"])
+            int(crl.get("number") or 0)
         return cls(
             d["name"], _KINDS[d["kind"]], d["issuer"], d["serial"], d["sha256"],
             parse_time(d["not_before"]), parse_time(d["not_after"]), d["subject"],

@@ -119,7 +119,7 @@ def plan(
         # -- new ---------------------------------------------------------------------------------
         if rec is None:
             changes.append(Change(Action.CREATE, entry.kind, name, ("not in state",),
-                                  _creation_diff(entry, desired), new_key=not entry.csr))
+                                  _creation_diff(entry), new_key=not entry.csr))
             proj[name] = _Projection(True, False, new_not_after, key_above)
             warnings.extend([cap_warning] if cap_warning else [])
             continue
@@ -140,6 +140,8 @@ def plan(
             digest = csr_keys.get(name)
             if digest is not None and digest != rec.key_id:
                 key_reasons.append(f"{entry.csr} requests a new key")
+        elif rec.store == CSR_STORE:
+            key_reasons.append(f"no longer signed from a CSR: a new key in backend {entry.backend}")
         else:
             if rec.key_type != entry.key.value:
                 key_reasons.append(f"key algorithm changes {rec.key_type} → {entry.key.value}")
@@ -225,7 +227,9 @@ def plan(
                 renew_reason = (f"expires {_day(rec.not_after)} ({_left(now, rec.not_after)}), within "
                                 f"renew_before {format_duration(entry.renew_before)}")
 
-        if moving:
+        # a renewal that makes a new key makes it in the new store: nothing to move then
+        new_key_anyway = bool(renew_reason) and entry.rotate_key and not entry.csr
+        if moving and not new_key_anyway:
             changes.append(Change(Action.MOVE_KEY, entry.kind, name, (move_reason,),
                                   (("backend", FieldChange(rec.store, entry.backend)),) if store_changes else
                                   (("exportable", FieldChange(True, False)),)))
@@ -280,7 +284,9 @@ def plan(
             continue
         reasons = []
         if name in revoked_under:
-            reasons.append("new revocations: " + ", ".join(revoked_under[name]))
+            listed = revoked_under[name]
+            more = f" and {len(listed) - 10} more" if len(listed) > 10 else ""
+            reasons.append("new revocations: " + ", ".join(listed[:10]) + more)
         crl = rec.crl or {}
         if name in observed.crl_drift:
             reasons.append(observed.crl_drift[name])
@@ -317,7 +323,7 @@ def _key_label(entry: Entry) -> str:
     return f"{entry.key.value} ({entry.store})" if not entry.csr else f"from {entry.csr}"
 
 
-def _creation_diff(entry: Entry, desired: Desired) -> tuple[tuple[str, FieldChange], ...]:
+def _creation_diff(entry: Entry) -> tuple[tuple[str, FieldChange], ...]:
     spec = entry.spec()
     out = [("key", FieldChange(None, _key_label(entry)))]
     for field in _SPEC_FIELD_ORDER:

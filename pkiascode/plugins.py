@@ -16,7 +16,7 @@ import pluggy
 
 from . import hookspecs
 from .backend import KeyStore, KeyStoreFactory, StoreContext
-from .errors import BackendError, ConfigError
+from .errors import BackendError
 
 __all__ = ["Plugins", "ENTRY_POINT_GROUP", "installed_plugin_names"]
 
@@ -87,8 +87,8 @@ class Plugins:
     def create(self, name: str, plugin: str, settings: Mapping[str, Any], context: StoreContext) -> KeyStore:
         factory = self.factory(plugin)
         if factory is None:
-            raise ConfigError("pki.toml", None, f"backend.{name}",
-                              f"no backend plugin {plugin!r} is installed (installed: {', '.join(self.names())})")
+            raise BackendError(f"backend {name}: no backend plugin {plugin!r} is installed "
+                               f"(installed: {', '.join(self.names())})")
         return factory(name, settings, context)
 
 

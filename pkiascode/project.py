@@ -36,6 +36,7 @@ class Project:
         self._stores: dict[str, KeyStore] = {}
         self._csrs: dict[str, CsrInfo] | None = None
         self._repo: Any = False  # not looked up yet
+        self._state: StateDir | None = None
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -46,9 +47,29 @@ class Project:
 
             self._desired = load_config(self.config_path, options_for=options_for,
                                         cache_dir=self.work_dir / "cache",
-                                        display_name=self._display_name())
+                                        display_name=self._display_name(), data=self._pending_config())
             self._validate_store_settings(self._desired)
         return self._desired
+
+    def _pending_config(self) -> bytes | None:
+        """pki.toml as an interrupted `pki import` left it to be written, if one is pending."""
+        if not self.txn_pending():
+            return None
+        import json
+
+        try:
+            config = json.loads((self.work_dir / "journal" / "txn.json").read_bytes()).get("config")
+        except (OSError, ValueError):
+            return None
+        if config and (self.base_dir / config["path"]).resolve() == self.config_path:
+            return str(config["content"]).encode("utf-8")
+        return None
+
+    def reload(self) -> None:
+        """Forget what was read from pki.toml and state (after an interrupted apply was finished)."""
+        self._desired = None
+        self._csrs = None
+        self._state = None
 
     def _display_name(self) -> str:
         try:
@@ -92,7 +113,10 @@ class Project:
 
     @property
     def state(self) -> StateDir:
-        return StateDir(self.base_dir, self.desired().settings.state_dir, self.work_dir)
+        state_dir = self.desired().settings.state_dir
+        if self._state is None or self._state.rel != state_dir:
+            self._state = StateDir(self.base_dir, state_dir, self.work_dir)
+        return self._state
 
     # -- key stores -----------------------------------------------------------------------------
     def store(self, name: str) -> KeyStore:
@@ -106,9 +130,6 @@ class Project:
                                         StoreContext(self.base_dir, self.work_dir))
             self._stores[name] = store
         return store
-
-    def open_stores(self) -> list[KeyStore]:
-        return list(self._stores.values())
 
     def close(self) -> None:
         if self._repo:
@@ -260,7 +281,8 @@ class Project:
         stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict()}
                   for n in refs}
         try:
-            self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files, csrs=csrs,
+            self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files,
+                              seen=state.seen, csrs=csrs,
                               stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
             self._memo().forget()  # a setting JSON cannot hold: plan the long way every time

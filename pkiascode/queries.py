@@ -35,8 +35,17 @@ def _renew_before(project: Project) -> dict[str, int]:
 
 
 def list_rows(project: Project, at: dt.datetime) -> list[dict[str, Any]]:
-    observed, _ = project.state.observe()
     renew = _renew_before(project)
+    try:
+        state = project.state
+    except ConfigError as e:  # pki.toml is broken: the inventory still answers, from the default place
+        import sys
+
+        from .state import StateDir
+
+        print(f"warning: {e}; listing state/ as it is", file=sys.stderr)
+        state = StateDir(project.base_dir, "state", project.work_dir)
+    observed, _ = state.observe()
     rows = []
     for rec in sorted(observed.records.values(), key=lambda r: (r.kind is Kind.CERTIFICATE, r.name)):
         left = (rec.not_after - at).total_seconds() / 86400
@@ -118,7 +127,8 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
             continue
         path = directory / fname
         tmp = directory / f".{fname}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        tmp.unlink(missing_ok=True)  # never write a key through something planted under that name
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
         try:
             os.write(fd, data)
         finally:

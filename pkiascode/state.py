@@ -40,6 +40,14 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
     os.replace(tmp, path)
 
 
+def _stamp(path: str) -> tuple[int, ...] | None:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+
+
 def _pem_der_digest(data: bytes) -> str | None:
     """SHA-256 of the DER inside a one-object PEM file, without importing a crypto library."""
     lines = data.strip().splitlines()
@@ -68,18 +76,18 @@ class StateDir:
         self.txn_path = self.journal / "txn.json"
         self.keys_path = self.journal / "keys.jsonl"
         self.deletes_path = self.journal / "deletes.json"
+        self.deferred_path = self.journal / "uncommitted.json"
         self._stat_cache_path = work_dir / "cache" / "files.marshal"
         self._cache_dirty = False
         self._journal_file: Any = None
+        #: stat stamps of the files the last `observe` read, taken as it read them
+        self.seen: dict[str, tuple[int, ...] | None] = {}
 
     def cert_path(self, name: str) -> Path:
         return self.certs / f"{name}.pem"
 
     def crl_path(self, name: str) -> Path:
         return self.crls / f"{name}.crl"
-
-    def rel_path(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
 
     # -- inventory ------------------------------------------------------------------------------
     def read_inventory_bytes(self) -> bytes:
@@ -138,10 +146,12 @@ class StateDir:
         Key stores are asked about missing keys by the caller (`Observed.missing_keys`).
         """
         txn = self.pending_txn()
+        self.seen = {}
         if txn is not None:
             data = txn["inventory"].encode()
             overlay = {rel for rel in txn["files"]}
         else:
+            self.seen[str(self.inventory_path)] = _stamp(str(self.inventory_path))
             data = self.read_inventory_bytes()
             overlay = set()
         inv = self.parse_inventory(data)
@@ -164,8 +174,8 @@ class StateDir:
                     if why:
                         crl_drift[name] = f"{self.rel}/{rel} {why}"
         self._save_stat_cache(cache)
-        digest = hashlib.sha256(data + json.dumps([cert_drift, crl_drift], sort_keys=True).encode()
-                                + (b"txn" if txn else b"")).hexdigest()
+        # with a pending transaction this is already the digest of the state it will leave
+        digest = hashlib.sha256(data + json.dumps([cert_drift, crl_drift], sort_keys=True).encode()).hexdigest()
         observed = Observed(records=records, revocations=tuple(inv["revocations"]), cert_drift=cert_drift,
                             crl_drift=crl_drift, digest=digest)
         return observed, inv
@@ -174,10 +184,12 @@ class StateDir:
         try:
             st = os.stat(path)
         except FileNotFoundError:
+            self.seen[path] = None
             return "is missing"
         hit = cache.get(path)
         # ctime cannot be set back by `touch -d`/utime, so an edit is always seen
         stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
+        self.seen[path] = stamp
         if hit is not None and hit[:4] == stamp:
             digest = hit[4]
         else:
@@ -252,24 +264,48 @@ class StateDir:
                 except FileNotFoundError:
                     pass
                 atomic_write(path, data)
-        self._append_audit(txn["audit_prev"], txn["audit"])
+        self._append_audit(txn["audit_prev"], txn["audit"], txn.get("audit_size"))
         inv = txn["inventory"].encode()
         if self.read_inventory_bytes() != inv:
             atomic_write(self.inventory_path, inv)
 
-    def _append_audit(self, base: str, lines: list[dict[str, Any]]) -> None:
+    def audit_size(self) -> int:
+        try:
+            return self.audit_path.stat().st_size
+        except FileNotFoundError:
+            return 0
+
+    def _append_audit(self, base: str, lines: list[dict[str, Any]], size: int | None) -> None:
+        """Append ``lines`` to a log that was ``size`` bytes ending in hash ``base``; repeatable, and
+        repairs an append a crash cut short (written in one go from ``size``)."""
         if not lines:
             return
-        current, _ = audit.tail_hash(self.audit_path)
-        if current == lines[-1]["hash"]:
-            return  # already appended
-        if current != base:
-            raise StateError(f"{self.rel}/audit.jsonl changed while an apply was pending (its last hash is "
-                             f"{current[:12]}…, expected {base[:12]}…); run `pki audit verify`")
+        blob = b"".join(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n" for line in lines)
+        changed = StateError(f"{self.rel}/audit.jsonl changed while an apply was pending; run `pki audit verify`")
+        if size is None:  # a transaction from before sizes were recorded
+            current, _ = audit.tail_hash(self.audit_path)
+            if current == lines[-1]["hash"]:
+                return
+            if current != base:
+                raise changed
+            size = self.audit_size()
+        now = self.audit_size()
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.audit_path, "ab") as f:
-            for line in lines:
-                f.write(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n")
+        with open(self.audit_path, "ab+") as f:
+            if now > size:
+                f.seek(size)
+                written = f.read()
+                if written == blob:
+                    return  # already appended
+                if not blob.startswith(written):
+                    raise changed
+                f.truncate(size)  # a torn append: write it again, whole
+            elif now < size:
+                raise changed
+            if size and audit.tail_hash(self.audit_path)[0] != base:
+                raise changed
+            f.write(blob)
+            f.flush()
 
     def finish(self) -> None:
         self.txn_path.unlink(missing_ok=True)
@@ -321,6 +357,23 @@ class StateDir:
             self._journal_file.close()
             self._journal_file = None
         self.keys_path.unlink(missing_ok=True)
+
+    def defer_deletes(self, refs: Iterable[tuple[str, str]]) -> None:
+        """Keys to delete once a commit holds the state that stopped using them (after --no-commit)."""
+        keys = sorted(set(self.deferred_deletes() or []) | set(refs))
+        atomic_write(self.deferred_path, json.dumps(keys).encode())
+
+    def deferred_deletes(self) -> list[tuple[str, str]] | None:
+        """None when every apply's state was committed; else the keys waiting for that commit."""
+        try:
+            return [(str(a), str(b)) for a, b in json.loads(self.deferred_path.read_bytes())]
+        except FileNotFoundError:
+            return None
+        except (ValueError, TypeError):
+            return []
+
+    def clear_deferred_deletes(self) -> None:
+        self.deferred_path.unlink(missing_ok=True)
 
     def pending_deletes(self) -> list[tuple[str, str]]:
         try:

@@ -26,13 +26,12 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_
 
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
-    "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key", "NotBefore",
+    "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
     "build_name", "public_key_der", "prove_key", "der_to_pem",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
 BACKDATE = dt.timedelta(minutes=5)
-NotBefore = dt.datetime
 
 _ATTR_OID = {"C": NameOID.COUNTRY_NAME, "ST": NameOID.STATE_OR_PROVINCE_NAME, "L": NameOID.LOCALITY_NAME,
              "O": NameOID.ORGANIZATION_NAME, "OU": NameOID.ORGANIZATIONAL_UNIT_NAME,

@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 import secrets
 import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -74,8 +75,14 @@ class LocalKeyStore(KeyStore):
             mode = self.path.stat().st_mode & 0o777
             if mode & 0o077:
                 os.chmod(self.path, 0o700)
-            for stale in self.path.glob(".*.tmp"):  # left by a process killed mid-write: never in use
-                stale.unlink(missing_ok=True)
+            # left by a process killed mid-write; a fresh one may be another process's write in flight
+            cutoff = time.time() - 300
+            for stale in self.path.glob(".*.tmp"):
+                try:
+                    if stale.stat().st_mtime < cutoff:
+                        stale.unlink()
+                except FileNotFoundError:
+                    pass
             self._dir_ready = True
 
     def _file(self, ref: KeyRef) -> Path:

@@ -205,6 +205,12 @@ class LeaseLock:
                 else:
                     self._version = version
 
+    def check(self) -> None:
+        """LockError if the lease was lost while held (apply checks before it writes state)."""
+        if self._lost:
+            raise LockError(f"backend {self._store}: the lock on state {self._lock_id!r} was lost while "
+                            f"applying ({self._lost}); nothing was written: check `pki plan` and apply again")
+
     # -- release ----------------------------------------------------------------------------------------
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

@@ -8,14 +8,15 @@ Key references (`KeyRef.id`, recorded in the inventory, never secret):
 - ``kv:<path>``, e.g. ``kv:pki/keys/node-0-3f9a1c2e``: a PKCS#8 PEM key in KV v2 (field
   ``private_key``), generated here and written once with ``cas=0``.
 
-An authority's key (`KeyRequest.authority`) or any key asked for as non-exportable goes to Transit;
-other keys go to KV. Imports follow the same rule; into Transit they go through Transit's BYOK import
+A key asked for as non-exportable goes to Transit: every authority's (authorities default to
+``exportable = false``) and a leaf's with ``exportable = false``; other keys go to KV. Imports follow the same rule; into Transit they go through Transit's BYOK import
 (the key wrapped for Vault's wrapping key), created non-exportable.
 """
 
 from __future__ import annotations
 
 import base64
+import dataclasses
 import logging
 import os
 import re
@@ -233,7 +234,8 @@ class VaultKeyStore(KeyStore):
 
     @staticmethod
     def _wants_transit(request: KeyRequest) -> bool:
-        return request.authority or not request.exportable
+        # authorities ask for non-exportable keys unless their entry says `exportable = true`
+        return not request.exportable
 
     # -- Transit ------------------------------------------------------------------------------------------
     def _transit_key(self, ref: KeyRef) -> _TransitKey:
@@ -436,7 +438,7 @@ class VaultKeyStore(KeyStore):
         except ValueError as error:
             raise self._err(UnsupportedKeyType, str(error)) from None
         if key_type is not request.key_type:
-            request = KeyRequest(request.name, key_type, request.authority, request.exportable)
+            request = dataclasses.replace(request, key_type=key_type)  # keeps the journaled suffix
         if self._wants_transit(request):
             return self._import_transit(request, key)
         return self._write_kv(request, key, "imported")
@@ -485,6 +487,14 @@ class VaultKeyStore(KeyStore):
         if transit:
             names = self._list(f"{self.transit_mount}/keys")
             gone.update(ref for ref, name in transit if name not in names)
+            # a Transit key is an authority's: few, and worth one GET each to see that the pinned
+            # version is still there (not trimmed away); cached for signing afterwards
+            for ref, name in transit:
+                if name in names:
+                    try:
+                        self._transit_key(ref)
+                    except KeyNotFound:
+                        gone.add(ref)
         for folder, items in kv.items():
             names = self._list(f"{self.kv_mount}/metadata/{folder}")
             gone.update(ref for ref, leaf in items if leaf not in names)

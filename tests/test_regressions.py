@@ -1,0 +1,162 @@
+"""Regressions found in review: each test is a sequence that once went wrong."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pkiascode import audit
+from pkiascode.errors import StateError
+from pkiascode.state import StateDir
+
+ENV = dict(os.environ, NO_COLOR="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_AUTHOR_NAME="t",
+           GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
+PKI = str(Path(sys.executable).with_name("pki"))
+
+
+def pki(repo: Path, *args: str, code: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
+    r = subprocess.run([PKI, "-C", str(repo), *args], capture_output=True, text=True, env=dict(ENV, **env),
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == code, (args, r.stdout, r.stderr)
+    assert "Traceback" not in r.stderr
+    return r
+
+
+def repo_with(tmp_path: Path, toml: str) -> Path:
+    repo = tmp_path / "repo"
+    subprocess.run(["git", "init", "-q", str(repo)], check=True)
+    (repo / ".gitignore").write_text(".pki/\n")
+    (repo / "pki.toml").write_text(toml)
+    return repo
+
+
+BASE = '[defaults]\nkey = "ecdsa-p256"\n\n[authority.ca]\ncommon_name = "CA"\n\n' \
+       '[certificate.leaf]\nissuer = "ca"\nhosts = ["leaf.internal"]\n'
+
+
+def openssl(*args: str, cwd: Path) -> str:
+    return subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+
+
+def test_an_import_killed_before_pki_toml_was_written_completes_instead_of_revoking(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+    repo = repo_with(tmp_path, '# mine\n[defaults]\nkey = "ecdsa-p256"\n')
+    pki(repo, "import", str(old), code=137, PKI_TEST_CRASH_AT="after-txn")
+    assert "authority" not in (repo / "pki.toml").read_text()  # the crash came before pki.toml was written
+    plan = json.loads(pki(repo, "plan", "--format", "json").stdout)
+    assert plan["changes"] == [], "the pending import's pki.toml is what a plan reads"
+    r = pki(repo, "apply", "--auto-approve")
+    assert "completed an interrupted apply" in r.stderr and "revoked" not in r.stdout
+    assert "[authority.ca]" in (repo / "pki.toml").read_text()
+    assert len(list((repo / ".pki" / "keys").iterdir())) == 1
+    pki(repo, "plan", "--detailed-exitcode")
+
+
+def test_a_saved_plan_made_while_an_apply_is_pending_can_be_applied(tmp_path):
+    repo = repo_with(tmp_path, BASE)
+    pki(repo, "apply", "--auto-approve", code=137, PKI_TEST_CRASH_AT="after-txn")
+    pki(repo, "plan", "--out", "p.json", code=0)
+    r = pki(repo, "apply", "p.json")
+    assert "completed an interrupted apply" in r.stderr
+
+
+def test_removing_csr_from_an_entry_gives_it_a_key_of_its_own(tmp_path):
+    repo = repo_with(tmp_path, BASE)
+    (repo / "csrs").mkdir()
+    openssl("req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+            "-keyout", str(tmp_path / "gw.key"), "-subj", "/CN=gw", "-out", "csrs/gw.csr", cwd=repo)
+    (repo / "pki.toml").write_text(BASE + '\n[certificate.gw]\nissuer = "ca"\ncsr = "csrs/gw.csr"\n')
+    pki(repo, "apply", "--auto-approve")
+    (repo / "pki.toml").write_text(BASE + '\n[certificate.gw]\nissuer = "ca"\n')
+    plan = json.loads(pki(repo, "plan", "--format", "json").stdout)
+    assert [(c["action"], c["name"]) for c in plan["changes"]] == [("rekey", "gw")]
+    pki(repo, "apply", "--auto-approve")
+    pki(repo, "export", "gw", "--dir", str(tmp_path / "out"))
+    assert (tmp_path / "out" / "gw-key.pem").exists()
+
+
+def test_an_authority_made_again_under_a_removed_ones_name_starts_a_clean_crl(tmp_path):
+    repo = repo_with(tmp_path, BASE)
+    pki(repo, "apply", "--auto-approve")
+    (repo / "pki.toml").write_text('[defaults]\nkey = "ecdsa-p256"\n')
+    pki(repo, "apply", "--auto-approve")
+    (repo / "pki.toml").write_text('[defaults]\nkey = "ecdsa-p256"\n\n[authority.ca]\ncommon_name = "CA"\n')
+    pki(repo, "apply", "--auto-approve")
+    assert "No Revoked Certificates" in openssl("crl", "-in", "state/crl/ca.crl", "-noout", "-text", cwd=repo)
+
+
+def test_the_same_certificate_cannot_be_imported_twice(tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+    again = tmp_path / "again"
+    again.mkdir()
+    (again / "ca2.crt").write_bytes((old / "ca.crt").read_bytes())
+    (again / "ca2.key").write_bytes((old / "ca.key").read_bytes())
+    repo = repo_with(tmp_path, '[defaults]\nkey = "ecdsa-p256"\n')
+    pki(repo, "import", str(old))
+    r = pki(repo, "import", str(again), code=1)
+    assert "same certificate" in r.stderr and "authority.ca" in r.stderr
+
+
+def test_no_commit_then_apply_commits_everything_and_keeps_old_keys_until_then(tmp_path):
+    repo = repo_with(tmp_path, BASE)
+    pki(repo, "apply", "--auto-approve")
+    (repo / "pki.toml").write_text(BASE.replace("ecdsa-p256", "ecdsa-p384"))  # every key is replaced
+    before = {p.name for p in (repo / ".pki" / "keys").iterdir()}
+    pki(repo, "apply", "--auto-approve", "--no-commit")
+    assert before <= {p.name for p in (repo / ".pki" / "keys").iterdir()}, "HEAD's certificates keep their keys"
+    (repo / "pki.toml").write_text(BASE.replace("ecdsa-p256", "ecdsa-p384") + '\n[certificate.z]\nissuer = "ca"\n')
+    pki(repo, "apply", "--auto-approve")
+    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "state"], capture_output=True,
+                            text=True).stdout
+    assert status == ""
+    assert not before & {p.name for p in (repo / ".pki" / "keys").iterdir()}, "old keys go once committed"
+
+
+@pytest.mark.parametrize("state_dir", [".", ".pki/state", "./", ".git"])
+def test_state_dir_must_be_a_directory_of_its_own(tmp_path, state_dir):
+    repo = repo_with(tmp_path, f'[pki]\nstate_dir = "{state_dir}"\n' + BASE)
+    r = pki(repo, "validate", code=1)
+    assert r.stderr.startswith("pki.toml:2: pki.state_dir: state_dir must be a directory of its own")
+
+
+def test_a_long_last_audit_line_is_read(tmp_path):
+    path = tmp_path / "audit.jsonl"
+    lines = audit.chain([{"action": "update_crl", "reasons": ["x" * 200_000]}], prev=audit.GENESIS, seq=0)
+    path.write_text(json.dumps(lines[0]) + "\n")
+    assert audit.tail_hash(path) == (lines[0]["hash"], 1)
+    path.write_text(json.dumps(lines[0]) + "\n{not json\n")
+    with pytest.raises(StateError, match="damaged"):
+        audit.tail_hash(path)
+
+
+def _event(name: str) -> dict[str, object]:
+    return {"time": "2026-11-27T00:00:00Z", "actor": "t", "action": "create", "kind": "certificate", "name": name,
+            "serial": "01", "sha256": "00", "not_after": "2027-11-27T00:00:00Z", "backend": "local", "plan": None}
+
+
+def test_an_audit_append_cut_short_by_a_crash_is_repaired(tmp_path):
+    state = StateDir(tmp_path, "state", tmp_path / ".pki")
+    first = audit.chain([_event("a")], prev=audit.GENESIS, seq=0)
+    state._append_audit(audit.GENESIS, first, 0)
+    size = state.audit_size()
+    more = audit.chain([_event(f"n{i}") for i in range(50)], prev=first[-1]["hash"], seq=1)
+    blob = b"".join(json.dumps(x, sort_keys=True).encode() + b"\n" for x in more)
+    with open(state.audit_path, "ab") as f:
+        f.write(blob[: len(blob) // 2])  # the crash: half of it, mid-line
+    state._append_audit(first[-1]["hash"], more, size)
+    assert audit.verify(state.audit_path.read_text().splitlines(), None) == []
+    state._append_audit(first[-1]["hash"], more, size)  # and again: already there
+    assert len(state.audit_path.read_text().splitlines()) == 51

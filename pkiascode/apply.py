@@ -117,6 +117,7 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
     """Finish an interrupted apply and clean up after one. Returns notes for the user."""
     state = project.state
     notes: list[str] = []
+    state.remove_temporaries()
     txn = state.pending_txn()
     if txn is not None:
         progress.note("completing an interrupted apply")

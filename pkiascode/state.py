@@ -310,6 +310,18 @@ class StateDir:
     def finish(self) -> None:
         self.txn_path.unlink(missing_ok=True)
 
+    def remove_temporaries(self) -> None:
+        """Temporary files of a write a crash cut short (`atomic_write`'s ``.NAME.PID.tmp``): under the
+        apply lock none is in use."""
+        for directory in (self.root, self.certs, self.crls):
+            try:
+                names = os.listdir(directory)
+            except FileNotFoundError:
+                continue
+            for name in names:
+                if name.startswith(".") and name.endswith(".tmp"):
+                    (directory / name).unlink(missing_ok=True)
+
     # -- key journal ----------------------------------------------------------------------------
     # Two kinds of line: {"intent": {store, request}} before a store is asked to make or import a key,
     # and {"store", "id", "suffix"} once it has answered.

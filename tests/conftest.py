@@ -1,4 +1,5 @@
-"""Shared fixtures for the whole suite.
+"""Shared fixtures for the whole suite (the helpers they use are in helpers.py; the vault/ and pkcs11/
+conftest.py files add the Vault servers and SoftHSM2).
 
 - ``env``: the environment subprocesses run in (fixed git identity, no user/system git config, no
   colour, ``PKI_ACTOR=pki-test@ci``); also set on ``os.environ`` for the test's own git/openssl calls.
@@ -8,6 +9,7 @@
 - ``project``: ``repo`` with the small ECDSA root → intermediate → server/client pki.toml and a
   .gitignore for .pki/, nothing applied yet.
 - ``make_project``: more such projects (another PKI, a second clone, ...).
+- ``openssl_and_git``: skips a test without openssl or git (fails it when ``$CI`` is set).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from helpers import SMALL_PKI, Pki, clean_env, git_init, write_project  # noqa: E402
+from helpers import SMALL_PKI, Pki, clean_env, git_init, new_repo, require_tool, write_project  # noqa: E402
 
 
 @pytest.fixture
@@ -32,6 +34,13 @@ def env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     for key, value in values.items():
         monkeypatch.setenv(key, value)
     return values
+
+
+@pytest.fixture
+def openssl_and_git() -> None:
+    """For ``pytest.mark.usefixtures``: skip without openssl or git (fail in CI)."""
+    require_tool("openssl")
+    require_tool("git")
 
 
 @pytest.fixture
@@ -57,8 +66,9 @@ def make_project(tmp_path: Path, env: dict[str, str]) -> Callable[..., tuple[Pat
     def make(name: str, toml: str = SMALL_PKI, *, init_git: bool = True) -> tuple[Path, Pki]:
         directory = tmp_path / name
         if init_git:
-            git_init(directory)
-        write_project(directory, toml)
+            new_repo(directory, toml)
+        else:
+            write_project(directory, toml)
         return directory, Pki(directory, env)
 
     return make

@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
+from helpers import Pki, audit_lines, git, inventory, key_files, new_repo, state_cert
 from pkiascode.apply import BULK_MIN
 
 N = BULK_MIN + 10
@@ -22,52 +18,44 @@ def _pki_toml(n: int) -> str:
     return "\n".join(parts)
 
 
-def _pki(repo: Path, *args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-    exe = Path(sys.executable).with_name("pki")
-    return subprocess.run([str(exe), "-C", str(repo), *args], capture_output=True, text=True,
-                          env=dict(os.environ, NO_COLOR="1", GIT_CONFIG_GLOBAL="/dev/null", **(env or {})))
-
-
 @pytest.fixture
 def repo(tmp_path: Path) -> Path:
-    subprocess.run(["git", "init", "-q", str(tmp_path)], check=True)
-    (tmp_path / ".gitignore").write_text(".pki/\n")
-    (tmp_path / "pki.toml").write_text(_pki_toml(N))
-    return tmp_path
+    return new_repo(tmp_path, _pki_toml(N))
 
 
 def _check(repo: Path) -> None:
-    inv = json.loads((repo / "state" / "inventory.json").read_text())["objects"]
+    inv = inventory(repo)
     assert len(inv) == N + 1
-    ca = x509.load_pem_x509_certificate((repo / "state/certs/ca.pem").read_bytes())
+    ca = state_cert(repo, "ca")
     serials = set()
     for name, rec in inv.items():
-        cert = x509.load_pem_x509_certificate((repo / f"state/certs/{name}.pem").read_bytes())
+        cert = state_cert(repo, name)
         cert.verify_directly_issued_by(ca)
         assert format(cert.serial_number, "x") == rec["serial"]
         serials.add(rec["serial"])
     assert len(serials) == len(inv)
-    keys = sorted(p.name for p in (repo / ".pki" / "keys").iterdir())
+    keys = sorted(key_files(repo))
     assert keys == sorted(rec["key"]["ref"] for rec in inv.values()), "one key per record, no orphans"
-    audit = [json.loads(line) for line in (repo / "state/audit.jsonl").read_text().splitlines()]
+    audit = audit_lines(repo)
     assert sorted(e["name"] for e in audit if e["action"] == "create") == sorted(inv)
-    assert _pki(repo, "audit", "verify").returncode == 0
-    assert _pki(repo, "plan", "--detailed-exitcode").returncode == 0
+    pki = Pki(repo)
+    assert pki("audit", "verify").returncode == 0
+    assert pki("plan", "--detailed-exitcode").returncode == 0
 
 
 def test_many_leaves_are_made_by_two_processes_with_one_consistent_outcome(repo):
-    r = _pki(repo, "apply", "--auto-approve")
+    r = Pki(repo)("apply", "--auto-approve")
     assert r.returncode == 0, r.stderr
     _check(repo)
-    log = subprocess.run(["git", "-C", str(repo), "log", "--format=%s"], capture_output=True, text=True).stdout
+    log = git(repo, "log", "--format=%s")
     assert log.splitlines() == [f"pki apply: {N + 1} created"]
 
 
 def test_a_crash_after_the_workers_made_their_keys_leaves_no_orphan(repo):
-    r = _pki(repo, "apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-sign"})
+    r = Pki(repo)("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-sign"})
     assert r.returncode == 137
     assert len(list((repo / ".pki" / "keys").iterdir())) == N + 1  # made, but in no state
     assert not (repo / "state" / "inventory.json").exists()
-    r = _pki(repo, "apply", "--auto-approve")
+    r = Pki(repo)("apply", "--auto-approve")
     assert r.returncode == 0, r.stderr
     _check(repo)

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -13,26 +11,13 @@ import pytest
 import tomli
 
 from pkiascode import config as config_mod
-from pkiascode.cli import main
 from pkiascode.config import find_line, load_config
 from pkiascode.errors import ConfigError
 from pkiascode.keytypes import KeyType
 from pkiascode.model import Kind, Revocation
 
+from helpers import run_main, run_pki
 from planner_fakes import issues, load, options_for
-
-PKI = Path(sys.executable).with_name("pki")
-
-
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    """``pki ARGS`` in-process, through the real entry point (its error handling included)."""
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def write(tmp_path: Path, text: str, name: str = "pki.toml") -> Path:
@@ -412,7 +397,7 @@ def test_validate_lists_every_error_in_line_order_exit_1_no_traceback(tmp_path, 
         usages = ["server_auth", "sever auth"]
         """)
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "validate")
+    code, out, err = run_main(capsys, "validate")
     assert code == 1
     assert out == ""
     assert err.splitlines() == [
@@ -430,10 +415,14 @@ def test_invalid_config_writes_nothing(tmp_path, capsys, monkeypatch):
         validity = "10 years"
         """)
     monkeypatch.chdir(tmp_path)
-    for args in (["validate"], ["plan"], ["plan", "--format", "json"], ["list"], ["apply", "--auto-approve"]):
-        code, out, err = run(capsys, *args)
+    for args in (["validate"], ["plan"], ["plan", "--format", "json"], ["apply", "--auto-approve"]):
+        code, out, err = run_main(capsys, *args)
         assert code == 1, args
         assert "Traceback" not in err
+    # the inventory can still be listed (here: nothing yet), with a word about pki.toml
+    code, out, err = run_main(capsys, "list")
+    assert code == 0 and "Nothing in state yet" in out
+    assert "pki.toml:3:" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pki.toml"]
 
 
@@ -445,7 +434,7 @@ def test_plan_shows_the_first_error_and_counts_the_rest(tmp_path, capsys, monkey
         key = "rsa"
         """)
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "plan")
+    code, out, err = run_main(capsys, "plan")
     assert (code, out) == (1, "")
     assert err == ("pki.toml:3: authority.root.validity: bad duration '10 years': use an integer and a "
                    "unit (s m h d w y), e.g. \"90d\" or \"1y30d\" (and 1 more; `pki validate` lists them all)\n")
@@ -468,7 +457,7 @@ def test_validate_of_a_valid_file(tmp_path, capsys, monkeypatch):
         issuer = "root"
         """)
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "validate")
+    code, out, err = run_main(capsys, "validate")
     assert (code, err) == (0, "")
     assert out == "pki.toml is valid: 1 authority, 2 certificates, backends: files, local\n"
     # the only thing a successful validate leaves behind is the git-ignored parse cache
@@ -483,17 +472,17 @@ def test_config_path_and_directory_options(tmp_path, capsys, monkeypatch):
         key = "ecdsa-p521"
         """, name="sub/other.toml")
     monkeypatch.chdir(tmp_path)
-    code, _, err = run(capsys, "--config", "sub/other.toml", "validate")
+    code, _, err = run_main(capsys, "--config", "sub/other.toml", "validate")
     assert code == 1
     assert err == ("sub/other.toml:3: authority.root.key: unknown key type 'ecdsa-p521' (did you mean "
                    "'ecdsa-p256'?); use one of rsa-2048, rsa-3072, rsa-4096, ecdsa-p256, ecdsa-p384, ed25519\n")
-    code, _, err = run(capsys, "-C", str(tmp_path / "sub"), "--config", "other.toml", "validate")
+    code, _, err = run_main(capsys, "-C", str(tmp_path / "sub"), "--config", "other.toml", "validate")
     assert code == 1 and err.startswith("other.toml:3: authority.root.key: ")
 
 
 def test_missing_config_is_a_one_line_error(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    code, out, err = run(capsys, "validate")
+    code, out, err = run_main(capsys, "validate")
     assert code == 1
     assert err == f"pki.toml: not found in {tmp_path.resolve()} (run `pki init` to make one, or pass --config FILE)\n"
 
@@ -504,7 +493,7 @@ def test_validate_in_a_subprocess_exit_1_and_no_traceback(tmp_path):
         common_name = "Root"
         issuer = "nobody"
         """)
-    r = subprocess.run([str(PKI), "-C", str(tmp_path), "validate"], capture_output=True, text=True, timeout=60)
+    r = run_pki(tmp_path, "validate", timeout=60)
     assert r.returncode == 1
     assert r.stdout == ""
     assert r.stderr == "pki.toml:3: authority.root.issuer: unknown issuer 'nobody'\n"
@@ -915,8 +904,8 @@ def test_a_damaged_cache_file_is_ignored(tmp_path):
 def test_cache_through_the_cli(tmp_path, capsys, monkeypatch):
     write(tmp_path, SPEC_A)
     monkeypatch.chdir(tmp_path)
-    assert run(capsys, "validate")[0] == 0
+    assert run_main(capsys, "validate")[0] == 0
     monkeypatch.setattr(tomli, "loads", lambda s: (_ for _ in ()).throw(AssertionError("re-parsed")))
-    code, out, _ = run(capsys, "validate")
+    code, out, _ = run_main(capsys, "validate")
     assert code == 0 and out.startswith("pki.toml is valid: 1 authority, 1 certificate")
     assert os.listdir(tmp_path / ".pki" / "cache")

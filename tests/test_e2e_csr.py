@@ -15,15 +15,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from lifecycle_helpers import Repo, concat, load_cert, new_repo, openssl, openssl_ok, require_tool, spki_der, tls_handshake
+from helpers import Repo, concat, load_cert, openssl, spki_der, tls_handshake
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _tools() -> None:
-    require_tool("openssl")
-    require_tool("git")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("openssl_and_git")]
 
 
 CSR_PKI = """\
@@ -61,12 +55,12 @@ def requester_csr(repo: Repo, *, subj: str = SUBJ, san: str | None = SAN, name: 
             "-subj", subj, "-out", repo.path / "csrs" / f"{name}.csr"]
     if san:
         args += ["-addext", san]
-    openssl_ok(*args)
+    openssl(*args)
     return key
 
 
 def csr_repo(tmp_path: Path, toml: str = CSR_PKI) -> tuple[Repo, Path]:
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     key = requester_csr(repo)
     repo.git("add", "csrs")
     repo.git("commit", "-q", "-m", "partner CSR")
@@ -91,7 +85,8 @@ def test_sign_an_openssl_csr_and_complete_a_handshake_with_the_requesters_key(tm
     assert list(cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value) == [ExtendedKeyUsageOID.SERVER_AUTH]
     lifetime = cert.not_valid_after_utc - cert.not_valid_before_utc
     assert dt.timedelta(days=90) <= lifetime <= dt.timedelta(days=90, minutes=10)
-    assert openssl("verify", "-CAfile", repo.cert_path("root"), repo.cert_path("partner-gw")).returncode == 0
+    assert openssl("verify", "-CAfile", repo.cert_path("root"), repo.cert_path("partner-gw"),
+                   expect=None).returncode == 0
 
     # nothing stored in a backend for it: only the root's key exists
     rec = repo.record("partner-gw")
@@ -122,7 +117,7 @@ def test_sign_an_openssl_csr_and_complete_a_handshake_with_the_requesters_key(tm
 ])
 def test_csr_that_does_not_match_its_entry_is_a_plan_error_naming_the_field(
         tmp_path: Path, field: str, subj: str, san: str | None, needle: str, message: str) -> None:
-    repo = new_repo(tmp_path, CSR_PKI)
+    repo = Repo.create(tmp_path / "repo", CSR_PKI)
     requester_csr(repo, subj=subj, san=san)
     line = repo.line_of(needle, after="[certificate.partner-gw]")
     for cmd in (["plan"], ["validate"], ["apply", "--auto-approve"]):
@@ -133,7 +128,7 @@ def test_csr_that_does_not_match_its_entry_is_a_plan_error_naming_the_field(
 
 
 def test_csr_with_a_bad_signature_is_refused(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path, CSR_PKI)
+    repo = Repo.create(tmp_path / "repo", CSR_PKI)
     requester_csr(repo)
     path = repo.path / "csrs/partner-gw.csr"
     der = bytearray(x509.load_pem_x509_csr(path.read_bytes()).public_bytes(serialization.Encoding.DER))
@@ -196,7 +191,7 @@ def test_export_of_a_csr_entry_writes_no_key(tmp_path: Path) -> None:
     assert load_cert(out / "partner-gw.pem") == repo.cert("partner-gw")
     assert load_cert(out / "partner-gw-ca.pem") == repo.cert("root")
     chain = concat(tmp_path / "bundle.pem", out / "partner-gw-ca.pem")
-    assert openssl("verify", "-CAfile", chain, out / "partner-gw.pem").returncode == 0
+    assert openssl("verify", "-CAfile", chain, out / "partner-gw.pem", expect=None).returncode == 0
 
 
 def test_csr_entry_cannot_be_replaced_and_takes_no_key_settings(tmp_path: Path) -> None:
@@ -212,7 +207,7 @@ def test_csr_entry_cannot_be_replaced_and_takes_no_key_settings(tmp_path: Path) 
 
 
 def test_a_der_csr_is_accepted(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path, CSR_PKI)
+    repo = Repo.create(tmp_path / "repo", CSR_PKI)
     requester_csr(repo)
     path = repo.path / "csrs/partner-gw.csr"
     der = x509.load_pem_x509_csr(path.read_bytes()).public_bytes(serialization.Encoding.DER)
@@ -228,8 +223,9 @@ def test_revoking_and_removing_a_csr_entry(tmp_path: Path) -> None:
     repo.edit_toml('validity = "90d"\n', 'validity = "90d"\nrevoked = { reason = "affiliation_changed" }\n')
     repo.apply()
     crl = repo.crl_path("root")
-    assert "Affiliation Changed" in openssl_ok("crl", "-in", crl, "-noout", "-text")
-    p = openssl("verify", "-crl_check", "-CAfile", repo.cert_path("root"), "-CRLfile", crl, repo.cert_path("partner-gw"))
+    assert "Affiliation Changed" in openssl("crl", "-in", crl, "-noout", "-text").output
+    p = openssl("verify", "-crl_check", "-CAfile", repo.cert_path("root"), "-CRLfile", crl, repo.cert_path("partner-gw"),
+                expect=None)
     assert p.returncode != 0 and "certificate revoked" in p.stdout + p.stderr
     assert serial in {r.serial_number for r in repo.crl("root")}
     # removed: it leaves state; there is no key to delete, and no backend is asked for one

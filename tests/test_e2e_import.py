@@ -7,25 +7,15 @@ from __future__ import annotations
 import json
 import re
 import stat
-import subprocess
 from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from lifecycle_helpers import (
-    Repo, aki, clean_env, crl_serials, load_cert, new_repo, openssl, openssl_ok, require_tool, ski, spki_der,
-    tree_snapshot,
-)
+from helpers import Repo, aki, crl_serials, load_cert, openssl, require_tool, run, ski, spki_der, tree_snapshot
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _tools() -> None:
-    require_tool("openssl")
-    require_tool("git")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("openssl_and_git")]
 
 
 HEADER = """\
@@ -43,12 +33,6 @@ validity = "365d"   # one year
 
 
 # -- building the PKIs to adopt -----------------------------------------------------------------
-
-def _sh(args: list[str], cwd: Path, stdin: bytes | None = None) -> bytes:
-    p = subprocess.run(args, cwd=cwd, input=stdin, capture_output=True, env=clean_env(), timeout=60)
-    assert p.returncode == 0, f"{' '.join(args)} failed: {p.stderr.decode(errors='replace')}"
-    return p.stdout
-
 
 def cfssl_kthw(directory: Path) -> dict[str, dict]:
     """The CA and certificates of KTHW's 04-certificate-authority.md (CFSSL era), trimmed: cfssl gencert
@@ -76,16 +60,16 @@ def cfssl_kthw(directory: Path) -> dict[str, dict]:
         "kube-proxy": {"csr": csr("system:kube-proxy", "system:node-proxier", algo="ecdsa"), "hostname": None},
     }
     (directory / "ca-csr.json").write_text(csr("Kubernetes", "Kubernetes", ou="CA"))
-    out = _sh(["cfssl", "gencert", "-initca", "ca-csr.json"], directory)
-    _sh(["cfssljson", "-bare", "ca"], directory, out)
+    out = run(["cfssl", "gencert", "-initca", "ca-csr.json"], cwd=directory, timeout=60).stdout
+    run(["cfssljson", "-bare", "ca"], cwd=directory, input=out, timeout=60)
     for name, spec in specs.items():
         (directory / f"{name}-csr.json").write_text(spec["csr"])
         args = ["cfssl", "gencert", "-ca=ca.pem", "-ca-key=ca-key.pem", "-config=ca-config.json",
                 "-profile=kubernetes"]
         if spec["hostname"]:
             args.append(f"-hostname={spec['hostname']}")
-        out = _sh(args + [f"{name}-csr.json"], directory)
-        _sh(["cfssljson", "-bare", name], directory, out)
+        out = run(args + [f"{name}-csr.json"], cwd=directory, timeout=60).stdout
+        run(["cfssljson", "-bare", name], cwd=directory, input=out, timeout=60)
     assert (directory / "ca.pem").exists() and (directory / "ca-key.pem").exists() and (directory / "ca.csr").exists()
     return specs
 
@@ -182,31 +166,31 @@ def openssl_kthw(directory: Path, names: tuple[str, ...] = ("admin", "node-0", "
     -copy_extensions copyall for each certificate (2048-bit RSA here instead of 4096, for speed)."""
     directory.mkdir(parents=True)
     (directory / "ca.conf").write_text(CA_CONF)
-    openssl_ok("genrsa", "-out", "ca.key", "2048", cwd=directory)
-    openssl_ok("req", "-x509", "-new", "-sha512", "-noenc", "-key", "ca.key", "-days", "3653", "-config", "ca.conf",
-               "-out", "ca.crt", cwd=directory)
+    openssl("genrsa", "-out", "ca.key", "2048", cwd=directory)
+    openssl("req", "-x509", "-new", "-sha512", "-noenc", "-key", "ca.key", "-days", "3653", "-config", "ca.conf",
+            "-out", "ca.crt", cwd=directory)
     for name in names:
-        openssl_ok("genrsa", "-out", f"{name}.key", "2048", cwd=directory)
-        openssl_ok("req", "-new", "-key", f"{name}.key", "-sha256", "-config", "ca.conf", "-section", name,
-                   "-out", f"{name}.csr", cwd=directory)
-        openssl_ok("x509", "-req", "-days", "3653", "-in", f"{name}.csr", "-copy_extensions", "copyall", "-sha256",
-                   "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt", cwd=directory)
+        openssl("genrsa", "-out", f"{name}.key", "2048", cwd=directory)
+        openssl("req", "-new", "-key", f"{name}.key", "-sha256", "-config", "ca.conf", "-section", name,
+                "-out", f"{name}.csr", cwd=directory)
+        openssl("x509", "-req", "-days", "3653", "-in", f"{name}.csr", "-copy_extensions", "copyall", "-sha256",
+                "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt", cwd=directory)
 
 
 def openssl_ecdsa_pki(directory: Path, *, leaf: str = "leaf") -> None:
     """A small ECDSA CA and one leaf, made with the openssl CLI (for the refusal tests)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("ca", leaf, "stranger"):
-        openssl_ok("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key",
-                   cwd=directory)
-    openssl_ok("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Refusal Test CA", "-days", "30",
-               "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
-               "-out", "ca.crt", cwd=directory)
-    openssl_ok("req", "-new", "-key", f"{leaf}.key", "-subj", f"/CN={leaf}", "-out", f"{leaf}.csr", cwd=directory)
+        openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key",
+                cwd=directory)
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Refusal Test CA", "-days", "30",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign,cRLSign",
+            "-out", "ca.crt", cwd=directory)
+    openssl("req", "-new", "-key", f"{leaf}.key", "-subj", f"/CN={leaf}", "-out", f"{leaf}.csr", cwd=directory)
     (directory / "leaf.ext").write_text("basicConstraints=CA:FALSE\nsubjectAltName=DNS:leaf.example.test\n"
                                         "extendedKeyUsage=serverAuth\n")
-    openssl_ok("x509", "-req", "-in", f"{leaf}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-               "-days", "20", "-extfile", "leaf.ext", "-out", f"{leaf}.crt", cwd=directory)
+    openssl("x509", "-req", "-in", f"{leaf}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+            "-days", "20", "-extfile", "leaf.ext", "-out", f"{leaf}.crt", cwd=directory)
     (directory / "leaf.ext").unlink()
 
 
@@ -223,7 +207,7 @@ def check_adopted_as_is(repo: Repo, src: Path, files: dict[str, tuple[str, str]]
     repo.pki("validate")
 
     # state holds the very certificates (no reissue), the keys are in the backend, 0600
-    inv = repo.inventory()["objects"]
+    inv = repo.inventory()
     assert set(inv) == set(files)
     for name, (cert_file, key_file) in files.items():
         original = load_cert(src / cert_file)
@@ -275,7 +259,7 @@ def check_one_san_change(repo: Repo, src: Path, files: dict[str, tuple[str, str]
     src_key = serialization.load_pem_private_key((src / files[name][1]).read_bytes(), None)
     assert spki_der(new) == spki_der(src_key)
     # verifies against the ORIGINAL CA file
-    p = openssl("verify", "-CAfile", src / ca_file, repo.cert_path(name))
+    p = openssl("verify", "-CAfile", src / ca_file, repo.cert_path(name), expect=None)
     assert p.returncode == 0, p.stdout + p.stderr
     # and nothing else changed
     for other, (cert_file, _) in files.items():
@@ -290,11 +274,13 @@ def check_revocation_by_adopted_key(repo: Repo, src: Path, *, ca: str, ca_file: 
     repo.edit_toml(f"[certificate.{revoke}]", f'[certificate.{revoke}]\nrevoked = {{ reason = "key_compromise" }}')
     repo.apply()
     assert serial in crl_serials(repo.crl(ca))
-    out = openssl_ok("crl", "-in", repo.crl_path(ca), "-noout", "-verify", "-CAfile", src / ca_file)
+    out = openssl("crl", "-in", repo.crl_path(ca), "-noout", "-verify", "-CAfile", src / ca_file).output
     assert "verify OK" in out
-    p = openssl("verify", "-crl_check", "-CAfile", src / ca_file, "-CRLfile", repo.crl_path(ca), repo.cert_path(revoke))
+    p = openssl("verify", "-crl_check", "-CAfile", src / ca_file, "-CRLfile", repo.crl_path(ca), repo.cert_path(revoke),
+                expect=None)
     assert p.returncode != 0 and "certificate revoked" in p.stdout + p.stderr
-    p = openssl("verify", "-crl_check", "-CAfile", src / ca_file, "-CRLfile", repo.crl_path(ca), repo.cert_path(keep))
+    p = openssl("verify", "-crl_check", "-CAfile", src / ca_file, "-CRLfile", repo.crl_path(ca), repo.cert_path(keep),
+                expect=None)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -303,17 +289,17 @@ def check_revocation_by_adopted_key(repo: Repo, src: Path, *, ca: str, ca_file: 
 def test_import_a_pki_made_by_cfssl_then_change_one_san(tmp_path: Path) -> None:
     src = tmp_path / "kthw-cfssl"
     specs = cfssl_kthw(src)
-    repo = new_repo(tmp_path, HEADER)
+    repo = Repo.create(tmp_path / "repo", HEADER)
     r = repo.pki("import", str(src))
     assert "imported authority.ca from ca.pem" in r.stdout
     for name in specs:
         assert f"imported certificate.{name} from {name}.pem" in r.stdout
     files = {"ca": ("ca.pem", "ca-key.pem")} | {n: (f"{n}.pem", f"{n}-key.pem") for n in specs}
     check_adopted_as_is(repo, src, files, toml_before=HEADER)
-    rec = repo.inventory()["objects"]
+    rec = repo.inventory()
     assert rec["ca"]["key"]["algorithm"] == "rsa-2048" and rec["kube-proxy"]["key"]["algorithm"] == "ecdsa-p256"
     assert rec["worker-0"]["issuer"] == "ca"
-    out = openssl_ok("crl", "-in", repo.crl_path("ca"), "-noout", "-verify", "-CAfile", src / "ca.pem")
+    out = openssl("crl", "-in", repo.crl_path("ca"), "-noout", "-verify", "-CAfile", src / "ca.pem").output
     assert "verify OK" in out
 
     check_one_san_change(repo, src, files, ca="ca", ca_file="ca.pem", name="worker-0",
@@ -325,7 +311,7 @@ def test_import_a_pki_made_by_cfssl_then_change_one_san(tmp_path: Path) -> None:
 def test_import_a_pki_made_by_the_openssl_cli_then_change_one_san(tmp_path: Path) -> None:
     src = tmp_path / "kthw-openssl"
     openssl_kthw(src)
-    repo = new_repo(tmp_path, HEADER)
+    repo = Repo.create(tmp_path / "repo", HEADER)
     r = repo.pki("import", str(src))
     assert "imported authority.ca from ca.crt" in r.stdout
     files = {n: (f"{n}.crt", f"{n}.key") for n in ("ca", "admin", "node-0", "kube-api-server")}
@@ -341,15 +327,15 @@ def test_import_a_pki_made_by_the_openssl_cli_then_change_one_san(tmp_path: Path
 def test_import_leaves_signed_by_an_authority_adopted_earlier(tmp_path: Path) -> None:
     src = tmp_path / "first"
     openssl_ecdsa_pki(src)
-    repo = new_repo(tmp_path, HEADER)
+    repo = Repo.create(tmp_path / "repo", HEADER)
     repo.pki("import", str(src))
     later = tmp_path / "later"
     later.mkdir()
-    openssl_ok("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", later / "late.key")
-    openssl_ok("req", "-new", "-key", later / "late.key", "-subj", "/CN=late", "-out", later / "late.csr")
+    openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", later / "late.key")
+    openssl("req", "-new", "-key", later / "late.key", "-subj", "/CN=late", "-out", later / "late.csr")
     (later / "ext").write_text("basicConstraints=CA:FALSE\nsubjectAltName=DNS:late.example.test\n")
-    openssl_ok("x509", "-req", "-in", later / "late.csr", "-CA", src / "ca.crt", "-CAkey", src / "ca.key",
-               "-CAcreateserial", "-days", "20", "-extfile", later / "ext", "-out", later / "late.crt")
+    openssl("x509", "-req", "-in", later / "late.csr", "-CA", src / "ca.crt", "-CAkey", src / "ca.key",
+            "-CAcreateserial", "-days", "20", "-extfile", later / "ext", "-out", later / "late.crt")
     r = repo.pki("import", str(later))
     assert "imported certificate.late" in r.stdout
     assert repo.record("late")["issuer"] == "ca"
@@ -359,7 +345,7 @@ def test_import_leaves_signed_by_an_authority_adopted_earlier(tmp_path: Path) ->
 
 @pytest.mark.parametrize("case", ["key does not match", "issuer missing"])
 def test_import_refusals_leave_pki_toml_and_state_unchanged(tmp_path: Path, case: str) -> None:
-    repo = new_repo(tmp_path, HEADER + """
+    repo = Repo.create(tmp_path / "repo", HEADER + """
 [authority.existing]   # already managed
 common_name = "Existing CA"
 """)
@@ -406,7 +392,7 @@ issuer = "root"   # issued by the managed root
 common_name = "web"
 hosts = ["web.example.test"]   # one host
 """
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     repo.apply()
     src = tmp_path / "src"
     openssl_ecdsa_pki(src)
@@ -432,7 +418,7 @@ common_name = "Managed Root"
 issuer = "root"
 common_name = "web"
 """
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     repo.apply()
     src = tmp_path / "src"
     openssl_ecdsa_pki(src)
@@ -444,7 +430,7 @@ common_name = "web"
 
 
 def test_import_a_short_lived_certificate_under_a_longer_default_renew_before(tmp_path: Path) -> None:
-    repo = new_repo(tmp_path, HEADER + 'renew_before = "30d"\n')
+    repo = Repo.create(tmp_path / "repo", HEADER + 'renew_before = "30d"\n')
     src = tmp_path / "src"
     openssl_ecdsa_pki(src)  # the leaf is valid for 20 days
     (src / "stranger.key").unlink()

@@ -10,22 +10,15 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from lifecycle_helpers import (
-    BASE_PKI, Repo, aki, concat, crl_reason_of, crl_serials, new_repo, openssl, openssl_ok,
-    require_tool, ski, spki_der, tls_handshake,
+from helpers import (
+    BASE_PKI, Repo, aki, concat, crl_reason_of, crl_serials, openssl, ski, spki_der, tls_handshake,
 )
 
-pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(autouse=True)
-def _tools() -> None:
-    require_tool("openssl")
-    require_tool("git")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("openssl_and_git")]
 
 
 def applied(tmp_path: Path, toml: str = BASE_PKI) -> Repo:
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     repo.apply()
     repo.pki("plan", "--detailed-exitcode", expect=0)
     return repo
@@ -36,14 +29,14 @@ def changes_by(plan: dict) -> dict[tuple[str, str], dict]:
 
 
 def crl_number(path: Path) -> int:
-    out = openssl_ok("crl", "-in", path, "-noout", "-crlnumber")
+    out = openssl("crl", "-in", path, "-noout", "-crlnumber").output
     m = re.search(r"crlNumber=(?:0x)?([0-9A-Fa-f]+)", out)
     assert m, out
     return int(m.group(1), 16)
 
 
 def crl_text(path: Path) -> str:
-    return openssl_ok("crl", "-in", path, "-noout", "-text")
+    return openssl("crl", "-in", path, "-noout", "-text").output
 
 
 def revoked_block(text: str, serial: int) -> str:
@@ -60,7 +53,7 @@ def revoked_block(text: str, serial: int) -> str:
 def verify(repo: Repo, leaf: str, *, chain: tuple[str, ...] = ("root", "inter"), crls: tuple[str, ...] = ("inter",),
            flag: str = "-crl_check") -> tuple[int, str]:
     p = openssl("verify", flag, "-CAfile", repo.chain_file(*chain), "-CRLfile", repo.crl_file(*crls),
-                repo.cert_path(leaf))
+                repo.cert_path(leaf), expect=None)
     return p.returncode, p.stdout + p.stderr
 
 
@@ -68,7 +61,7 @@ def assert_every_crl_verifies(repo: Repo) -> None:
     for crl in sorted((repo.state / "crl").glob("*.crl")):
         name = crl.stem
         issuer = repo.cert_path(name)
-        out = openssl_ok("crl", "-in", crl, "-noout", "-verify", "-CAfile", issuer)
+        out = openssl("crl", "-in", crl, "-noout", "-verify", "-CAfile", issuer).output
         assert "verify OK" in out, out
 
 
@@ -158,13 +151,13 @@ def test_removed_entry_is_revoked_and_leaves_state_and_its_key_is_deleted(tmp_pa
     repo.apply()
 
     assert not repo.cert_path("server").exists()
-    assert "server" not in repo.inventory()["objects"]
+    assert "server" not in repo.inventory()
     assert not key_file.exists(), "the removed entry's key must be deleted from its backend"
     assert server.serial_number in crl_serials(repo.crl("inter"))
     old = tmp_path / "server-old.pem"
     old.write_bytes(repo.git("show", "HEAD~1:state/certs/server.pem").encode())
     p = openssl("verify", "-crl_check", "-CAfile", repo.chain_file("root", "inter"), "-CRLfile",
-                repo.crl_path("inter"), old)
+                repo.crl_path("inter"), old, expect=None)
     assert p.returncode != 0 and "certificate revoked" in p.stdout + p.stderr
     event = [e for e in repo.audit() if e["action"] == "revoke"][-1]
     assert event["name"] == "server" and event["retired"] is True
@@ -207,7 +200,7 @@ def test_removing_an_authority_with_everything_below_it_revokes_and_retires_the_
 
     assert sorted(p.name for p in (repo.state / "certs").iterdir()) == ["root.pem"]
     assert sorted(p.name for p in (repo.state / "crl").iterdir()) == ["root.crl"]
-    assert set(repo.inventory()["objects"]) == {"root"}
+    assert set(repo.inventory()) == {"root"}
     assert kept_root_key.exists() and not any(k.exists() for k in gone_keys)
     assert crl_reason_of(repo.crl("root"), inter.serial_number) == x509.ReasonFlags.cessation_of_operation
     assert_every_crl_verifies(repo)
@@ -222,7 +215,7 @@ def test_key_of_an_entry_revoked_then_removed_is_deleted(tmp_path: Path) -> None
     repo.apply()
     repo.remove_table("certificate.client")
     repo.apply()
-    assert "client" not in repo.inventory()["objects"]
+    assert "client" not in repo.inventory()
     # nothing references the key any more, and keep_revoked_keys is not set: it must not linger
     assert not key_file.exists(), f"orphaned key left in the backend: {sorted(repo.key_files())}"
 
@@ -287,7 +280,7 @@ def test_replace_leaf_new_key_new_serial_old_serial_revoked_as_key_compromise(tm
     old = tmp_path / "old-server.pem"
     old.write_bytes(repo.git("show", "HEAD~1:state/certs/server.pem").encode())
     p = openssl("verify", "-crl_check", "-CAfile", repo.chain_file("root", "inter"), "-CRLfile",
-                repo.crl_path("inter"), old)
+                repo.crl_path("inter"), old, expect=None)
     assert p.returncode != 0 and "certificate revoked" in p.stdout + p.stderr
     # untouched: the others keep their certificates
     assert repo.git("show", "--stat", "--format=", "HEAD").count("certs/") == 1
@@ -331,7 +324,8 @@ def test_replace_authority_reissues_everything_below_and_revokes_the_old_one(tmp
     # the old intermediate fails against the root's CRL
     old = tmp_path / "old-inter.pem"
     old.write_bytes(repo.git("show", "HEAD~1:state/certs/inter.pem").encode())
-    p = openssl("verify", "-crl_check", "-CAfile", repo.cert_path("root"), "-CRLfile", repo.crl_path("root"), old)
+    p = openssl("verify", "-crl_check", "-CAfile", repo.cert_path("root"), "-CRLfile", repo.crl_path("root"), old,
+                expect=None)
     assert p.returncode != 0 and "certificate revoked" in p.stdout + p.stderr
     assert_every_crl_verifies(repo)
     repo.pki("plan", "--detailed-exitcode", expect=0)
@@ -365,7 +359,7 @@ common_name = "side-leaf"
     assert_every_crl_verifies(repo)
 
     def cdp(name: str) -> str:
-        return openssl_ok("x509", "-in", repo.cert_path(name), "-noout", "-ext", "crlDistributionPoints")
+        return openssl("x509", "-in", repo.cert_path(name), "-noout", "-ext", "crlDistributionPoints").output
 
     assert "URI:http://crl.example.test/root.crl" in cdp("inter")
     assert "URI:http://crl.example.test/root.crl" in cdp("side")
@@ -460,15 +454,15 @@ hosts = ["api.default.svc.cluster.local", "10.32.0.1", "ops@example.test"]
 
 def test_name_constraints_become_a_critical_extension_and_openssl_accepts_a_leaf_inside(tmp_path: Path) -> None:
     repo = applied(tmp_path, NC_PKI)
-    text = openssl_ok("x509", "-in", repo.cert_path("inter"), "-noout", "-text")
+    text = openssl("x509", "-in", repo.cert_path("inter"), "-noout", "-text").output
     m = re.search(r"X509v3 Name Constraints: critical\n(.*?)\n\s+X509v3", text + "\n    X509v3", flags=re.S)
     assert m, text
     block = m.group(1)
     assert re.search(r"Permitted:\s+DNS:\.cluster\.local\s+IP:10\.0\.0\.0/255\.0\.0\.0\s+email:example\.test", block), block
     assert re.search(r"Excluded:\s+DNS:bad\.cluster\.local", block), block
-    assert "Name Constraints" not in openssl_ok("x509", "-in", repo.cert_path("api"), "-noout", "-text")
+    assert "Name Constraints" not in openssl("x509", "-in", repo.cert_path("api"), "-noout", "-text").output
     p = openssl("verify", "-CAfile", repo.cert_path("root"), "-untrusted", repo.cert_path("inter"),
-                repo.cert_path("api"))
+                repo.cert_path("api"), expect=None)
     assert p.returncode == 0, p.stdout + p.stderr
 
 
@@ -486,7 +480,7 @@ issuer = "inter"
 common_name = "web"
 hosts = ["web.cluster.local", "{host}"]
 """
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     line = repo.line_of("hosts = ", after="[certificate.web]")
     r = repo.pki("plan", expect=1)
     assert re.match(rf"(?:Error: )?pki\.toml:{line}: certificate\.web\.hosts: host '{re.escape(host)}' is outside the "
@@ -513,12 +507,12 @@ issuer = "root"
 common_name = "leaf"
 hosts = ["{host}"]
 """
-    repo = new_repo(tmp_path, toml)
+    repo = Repo.create(tmp_path / "repo", toml)
     r = repo.pki("plan", expect=None)
     if r.returncode == 0:
         # show what the plan let through: openssl refuses the certificate it makes
         repo.apply()
-        p = openssl("verify", "-CAfile", repo.cert_path("root"), repo.cert_path("leaf"))
+        p = openssl("verify", "-CAfile", repo.cert_path("root"), repo.cert_path("leaf"), expect=None)
         assert p.returncode == 0, f"pki plan accepted {host!r} under {constraint!r}, but openssl: {p.stdout}{p.stderr}"
     assert r.returncode == 1 and "outside the name constraints" in r.stderr, r
 

@@ -27,10 +27,10 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 
 from helpers import (
-    ROOT, Pki, audit_lines, commit_count, edit_toml, git, head, inventory, key_files,
+    ROOT, Pki, audit_lines, commit_count, edit_toml, git, head, inventory, key_files, load_cert, load_key, spki_der,
     write_project,
 )
 
@@ -51,17 +51,6 @@ def needs_hook(point: str):
                               reason=f"pkiascode/apply.py has no PKI_TEST_CRASH_AT={point} hook")
 
 
-def spki_of_cert(cert: x509.Certificate) -> bytes:
-    return cert.public_key().public_bytes(serialization.Encoding.DER,
-                                          serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
-def spki_of_key(path: Path) -> bytes:
-    key = serialization.load_pem_private_key(path.read_bytes(), password=None)
-    return key.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-
-
 def assert_converged(repo: Path, pki: Pki) -> None:
     assert not (repo / ".pki/journal/txn.json").exists(), "a transaction is still pending"
     assert pki.plan_exit() == 0, pki("plan").stdout
@@ -72,12 +61,12 @@ def assert_converged(repo: Path, pki: Pki) -> None:
     for name, rec in inv.items():
         cert_path = repo / "state/certs" / f"{name}.pem"
         assert cert_path.exists(), f"{name}: certificate file missing"
-        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+        cert = load_cert(cert_path)
         assert cert.fingerprint(hashes.SHA256()).hex() == rec["sha256"], f"{name}: file is not the inventory's"
         key = repo / ".pki/keys" / rec["key"]["ref"]
         assert key.exists(), f"{name}: key {rec['key']['ref']} missing"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-        assert spki_of_key(key) == spki_of_cert(cert), f"{name}: the key does not fit the certificate"
+        assert spki_der(load_key(key)) == spki_der(cert), f"{name}: the key does not fit the certificate"
         refs.add(rec["key"]["ref"])
         if rec["kind"] == "authority":
             assert (repo / "state/crl" / f"{name}.crl").exists(), f"{name}: CRL missing"

@@ -3,36 +3,24 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from helpers import clean_env, new_repo, run_pki
+from helpers import openssl as run_openssl
 
 from pkiascode import audit
 from pkiascode.errors import StateError
 from pkiascode.state import StateDir
 
-ENV = dict(os.environ, NO_COLOR="1", GIT_CONFIG_GLOBAL="/dev/null", GIT_AUTHOR_NAME="t",
-           GIT_AUTHOR_EMAIL="t@example.invalid", GIT_COMMITTER_NAME="t", GIT_COMMITTER_EMAIL="t@example.invalid")
-PKI = str(Path(sys.executable).with_name("pki"))
 
-
-def pki(repo: Path, *args: str, code: int = 0, **env: str) -> subprocess.CompletedProcess[str]:
-    r = subprocess.run([PKI, "-C", str(repo), *args], capture_output=True, text=True, env=dict(ENV, **env),
-                       stdin=subprocess.DEVNULL)
-    assert r.returncode == code, (args, r.stdout, r.stderr)
-    assert "Traceback" not in r.stderr
-    return r
+def pki(repo: Path, *args: str, code: int = 0, **env: str):  # noqa: ANN201 - helpers.Result
+    return run_pki(repo, *args, env=clean_env(**env), expect=code)
 
 
 def repo_with(tmp_path: Path, toml: str) -> Path:
-    repo = tmp_path / "repo"
-    subprocess.run(["git", "init", "-q", str(repo)], check=True)
-    (repo / ".gitignore").write_text(".pki/\n")
-    (repo / "pki.toml").write_text(toml)
-    return repo
+    return new_repo(tmp_path / "repo", toml)
 
 
 BASE = '[defaults]\nkey = "ecdsa-p256"\n\n[authority.ca]\ncommon_name = "CA"\n\n' \
@@ -40,7 +28,7 @@ BASE = '[defaults]\nkey = "ecdsa-p256"\n\n[authority.ca]\ncommon_name = "CA"\n\n
 
 
 def openssl(*args: str, cwd: Path) -> str:
-    return subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout
+    return run_openssl(*args, cwd=cwd).stdout
 
 
 def test_an_import_killed_before_pki_toml_was_written_completes_instead_of_revoking(tmp_path):

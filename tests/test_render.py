@@ -10,11 +10,13 @@ from pathlib import Path
 import pytest
 
 from pkiascode import cli as cli_mod
-from pkiascode.cli import exit_code, main, parse_when
+from pkiascode.cli import exit_code, parse_when
 from pkiascode.errors import PkiError
 from pkiascode.model import Kind
 from pkiascode.plan import Action, Change, FieldChange, Plan
 from pkiascode.render import render_json, render_markdown, render_text, summary_line
+
+from helpers import run_main
 
 AT = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -223,16 +225,6 @@ def dataclass_replace(obj, **kw):
 
 # --- `pki plan`: formats, --at and exit codes ------------------------------------------------
 
-def run(capsys, *args: str) -> tuple[int, str, str]:
-    try:
-        main(list(args))
-        code = 0
-    except SystemExit as e:
-        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
 PKI_TOML = """\
 [pki]
 commit = false
@@ -258,44 +250,44 @@ def project(tmp_path, monkeypatch):
 
 @pytest.fixture
 def applied(project, capsys):
-    code, out, err = run(capsys, "apply", "--auto-approve")
+    code, out, err = run_main(capsys, "apply", "--auto-approve")
     assert code == 0, err
     assert "Apply complete: 2 created. State written, not committed." in out
     return project
 
 
 def test_detailed_exitcode_2_with_changes_0_without(project, capsys):
-    code, out, err = run(capsys, "plan", "--detailed-exitcode")
+    code, out, err = run_main(capsys, "plan", "--detailed-exitcode")
     assert (code, err) == (2, "")
     assert out.endswith("Plan: 2 to create.\n")
     assert "\x1b[" not in out  # not a terminal: no colour
-    assert run(capsys, "plan")[0] == 0  # without the flag, changes are still success
+    assert run_main(capsys, "plan")[0] == 0  # without the flag, changes are still success
 
 
 def test_detailed_exitcode_0_when_nothing_to_do(applied, capsys):
-    code, out, err = run(capsys, "plan", "--detailed-exitcode")
+    code, out, err = run_main(capsys, "plan", "--detailed-exitcode")
     assert (code, out, err) == (0, "No changes. The PKI matches pki.toml.\n", "")
 
 
 def test_detailed_exitcode_1_on_error(project, capsys):
     (project / "pki.toml").write_text(PKI_TOML.replace('validity = "90d"', 'validity = 90'))
-    code, out, err = run(capsys, "plan", "--detailed-exitcode")
+    code, out, err = run_main(capsys, "plan", "--detailed-exitcode")
     assert (code, out) == (1, "")
     assert err == "pki.toml:11: certificate.web.validity: validity must be a string, not the number 90\n"
 
 
 def test_plan_at_a_later_date_and_relative(applied, capsys):
-    code, out, _ = run(capsys, "plan", "--detailed-exitcode", "--at", "+90d", "--format", "json")
+    code, out, _ = run_main(capsys, "plan", "--detailed-exitcode", "--at", "+90d", "--format", "json")
     assert code == 2
     data = json.loads(out)
     web = next(c for c in data["changes"] if c["name"] == "web")
     assert web["action"] == "renew"
     assert web["reasons"][0].startswith("expired on ")
-    code, out, _ = run(capsys, "plan", "--at", "2099-06-01", "--format", "json")
+    code, out, _ = run_main(capsys, "plan", "--at", "2099-06-01", "--format", "json")
     data = json.loads(out)
     assert code == 0 and data["at"] == "2099-06-01T00:00:00Z"
     assert {c["name"]: c["action"] for c in data["changes"]}["root"] == "renew"
-    assert run(capsys, "plan", "--detailed-exitcode", "--at", "+1d")[0] == 0
+    assert run_main(capsys, "plan", "--detailed-exitcode", "--at", "+1d")[0] == 0
 
 
 @pytest.mark.parametrize("when, message", [
@@ -305,24 +297,24 @@ def test_plan_at_a_later_date_and_relative(applied, capsys):
     ("2027-13-01", "Error: --at 2027-13-01: use an ISO date (2027-06-01), a date-time, or +90d\n"),
 ])
 def test_bad_at_is_a_one_line_error(project, capsys, when, message):
-    code, out, err = run(capsys, "plan", "--at", when)
+    code, out, err = run_main(capsys, "plan", "--at", when)
     assert (code, out, err) == (1, "", message)
 
 
 def test_at_too_far_away_is_a_clear_error(project, capsys):
-    code, out, err = run(capsys, "plan", "--at", "+9000y")
+    code, out, err = run_main(capsys, "plan", "--at", "+9000y")
     assert code == 1
     assert err.startswith("Error: --at +9000y: ")
 
 
 def test_replace_unknown_name_exit_1(applied, capsys):
-    code, out, err = run(capsys, "plan", "--replace", "nope", "--detailed-exitcode")
+    code, out, err = run_main(capsys, "plan", "--replace", "nope", "--detailed-exitcode")
     assert (code, out) == (1, "")
     assert err == "Error: --replace nope: no authority or certificate is named 'nope' in pki.toml\n"
 
 
 def test_plan_replace_and_markdown(applied, capsys):
-    code, out, _ = run(capsys, "plan", "--replace", "web", "--format", "markdown")
+    code, out, _ = run_main(capsys, "plan", "--replace", "web", "--format", "markdown")
     assert code == 0
     assert "| `-/+` | rekey | `certificate.web` | --replace: new key, the old certificate is revoked as " \
            "key_compromise |" in out
@@ -330,7 +322,7 @@ def test_plan_replace_and_markdown(applied, capsys):
 
 
 def test_plan_out_saves_a_plan_that_round_trips(applied, capsys):
-    code, out, _ = run(capsys, "plan", "--replace", "web", "--out", "p.json")
+    code, out, _ = run_main(capsys, "plan", "--replace", "web", "--out", "p.json")
     assert code == 0
     assert out.endswith("\nSaved the plan to p.json. Apply exactly it with `pki apply p.json`.\n")
     saved = Plan.from_json(json.loads(Path("p.json").read_text()))

@@ -24,6 +24,8 @@ from collections.abc import Iterator
 
 import pytest
 
+from helpers import clean_env, unavailable
+
 TOKEN = "pki-test"
 FAULT_TOKEN = "pki-fault"
 PIN = "246810"
@@ -32,6 +34,14 @@ PIN_ENV = "PKI_PKCS11_PIN"  # the store's default
 FAULT_PIN_ENV = "PKI_TEST_FAULT_PIN"
 
 _conf: dict[str, str] = {}
+
+
+def write_conf(path: str, token_dir: str, *extra: str) -> str:
+    """A SoftHSM2 configuration file for ``token_dir`` (plus ``extra`` lines); returns ``path``."""
+    with open(path, "w") as f:
+        f.write(f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                "slots.removable = false\n" + "".join(f"{line}\n" for line in extra))
+    return path
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,10 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
     base = tempfile.mkdtemp(prefix=f"pki-softhsm-{os.getpid()}-")
     token_dir = os.path.join(base, "tokens")
     os.mkdir(token_dir, 0o700)
-    conf = os.path.join(base, "softhsm2.conf")
-    with open(conf, "w") as f:
-        f.write(f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
-                "slots.removable = false\n")
+    conf = write_conf(os.path.join(base, "softhsm2.conf"), token_dir)
     _conf.update(base=base, conf=conf, token_dir=token_dir, previous=os.environ.get("SOFTHSM2_CONF", ""))
     os.environ["SOFTHSM2_CONF"] = conf
 
@@ -74,12 +81,6 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     else:
         os.environ.pop("SOFTHSM2_CONF", None)
     _conf.clear()
-
-
-def unavailable(reason: str) -> None:
-    if os.environ.get("CI"):
-        pytest.fail(f"SoftHSM2 is required on CI: {reason}", pytrace=False)
-    pytest.skip(reason)
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -133,19 +134,12 @@ class PrivateHSM:
         """Another configuration of the same token directory in which the token lacks ``disabled``
         mechanisms (SoftHSM 2.6 ignores the first entry of a ``-`` list: hence CKM_MD5 first)."""
         path = os.path.join(os.path.dirname(self.conf), f"softhsm2-without-{'-'.join(disabled).lower()}.conf")
-        with open(path, "w") as f:
-            f.write(f"directories.tokendir = {self.token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
-                    f"slots.removable = false\nslots.mechanisms = -CKM_MD5,{','.join(disabled)}\n")
-        return path
+        return write_conf(path, self.token_dir, f"slots.mechanisms = -CKM_MD5,{','.join(disabled)}")
 
     def env(self, *, conf: str | None = None, **extra: str | None) -> dict[str, str]:
-        """The environment of a child process: this SoftHSM2, its PIN in $PKI_PKCS11_PIN, a fixed git
-        identity, no colour. ``NAME=None`` removes a variable."""
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("GIT_", "PKI_"))}
-        env.update({"SOFTHSM2_CONF": conf or self.conf, PIN_ENV: self.pin, "NO_COLOR": "1", "LC_ALL": "C.UTF-8",
-                    "GIT_AUTHOR_NAME": "PKI Test", "GIT_AUTHOR_EMAIL": "pki-test@example.invalid",
-                    "GIT_COMMITTER_NAME": "PKI Test", "GIT_COMMITTER_EMAIL": "pki-test@example.invalid",
-                    "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1", "PKI_ACTOR": "pki-test@ci"})
+        """The environment of a child process (`helpers.clean_env`): this SoftHSM2 and its PIN in
+        $PKI_PKCS11_PIN. ``NAME=None`` removes a variable."""
+        env = clean_env(SOFTHSM2_CONF=conf or self.conf, **{PIN_ENV: self.pin})
         for key, value in extra.items():
             if value is None:
                 env.pop(key, None)
@@ -162,10 +156,7 @@ def private_hsm_factory(softhsm: SoftHSM):
         base = os.fspath(directory)
         token_dir = os.path.join(base, "tokens")
         os.makedirs(token_dir, 0o700)
-        conf = os.path.join(base, "softhsm2.conf")
-        with open(conf, "w") as f:
-            f.write(f"directories.tokendir = {token_dir}\nobjectstore.backend = file\nlog.level = ERROR\n"
-                    "slots.removable = false\n")
+        conf = write_conf(os.path.join(base, "softhsm2.conf"), token_dir)
         subprocess.run([softhsm.util, "--init-token", "--free", "--label", token, "--so-pin", SO_PIN, "--pin", pin],
                        check=True, capture_output=True, env={**os.environ, "SOFTHSM2_CONF": conf})
         return PrivateHSM(module=softhsm.module, util=softhsm.util, conf=conf, token_dir=token_dir, token=token,

@@ -10,7 +10,6 @@ import datetime
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ except ImportError:  # conftest's softhsm fixture explains; on CI this is an err
 from pkcs11 import Attribute, ObjectClass
 from pkcs11 import exceptions as p11e
 
+from helpers import require_tool
 from pkiascode.backend import KeyRef, KeyRequest, StoreContext
 from pkiascode.errors import (
     BackendError,
@@ -79,11 +79,8 @@ def objects(session, ref: KeyRef) -> dict[ObjectClass, object]:
 
 def pkcs11_tool_access(softhsm, label: str) -> str:
     """The ``Access:`` line pkcs11-tool prints for the private key labelled ``label``."""
-    tool = shutil.which("pkcs11-tool")
-    if tool is None:
-        pytest.skip("OpenSC's pkcs11-tool is not installed")
     out = subprocess.run(
-        [tool, "--module", softhsm.module, "--token-label", softhsm.token, "--login",
+        [require_tool("pkcs11-tool"), "--module", softhsm.module, "--token-label", softhsm.token, "--login",
          "--pin", os.environ[softhsm.pin_env], "--list-objects", "--type", "privkey"],
         check=True, capture_output=True, text=True).stdout
     for block in out.split("Private Key Object")[1:]:

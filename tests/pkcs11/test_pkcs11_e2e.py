@@ -28,83 +28,41 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import socket
-import ssl
 import subprocess
 import sys
-import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import pytest
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
+from helpers import (
+    Result, concat, crl_reason_of, git, inventory, key_files, key_ref, load_key, openssl, require_tool, run, run_pki,
+    spki_der, state_cert, state_crl, subject_of, tls_handshake, tree_snapshot,
+)
+
 pytestmark = [pytest.mark.pkcs11, pytest.mark.slow]
 
 WRONG_PIN = "Wrong-Pin-4711"  # not hex: it cannot turn up by chance in a serial or a fingerprint
-SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
 REF = re.compile(r"pki-(?P<name>[a-z0-9._-]+)-[0-9a-f]{8}/[0-9a-f]{32}")
-
-
-def _pki_command() -> list[str]:
-    script = Path(sys.executable).with_name("pki")  # the console script installed with the package
-    return [str(script)] if script.exists() else [sys.executable, "-m", "pkiascode"]
-
-
-PKI = _pki_command()
-
-
-def _tool() -> str:
-    tool = shutil.which("pkcs11-tool")
-    if tool is None:
-        if os.environ.get("CI"):
-            pytest.fail("OpenSC's pkcs11-tool is required on CI", pytrace=False)
-        pytest.skip("OpenSC's pkcs11-tool is not installed")
-    return tool
 
 
 # -- running things -------------------------------------------------------------------------------
 
-class Run(NamedTuple):
-    args: tuple[str, ...]
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def __str__(self) -> str:
-        return f"pki {' '.join(self.args)} → exit {self.returncode}\n--- stdout\n{self.stdout}--- stderr\n{self.stderr}"
-
-
-def pki(repo: Path, hsm: Any, *args: str, env: dict[str, str] | None = None, expect: int | None = 0) -> Run:
+def pki(repo: Path, hsm: Any, *args: str, env: dict[str, str] | None = None, expect: int | None = 0) -> Result:
     """``pki --no-color ARGS`` in ``repo`` as a child process; never any PIN in what it prints."""
-    proc = subprocess.run([*PKI, "--no-color", *args], cwd=repo, env=env if env is not None else hsm.env(),
-                          capture_output=True, text=True, timeout=300)
-    run = Run(args, proc.returncode, proc.stdout, proc.stderr)
+    result = run_pki(repo, "--no-color", *args, env=env if env is not None else hsm.env(), expect=expect,
+                     timeout=300)
     for secret in (hsm.pin, WRONG_PIN):
-        assert secret not in run.stdout + run.stderr, f"a PIN is in the output of {run}"
-    assert "Traceback" not in run.stderr, str(run)
-    if expect is not None:
-        assert run.returncode == expect, str(run)
-    return run
-
-
-def openssl(*args: str, cwd: Path, expect: int = 0) -> str:
-    proc = subprocess.run(["openssl", *args], cwd=cwd, capture_output=True, text=True, timeout=60)
-    assert proc.returncode == expect, f"openssl {' '.join(args)} → {proc.returncode}\n{proc.stdout}{proc.stderr}"
-    return proc.stdout + proc.stderr
-
-
-def git(repo: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=repo, capture_output=True, text=True, check=True,
-                          env={**os.environ, "GIT_CONFIG_GLOBAL": os.devnull, "GIT_CONFIG_NOSYSTEM": "1"}).stdout
+        assert secret not in result.output, f"a PIN is in the output of {result}"
+    return result
 
 
 def backend_table(hsm: Any, **settings: str | None) -> str:
@@ -112,26 +70,21 @@ def backend_table(hsm: Any, **settings: str | None) -> str:
     return "[backend.hsm]\n" + "".join(f'{k} = "{v}"\n' for k, v in values.items() if v is not None)
 
 
-def new_repo(path: Path, hsm: Any, toml: str) -> Path:
+def init_repo(path: Path, hsm: Any, toml: str) -> Path:
+    """A project made by ``pki init`` in ``path``, then given ``toml``."""
     path.mkdir(parents=True)
     pki(path, hsm, "init", ".")
     (path / "pki.toml").write_text(toml)
     return path
 
 
-def inventory(repo: Path) -> dict[str, Any]:
-    return json.loads((repo / "state/inventory.json").read_text())["objects"]
-
-
-def key_ref(repo: Path, name: str) -> str:
-    return inventory(repo)[name]["key"]["ref"]
-
-
-def cert(repo: Path, name: str) -> x509.Certificate:
-    return x509.load_pem_x509_certificate((repo / f"state/certs/{name}.pem").read_bytes())
-
-
 # -- looking at the token -------------------------------------------------------------------------
+
+def pkcs11_tool(hsm: Any, *args: str, conf: str | None = None) -> str:
+    """OpenSC's ``pkcs11-tool ARGS``, logged in to the token; its stdout."""
+    return run([require_tool("pkcs11-tool"), "--module", hsm.module, "--token-label", hsm.token, "--login",
+                "--pin", hsm.pin, *args], env=hsm.env(conf=conf), timeout=60).stdout
+
 
 class TokenObject(NamedTuple):
     kind: str  # "Private Key", "Public Key", ...
@@ -144,9 +97,7 @@ class TokenObject(NamedTuple):
 
 def token_objects(hsm: Any, conf: str | None = None) -> list[TokenObject]:
     """Every object on the token, as ``pkcs11-tool --login --list-objects`` shows it."""
-    out = subprocess.run([_tool(), "--module", hsm.module, "--token-label", hsm.token, "--login", "--pin", hsm.pin,
-                          "--list-objects"], env=hsm.env(conf=conf), capture_output=True, text=True, check=True,
-                         timeout=60).stdout
+    out = pkcs11_tool(hsm, "--list-objects", conf=conf)
     found = []
     for block in re.split(r"^(?=\S)", out, flags=re.M):
         head = re.match(r"(Private Key|Public Key|Secret Key|Certificate|Data) Object;?\s*(\S*)", block)
@@ -342,7 +293,7 @@ class Hierarchy(NamedTuple):
     root_key: str
     hsm: Any
     repo: Path
-    apply: Run
+    apply: Result
     out: Path  # what `pki export` wrote
 
 
@@ -351,7 +302,7 @@ def hierarchy(request, private_hsm_factory, tmp_path_factory) -> Hierarchy:
     root_key = request.param
     base = tmp_path_factory.mktemp(f"hierarchy-{root_key}")
     hsm = private_hsm_factory(base / "softhsm")
-    repo = new_repo(base / "repo", hsm, hierarchy_toml(hsm, root_key, *HIERARCHIES[root_key]))
+    repo = init_repo(base / "repo", hsm, hierarchy_toml(hsm, root_key, *HIERARCHIES[root_key]))
     applied = pki(repo, hsm, "apply", "--auto-approve")
     out = base / "export"
     for name in ("root", "intermediate", "signer"):
@@ -379,11 +330,11 @@ def test_apply_makes_the_authority_keys_on_the_token_and_commits_only_public_sta
     assert [p.name for p in (h.repo / ".pki/keys").iterdir()] == [inv["web"]["key"]["ref"]]
 
     # each certificate carries the key made for it and is signed with its issuer's algorithm
-    root, intermediate, web, signer = (cert(h.repo, n) for n in ("root", "intermediate", "web", "signer"))
+    root, intermediate, web, signer = (state_cert(h.repo, n) for n in ("root", "intermediate", "web", "signer"))
     assert root.signature_algorithm_oid == SIGNATURE[h.root_key]
     assert intermediate.signature_algorithm_oid == SIGNATURE[h.root_key]
     assert web.signature_algorithm_oid == signer.signature_algorithm_oid == SIGNATURE[intermediate_key]
-    assert intermediate.public_key().public_bytes(*SPKI) != root.public_key().public_bytes(*SPKI)
+    assert spki_der(intermediate) != spki_der(root)
 
     # one commit, of state/ only; no key material and no PIN anywhere in the repository
     assert git(h.repo, "log", "--format=%s").splitlines() == ["pki apply: 4 created"]
@@ -408,23 +359,22 @@ def test_exported_chains_verify_with_openssl(hierarchy, tmp_path):
         [f"{n}{suffix}" for n in ("root", "intermediate", "signer", "web") for suffix in (".pem", "-ca.pem")]
         + ["web-key.pem"])
     assert (out / "web-key.pem").stat().st_mode & 0o777 == 0o600
-    web_key = serialization.load_pem_private_key((out / "web-key.pem").read_bytes(), None)
-    assert web_key.public_key().public_bytes(*SPKI) == cert(h.repo, "web").public_key().public_bytes(*SPKI)
+    assert spki_der(load_key(out / "web-key.pem")) == spki_der(state_cert(h.repo, "web"))
     for name in ("root", "intermediate", "web", "signer"):
         assert (out / f"{name}.pem").read_bytes() == (h.repo / f"state/certs/{name}.pem").read_bytes()
     assert (out / "web-ca.pem").read_bytes() == (out / "intermediate.pem").read_bytes() + (out / "root.pem").read_bytes()
 
     # the chains, signed on the token, with the CRLs signed on the token
     strict = ["verify", "-x509_strict", "-CAfile", "root.pem"]
-    assert openssl(*strict, "intermediate.pem", cwd=out).strip() == "intermediate.pem: OK"
+    assert openssl(*strict, "intermediate.pem", cwd=out).output.strip() == "intermediate.pem: OK"
     crls = ["-crl_check_all", "-CRLfile", str(h.repo / "state/crl/root.crl"),
             "-CRLfile", str(h.repo / "state/crl/intermediate.crl")]
     assert openssl(*strict, *crls, "-untrusted", "web-ca.pem", "-purpose", "sslserver", "web.pem",
-                   cwd=out).strip() == "web.pem: OK"
+                   cwd=out).output.strip() == "web.pem: OK"
     assert openssl(*strict, *crls, "-untrusted", "signer-ca.pem", "-purpose", "sslclient", "signer.pem",
-                   cwd=out).strip() == "signer.pem: OK"
+                   cwd=out).output.strip() == "signer.pem: OK"
     # (and the verification is real: without the intermediate, the leaf does not verify)
-    assert "unable to get local issuer certificate" in openssl(*strict, "web.pem", cwd=out, expect=2)
+    assert "unable to get local issuer certificate" in openssl(*strict, "web.pem", cwd=out, expect=2).output
 
     # a key on the token cannot be exported; nothing is written
     refused = pki(h.repo, h.hsm, "export", "intermediate", "--dir", str(tmp_path / "keys"), expect=1)
@@ -436,38 +386,14 @@ def test_exported_chains_verify_with_openssl(hierarchy, tmp_path):
 
 def test_tls_handshake_with_a_local_leaf_of_the_hsm_intermediate(hierarchy, tmp_path):
     out = hierarchy.out
-    fullchain = tmp_path / "web-fullchain.pem"
-    fullchain.write_bytes((out / "web.pem").read_bytes() + (out / "intermediate.pem").read_bytes())
-    server_ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_ctx.load_cert_chain(str(fullchain), str(out / "web-key.pem"))
-    client_ctx = ssl.create_default_context(cafile=str(out / "root.pem"))  # verifies the chain and the name
-
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(20)
-    port = listener.getsockname()[1]
-    errors: list[BaseException] = []
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            with server_ctx.wrap_socket(conn, server_side=True) as tls:
-                tls.sendall(b"hello from " + tls.version().encode())
-        except BaseException as exc:  # noqa: BLE001 - reported by the test
-            errors.append(exc)
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    with socket.create_connection(("127.0.0.1", port), timeout=20) as raw:
-        with client_ctx.wrap_socket(raw, server_hostname="localhost") as tls:
-            greeting = tls.recv(100)
-            peer = tls.getpeercert()
-    thread.join(20)
-    assert not errors, errors
-    assert greeting.startswith(b"hello from TLSv1.")
-    assert dict(x[0] for x in peer["subject"])["commonName"] == "localhost"
-    assert dict(x[0] for x in peer["issuer"])["commonName"] == "E2E Intermediate CA"
+    fullchain = concat(tmp_path / "web-fullchain.pem", out / "web.pem", out / "intermediate.pem")
+    # the client verifies the chain and the name
+    outcome = tls_handshake(server_cert=fullchain, server_key=out / "web-key.pem", client_cafile=out / "root.pem",
+                            server_hostname="localhost")
+    assert outcome.ok, outcome
+    assert outcome.version.startswith("TLSv1.")
+    assert subject_of(outcome.server_cert)["commonName"] == "localhost"
+    assert subject_of(outcome.server_cert, "issuer")["commonName"] == "E2E Intermediate CA"
 
 
 def test_keys_made_by_apply_cannot_be_read_from_the_token(hierarchy):
@@ -479,7 +405,7 @@ def test_keys_made_by_apply_cannot_be_read_from_the_token(hierarchy):
         info = found[ref]
         assert_never_leaves_the_token(info, generated=True)
         # the key that signs on the token is the key of the committed certificate
-        verify_token_signature(cert(h.repo, name), info["signature"], challenge)
+        verify_token_signature(state_cert(h.repo, name), info["signature"], challenge)
         assert_tool_shows_non_extractable(h.hsm, ref, generated=True)
     p11_type = {"rsa": "RSA", "ecdsa": "EC", "ed25519": "EC_EDWARDS"}
     keys = dict(zip(("root", "intermediate", "signer"), (h.root_key, *HIERARCHIES[h.root_key])))
@@ -509,7 +435,7 @@ hosts = ["before.internal"]
 def test_a_local_root_moves_into_the_token_and_its_certificate_stays(private_hsm, tmp_path, key):
     hsm = private_hsm
     toml = backend_table(hsm) + MOVE_TOML.format(key=key)
-    repo = new_repo(tmp_path / "repo", hsm, toml)
+    repo = init_repo(tmp_path / "repo", hsm, toml)
     pki(repo, hsm, "apply", "--auto-approve")
     before = inventory(repo)["root"]
     root_pem = (repo / "state/certs/root.pem").read_bytes()
@@ -545,7 +471,7 @@ def test_a_local_root_moves_into_the_token_and_its_certificate_stays(private_hsm
     challenge = b"moved " + key.encode()
     info = inspect_keys(hsm, [ref], challenge)[ref]
     assert_never_leaves_the_token(info, generated=False)
-    verify_token_signature(cert(repo, "root"), info["signature"], challenge)
+    verify_token_signature(state_cert(repo, "root"), info["signature"], challenge)
     assert_tool_shows_non_extractable(hsm, ref, generated=False)
 
     # what the root signs now is signed on the token and chains to the UNCHANGED root certificate
@@ -566,8 +492,8 @@ hosts = ["after.internal"]
     pki(repo, hsm, "export", "before", "--dir", str(out))
     for leaf in ("after", "before"):
         assert openssl("verify", "-x509_strict", "-CAfile", str(tmp_path / "original-root.pem"),
-                       "-untrusted", f"{leaf}-ca.pem", f"{leaf}.pem", cwd=out).strip() == f"{leaf}.pem: OK"
-    assert cert(repo, "second").signature_algorithm_oid == SIGNATURE[key]
+                       "-untrusted", f"{leaf}-ca.pem", f"{leaf}.pem", cwd=out).output.strip() == f"{leaf}.pem: OK"
+    assert state_cert(repo, "second").signature_algorithm_oid == SIGNATURE[key]
     assert "No changes." in pki(repo, hsm, "plan", "--detailed-exitcode").stdout
     refused = pki(repo, hsm, "export", "root", "--dir", str(tmp_path / "root-out"), expect=1)
     assert refused.stderr.splitlines() == ["Error: the key of authority.root cannot leave backend hsm (pkcs11); "
@@ -596,7 +522,7 @@ def fault_base(private_hsm_factory, tmp_path_factory) -> tuple[Any, Path]:
     """A repository with a root on the token (and a local leaf), applied and committed."""
     base = tmp_path_factory.mktemp("faults")
     hsm = private_hsm_factory(base / "softhsm")
-    repo = new_repo(base / "repo", hsm, backend_table(hsm) + FAULT_BASE)
+    repo = init_repo(base / "repo", hsm, backend_table(hsm) + FAULT_BASE)
     pki(repo, hsm, "apply", "--auto-approve")
     return hsm, repo
 
@@ -667,11 +593,8 @@ FAULTS = {
 
 def snapshot(repo: Path, hsm: Any) -> dict[str, Any]:
     """What a failed command must leave as it was: commits, state/, the local keys, the token."""
-    files = {p.relative_to(repo).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
-             for p in sorted((repo / "state").rglob("*")) if p.is_file()}
-    keys = sorted(p.name for p in (repo / ".pki/keys").iterdir())
     return {"commits": git(repo, "rev-list", "HEAD").split(), "status": git(repo, "status", "--porcelain", "state"),
-            "state": files, "keys": keys, "token": token_objects(hsm)}
+            "state": tree_snapshot(repo / "state"), "keys": sorted(key_files(repo)), "token": token_objects(hsm)}
 
 
 @pytest.mark.parametrize("fault", list(FAULTS))
@@ -739,16 +662,14 @@ hosts = ["web.internal"]
 
 def test_a_key_deleted_from_the_token_is_drift_and_apply_repairs_it(private_hsm, tmp_path):
     hsm = private_hsm
-    repo = new_repo(tmp_path / "repo", hsm, backend_table(hsm) + DRIFT_TOML)
+    repo = init_repo(tmp_path / "repo", hsm, backend_table(hsm) + DRIFT_TOML)
     pki(repo, hsm, "apply", "--auto-approve")
     refs = {name: key_ref(repo, name) for name in ("root", "intermediate", "svc")}
     assert pairs_on_token(hsm) == set(refs.values())
 
     # the intermediate's private key goes with pkcs11-tool; svc's public key with python-pkcs11
     label, key_id = refs["intermediate"].split("/")
-    subprocess.run([_tool(), "--module", hsm.module, "--token-label", hsm.token, "--login", "--pin", hsm.pin,
-                    "--delete-object", "--type", "privkey", "--id", key_id, "--label", label],
-                   env=hsm.env(), check=True, capture_output=True)
+    pkcs11_tool(hsm, "--delete-object", "--type", "privkey", "--id", key_id, "--label", label)
     subprocess.run([sys.executable, "-c", DELETE, hsm.module, hsm.token, refs["svc"], "public"],
                    env=hsm.env(), check=True)
     assert pairs_on_token(hsm) == {refs["root"]}
@@ -783,7 +704,7 @@ def test_a_key_deleted_from_the_token_is_drift_and_apply_repairs_it(private_hsm,
     pki(repo, hsm, "export", "web", "--dir", str(out))
     for leaf in ("svc", "web"):
         assert openssl("verify", "-CAfile", "root.pem", "-untrusted", f"{leaf}-ca.pem", f"{leaf}.pem",
-                       cwd=out).strip() == f"{leaf}.pem: OK"
+                       cwd=out).output.strip() == f"{leaf}.pem: OK"
 
 
 # -- an apply killed half-way -----------------------------------------------------------------------
@@ -792,7 +713,7 @@ def test_an_apply_killed_half_way_leaves_no_stray_key_on_the_token(private_hsm, 
     """Killed after making keys on the token: the next apply deletes them. Killed after the commit of
     a --replace: the next apply deletes the old key from the token."""
     hsm = private_hsm
-    repo = new_repo(tmp_path / "repo", hsm, backend_table(hsm) + """
+    repo = init_repo(tmp_path / "repo", hsm, backend_table(hsm) + """
 [authority.root]
 common_name = "Crash Root CA"
 backend = "hsm"
@@ -839,23 +760,21 @@ issuer = "root"
 common_name = "leaf on the token"
 backend = "hsm"
 """
-    repo = new_repo(tmp_path / "repo", hsm, toml)
+    repo = init_repo(tmp_path / "repo", hsm, toml)
     pki(repo, hsm, "apply", "--auto-approve")
     refs = {name: key_ref(repo, name) for name in ("root", "leaf")}
     out = tmp_path / "out"
     pki(repo, hsm, "export", "leaf", "--dir", str(out), "--no-key")
     crl_check = ["verify", "-crl_check", "-CAfile", "leaf-ca.pem", "-CRLfile", str(repo / "state/crl/root.crl")]
-    assert openssl(*crl_check, "leaf.pem", cwd=out).strip() == "leaf.pem: OK"
+    assert openssl(*crl_check, "leaf.pem", cwd=out).output.strip() == "leaf.pem: OK"
 
     (repo / "pki.toml").write_text(toml + 'revoked = { reason = "key_compromise" }\n')
     assert "Apply complete: 1 revoked, 1 CRL updated." in pki(repo, hsm, "apply", "--auto-approve").stdout
-    crl = x509.load_pem_x509_crl((repo / "state/crl/root.crl").read_bytes())
-    assert crl.is_signature_valid(cert(repo, "root").public_key())
+    crl = state_crl(repo, "root")
+    assert crl.is_signature_valid(state_cert(repo, "root").public_key())
     assert crl.signature_algorithm_oid == SignatureAlgorithmOID.ECDSA_WITH_SHA384
-    entry = crl.get_revoked_certificate_by_serial_number(cert(repo, "leaf").serial_number)
-    assert entry is not None
-    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == x509.ReasonFlags.key_compromise
-    assert "certificate revoked" in openssl(*crl_check, "leaf.pem", cwd=out, expect=2)
+    assert crl_reason_of(crl, state_cert(repo, "leaf").serial_number) == x509.ReasonFlags.key_compromise
+    assert "certificate revoked" in openssl(*crl_check, "leaf.pem", cwd=out, expect=2).output
     assert pairs_on_token(hsm) == set(refs.values())  # still listed: the key stays
     assert "No changes." in pki(repo, hsm, "plan", "--detailed-exitcode").stdout
 
@@ -882,7 +801,7 @@ issuer = "root"
 common_name = "long"
 backend = "hsm"
 """
-    repo = new_repo(tmp_path / "repo", hsm, toml)
+    repo = init_repo(tmp_path / "repo", hsm, toml)
     run = pki(repo, hsm, "apply", "--auto-approve", expect=None)
     if run.returncode != 0:
         assert token_objects(hsm) == [], f"the failed apply left keys on the token\n{run}"
@@ -892,7 +811,7 @@ backend = "hsm"
 
 def test_validate_lists_every_mistake_in_the_backend_table(private_hsm, tmp_path):
     hsm = private_hsm
-    repo = new_repo(tmp_path / "repo", hsm, """[backend.hsm]
+    repo = init_repo(tmp_path / "repo", hsm, """[backend.hsm]
 plugin = "pkcs11"
 module = ""
 pin_env = "NOT A NAME"

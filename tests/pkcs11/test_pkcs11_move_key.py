@@ -6,14 +6,10 @@ is gone, and what the authority signs afterwards is signed on the token.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 from cryptography import x509
+
+from helpers import Pki, clean_env, state_cert
 
 pytestmark = [pytest.mark.pkcs11, pytest.mark.slow]
 
@@ -31,27 +27,17 @@ hosts = ["web.internal"]
 """
 
 
-def pki(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "GIT_AUTHOR_NAME": "t", "GIT_AUTHOR_EMAIL": "t@example.com",
-           "GIT_COMMITTER_NAME": "t", "GIT_COMMITTER_EMAIL": "t@example.com", "NO_COLOR": "1"}
-    return subprocess.run([sys.executable, "-m", "pkiascode", "--no-color", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True)
-
-
-def ok(proc: subprocess.CompletedProcess[str]) -> str:
-    assert proc.returncode == 0, proc.stderr + proc.stdout
-    return proc.stdout
-
-
 def test_moving_an_authority_key_into_the_hsm(tmp_path, softhsm):
     from pkcs11 import Attribute, ObjectClass
 
     from pkiascode.backend import StoreContext
     from pkiascode_pkcs11 import Pkcs11KeyStore
 
-    ok(pki(tmp_path, "init", "."))
+    # the session's SoftHSM2 ($SOFTHSM2_CONF is this process's) and its PIN
+    pki = Pki(tmp_path, clean_env(**{softhsm.pin_env: softhsm.pin}))
+    pki.ok("init", ".")
     (tmp_path / "pki.toml").write_text(CONFIG)
-    ok(pki(tmp_path, "apply", "--auto-approve"))
+    pki.apply()
     root_pem = (tmp_path / "state/certs/root.pem").read_bytes()
     keys = tmp_path / ".pki" / "keys"
     assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["root", "web"]
@@ -59,10 +45,10 @@ def test_moving_an_authority_key_into_the_hsm(tmp_path, softhsm):
     (tmp_path / "pki.toml").write_text(
         CONFIG.replace('renew_before = "1y"\n', 'renew_before = "1y"\nbackend = "hsm"\n')
         + f'\n[backend.hsm]\nplugin = "pkcs11"\nmodule = "{softhsm.module}"\ntoken = "{softhsm.token}"\n')
-    plan = json.loads(ok(pki(tmp_path, "plan", "--format", "json")))
+    plan = pki.plan_json()
     assert [(c["action"], c["name"]) for c in plan["changes"]] == [("move_key", "root")]
 
-    ok(pki(tmp_path, "apply", "--auto-approve"))
+    pki.apply()
     assert (tmp_path / "state/certs/root.pem").read_bytes() == root_pem  # the certificate stays
     assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["web"]  # the local copy is gone
 
@@ -82,11 +68,9 @@ def test_moving_an_authority_key_into_the_hsm(tmp_path, softhsm):
     # what root signs now is signed on the token and chains to the unchanged certificate
     with (tmp_path / "pki.toml").open("a") as f:
         f.write('\n[certificate.api]\nissuer = "root"\ncommon_name = "api.internal"\nhosts = ["api.internal"]\n')
-    ok(pki(tmp_path, "apply", "--auto-approve"))
-    root = x509.load_pem_x509_certificate(root_pem)
-    api = x509.load_pem_x509_certificate((tmp_path / "state/certs/api.pem").read_bytes())
-    api.verify_directly_issued_by(root)
+    pki.apply()
+    state_cert(tmp_path, "api").verify_directly_issued_by(x509.load_pem_x509_certificate(root_pem))
 
-    export = pki(tmp_path, "export", "root", "--dir", str(tmp_path / "out"))
+    export = pki("export", "root", "--dir", str(tmp_path / "out"))
     assert export.returncode == 1 and "cannot leave backend hsm" in export.stderr
     assert "Traceback" not in export.stderr

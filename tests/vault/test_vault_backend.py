@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime
-import socket
 import subprocess
 import sys
 import time
@@ -14,6 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
+from helpers import free_port, spki_der
 from pkiascode.backend import KeyRef, KeyRequest
 from pkiascode.errors import (BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound,
                               UnsupportedKeyType)
@@ -25,17 +25,6 @@ from pkiascode_vault import POLICY_FILE as _POLICY
 pytestmark = pytest.mark.vault
 
 POLICY_FILE = Path(_POLICY)
-DER_SPKI = serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def spki(key) -> bytes:
-    return key.public_bytes(*DER_SPKI)
 
 
 def authority(name: str = "root", key_type: KeyType = KeyType.ECDSA_P256) -> KeyRequest:
@@ -147,7 +136,7 @@ def test_key_version_is_pinned_across_rotation(vault_env, make_store):
     assert info["data"]["latest_version"] == 3
     # a fresh store (nothing cached) still signs with version 1
     fresh = make_store(prefix=store.prefix)
-    assert spki(fresh.public_key(ref)) == spki(original)
+    assert spki_der(fresh.public_key(ref)) == spki_der(original)
     signer = fresh.signer(ref)
     cert = leaf_cert(signer, original, generate_private_key(KeyType.ECDSA_P256).public_key())
     verify_signed_by(cert, original)
@@ -158,7 +147,7 @@ def test_key_version_is_pinned_across_rotation(vault_env, make_store):
     assert crl.is_signature_valid(original)
     # the newest version is another key: a reference to it is another signer
     newest = KeyRef(store.name, f"transit:{name}@3")
-    assert spki(fresh.public_key(newest)) != spki(original)
+    assert spki_der(fresh.public_key(newest)) != spki_der(original)
 
 
 def test_a_signature_from_the_wrong_version_is_refused(vault_env, make_store):
@@ -202,7 +191,7 @@ def test_leaf_key_in_kv_is_pkcs8_and_readable_by_services(vault_env, make_store)
     assert record["private_key"].startswith("-----BEGIN PRIVATE KEY-----")
     assert record["key_type"] == "rsa-2048" and record["entry"] == "node-0" and record["origin"] == "generated"
     key = serialization.load_pem_private_key(record["private_key"].encode(), None)
-    assert spki(key.public_key()) == spki(store.public_key(ref)) == spki(store.export(ref).public_key())
+    assert spki_der(key.public_key()) == spki_der(store.public_key(ref)) == spki_der(store.export(ref).public_key())
     assert body["data"]["metadata"]["version"] == 1
 
 
@@ -218,7 +207,7 @@ def test_kv_keys_are_written_with_cas_and_never_overwritten(vault_env, make_stor
     _, path, _ = store._parse(first.id)
     _, body = vault_env.api("GET", f"secret/data/{path}")
     assert body["data"]["metadata"]["version"] == 1
-    assert spki(store.export(first).public_key()) != spki(store.export(second).public_key())
+    assert spki_der(store.export(first).public_key()) != spki_der(store.export(second).public_key())
     # a plain cas=0 write on the existing key is refused by Vault itself
     status, body = vault_env.api("POST", f"secret/data/{path}", {"options": {"cas": 0}, "data": {"x": 1}}, ok=False)
     assert status == 400 and "check-and-set" in str(body)
@@ -226,7 +215,7 @@ def test_kv_keys_are_written_with_cas_and_never_overwritten(vault_env, make_stor
     a = store.generate(authority("root"))
     b = store.generate(authority("root"))
     assert a.id.endswith("-cccccccc@1") and b.id.endswith("-dddddddd@1")
-    assert spki(store.public_key(a)) != spki(store.public_key(b))
+    assert spki_der(store.public_key(a)) != spki_der(store.public_key(b))
 
 
 def test_import_into_transit_is_byok_non_exportable(vault_env, make_store):
@@ -237,7 +226,7 @@ def test_import_into_transit_is_byok_non_exportable(vault_env, make_store):
     _, name, _ = store._parse(ref.id)
     _, info = vault_env.api("GET", f"transit/keys/{name}")
     assert info["data"]["imported_key"] is True and info["data"]["exportable"] is False
-    assert spki(store.public_key(ref)) == spki(original.public_key())
+    assert spki_der(store.public_key(ref)) == spki_der(original.public_key())
     with pytest.raises(KeyNotExportable):
         store.export(ref)
 
@@ -527,9 +516,9 @@ def test_server_stopped_and_restarted_keeps_keys(file_env, make_store):
     file_env.start()
     verify_signed_by(leaf_cert(signer, public, store.public_key(node)), public)
     fresh = make_store(prefix=store.prefix)
-    assert spki(fresh.public_key(root)) == spki(public)
+    assert spki_der(fresh.public_key(root)) == spki_der(public)
     assert fresh.missing([root, node]) == set()
-    assert spki(fresh.export(node).public_key()) == spki(store.public_key(node))
+    assert spki_der(fresh.export(node).public_key()) == spki_der(store.public_key(node))
 
 
 def test_namespace(vault_env, make_store):

@@ -3,14 +3,11 @@ Vault lock, export refusal and faults reach the user as one line and exit code 1
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
+
+from helpers import Pki, clean_env, inventory
 
 pytestmark = pytest.mark.vault
 
@@ -18,28 +15,14 @@ pytestmark = pytest.mark.vault
 @pytest.fixture
 def project(tmp_path, vault_env):
     prefix = f"e2e{time.monotonic_ns() % 10**9}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("VAULT_", "BAO_", "GIT_"))}
-    env.update(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token, NO_COLOR="1",
-               GIT_AUTHOR_NAME="ci", GIT_AUTHOR_EMAIL="ci@example.invalid",
-               GIT_COMMITTER_NAME="ci", GIT_COMMITTER_EMAIL="ci@example.invalid")
-
-    def pki(*args: str, token: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-        run_env = dict(env)
-        if token is not None:
-            run_env["VAULT_TOKEN"] = token
-        done = subprocess.run([sys.executable, "-m", "pkiascode", "-C", str(tmp_path), *args], env=run_env,
-                              capture_output=True, text=True, stdin=subprocess.DEVNULL, timeout=120)
-        if check and done.returncode != 0:
-            raise AssertionError(f"pki {' '.join(args)} exited {done.returncode}:\n{done.stdout}\n{done.stderr}")
-        return done
-
-    pki("init")
+    pki = Pki(tmp_path, clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token))
+    pki.ok("init")
     return tmp_path, pki, prefix
 
 
 def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
     root_dir, pki, prefix = project
-    pki("apply", "--auto-approve")
+    pki.apply()
     assert len(list((root_dir / ".pki" / "keys").iterdir())) == 2
 
     toml = (root_dir / "pki.toml").read_text()
@@ -48,26 +31,26 @@ def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
              '\n[certificate.secret-svc]\nissuer = "root"\ncommon_name = "secret-svc"\nexportable = false\n')
     (root_dir / "pki.toml").write_text(toml)
 
-    plan = json.loads(pki("plan", "--format", "json").stdout)
+    plan = pki.plan_json()
     actions = {(c["name"], c["action"]) for c in plan["changes"]}
     assert actions == {("root", "move_key"), ("example", "move_key"), ("secret-svc", "create")}
 
-    pki("apply", "--auto-approve")
-    inventory = json.loads((root_dir / "state" / "inventory.json").read_text())["objects"]
-    refs = {name: obj["key"]["ref"] for name, obj in inventory.items()}
+    pki.apply()
+    objects = inventory(root_dir)
+    refs = {name: obj["key"]["ref"] for name, obj in objects.items()}
     assert refs["root"].startswith(f"transit:{prefix}-root-") and refs["root"].endswith("@1")
     assert refs["example"].startswith(f"kv:{prefix}/keys/example-")
     assert refs["secret-svc"].startswith(f"transit:{prefix}-secret-svc-")
-    assert inventory["root"]["key"]["origin"] == "imported" and not inventory["root"]["key"]["exportable"]
+    assert objects["root"]["key"]["origin"] == "imported" and not objects["root"]["key"]["exportable"]
     assert not list((root_dir / ".pki" / "keys").iterdir())  # the local copies are gone
     assert pki("plan", "--detailed-exitcode").returncode == 0
     for text in (root_dir / "state").rglob("*"):
         if text.is_file():
             assert vault_env.token not in text.read_text(errors="replace")
 
-    refused = pki("export", "root", "--dir", str(root_dir / "out"), check=False)
+    refused = pki("export", "root", "--dir", str(root_dir / "out"))
     assert refused.returncode == 1 and "--no-key" in refused.stderr and "Traceback" not in refused.stderr
-    pki("export", "example", "--dir", str(root_dir / "out"))
+    pki.ok("export", "example", "--dir", str(root_dir / "out"))
     assert (root_dir / "out" / "example-key.pem").read_text().startswith("-----BEGIN PRIVATE KEY-----")
 
     # another machine holds the Vault lock: apply says who, and stops
@@ -79,15 +62,15 @@ def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
         "state": "held", "user": "deploy", "host": "runner-12", "pid": "777", "since": "2026-01-01T00:00:00Z",
         "ttl": 300}})
     (root_dir / "pki.toml").write_text(toml.replace('common_name = "secret-svc"', 'common_name = "secret-svc-2"'))
-    blocked = pki("apply", "--auto-approve", check=False)
+    blocked = pki("apply", "--auto-approve")
     assert blocked.returncode == 1 and "deploy@runner-12 (pid 777)" in blocked.stderr
     assert len(blocked.stderr.strip().splitlines()) == 1 and "Traceback" not in blocked.stderr
     vault_env.api("POST", path, {"options": {"cas": version + 1}, "data": {"state": "free"}})
 
     # a wrong token: one line, exit 1, and the token nowhere
-    wrong = pki("apply", "--auto-approve", token="s.wrong-token-0815", check=False)
+    wrong = pki("apply", "--auto-approve", env={"VAULT_TOKEN": "s.wrong-token-0815"})
     assert wrong.returncode == 1 and "rejected the token" in wrong.stderr
     assert "0815" not in wrong.stderr + wrong.stdout and "Traceback" not in wrong.stderr
 
-    pki("apply", "--auto-approve")
-    assert pki("plan", "--detailed-exitcode", check=False).returncode == 0
+    pki.apply()
+    assert pki("plan", "--detailed-exitcode").returncode == 0

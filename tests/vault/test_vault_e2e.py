@@ -11,13 +11,11 @@ relay in this file that can hold chosen requests until the test lets them go.
 from __future__ import annotations
 
 import base64
-import hashlib
 import http.client
 import re
 import secrets
 import signal
 import socket
-import ssl
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,41 +26,16 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from helpers import (PRIVATE_KEY_MARKER, Pki, Result, audit_lines, clean_env, commit_count, edit_toml, git,
-                     git_init, git_objects, head, inventory, key_files, openssl, pem_blocks, pem_der, write_project)
+from helpers import (
+    PRIVATE_KEY_MARKER, SMALL_PKI, Pki, Result, audit_lines, clean_env, commit_count, edit_toml, free_port, fullchain,
+    git, git_init, git_objects, head, inventory, key_files, openssl, pem_blocks, pem_der, subject_of, tls_handshake,
+    tree_snapshot, write_project,
+)
 
 pytestmark = pytest.mark.vault
 
-PKI_TOML = """\
-[defaults]
-backend = "vault"
-key = "ecdsa-p256"
-validity = "90d"
-renew_before = "10d"
-subject = { O = "pkiascode vault e2e" }
-
-[authority.root]
-common_name = "E2E Root CA"
-validity = "10y"
-renew_before = "1y"
-
-[authority.inter]
-issuer = "root"
-common_name = "E2E Intermediate CA"
-validity = "5y"
-renew_before = "180d"
-path_length = 0
-
-[certificate.server]
-issuer = "inter"
-common_name = "localhost"
-hosts = ["localhost", "127.0.0.1"]
-
-[certificate.client]
-issuer = "inter"
-common_name = "client-1"
-subject = { OU = "clients" }
-"""
+#: the tests' small PKI (tests/helpers.py), with every key in Vault unless an entry says otherwise
+PKI_TOML = SMALL_PKI.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n', 1)
 
 SEALED_LEAF = """
 [certificate.sealed-svc]
@@ -138,12 +111,9 @@ class VaultProject:
         assert vault_kv == kv, f"orphan keys in KV: {vault_kv - kv}"
         assert vault_transit == transit, f"orphan keys in Transit: {vault_transit - transit}"
 
-    def snapshot(self) -> tuple[str | None, int, dict[str, str]]:
-        """HEAD, number of commits, and a digest of every file under state/."""
-        files = {str(p.relative_to(self.dir)): hashlib.sha256(p.read_bytes()).hexdigest()
-                 for p in sorted((self.dir / "state").rglob("*")) if p.is_file()} \
-            if (self.dir / "state").exists() else {}
-        return head(self.dir), commit_count(self.dir), files
+    def snapshot(self) -> tuple[str | None, int, dict[str, bytes]]:
+        """HEAD, number of commits, and every file under state/."""
+        return head(self.dir), commit_count(self.dir), tree_snapshot(self.dir / "state")
 
 
 @pytest.fixture
@@ -320,60 +290,7 @@ def is_key_write(prefix: str) -> Callable[[str, str], bool]:
     return lambda method, path: method in ("POST", "PUT") and bool(kv.match(path) or transit.match(path))
 
 
-# -- TLS -----------------------------------------------------------------------------------------------------------
-
-def fullchain(out: Path, name: str) -> str:
-    """NAME.pem followed by the intermediates of NAME-ca.pem (not the root), as a TLS peer sends it."""
-    path = out / f"{name}-fullchain.pem"
-    chain = pem_blocks((out / f"{name}-ca.pem").read_bytes())[:-1]
-    path.write_bytes((out / f"{name}.pem").read_bytes() + b"".join(chain))
-    return str(path)
-
-
-def mutual_tls(out: Path, server: str, client: str, hostname: str) -> tuple[str, str]:
-    """A TLS server with ``server``'s exported pair requiring a client certificate; ``client`` connects.
-    Returns (what the client read, the client CN the server saw)."""
-    root = str(out / "root.pem")
-    sctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    sctx.load_cert_chain(fullchain(out, server), str(out / f"{server}-key.pem"))
-    sctx.load_verify_locations(cafile=root)
-    sctx.verify_mode = ssl.CERT_REQUIRED
-    listener = socket.create_server(("127.0.0.1", 0))
-    listener.settimeout(20)
-    seen: dict[str, Any] = {}
-
-    def serve() -> None:
-        try:
-            conn, _ = listener.accept()
-            conn.settimeout(20)
-            with sctx.wrap_socket(conn, server_side=True) as tls:
-                subject = dict(x[0] for x in tls.getpeercert()["subject"])
-                seen["cn"] = subject["commonName"]
-                tls.sendall(f"hello {subject['commonName']}\n".encode())
-                tls.recv(16)
-        except BaseException as e:  # noqa: BLE001 - reported to the test
-            seen["error"] = e
-        finally:
-            listener.close()
-
-    thread = threading.Thread(target=serve, daemon=True)
-    thread.start()
-    cctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    cctx.load_verify_locations(cafile=root)
-    cctx.load_cert_chain(fullchain(out, client), str(out / f"{client}-key.pem"))
-    with socket.create_connection(("127.0.0.1", listener.getsockname()[1]), timeout=20) as raw:
-        with cctx.wrap_socket(raw, server_hostname=hostname) as tls:
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = tls.recv(64)
-                if not chunk:
-                    break
-                data += chunk
-            tls.sendall(b"bye")
-    thread.join(20)
-    assert "error" not in seen, seen.get("error")
-    return data.decode(), seen.get("cn", "")
-
+# -- openssl -------------------------------------------------------------------------------------------------------
 
 def verify_chain(out: Path, name: str, root: Path | None = None) -> None:
     """``openssl verify`` of NAME.pem against the root, with NAME-ca.pem as the untrusted chain."""
@@ -450,8 +367,11 @@ def test_transit_authorities_kv_leaves_export_verify_and_tls(new_project):
         assert "verify OK" in result.stdout + result.stderr
 
     # a real mutual-TLS handshake with the pairs exported from KV
-    said, client_cn = mutual_tls(out, "server", "client", "localhost")
-    assert said == "hello client-1\n" and client_cn == "client-1"
+    tls = tls_handshake(server_cert=fullchain(out, "server"), server_key=out / "server-key.pem",
+                        server_cafile=out / "root.pem", client_cafile=out / "root.pem", server_hostname="localhost",
+                        client_cert=fullchain(out, "client"), client_key=out / "client-key.pem")
+    assert tls.ok, tls
+    assert tls.reply == "hello client-1\n" and subject_of(tls.client_cert)["commonName"] == "client-1"
 
     # no private key (nor the token) anywhere in state/ or in any git object, reachable or not
     exported = {name: pem_der(pem_blocks((out / f"{name}-key.pem").read_bytes())[0]) for name in ("server", "client")}
@@ -481,8 +401,7 @@ def test_transit_authorities_kv_leaves_export_verify_and_tls(new_project):
 
 def test_move_root_and_leaf_from_local_to_vault(new_project):
     p = new_project()
-    local = PKI_TOML.replace('backend = "vault"\n', "")
-    p.write(local)
+    p.write(SMALL_PKI)  # every key local
     p.apply()
     before_refs = p.refs()
     assert all(not r.startswith(("kv:", "transit:")) for r in before_refs.values())
@@ -493,7 +412,7 @@ def test_move_root_and_leaf_from_local_to_vault(new_project):
     saved_root.write_bytes(certs_before["root.pem"])
 
     # move the root and one leaf: only their `backend` lines change
-    edit_toml(p.dir, 'common_name = "E2E Root CA"\n', 'common_name = "E2E Root CA"\nbackend = "vault"\n')
+    edit_toml(p.dir, 'common_name = "Test Root CA"\n', 'common_name = "Test Root CA"\nbackend = "vault"\n')
     edit_toml(p.dir, 'common_name = "localhost"\n', 'common_name = "localhost"\nbackend = "vault"\n')
     plan = p.pki.plan_json()
     assert {(c["action"], c["name"]) for c in plan["changes"]} == {("move_key", "root"), ("move_key", "server")}
@@ -538,8 +457,8 @@ def test_move_root_and_leaf_from_local_to_vault(new_project):
     p.assert_vault_matches_inventory()
 
     # a Transit key can never move back out: refused at plan time, with the reason
-    edit_toml(p.dir, 'common_name = "E2E Root CA"\nbackend = "vault"\n',
-              'common_name = "E2E Root CA"\nbackend = "local"\n')
+    edit_toml(p.dir, 'common_name = "Test Root CA"\nbackend = "vault"\n',
+              'common_name = "Test Root CA"\nbackend = "local"\n')
     state = p.snapshot()
     line = one_error_line(p.pki("plan"))
     assert "authority.root" in line and "non-exportable" in line
@@ -774,9 +693,7 @@ def _assert_nothing_changed(p: VaultProject, before: Any) -> None:
 
 
 def test_fault_unreachable_vault(new_project):
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     p = _fault_project(new_project, address=f"http://127.0.0.1:{port}")
     before = p.snapshot()
     line = one_error_line(p.pki("apply", "--auto-approve"), p.server.token)

@@ -28,7 +28,6 @@ from .lock import apply_lock, holder_info
 from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
 from .names import format_duration
 from .project import Project
-from .state import StateDir
 
 __all__ = ["adopt", "find_pairs", "Candidate"]
 
@@ -281,10 +280,9 @@ def _order(cands: dict[str, Candidate]) -> list[Candidate]:
 def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str]:
     """Import every certificate/key pair of ``directory``; returns lines for the user."""
     import tomlkit
-    from cryptography.hazmat.primitives import serialization
 
     from .config import parse_config
-    from .x509 import build_crl, crl_pem, fingerprint, pem, ski_hex
+    from .x509 import fingerprint, pem, sign_crl, ski_hex
 
     desired = project.desired()
     if backend is not None and backend not in desired.stores:
@@ -382,23 +380,16 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                     issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert is not None else None,
                     spec=entry.spec(), spec_digest=new_desired.spec_digests[entry.name],
                 )
-                if entry.kind is Kind.AUTHORITY:
-                    signer = store.signer(ref)
-                    next_update = now + dt.timedelta(seconds=entry.crl_validity)
-                    crl = build_crl(cert, signer, [], number=1, this_update=now, next_update=next_update)
-                    import hashlib
-
-                    digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()
-                    rec = dataclasses.replace(rec, crl={"number": 1, "this_update": format_time(now),
-                                                        "next_update": format_time(next_update), "sha256": digest,
-                                                        "validity": entry.crl_validity, "revoked": 0})
-                    files[f"crl/{entry.name}.crl"] = crl_pem(crl).decode()
+                if entry.kind is Kind.AUTHORITY:  # a first CRL, signed by the adopted key where it now is
+                    crl_data, info = sign_crl(cert, store.signer(ref), [], number=1, now=now,
+                                              validity=entry.crl_validity)
+                    rec = dataclasses.replace(rec, crl=info)
+                    files[f"crl/{entry.name}.crl"] = crl_data.decode()
                 objects[entry.name] = rec.to_json()
                 files[f"certs/{entry.name}.pem"] = pem(cert).decode()
-                events.append({"time": format_time(now), "actor": actor, "action": "import",
-                               "kind": entry.kind.value, "name": entry.name, "serial": rec.serial,
-                               "sha256": rec.sha256, "not_after": format_time(rec.not_after),
-                               "backend": rec.store, "plan": None, "source": str(cand.cert_path)})
+                events.append(audit.event("import", entry.kind.value, entry.name, time=format_time(now), actor=actor,
+                                          serial=rec.serial, sha256=rec.sha256, not_after=format_time(rec.not_after),
+                                          backend=rec.store, plan=None, source=str(cand.cert_path)))
                 lines.append(f"imported {entry.qualified} from {cand.cert_path.name} (key into backend "
                              f"{entry.backend}{', non-exportable' if not rec.key_exportable else ''})")
         except BaseException:
@@ -408,18 +399,15 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                 pass
             raise
 
-        prev, seq = audit.tail_hash(state.audit_path)
         n_auth = sum(1 for c in ordered if _is_ca(c.cert))
         n_cert = len(ordered) - n_auth
         message = (f"pki import: {n_auth} authorit{'y' if n_auth == 1 else 'ies'}, {n_cert} "
                    f"certificate{'s' if n_cert != 1 else ''}\n\n"
                    + "\n".join(f"import {e['kind']}.{e['name']} from {Path(e['source']).name}" for e in events) + "\n")
-        lines_out = audit.chain(events, prev=prev, seq=seq)
-        txn = {"inventory": StateDir.render_inventory({"objects": objects, "revocations": inv["revocations"],
-                                                       "audit_head": audit.head(lines_out, prev, seq)}).decode(),
-               "files": files, "audit_prev": prev, "audit": lines_out, "audit_size": state.audit_size(),
-               "message": message, "retire_keys": [], "commit": commit,
-               "config": {"path": project.config_path.relative_to(project.base_dir).as_posix(), "content": new_text}}
+        txn = state.transaction(objects=objects, revocations=inv["revocations"], files=files, events=events,
+                                message=message, commit=commit,
+                                config={"path": project.config_path.relative_to(project.base_dir).as_posix(),
+                                        "content": new_text})
         still_locked()
         state.begin(txn)
         _crash_point("after-txn")

@@ -303,13 +303,11 @@ class _Run:
 
     def event(self, change: Change | None, action: str, kind: Kind, name: str, *, serial: str | None,
               sha256: str | None, not_after: str | None, backend: str | None, **extra: Any) -> None:
-        e: dict[str, Any] = {"time": format_time(self.now), "actor": self.actor, "action": action, "kind": kind.value,
-             "name": name, "serial": serial, "sha256": sha256, "not_after": not_after, "backend": backend,
-             "plan": self.plan_digest}
         if change is not None:
-            e["reasons"] = list(change.reasons)
-        e.update(extra)
-        self.events.append(e)
+            extra["reasons"] = list(change.reasons)
+        self.events.append(audit.event(action, kind.value, name, time=format_time(self.now), actor=self.actor,
+                                       serial=serial, sha256=sha256, not_after=not_after, backend=backend,
+                                       plan=self.plan_digest, **extra))
 
     def stores_touched(self) -> list[str]:
         names: set[str] = set()
@@ -629,7 +627,7 @@ class _Run:
                    reason=change.revoke_reason, retired=change.retire)
 
     def sign_crls(self) -> None:
-        from .x509 import build_crl, crl_pem
+        from .x509 import sign_crl
 
         due = [n for n in self.desired.entries if n in self.crl_due and n in self.records]
         if not due:
@@ -639,16 +637,10 @@ class _Run:
             entry, rec = self.entry(name), self.records[name]
             previous = rec.crl or {}
             number = int(previous.get("number") or 0) + 1
-            next_update = self.now + dt.timedelta(seconds=entry.crl_validity)
             revs = [r for r in self.revocations if r["issuer"] == name]
-            crl = build_crl(self.cert(name), self.signer(name), revs, number=number, this_update=self.now,
-                            next_update=next_update)
-            data = crl_pem(crl)
-            from cryptography.hazmat.primitives import serialization
-
-            digest = hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest()
-            info = {"number": number, "this_update": format_time(self.now), "next_update": format_time(next_update),
-                    "sha256": digest, "validity": entry.crl_validity, "revoked": len(revs)}
+            data, info = sign_crl(self.cert(name), self.signer(name), revs, number=number, now=self.now,
+                                  validity=entry.crl_validity)
+            digest = info["sha256"]
             new = dataclasses.replace(rec, crl=info)
             self.records[name] = new
             self.objects[name] = new.to_json()
@@ -669,13 +661,9 @@ class _Run:
         return head + "\n\n" + "\n".join(body) + "\n"
 
     def transaction(self, commit: bool) -> dict[str, Any]:
-        prev, seq = audit.tail_hash(self.state.audit_path)
-        lines = audit.chain(self.events, prev=prev, seq=seq)
-        inventory = StateDir.render_inventory({"objects": self.objects, "revocations": self.revocations,
-                                               "audit_head": audit.head(lines, prev, seq)})
-        return {"inventory": inventory.decode(), "files": self.files, "audit_prev": prev, "audit": lines,
-                "audit_size": self.state.audit_size(),
-                "message": self.message(), "retire_keys": sorted(set(self.retire)), "commit": commit}
+        return self.state.transaction(objects=self.objects, revocations=self.revocations, files=self.files,
+                                      events=self.events, message=self.message(), retire_keys=self.retire,
+                                      commit=commit)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,

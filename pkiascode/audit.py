@@ -17,7 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "canonical", "line_hash", "chain", "head", "read_lines", "tail_hash", "verify", "actor"]
+__all__ = ["GENESIS", "canonical", "line_hash", "chain", "event", "head", "read_lines", "tail_hash", "verify", "actor"]
 
 GENESIS = "0" * 64
 #: actions after which the log knows an object's current certificate
@@ -44,6 +44,16 @@ def chain(events: Iterable[Mapping[str, Any]], *, prev: str, seq: int) -> list[d
         prev = line["hash"]
         out.append(line)
     return out
+
+
+def event(action: str, kind: str, name: str, *, time: str, actor: str, serial: str | None, sha256: str | None,
+          not_after: str | None, backend: str | None, plan: str | None, **extra: Any) -> dict[str, Any]:
+    """One audit event with the fields every line has (`chain` adds seq, prev and hash)."""
+    e: dict[str, Any] = {"time": time, "actor": actor, "action": action, "kind": kind, "name": name,
+                         "serial": serial, "sha256": sha256, "not_after": not_after, "backend": backend,
+                         "plan": plan}
+    e.update(extra)
+    return e
 
 
 def head(lines: Sequence[Mapping[str, Any]], prev: str, seq: int) -> dict[str, Any]:

@@ -230,6 +230,23 @@ class StateDir:
             # a torn txn file cannot exist (it is renamed into place), so this is damage
             raise StateError(f"{self.txn_path} is damaged; remove it to discard the interrupted apply") from None
 
+    def transaction(self, *, objects: Mapping[str, Any], revocations: list[Mapping[str, Any]],
+                    files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
+                    retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
+                    config: Mapping[str, str] | None = None) -> dict[str, Any]:
+        """Everything a change writes, as one record for `begin`/`roll_forward`: the new inventory
+        (with the audit log's new head), the files, the audit lines chained onto the log as it is."""
+        prev, seq = audit.tail_hash(self.audit_path)
+        lines = audit.chain(events, prev=prev, seq=seq)
+        inventory = self.render_inventory({"objects": objects, "revocations": revocations,
+                                           "audit_head": audit.head(lines, prev, seq)})
+        txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
+                               "audit": lines, "audit_size": self.audit_size(), "message": message,
+                               "retire_keys": sorted(set(retire_keys)), "commit": commit}
+        if config is not None:
+            txn["config"] = dict(config)
+        return txn
+
     def begin(self, txn: Mapping[str, Any]) -> None:
         """Make the transaction durable: from here on the change will complete."""
         data = json.dumps(txn).encode()

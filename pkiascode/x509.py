@@ -27,7 +27,7 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
     "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
-    "build_name", "public_key_der", "prove_key", "der_to_pem",
+    "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
@@ -233,6 +233,20 @@ def build_crl(
             rb = rb.add_extension(x509.CRLReason(_REASON_FLAGS[reason]), critical=False)
         b = b.add_revoked_certificate(rb.build())
     return b.sign(signer, signature_hash(signer.public_key()))
+
+
+def sign_crl(issuer_cert: x509.Certificate, signer: CertificateIssuerPrivateKeyTypes,
+             revocations: Sequence[Mapping[str, Any]], *, number: int, now: dt.datetime,
+             validity: int) -> tuple[bytes, dict[str, Any]]:
+    """The CRL as PEM, and what the inventory records of it (number, times, digest, validity)."""
+    from .model import format_time
+
+    next_update = now + dt.timedelta(seconds=validity)
+    crl = build_crl(issuer_cert, signer, revocations, number=number, this_update=now, next_update=next_update)
+    info = {"number": number, "this_update": format_time(now), "next_update": format_time(next_update),
+            "sha256": hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest(),
+            "validity": validity, "revoked": len(revocations)}
+    return crl_pem(crl), info
 
 
 def _revocation_time(text: str) -> dt.datetime:

@@ -151,6 +151,24 @@ def _match_issuers(cands: dict[str, Candidate], existing: dict[str, Any]) -> Non
         cand.issuer = found[0]
 
 
+CRL_NAMES = ("{stem}.crl", "{stem}-crl.pem", "{stem}.crl.pem")
+
+
+def _existing_crl(cand: Candidate) -> tuple[int, list[dict[str, Any]]]:
+    """The CRL number and revocations of the CRL found next to an authority's certificate (``ca.crl``,
+    ``ca-crl.pem``), so adopting it neither restarts the numbering nor forgets a revocation."""
+    from .x509 import read_crl
+
+    for pattern in CRL_NAMES:
+        path = cand.cert_path.with_name(pattern.format(stem=cand.cert_path.stem))
+        if path.is_file():
+            try:
+                return read_crl(path.read_bytes(), cand.cert)
+            except ValueError as e:
+                raise PkiError(f"{path}: cannot adopt this CRL of {cand.cert_path.name}: {e}") from None
+    return 0, []
+
+
 def _refuse_duplicates(cands: dict[str, Candidate], records: Any) -> None:
     """One certificate is one object: the same certificate (or serial of one issuer) twice would
     make revoking one revoke the other."""
@@ -357,6 +375,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         actor = audit.actor()
         objects = dict(inv["objects"])
+        revocations = list(inv["revocations"])
         files: dict[str, str | None] = {}
         events: list[dict[str, Any]] = []
         try:
@@ -380,8 +399,11 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                     issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert is not None else None,
                     spec=entry.spec(), spec_digest=new_desired.spec_digests[entry.name],
                 )
-                if entry.kind is Kind.AUTHORITY:  # a first CRL, signed by the adopted key where it now is
-                    crl_data, info = sign_crl(cert, store.signer(ref), [], number=1, now=now,
+                if entry.kind is Kind.AUTHORITY:  # its CRL, re-signed by the adopted key where it now is
+                    number, old_revocations = _existing_crl(cand)
+                    for r in old_revocations:
+                        revocations.append(dict(r, issuer=entry.name))
+                    crl_data, info = sign_crl(cert, store.signer(ref), old_revocations, number=number + 1, now=now,
                                               validity=entry.crl_validity)
                     rec = dataclasses.replace(rec, crl=info)
                     files[f"crl/{entry.name}.crl"] = crl_data.decode()
@@ -404,7 +426,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         message = (f"pki import: {n_auth} authorit{'y' if n_auth == 1 else 'ies'}, {n_cert} "
                    f"certificate{'s' if n_cert != 1 else ''}\n\n"
                    + "\n".join(f"import {e['kind']}.{e['name']} from {Path(e['source']).name}" for e in events) + "\n")
-        txn = state.transaction(objects=objects, revocations=inv["revocations"], files=files, events=events,
+        txn = state.transaction(objects=objects, revocations=revocations, files=files, events=events,
                                 message=message, commit=commit,
                                 config={"path": project.config_path.relative_to(project.base_dir).as_posix(),
                                         "content": new_text})

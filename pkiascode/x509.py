@@ -27,7 +27,7 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
     "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
-    "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl",
+    "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
@@ -247,6 +247,30 @@ def sign_crl(issuer_cert: x509.Certificate, signer: CertificateIssuerPrivateKeyT
             "sha256": hashlib.sha256(crl.public_bytes(serialization.Encoding.DER)).hexdigest(),
             "validity": validity, "revoked": len(revocations)}
     return crl_pem(crl), info
+
+
+def read_crl(data: bytes, issuer_cert: x509.Certificate) -> tuple[int, list[dict[str, Any]]]:
+    """An existing CRL of ``issuer_cert`` (PEM or DER): its number and its revocations, as the inventory
+    keeps them. ValueError when it is not a CRL, or not signed by that issuer."""
+    from .model import format_time
+
+    crl = x509.load_pem_x509_crl(data) if b"-----BEGIN" in data else x509.load_der_x509_crl(data)
+    if crl.issuer != issuer_cert.subject or not crl.is_signature_valid(issuer_cert.public_key()):  # type: ignore[arg-type]
+        raise ValueError("it is not signed by that authority")
+    try:
+        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        number = 0
+    names = {flag: name for name, flag in _REASON_FLAGS.items()}
+    revocations = []
+    for entry in crl:
+        try:
+            reason = names.get(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason, "unspecified")
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        revocations.append({"serial": format(entry.serial_number, "x"), "date": format_time(entry.revocation_date_utc),
+                            "reason": reason, "name": None})
+    return number, revocations
 
 
 def _revocation_time(text: str) -> dt.datetime:

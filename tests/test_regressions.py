@@ -148,3 +148,41 @@ def test_an_audit_append_cut_short_by_a_crash_is_repaired(tmp_path):
     assert audit.verify(state.audit_path.read_text().splitlines(), None) == []
     state._append_audit(first[-1]["hash"], more, size)  # and again: already there
     assert len(state.audit_path.read_text().splitlines()) == 51
+
+
+def test_adopting_an_authority_keeps_its_crl_number_and_revocations(tmp_path):
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    old = tmp_path / "old"
+    old.mkdir()
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
+    openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
+            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+    ca = x509.load_pem_x509_certificate((old / "ca.crt").read_bytes())
+    key = serialization.load_pem_private_key((old / "ca.key").read_bytes(), None)
+    now = dt.datetime.now(dt.timezone.utc)
+    revoked = (x509.RevokedCertificateBuilder().serial_number(0xBADC0DE).revocation_date(now)
+               .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False).build())
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now)
+           .next_update(now + dt.timedelta(days=7)).add_extension(x509.CRLNumber(7), critical=False)
+           .add_revoked_certificate(revoked).sign(key, hashes.SHA256()))
+    (old / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+
+    repo = repo_with(tmp_path, '[defaults]\nkey = "ecdsa-p256"\n')
+    pki(repo, "import", str(old))
+    text = openssl("crl", "-in", "state/crl/ca.crl", "-noout", "-text", cwd=repo)
+    assert "X509v3 CRL Number: \n                8" in text.replace("\r", "")
+    assert "0BADC0DE" in text.upper() and "Key Compromise" in text
+    pki(repo, "plan", "--detailed-exitcode")
+    # a CRL another authority signed is refused, and nothing is imported
+    stranger = ec.generate_private_key(ec.SECP256R1())
+    forged = (x509.CertificateRevocationListBuilder().issuer_name(ca.subject).last_update(now)
+              .next_update(now + dt.timedelta(days=1)).sign(stranger, hashes.SHA256()))
+    (old / "ca.crl").write_bytes(forged.public_bytes(serialization.Encoding.PEM))
+    other = repo_with(tmp_path / "second", '[defaults]\nkey = "ecdsa-p256"\n')
+    r = pki(other, "import", str(old), code=1)
+    assert "ca.crl" in r.stderr and "not signed by that authority" in r.stderr

@@ -1,0 +1,151 @@
+"""Plugins: the built-in backends register like a third party's, a tiny plugin declared here works
+end to end, and every hook has a test."""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import inspect
+import subprocess
+import sys
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pkiascode import hookspecs
+from pkiascode.apply import execute
+from pkiascode.backend import KeyRef, KeyRequest, KeyStore, StoreContext
+from pkiascode.errors import BackendError, KeyNotFound
+from pkiascode.hookspecs import hookimpl
+from pkiascode.keytypes import generate_private_key
+from pkiascode.plugins import ENTRY_POINT_GROUP, Plugins
+from pkiascode.project import Project
+from pkiascode.testing import KeyStoreConformance
+
+_KEYS: dict[str, Any] = {}  # the "memory" store's keys, shared by its instances in this process
+
+
+class MemoryKeyStore(KeyStore):
+    """A third party's store, in a few lines: keys in a dict."""
+
+    plugin = "memory"
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = threading.Lock()
+
+    def _add(self, request: KeyRequest, key: Any, origin: str) -> KeyRef:
+        with self._lock:
+            key_id = f"{request.name}-{request.suffix or len(_KEYS)}-{len(_KEYS)}"
+            _KEYS[key_id] = key
+        return KeyRef(self.name, key_id, origin)
+
+    def generate(self, request: KeyRequest) -> KeyRef:
+        return self._add(request, generate_private_key(request.key_type), "generated")
+
+    def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
+        return self._add(request, key, "imported")
+
+    def _get(self, ref: KeyRef) -> Any:
+        try:
+            return _KEYS[ref.id]
+        except KeyError:
+            raise KeyNotFound(f"backend {self.name}: no key {ref.id}") from None
+
+    def signer(self, ref: KeyRef) -> Any:
+        return self._get(ref)
+
+    def public_key(self, ref: KeyRef) -> Any:
+        return self._get(ref).public_key()
+
+    def export(self, ref: KeyRef) -> Any:
+        return self._get(ref)
+
+    def is_exportable(self, ref: KeyRef) -> bool:
+        return True
+
+    def missing(self, refs: Iterable[KeyRef]) -> set[KeyRef]:
+        return {r for r in refs if r.id not in _KEYS}
+
+    def delete(self, ref: KeyRef) -> None:
+        _KEYS.pop(ref.id, None)
+
+
+class MemoryPlugin:
+    @hookimpl
+    def pki_register_backends(self, register: Any) -> None:
+        register("memory", MemoryKeyStore)
+
+
+class TestMemoryStoreConformance(KeyStoreConformance):
+    """The shared suite runs against a third party's store as it does against ours."""
+
+    @pytest.fixture
+    def store(self, tmp_path: Path) -> KeyStore:
+        return MemoryKeyStore("mem", {}, StoreContext(tmp_path, tmp_path / ".pki"))
+
+
+def test_every_hook_has_a_test() -> None:
+    hooks = {name for name, _ in inspect.getmembers(hookspecs, inspect.isfunction) if name.startswith("pki_")}
+    assert hooks == {"pki_register_backends"}
+    source = Path(__file__).read_text()
+    assert all(f"def {hook}(" in source for hook in hooks)
+
+
+def test_the_built_in_backends_register_through_entry_points() -> None:
+    names = {ep.name: ep.value for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP)}
+    assert names == {"local": "pkiascode_local", "vault": "pkiascode_vault", "pkcs11": "pkiascode_pkcs11"}
+    assert Plugins().names() == ["local", "pkcs11", "vault"]
+
+
+def test_a_plan_on_local_keys_loads_no_other_plugin() -> None:
+    code = ("import sys; from pkiascode.plugins import Plugins; p = Plugins(); p.factory('local'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('pkiascode_', 'hvac', 'pkcs11'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "['pkiascode_local']"
+
+
+def test_a_plugin_declared_here_plans_and_applies(tmp_path: Path) -> None:
+    (tmp_path / "pki.toml").write_text(
+        '[pki]\ncommit = false\n\n[backend.mem]\nplugin = "memory"\n\n[defaults]\nbackend = "mem"\n'
+        'key = "ecdsa-p256"\n\n[authority.root]\ncommon_name = "Root"\n\n'
+        '[certificate.web]\nissuer = "root"\nhosts = ["web.internal"]\n')
+    plugins = Plugins(extra=[MemoryPlugin()])
+    project = Project(tmp_path / "pki.toml", plugins=plugins)
+    now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+    plan = project.plan(at=now)
+    assert [c.action.value for c in plan.changes] == ["create", "create"]
+    execute(project, plan, commit=False)
+    project = Project(tmp_path / "pki.toml", plugins=plugins)
+    assert project.plan(at=now).empty
+    inventory = (tmp_path / "state" / "inventory.json").read_text()
+    assert '"backend": "mem"' in inventory and '"plugin": "memory"' in inventory
+
+
+def test_an_unknown_plugin_is_a_config_error(tmp_path: Path) -> None:
+    from pkiascode.errors import ConfigError
+
+    (tmp_path / "pki.toml").write_text('[backend.x]\nplugin = "nosuch"\n')
+    with pytest.raises(ConfigError, match=r"pki.toml:2: backend.x.plugin: no backend plugin 'nosuch'"):
+        Project(tmp_path / "pki.toml", plugins=Plugins(extra=[MemoryPlugin()])).desired()
+
+
+def test_a_name_registered_twice_or_not_a_key_store_is_refused() -> None:
+    class Twice:
+        @hookimpl
+        def pki_register_backends(self, register: Any) -> None:
+            register("memory", type("Other", (MemoryKeyStore,), {}))
+
+    with pytest.raises(BackendError, match="registered twice"):
+        Plugins(load_entry_points=False, extra=[MemoryPlugin(), Twice()]).factory("memory")
+
+    class Wrong:
+        @hookimpl
+        def pki_register_backends(self, register: Any) -> None:
+            register("wrong", object)
+
+    with pytest.raises(BackendError, match="not a KeyStore subclass"):
+        Plugins(load_entry_points=False, extra=[Wrong()]).factory("wrong")

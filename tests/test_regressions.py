@@ -31,12 +31,17 @@ def openssl(*args: str, cwd: Path) -> str:
     return run_openssl(*args, cwd=cwd).stdout
 
 
-def test_an_import_killed_before_pki_toml_was_written_completes_instead_of_revoking(tmp_path):
-    old = tmp_path / "old"
-    old.mkdir()
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
+def old_ca(directory: Path) -> Path:
+    """ca.crt + ca.key as an openssl script makes them."""
+    directory.mkdir()
+    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=directory)
     openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=directory)
+    return directory
+
+
+def test_an_import_killed_before_pki_toml_was_written_completes_instead_of_revoking(tmp_path):
+    old = old_ca(tmp_path / "old")
     repo = repo_with(tmp_path, '# mine\n[defaults]\nkey = "ecdsa-p256"\n')
     pki(repo, "import", str(old), code=137, PKI_TEST_CRASH_AT="after-txn")
     assert "authority" not in (repo / "pki.toml").read_text()  # the crash came before pki.toml was written
@@ -83,11 +88,7 @@ def test_an_authority_made_again_under_a_removed_ones_name_starts_a_clean_crl(tm
 
 
 def test_the_same_certificate_cannot_be_imported_twice(tmp_path):
-    old = tmp_path / "old"
-    old.mkdir()
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
-    openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+    old = old_ca(tmp_path / "old")
     again = tmp_path / "again"
     again.mkdir()
     (again / "ca2.crt").write_bytes((old / "ca.crt").read_bytes())
@@ -157,11 +158,7 @@ def test_adopting_an_authority_keeps_its_crl_number_and_revocations(tmp_path):
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    old = tmp_path / "old"
-    old.mkdir()
-    openssl("ecparam", "-name", "prime256v1", "-genkey", "-noout", "-out", "ca.key", cwd=old)
-    openssl("req", "-x509", "-new", "-key", "ca.key", "-days", "365", "-subj", "/CN=Old CA",
-            "-addext", "basicConstraints=critical,CA:TRUE", "-out", "ca.crt", cwd=old)
+    old = old_ca(tmp_path / "old")
     ca = x509.load_pem_x509_certificate((old / "ca.crt").read_bytes())
     key = serialization.load_pem_private_key((old / "ca.key").read_bytes(), None)
     now = dt.datetime.now(dt.timezone.utc)

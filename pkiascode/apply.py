@@ -143,8 +143,7 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
 
 
 def _referenced(state: StateDir) -> set[tuple[str, str]]:
-    observed, _ = state.observe()
-    return {(r.store, r.key_id) for r in observed.records.values()}
+    return {(r.store, r.key_id) for r in state.load()[1].values()}
 
 
 def _referenced_by(inventory_text: str) -> set[tuple[str, str]]:
@@ -251,8 +250,8 @@ class _Run:
         self.progress = progress
         self.desired = project.desired()
         self.state = project.state
-        observed, inv = project.observe(check_keys=False)
-        self.records: dict[str, Record] = dict(observed.records)
+        inv, records = self.state.load()  # recover() ran: no transaction is pending
+        self.records: dict[str, Record] = records
         self.objects: dict[str, Any] = dict(inv["objects"])
         self.revocations: list[dict[str, Any]] = list(inv["revocations"])
         self.files: dict[str, str | None] = {}
@@ -397,13 +396,7 @@ class _Run:
                                            for c in wanted)
         if not parallel:
             for change in wanted:
-                try:
-                    ref = make(change)
-                except BaseException:
-                    self.state.journal_key(self.entry(change.name).backend, None, requests[change.name].suffix)
-                    raise
-                self.state.journal_key(ref.store, ref.id, requests[change.name].suffix)
-                self.new_keys[change.name] = ref
+                self._make_key(change, journal=True)
                 self.progress.advance()
             return
         workers = min(len(wanted), max(2, (os.cpu_count() or 2)))
@@ -654,9 +647,7 @@ class _Run:
 
     def message(self) -> str:
         counts = self.plan.summary()
-        from .plan import _PAST  # the same words the summary line uses
-
-        head = "pki apply: " + ", ".join(f"{n} {_PAST[Action(a)]}" for a, n in counts.items())
+        head = "pki apply: " + ", ".join(f"{n} {Action(a).past}" for a, n in counts.items())
         body = [f"{c.action.value} {c.qualified}: {'; '.join(c.reasons)}" for c in self.plan.changes]
         return head + "\n\n" + "\n".join(body) + "\n"
 
@@ -669,10 +660,10 @@ class _Run:
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
             now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None) -> ApplyResult:
     """Apply ``plan``. The caller holds the apply lock and has run `recover`."""
-    progress = progress or NullProgress()
-    run = _Run(project, plan, now or utc_now(), progress, commit)
     if plan.empty:
         return ApplyResult({}, None, [], "")
+    progress = progress or NullProgress()
+    run = _Run(project, plan, now or utc_now(), progress, commit)
     run.check_stores()
     try:
         run.move_keys()

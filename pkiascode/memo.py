@@ -15,31 +15,22 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .state import atomic_write
+from .state import atomic_write, file_stamp
 
 __all__ = ["NoopMemo", "stamp_files"]
 
 
 def stamp_files(paths: Sequence[str], seen: Mapping[str, tuple[int, ...] | None] | None = None) -> str:
-    """One digest over the stat stamps (mtime, ctime, inode, size) of ``paths``; a missing file stamps
-    as missing. ``seen`` gives the stamps taken when the files were read, so that a change made after
+    """One digest over the stat stamps (`file_stamp`) of ``paths``; a missing file stamps as missing. ``seen`` gives the stamps taken when the files were read, so that a change made after
     they were read is a change the memo has not seen."""
     h = hashlib.sha256()
     for path in paths:
-        if seen is not None and path in seen:
-            stamp = seen[path]
-        else:
-            try:
-                st = os.stat(path)
-                stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
-            except FileNotFoundError:
-                stamp = None
+        stamp = seen[path] if seen is not None and path in seen else file_stamp(path)
         h.update(b"%d %d %d %d\n" % stamp if stamp else b"-\n")
     return h.hexdigest()
 

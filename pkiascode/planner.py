@@ -233,28 +233,17 @@ def plan(
             changes.append(Change(Action.MOVE_KEY, entry.kind, name, (move_reason,),
                                   (("backend", FieldChange(rec.store, entry.backend)),) if store_changes else
                                   (("exportable", FieldChange(True, False)),)))
-        if reasons:
-            rotate = bool(renew_reason) and entry.rotate_key and not entry.csr
+        if reasons or renew_reason:
+            # a renewal is due (alone, or with other reasons): with rotate_key it makes a new key
+            renewal = bool(renew_reason) and (new_key_anyway or not reasons)
             if renew_reason:
                 reasons.append(renew_reason)
-            diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(new_not_after))))
-            if rotate:  # due for renewal anyway: the renewal's new key is not skipped
+            if new_key_anyway:
+                reasons.append("rotate_key: a new key")
                 diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
-                changes.append(Change(Action.RENEW, entry.kind, name, tuple(reasons) + ("rotate_key: a new key",),
-                                      tuple(diff), new_key=True))
-            else:
-                changes.append(Change(Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff)))
-            proj[name] = _Projection(rotate, rec.subject != entry.subject_text(), new_not_after, key_above)
-            warnings.extend([cap_warning] if cap_warning else [])
-        elif renew_due and renew_reason:
-            new_key = entry.rotate_key and not entry.csr
-            renew_diff = [("not_after", FieldChange(format_time(rec.not_after), format_time(new_not_after)))]
-            if new_key:
-                renew_diff.insert(0, ("key", FieldChange(f"{rec.key_type} ({rec.store})", _key_label(entry) + ", new")))
-            changes.append(Change(Action.RENEW, entry.kind, name,
-                                  (renew_reason,) + (("rotate_key: a new key",) if new_key else ()),
-                                  tuple(renew_diff), new_key=new_key))
-            proj[name] = _Projection(new_key, False, new_not_after, key_above)
+            diff.append(("not_after", FieldChange(format_time(rec.not_after), format_time(new_not_after))))
+            changes.append(Change(Action.RENEW if renewal else Action.REISSUE, entry.kind, name, tuple(reasons), tuple(diff), new_key=new_key_anyway))
+            proj[name] = _Projection(new_key_anyway, rec.subject != entry.subject_text(), new_not_after, key_above)
             warnings.extend([cap_warning] if cap_warning else [])
         else:
             proj[name] = _Projection(False, False, rec.not_after, key_above)

@@ -9,10 +9,10 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import __version__
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import find_line, load_config
-from . import __version__
-from .errors import BackendError, ConfigError, PkiError
+from .errors import BackendError, ConfigError
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Plan
@@ -23,7 +23,7 @@ from .state import StateDir
 if TYPE_CHECKING:
     from .x509 import CsrInfo
 
-__all__ = ["Project", "require_entry"]
+__all__ = ["Project"]
 
 
 class Project:
@@ -119,15 +119,17 @@ class Project:
         return self._state
 
     # -- key stores -----------------------------------------------------------------------------
-    def store(self, name: str) -> KeyStore:
+    def store(self, name: str, *, plugin: str | None = None, settings: Mapping[str, Any] | None = None) -> KeyStore:
+        """The key store ``name``, made once per project: from pki.toml, or from ``plugin``/``settings``
+        when given (the remembered no-op plan knows them without parsing pki.toml)."""
         store = self._stores.get(name)
         if store is None:
-            desired = self.desired()
-            spec = desired.stores.get(name)
-            if spec is None:
-                raise BackendError(f"backend {name!r} is not defined in pki.toml")
-            store = self.plugins.create(name, spec.plugin, spec.settings_dict(),
-                                        StoreContext(self.base_dir, self.work_dir))
+            if plugin is None:
+                spec = self.desired().stores.get(name)
+                if spec is None:
+                    raise BackendError(f"backend {name!r} is not defined in pki.toml")
+                plugin, settings = spec.plugin, spec.settings_dict()
+            store = self.plugins.create(name, plugin, settings or {}, StoreContext(self.base_dir, self.work_dir))
             self._stores[name] = store
         return store
 
@@ -188,28 +190,29 @@ class Project:
                                     .hexdigest())
         return observed, inv
 
+    def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
+        """Per key store, the keys records still need (not CSR entries, not revoked ones)."""
+        stores = self.desired().stores
+        by_store: dict[str, dict[KeyRef, Record]] = {}
+        for rec in records.values():
+            if rec.store != CSR_STORE and not rec.revoked and rec.store in stores:
+                by_store.setdefault(rec.store, {})[KeyRef(rec.store, rec.key_id, rec.key_origin)] = rec
+        return by_store
+
     def missing_keys(self, records: Mapping[str, Record]) -> dict[str, str]:
         """Records whose key their store no longer has (one query per store)."""
-        desired = self.desired()
-        by_store: dict[str, list[Record]] = {}
-        for rec in records.values():
-            if rec.store == CSR_STORE or rec.revoked or rec.store not in desired.stores:
-                continue
-            by_store.setdefault(rec.store, []).append(rec)
         out: dict[str, str] = {}
-        for store_name, recs in by_store.items():
-            store = self.store(store_name)
-            refs = {KeyRef(store_name, r.key_id, r.key_origin): r for r in recs}
-            for ref in store.missing(refs):
-                rec = refs[ref]
-                out[rec.name] = f"its key {ref.id} is missing from backend {store_name}"
+        for store_name, refs in self._live_keys(records).items():
+            for ref in self.store(store_name).missing(refs):
+                out[refs[ref].name] = f"its key {ref.id} is missing from backend {store_name}"
         return out
 
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None) -> Plan:
         """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``)."""
         replace = tuple(replace)
-        quiet = not replace and not self.txn_pending()
+        pending = self.txn_pending()
+        quiet = not replace and not pending
         if quiet:
             remembered = self._remembered_noop(at)
             if remembered is not None:
@@ -224,7 +227,7 @@ class Project:
                 caps[name] = (factory.holds_exportable, factory.holds_non_exportable)
         result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
                            store_caps=caps)
-        if self.state.txn_path.exists():
+        if pending:
             result = dataclasses.replace(result, warnings=result.warnings + (
                 "an interrupted apply is pending; this plan assumes it completed, and the next "
                 "`pki apply` completes it",))
@@ -252,12 +255,8 @@ class Project:
         if not NoopMemo.still_holds(memo, config_digest=config_digest, csrs=csrs, at=at):
             return None
         for store_name, refs in memo["refs"].items():
-            store = self._stores.get(store_name)
-            if store is None:
-                spec = memo["stores"][store_name]
-                store = self.plugins.create(store_name, spec["plugin"], spec["settings"],
-                                            StoreContext(self.base_dir, self.work_dir))
-                self._stores[store_name] = store
+            spec = memo["stores"][store_name]
+            store = self.store(store_name, plugin=spec["plugin"], settings=spec["settings"])
             if store.missing([KeyRef(store_name, key_id, origin) for key_id, origin in refs]):
                 return None
         return Plan(changes=(), warnings=(), at=at, config_digest=memo["config_digest"],
@@ -268,14 +267,11 @@ class Project:
 
         state = self.state
         files = [str(state.inventory_path)]
-        refs: dict[str, list[list[str]]] = {}
-        for rec in observed.records.values():
-            if not (rec.revoked and rec.name not in desired.entries):
-                files.append(str(state.cert_path(rec.name)))
+        for rec in observed.records.values():  # an empty plan: every record has its files
+            files.append(str(state.cert_path(rec.name)))
             if rec.crl:
                 files.append(str(state.crl_path(rec.name)))
-            if rec.store != CSR_STORE and not rec.revoked and rec.store in desired.stores:
-                refs.setdefault(rec.store, []).append([rec.key_id, rec.key_origin])
+        refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
         csrs = {e.csr: hashlib.sha256((self.base_dir / e.csr).read_bytes()).hexdigest()
                 for e in desired.entries.values() if e.csr and not e.revoked}
         stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict()}
@@ -286,18 +282,3 @@ class Project:
                               stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
             self._memo().forget()  # a setting JSON cannot hold: plan the long way every time
-
-    def entry_or_record(self, name: str) -> tuple[Entry | None, Record | None]:
-        observed, _ = self.state.observe()
-        return self.desired().entries.get(name), observed.records.get(name)
-
-
-def require_entry(project: Project, name: str) -> Record:
-    _, rec = project.entry_or_record(name)
-    if rec is None:
-        known = sorted(project.state.observe()[0].records)
-        from .names import did_you_mean
-        raise PkiError(f"{name!r} is not in state{did_you_mean(name, known)}; run `pki apply` first"
-                        if known else f"{name!r} is not in state: nothing has been applied yet")
-    return rec
-

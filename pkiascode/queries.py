@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .backend import KeyRef
 from .errors import ConfigError, KeyNotExportable, PkiError
 from .model import CSR_STORE, Kind, Record, format_time
-from .project import Project, require_entry
+from .names import did_you_mean
+from .project import Project
+from .state import StateDir, atomic_write
 
 __all__ = ["list_rows", "show", "export", "status_of", "chain_names"]
 
@@ -41,13 +43,11 @@ def list_rows(project: Project, at: dt.datetime) -> list[dict[str, Any]]:
     except ConfigError as e:  # pki.toml is broken: the inventory still answers, from the default place
         import sys
 
-        from .state import StateDir
-
         print(f"warning: {e}; listing state/ as it is", file=sys.stderr)
         state = StateDir(project.base_dir, "state", project.work_dir)
-    observed, _ = state.observe()
+    _, records = state.load()
     rows = []
-    for rec in sorted(observed.records.values(), key=lambda r: (r.kind is Kind.CERTIFICATE, r.name)):
+    for rec in sorted(records.values(), key=lambda r: (r.kind is Kind.CERTIFICATE, r.name)):
         left = (rec.not_after - at).total_seconds() / 86400
         rows.append({
             "name": rec.name, "kind": rec.kind.value, "issuer": rec.issuer, "subject": rec.subject,
@@ -60,7 +60,7 @@ def list_rows(project: Project, at: dt.datetime) -> list[dict[str, Any]]:
     return rows
 
 
-def chain_names(records: dict[str, Record], name: str) -> list[str]:
+def chain_names(records: Mapping[str, Record], name: str) -> list[str]:
     out, seen = [], {name}
     rec = records[name]
     while rec.issuer and rec.issuer in records and rec.issuer not in seen:
@@ -70,22 +70,30 @@ def chain_names(records: dict[str, Record], name: str) -> list[str]:
     return out
 
 
+def _lookup(records: Mapping[str, Record], name: str) -> Record:
+    rec = records.get(name)
+    if rec is None:
+        raise PkiError(f"{name!r} is not in state{did_you_mean(name, records)}; run `pki apply` first"
+                       if records else f"{name!r} is not in state: nothing has been applied yet")
+    return rec
+
+
 def show(project: Project, name: str) -> dict[str, Any]:
     from .x509 import describe, load_certificate
 
-    rec = require_entry(project, name)
-    path = project.state.cert_path(name)
+    state = project.state
+    _, records = state.load()
+    rec = _lookup(records, name)
     try:
-        info = describe(load_certificate(path.read_bytes()))
+        info = describe(load_certificate(state.cert_path(name).read_bytes()))
     except (FileNotFoundError, ValueError):
-        raise PkiError(f"{project.state.rel}/certs/{name}.pem is missing or damaged; `pki plan` shows the repair") \
+        raise PkiError(f"{state.rel}/certs/{name}.pem is missing or damaged; `pki plan` shows the repair") \
             from None
-    records = project.state.observe()[0].records
     info.update({
         "name": rec.name, "kind": rec.kind.value, "issuer_name": rec.issuer,
-        "chain": chain_names(dict(records), name), "backend": rec.store, "key_ref": rec.key_id,
+        "chain": chain_names(records, name), "backend": rec.store, "key_ref": rec.key_id,
         "key_origin": rec.key_origin, "key_exportable": rec.key_exportable, "revoked": rec.revoked,
-        "crl": dict(rec.crl) if rec.crl else None, "file": f"{project.state.rel}/certs/{name}.pem",
+        "crl": dict(rec.crl) if rec.crl else None, "file": f"{state.rel}/certs/{name}.pem",
     })
     return info
 
@@ -94,9 +102,9 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
     """Write NAME.pem, NAME-ca.pem and (unless ``no_key``) NAME-key.pem. Checks before writing."""
     from cryptography.hazmat.primitives import serialization
 
-    rec = require_entry(project, name)
     state = project.state
-    records = dict(state.observe()[0].records)
+    _, records = state.load()
+    rec = _lookup(records, name)
     chain = chain_names(records, name) or ([name] if rec.issuer is None else [])
     if rec.issuer and not chain:
         raise PkiError(f"the issuer of {rec.qualified} is not in state")
@@ -119,21 +127,10 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
 
-    directory.mkdir(parents=True, exist_ok=True)
     written = []
     for fname, data, mode in ((f"{name}.pem", cert, 0o644), (f"{name}-ca.pem", ca, 0o644),
                               (f"{name}-key.pem", key_pem, 0o600)):
-        if data is None:
-            continue
-        path = directory / fname
-        tmp = directory / f".{fname}.tmp"
-        tmp.unlink(missing_ok=True)  # never write a key through something planted under that name
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-        written.append(path)
+        if data is not None:
+            atomic_write(directory / fname, data, mode)
+            written.append(directory / fname)
     return written

@@ -24,23 +24,29 @@ from . import audit
 from .errors import StateError
 from .model import Observed, Record
 
-__all__ = ["StateDir", "atomic_write", "INVENTORY_FORMAT"]
+__all__ = ["StateDir", "atomic_write", "file_stamp", "INVENTORY_FORMAT"]
 
 INVENTORY_FORMAT = 1
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+    """Write ``path`` whole or not at all, with exactly ``mode``; never through a file or link someone
+    else left under the temporary name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
+        os.fchmod(fd, mode)
         os.write(fd, data)
     finally:
         os.close(fd)
     os.replace(tmp, path)
 
 
-def _stamp(path: str) -> tuple[int, ...] | None:
+def file_stamp(path: str) -> tuple[int, ...] | None:
+    """(mtime, ctime, inode, size), or None for a missing file. ctime cannot be set back by
+    ``touch -d``/utime, so an edit always shows."""
     try:
         st = os.stat(path)
     except FileNotFoundError:
@@ -132,6 +138,11 @@ class StateDir:
         out.append("]}")
         return ("\n".join(out) + "\n").encode()
 
+    def load(self) -> tuple[dict[str, Any], dict[str, Record]]:
+        """The inventory as written, and its records: no drift checks (for readers of state)."""
+        inv = self.parse_inventory(self.read_inventory_bytes())
+        return inv, self.records(inv)
+
     def records(self, inv: Mapping[str, Any]) -> dict[str, Record]:
         try:
             return {name: Record.from_json(obj) for name, obj in inv["objects"].items()}
@@ -151,7 +162,7 @@ class StateDir:
             data = txn["inventory"].encode()
             overlay = {rel for rel in txn["files"]}
         else:
-            self.seen[str(self.inventory_path)] = _stamp(str(self.inventory_path))
+            self.seen[str(self.inventory_path)] = file_stamp(str(self.inventory_path))
             data = self.read_inventory_bytes()
             overlay = set()
         inv = self.parse_inventory(data)
@@ -181,15 +192,10 @@ class StateDir:
         return observed, inv
 
     def _file_drift(self, path: str, expected: str, cache: dict[str, tuple[Any, ...]]) -> str | None:
-        try:
-            st = os.stat(path)
-        except FileNotFoundError:
-            self.seen[path] = None
+        stamp = self.seen[path] = file_stamp(path)
+        if stamp is None:
             return "is missing"
         hit = cache.get(path)
-        # ctime cannot be set back by `touch -d`/utime, so an edit is always seen
-        stamp = (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
-        self.seen[path] = stamp
         if hit is not None and hit[:4] == stamp:
             digest = hit[4]
         else:

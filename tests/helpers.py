@@ -183,6 +183,21 @@ class Pki:
 
 # -- project files -------------------------------------------------------------------------------
 
+#: a root and one certificate, not committed: for tests of plan and drift that need real state
+ROOT_AND_WEB = """\
+[pki]
+commit = false
+
+[authority.root]
+common_name = "Root"
+validity = "2y"
+
+[certificate.web]
+issuer = "root"
+hosts = ["web.example.com"]
+validity = "90d"
+"""
+
 #: root → intermediate → a server and a client certificate, all ECDSA P-256
 SMALL_PKI = """\
 [defaults]

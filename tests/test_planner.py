@@ -15,6 +15,7 @@ from pkiascode.model import Kind, Observed, format_time
 from pkiascode.plan import Action, FieldChange, Plan
 from pkiascode.planner import plan as make_plan
 
+from helpers import ROOT_AND_WEB
 from planner_fakes import T0, World, by_name, days, load, only, record_for
 
 BASE = """
@@ -685,19 +686,7 @@ def test_plan_round_trips_through_json():
 
 # --- drift found by reading a real state directory (real apply, ecdsa-p256) -------------------
 
-REAL = """\
-[pki]
-commit = false
-
-[authority.root]
-common_name = "Root"
-validity = "2y"
-
-[certificate.web]
-issuer = "root"
-hosts = ["web.example.com"]
-validity = "90d"
-"""
+REAL = ROOT_AND_WEB
 
 
 def run_pki(capsys, *args: str) -> tuple[int, str, str]:

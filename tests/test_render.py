@@ -16,7 +16,7 @@ from pkiascode.model import Kind
 from pkiascode.plan import Action, Change, FieldChange, Plan
 from pkiascode.render import render_json, render_markdown, render_text, summary_line
 
-from helpers import run_main
+from helpers import ROOT_AND_WEB, run_main
 
 AT = dt.datetime(2030, 1, 1, 12, 0, tzinfo=dt.timezone.utc)
 
@@ -225,19 +225,7 @@ def dataclass_replace(obj, **kw):
 
 # --- `pki plan`: formats, --at and exit codes ------------------------------------------------
 
-PKI_TOML = """\
-[pki]
-commit = false
-
-[authority.root]
-common_name = "Root"
-validity = "2y"
-
-[certificate.web]
-issuer = "root"
-hosts = ["web.example.com"]
-validity = "90d"
-"""
+PKI_TOML = ROOT_AND_WEB
 
 
 @pytest.fixture

@@ -565,6 +565,14 @@ class Bench:
                 row("    for reference: pki apply --no-commit", fmt_spread(nc["pki_apply"]), "(same baseline)",
                     nc["ratio"], "(no git)", None)
 
+        def baseline_text(result: dict[str, Any]) -> list[str]:
+            """Where the baseline script's own time went, when it reported it."""
+            bp = result.get("baseline_phases") or {}
+            if not bp:
+                return []
+            return [f"    baseline in-process: import {fmt_s(bp.get('import'))}, keygen {fmt_s(bp.get('keygen'))}, "
+                    f"sign {fmt_s(bp.get('sign'))}, write {fmt_s(bp.get('write'))}"]
+
         def phases_text(ph: dict[str, Any] | None, title: str) -> list[str]:
             if not ph:
                 return []
@@ -601,10 +609,7 @@ class Bench:
             lines.append(f"    set: {kinds} (shipped pki.toml, both sides)")
             lines.append(f"    {pair_text(k)}")
             lines.extend(phases_text(k.get("pki_phases"), "pki apply phases (bench/apply_phases.py)"))
-            bp = k.get("baseline_phases") or {}
-            if bp:
-                lines.append(f"    baseline in-process: import {fmt_s(bp.get('import'))}, keygen {fmt_s(bp.get('keygen'))}, "
-                             f"sign {fmt_s(bp.get('sign'))}, write {fmt_s(bp.get('write'))}")
+            lines.extend(baseline_text(k))
         p = t.get("2_plan_noop")
         if p:
             row(f"2 no-op pki plan, {p['certificates']} certs, warm", fmt_spread(p.get("plan_warm", {})), "-", None,
@@ -634,10 +639,7 @@ class Bench:
             nocommit_row(a)
             lines.extend(phases_text(a.get("pki_phases"), "pki apply phases (bench/apply_phases.py)"))
             lines.extend(phases_text(a.get("pki_phases_no_commit"), "pki apply --no-commit phases"))
-            bp = a.get("baseline_phases") or {}
-            if bp:
-                lines.append(f"    baseline in-process: import {fmt_s(bp.get('import'))}, keygen {fmt_s(bp.get('keygen'))}, "
-                             f"sign {fmt_s(bp.get('sign'))}, write {fmt_s(bp.get('write'))}")
+            lines.extend(baseline_text(a))
         v = t.get("4_vault_transit")
         if v:
             if "skipped" in v:

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 from . import audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
-from .gitops import check_ignored
+from .gitops import BlobWriter, check_ignored
 from .keytypes import KeyType
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
@@ -211,8 +211,11 @@ def _process_deletes(project: Project, state: StateDir) -> list[str]:
 
 
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
-            progress: Progress) -> str | None:
-    state.roll_forward(txn)
+            progress: Progress, prewritten: tuple[str, set[str]] | None = None,
+            blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None) -> str | None:
+    """Write the transaction into state/ and commit it. A run that made it passes what it knows
+    already: the files it wrote ahead, the git ids of their contents, the keys its state uses."""
+    state.roll_forward(txn, prewritten)
     _crash_point("after-state")
     sha = None
     if commit:
@@ -223,7 +226,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
         files["inventory.json"] = txn["inventory"].encode()
         files["audit.jsonl"] = state.audit_path.read_bytes()
         try:
-            sha = repo.commit_state(state.root, files, txn["message"])
+            sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {})
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
@@ -234,7 +237,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     else:
         state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
-    _cleanup_orphans(project, state, _referenced_by(txn["inventory"]))
+    _cleanup_orphans(project, state, used if used is not None else _referenced_by(txn["inventory"]))
     return sha
 
 
@@ -264,8 +267,12 @@ class _Run:
         self.skis: dict[str, tuple[Any, str]] = {}
         self.requests: dict[str, KeyRequest] = {}
         self.bulk: set[str] = set()
+        self.prewrite_token = f"pre{os.getpid()}"  # the same in a signing worker: the parent renames
+        self.prewritten: set[str] = set()  # state files written ahead under `prewrite_token`
+        self.blob_ids: dict[str, str] = {}  # state file -> git object id of the content it gets
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
+        self.now_text = format_time(now)
 
     # helpers
     def entry(self, name: str) -> Entry:
@@ -304,7 +311,7 @@ class _Run:
               sha256: str | None, not_after: str | None, backend: str | None, **extra: Any) -> None:
         if change is not None:
             extra["reasons"] = list(change.reasons)
-        self.events.append(audit.event(action, kind.value, name, time=format_time(self.now), actor=self.actor,
+        self.events.append(audit.event(action, kind.value, name, time=self.now_text, actor=self.actor,
                                        serial=serial, sha256=sha256, not_after=not_after, backend=backend,
                                        plan=self.plan_digest, **extra))
 
@@ -466,17 +473,19 @@ class _Run:
             issuer_cert = self.cert(entry.issuer)
             signer = self.signer(entry.issuer)
             not_after = min(self.now + dt.timedelta(seconds=entry.validity), issuer_cert.not_valid_after_utc)
+        ski = ski_hex(public_key)
         cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
-                                 now=self.now, not_after=not_after,
+                                 now=self.now, not_after=not_after, ski=bytes.fromhex(ski),
                                  subject=self.project.csrs()[entry.name].subject if entry.csr else None)
         der = cert.public_bytes(Encoding.DER)
         rec = Record(
             name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
             sha256=hashlib.sha256(der).hexdigest(), not_before=cert.not_valid_before_utc,
-            not_after=cert.not_valid_after_utc,
-            subject=entry.subject_text(), key_type=key_type_of(public_key).value, store=store_name,
-            plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
-            ski=ski_hex(public_key), issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
+            not_after=cert.not_valid_after_utc, subject=entry.subject_text(),
+            # a key made here from the entry has the entry's type; any other is read from the key
+            key_type=entry.key.value if change.makes_key and not entry.csr else key_type_of(public_key).value,
+            store=store_name, plugin=plugin, key_id=key_id, key_origin=origin, key_exportable=exportable,
+            ski=ski, issuer_ski=self.ski_of(entry.issuer) if entry.issuer else None,
             spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
             crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
         )
@@ -490,9 +499,12 @@ class _Run:
         self.certs[entry.name] = cert
         self.signers.pop((rec.store, rec.key_id), None)
         cert_pem = der_to_pem(der)
-        self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
-        if self.blobs is not None:
-            self.blobs.add(cert_pem)  # git stores it on the other core while we sign the next
+        rel = f"certs/{entry.name}.pem"
+        self.files[rel] = cert_pem.decode()
+        self.state.prewrite(rel, cert_pem, self.prewrite_token)
+        self.prewritten.add(rel)
+        if self.blobs is not None:  # hashed and compressed for git now, written as a pack at commit
+            self.blob_ids[rel] = self.blobs.add(cert_pem)
         if entry.kind is Kind.AUTHORITY:
             self.crl_due.add(entry.name)
         self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
@@ -542,14 +554,17 @@ class _Run:
         if pid == 0:  # the worker: no journal, no git pipe, no cleanup; the parent records it all
             os.close(read_end)
             try:
-                self.blobs = None
+                if self.blobs is not None:  # hashed and compressed here; the parent writes the pack
+                    self.blobs = BlobWriter(object_format=self.blobs.object_format)
                 events_from, retire_from = len(self.events), len(self.retire)
                 for change in theirs:
                     self._make_key(change, journal=False)
                     self.make_certificate(change)
                 out: tuple[Any, ...] = ("ok", [(c.name, self.new_keys[c.name], self.objects[c.name],
                                                 self.files[f"certs/{c.name}.pem"]) for c in theirs],
-                                        self.events[events_from:], self.retire[retire_from:])
+                                        self.events[events_from:], self.retire[retire_from:],
+                                        self.blobs.entries() if self.blobs is not None else [],
+                                        self.blob_ids)
             except BaseException as e:  # noqa: BLE001 - reported by the parent
                 out = ("error", str(e) if isinstance(e, PkiError) else f"{type(e).__name__}: {e}")
             try:
@@ -570,16 +585,19 @@ class _Run:
         status, *rest = pickle.loads(data) if data else ("error", "the signing worker died")
         if status != "ok":
             raise PkiError(f"signing worker: {rest[0]}")
-        results, events, retire = rest
+        results, events, retire, blobs, blob_ids = rest
+        # (no Record objects for these: nothing later in the run reads a leaf's record)
+        self.state.journal_keys([(ref.store, ref.id, self.requests[name].suffix) for name, ref, _, _ in results])
         for name, ref, obj, cert_pem in results:
-            self.state.journal_key(ref.store, ref.id, self.requests[name].suffix)
             self.new_keys[name] = ref
             self.objects[name] = obj
-            self.records[name] = Record.from_json(obj)
+            self.records.pop(name, None)
             self.files[f"certs/{name}.pem"] = cert_pem
-            if self.blobs is not None:
-                self.blobs.add(cert_pem.encode())
-            self.progress.advance()
+            self.prewritten.add(f"certs/{name}.pem")
+        self.progress.advance(len(results))
+        if self.blobs is not None:
+            self.blobs.add_entries(blobs)
+            self.blob_ids.update(blob_ids)
         self.events.extend(events)
         self.retire.extend(retire)
 
@@ -639,7 +657,7 @@ class _Run:
             self.objects[name] = new.to_json()
             self.files[f"crl/{name}.crl"] = data.decode()
             if self.blobs is not None:
-                self.blobs.add(data)
+                self.blob_ids[f"crl/{name}.crl"] = self.blobs.add(data)
             change = next((c for c in self.plan.changes if c.name == name and c.action is Action.UPDATE_CRL), None)
             self.event(change, "update_crl", Kind.AUTHORITY, name, serial=None, sha256=digest,
                        not_after=info["next_update"], backend=rec.store, crl_number=number)
@@ -673,8 +691,10 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         run.sign_crls()
         _crash_point("after-sign")
     except BaseException:
-        # nothing reached state/: the keys made so far are orphans; delete them now if we can
+        # nothing reached state/: the keys made so far are orphans (and the certificates written
+        # ahead are temporary files); delete them now if we can
         try:
+            run.state.remove_temporaries()
             _cleanup_orphans(project, run.state)
         except Exception:  # noqa: BLE001 - the original error matters more
             pass
@@ -685,7 +705,9 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     progress.phase("writing and committing state" if commit else "writing state", 1)
     run.state.begin(txn)
     _crash_point("after-txn")
-    sha = _finish(project, run.state, txn, commit=commit, progress=progress)
+    sha = _finish(project, run.state, txn, commit=commit, progress=progress,
+                  prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids,
+                  used={(o["key"]["backend"], o["key"]["ref"]) for o in run.objects.values()})
     progress.advance()
     notes = _process_deletes(project, run.state)
     progress.done()

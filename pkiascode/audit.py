@@ -12,7 +12,6 @@ import getpass
 import hashlib
 import json
 import os
-import socket
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -169,4 +168,13 @@ def actor() -> str:
         user = getpass.getuser()
     except (KeyError, OSError):
         user = str(os.getuid())
-    return f"{user}@{socket.gethostname()}"
+    return f"{user}@{hostname()}"
+
+
+def hostname() -> str:
+    """This machine's name, as ``socket.gethostname()`` gives it (without importing ``socket``)."""
+    if hasattr(os, "uname"):
+        return os.uname().nodename
+    import socket
+
+    return socket.gethostname()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import json
-import logging
 import os
 import sys
 from collections.abc import Callable
@@ -425,7 +424,8 @@ def audit() -> None:
 @pass_ctx
 def verify(c: Ctx) -> None:
     """Check the hash chain of state/audit.jsonl and its agreement with the inventory."""
-    from .audit import read_lines, verify as verify_lines
+    from .audit import read_lines
+    from .audit import verify as verify_lines
 
     state = c.project.state
     lines = read_lines(state.audit_path)
@@ -446,16 +446,11 @@ def _fail(message: str) -> NoReturn:
     sys.exit(EXIT_ERROR)
 
 
-class _LogFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        return f"{record.levelname.lower()}: {record.getMessage()}"
-
-
 def main(argv: list[str] | None = None) -> None:
+    from .log import configure
+
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(_LogFormatter())
-    logging.basicConfig(level=logging.DEBUG if debug else logging.WARNING, handlers=[handler])
+    configure(debug)
     try:
         cli.main(args=argv, prog_name="pki", standalone_mode=False)
     except click.exceptions.Exit as e:

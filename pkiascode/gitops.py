@@ -1,11 +1,11 @@
 """Committing ``state/`` to git: only ``state/``, never anything holding private key material.
 
 Commits are made with git's plumbing on a temporary index, so they hold exactly the state files
-and never what else the user staged: the blobs go into the object store through one
-``git fast-import`` process while certificates are still being signed (git works on the other
-core), then ``update-index``/``write-tree``/``commit-tree``/``update-ref`` make the commit, and the
+and never what else the user staged: each blob is hashed and compressed where its certificate is
+signed (in both signing processes of a bulk apply), the blobs go into the object store as one pack
+file, then ``update-index``/``write-tree``/``commit-tree``/``update-ref`` make the commit, and the
 user's index is brought up to date for those paths. ``git add`` of thousands of files would hash them
-all again after the fact. Queries are one ``git rev-parse`` each: importing GitPython would cost an
+all again after the fact, and ``git fast-import`` would do the same work on a core the signing needs. Queries are one ``git rev-parse`` each: importing GitPython would cost an
 apply more than all of them.
 """
 
@@ -13,62 +13,128 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import subprocess
+import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+from typing import Any
 
 from .errors import GitError
 from .x509 import holds_private_key
 
 __all__ = ["Repository", "BlobWriter", "find_repository", "check_ignored"]
 
-_ZERO = "0" * 40
 
 
 class BlobWriter:
-    """Streams blobs into the repository's object store through one ``git fast-import``."""
+    """Blobs for the next commit, written into the object store as one pack file by `close`.
 
-    def __init__(self, repo: Repository) -> None:
+    `add` hashes and compresses a blob where it is made (in a signing worker too: `entry` is a plain
+    tuple it can send back, and `add_entries` takes them), so git has nothing left to hash when the
+    commit is made. The pack is an ordinary version-2 pack of whole (undeltified) blobs with its
+    version-2 index, as `git index-pack` would write it; `git gc` repacks it like any other.
+    """
+
+    def __init__(self, repo: Repository | None = None, *, object_format: str = "sha1") -> None:
         self._repo = repo
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._written: set[str] = set()
-        self._sha256 = repo.object_format == "sha256"
+        self.object_format = repo.object_format if repo is not None else object_format
+        self._hash = hashlib.sha256 if self.object_format == "sha256" else hashlib.sha1
+        self._entries: dict[bytes, tuple[int, bytes]] = {}  # raw object id -> (crc32, packed bytes)
 
     def object_id(self, data: bytes) -> str:
-        header = b"blob %d\0" % len(data)
-        return (hashlib.sha256 if self._sha256 else hashlib.sha1)(header + data).hexdigest()
+        return self._hash(b"blob %d\0" % len(data) + data).hexdigest()
+
+    def entry(self, data: bytes, oid: bytes | None = None) -> tuple[bytes, int, bytes]:
+        """(raw object id, CRC-32 of the packed object, packed object) of blob ``data``."""
+        if oid is None:
+            oid = self._hash(b"blob %d\0" % len(data) + data).digest()
+        size = len(data)
+        head = bytearray([(3 << 4) | (size & 0x0F)])  # type 3: blob; the low 4 bits of the size
+        size >>= 4
+        while size:
+            head[-1] |= 0x80
+            head.append(size & 0x7F)
+            size >>= 7
+        # fast settings: a small window and hash table compress a certificate 10x faster than
+        # zlib's defaults, and nearly as small (any zlib stream inflates; `git gc` recompresses)
+        z = zlib.compressobj(1, zlib.DEFLATED, 13, 4)
+        packed = bytes(head) + z.compress(data) + z.flush()
+        return oid, zlib.crc32(packed), packed
 
     def add(self, data: bytes) -> str:
-        oid = self.object_id(data)
-        if oid in self._written:
-            return oid
-        if self._proc is None:
-            self._proc = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self._repo.top,
-                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
-                                          stderr=subprocess.PIPE)
-        assert self._proc.stdin is not None
-        try:
-            self._proc.stdin.write(b"blob\ndata %d\n%s\n" % (len(data), data))
-        except BrokenPipeError:
-            self.close()  # reports git's own words
-        self._written.add(oid)
-        return oid
+        oid = self._hash(b"blob %d\0" % len(data) + data).digest()
+        if oid not in self._entries:
+            _, crc, packed = self.entry(data, oid)
+            self._entries[oid] = (crc, packed)
+        return oid.hex()
+
+    def add_entries(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
+        for oid, crc, packed in entries:
+            self._entries.setdefault(oid, (crc, packed))
+
+    def entries(self) -> list[tuple[bytes, int, bytes]]:
+        return [(oid, crc, packed) for oid, (crc, packed) in self._entries.items()]
+
+    def discard(self) -> None:
+        self._entries.clear()
 
     def close(self) -> None:
-        """Wait until every blob is in the object store."""
-        proc, self._proc = self._proc, None
-        if proc is None:
+        """Write the blobs added so far into the object store (one pack and its index, both synced)."""
+        entries, self._entries = self._entries, {}
+        if not entries:
             return
-        assert proc.stdin is not None and proc.stderr is not None
+        assert self._repo is not None
         try:
-            proc.stdin.write(b"done\n")
-            proc.stdin.close()
-        except BrokenPipeError:
-            pass
-        err = proc.stderr.read().decode(errors="replace")
-        if proc.wait() != 0:
-            self._written.clear()
-            raise GitError(f"git fast-import failed: {_first_reason(err)}")
+            _write_pack(self._repo.git_dir / "objects" / "pack", entries, self._hash)
+        except OSError as e:
+            raise GitError(f"cannot write to the git object store: {e.strerror or e}") from None
+
+
+def _write_pack(pack_dir: Path, entries: Mapping[bytes, tuple[int, bytes]], hash_fn: Any) -> str:
+    """A version-2 pack of ``entries`` and its version-2 index in ``pack_dir``; returns its name.
+    The index is renamed into place last: git looks for packs through their index."""
+    n = len(entries)
+    pack = bytearray(b"PACK" + struct.pack(">II", 2, n))
+    offsets: dict[bytes, int] = {}
+    for oid, (_, packed) in entries.items():
+        offsets[oid] = len(pack)
+        pack += packed
+    pack_sum = hash_fn(pack).digest()
+    pack += pack_sum
+    if len(pack) >= 0x80000000:  # the index's 4-byte offsets; millions of certificates
+        raise GitError("the state to commit is over 2 GiB: commit it in parts (several applies)")
+    oids = sorted(entries)
+    fanout = [0] * 256
+    for oid in oids:
+        fanout[oid[0]] += 1
+    total = 0
+    for i in range(256):
+        total += fanout[i]
+        fanout[i] = total
+    idx = bytearray(b"\xfftOc" + struct.pack(">I", 2))
+    idx += struct.pack(">256I", *fanout)
+    idx += b"".join(oids)
+    idx += struct.pack(f">{n}I", *(entries[oid][0] for oid in oids))
+    idx += struct.pack(f">{n}I", *(offsets[oid] for oid in oids))
+    idx += pack_sum
+    idx += hash_fn(idx).digest()
+    name = f"pack-{pack_sum.hex()}"
+    pack_dir.mkdir(parents=True, exist_ok=True)
+    for suffix, data in ((".pack", pack), (".idx", idx)):
+        final = pack_dir / (name + suffix)
+        tmp = pack_dir / f"tmp_pkiascode_{os.getpid()}{suffix}"
+        tmp.unlink(missing_ok=True)  # read-only, left by a crash
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, final)
+    return name
 
 
 class Repository:
@@ -79,6 +145,11 @@ class Repository:
         self._blobs: BlobWriter | None = None
 
     @property
+    def zero_id(self) -> str:
+        """The all-zero object id ("no object") of this repository's hash."""
+        return "0" * (64 if self.object_format == "sha256" else 40)
+
+    @property
     def blobs(self) -> BlobWriter:
         if self._blobs is None:
             self._blobs = BlobWriter(self)
@@ -86,10 +157,7 @@ class Repository:
 
     def close(self) -> None:
         if self._blobs is not None:
-            try:
-                self._blobs.close()
-            except GitError:
-                pass  # only ever unfinished work of a failed apply: unreferenced objects
+            self._blobs.discard()  # only ever unfinished work of a failed apply
             self._blobs = None
 
     def _git(self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
@@ -122,27 +190,31 @@ class Repository:
             raise GitError(f"refusing to apply: {', '.join(bad[:3])} holds private key material; remove it "
                            "from the state directory (nothing was changed)")
 
-    def _loose_state_files(self, state_root: Path, *, modified: bool = False) -> list[tuple[str, bool]]:
+    def _loose_state_files(self, state_root: Path, *, modified: bool = False,
+                           known: Iterable[str] = ()) -> list[tuple[str, bool]]:
         """(path, exists) of pkiascode's files under ``state_root`` that are new to git or deleted (and,
-        with ``modified``, changed since HEAD); temporary and foreign files are left alone."""
+        with ``modified``, changed since HEAD), except ``known`` ones; temporary and foreign files are
+        left alone."""
         root = self.rel(state_root)
         # not --modified by default: that would hash every file whose index entry has no stat data yet
         out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root)
         paths = {p for p in out.split("\0") if p}
         if modified and self._head():
             paths |= {p for p in self._git("diff-index", "-z", "--name-only", "HEAD", "--", root).split("\0") if p}
+        paths.difference_update(known)
         return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
 
     def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
-                     everything: bool = False) -> str | None:
+                     everything: bool = False, known: Mapping[str, str] | None = None) -> str | None:
         """Commit ``files`` (paths relative to ``state_root``; None deletes) and the state files git does
         not know yet (with ``everything``, every state file that differs from HEAD), and nothing else.
-        None when there was nothing to commit. Refuses key material."""
+        None when there was nothing to commit. Refuses key material. ``known``: the object ids of
+        contents already given to `blobs` (by path relative to ``state_root``), not hashed again."""
         root = self.rel(state_root)
+        known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
-        for path, exists in self._loose_state_files(state_root, modified=everything):
-            if path not in changes:
-                changes[path] = (self.top / path).read_bytes() if exists else None
+        for path, exists in self._loose_state_files(state_root, modified=everything, known=changes):
+            changes[path] = (self.top / path).read_bytes() if exists else None
         bad = [p for p, data in changes.items() if data is not None and holds_private_key(data)]
         if bad:
             raise GitError(f"refusing to commit: {', '.join(bad[:3])} holds private key material; "
@@ -150,9 +222,9 @@ class Repository:
         lines = []
         for path, data in sorted(changes.items()):
             if data is None:
-                lines.append(f"0 {_ZERO}\t{path}")
+                lines.append(f"0 {self.zero_id}\t{path}")
             else:
-                lines.append(f"100644 {self.blobs.add(data)}\t{path}")
+                lines.append(f"100644 {known_ids.get(path) or self.blobs.add(data)}\t{path}")
         self.blobs.close()
         index_info = ("\n".join(lines) + "\n").encode()
 
@@ -175,7 +247,7 @@ class Repository:
         # the message on stdin: thousands of body lines exceed what one argument may hold
         commit = self._git(*identity, "commit-tree", tree, *(["-p", head] if head else []), "-F", "-",
                            stdin=message.encode("utf-8"))
-        self._git("update-ref", "-m", "pki apply", "HEAD", commit, head or _ZERO)
+        self._git("update-ref", "-m", "pki apply", "HEAD", commit, head or self.zero_id)
         self._sync_index(index_info, root, commit)
         return commit
 

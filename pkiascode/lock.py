@@ -8,11 +8,11 @@ import datetime as dt
 import fcntl
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
+from .audit import hostname
 from .backend import KeyStore
 from .errors import LockError
 from .model import format_time
@@ -21,7 +21,7 @@ __all__ = ["holder_info", "local_lock", "apply_lock"]
 
 
 def holder_info(actor: str) -> dict[str, str]:
-    return {"actor": actor, "host": socket.gethostname(), "pid": str(os.getpid()),
+    return {"actor": actor, "host": hostname(), "pid": str(os.getpid()),
             "since": format_time(dt.datetime.now(dt.timezone.utc))}
 
 

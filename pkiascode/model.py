@@ -132,7 +132,11 @@ class Entry:
         return ", ".join(parts)
 
     def spec(self) -> dict[str, Any]:
-        """The fields a certificate is made from: a change to any of them reissues it."""
+        """The fields a certificate is made from: a change to any of them reissues it. Computed once
+        per entry (config, planner and apply each ask): treat it as read-only."""
+        cached = self.__dict__.get("_spec")
+        if cached is not None:
+            return cached  # type: ignore[no-any-return]
         spec: dict[str, Any] = {
             "issuer": self.issuer,
             "subject": self.subject_text(),
@@ -148,6 +152,7 @@ class Entry:
             spec["name_constraints"] = ({"permitted": list(nc.permitted), "excluded": list(nc.excluded)}
                                         if nc else None)
         spec["crl_distribution_point"] = self.issuer_crl_url
+        self.__dict__["_spec"] = spec  # a frozen dataclass: a cache outside its fields
         return spec
 
     @property

@@ -264,12 +264,36 @@ class StateDir:
             os.fsync(f.fileno())
         os.replace(tmp, self.txn_path)
 
-    def roll_forward(self, txn: Mapping[str, Any]) -> None:
+    def prewrite_name(self, rel: str, token: str) -> Path:
+        """Where `prewrite` puts the future content of state file ``rel`` (a temporary name)."""
+        path = self.root / rel
+        return path.with_name(f".{path.name}.{token}.tmp")
+
+    def prewrite(self, rel: str, data: bytes, token: str) -> None:
+        """Write state file ``rel``'s future content under a temporary name, while signing (in a
+        signing worker too), so that `roll_forward` only renames it into place. A crash leaves just a
+        temporary file, which the next apply removes; its transaction holds the content anyway."""
+        tmp = self.prewrite_name(rel, token)
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        except FileNotFoundError:
+            tmp.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        try:
+            os.fchmod(fd, 0o644)
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def roll_forward(self, txn: Mapping[str, Any], prewritten: tuple[str, set[str]] | None = None) -> None:
         """Write the transaction into state/ (idempotent: safe to repeat after a crash).
 
         ``txn["config"]``, when present, is a new pki.toml (``pki import`` adds tables to it): it is
         written first, so state never holds objects that pki.toml does not describe.
+        ``prewritten`` is (token, paths) of files `prewrite` wrote in this process's apply: they are
+        renamed into place (a recovery passes none and writes everything from the transaction).
         """
+        token, ready = prewritten if prewritten is not None else ("", set())
         config = txn.get("config")
         if config is not None:
             path = self.base / config["path"]
@@ -279,6 +303,10 @@ class StateDir:
             path = self.root / rel
             if content is None:
                 path.unlink(missing_ok=True)
+                if rel in ready:
+                    self.prewrite_name(rel, token).unlink(missing_ok=True)
+            elif rel in ready:
+                os.replace(self.prewrite_name(rel, token), path)
             else:
                 data = content.encode()
                 try:
@@ -358,10 +386,15 @@ class StateDir:
 
     def journal_key(self, store: str, key_id: str | None, suffix: str | None = None) -> None:
         """The store's answer: the key's id, or None when the call failed (nothing to discard)."""
+        self.journal_keys([(store, key_id, suffix)])
+
+    def journal_keys(self, answers: Iterable[tuple[str, str | None, str | None]]) -> None:
+        """Several answers (store, id, suffix) in one write."""
         if self._journal_file is None:
             self.journal.mkdir(parents=True, exist_ok=True)
             self._journal_file = open(self.keys_path, "a", buffering=1)  # noqa: SIM115 - one line, one write
-        self._journal_file.write(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n")
+        self._journal_file.write("".join(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n"
+                                         for store, key_id, suffix in answers))
 
     def _journal_lines(self) -> list[dict[str, Any]]:
         try:

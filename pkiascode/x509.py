@@ -136,10 +136,12 @@ def build_certificate(
     not_after: dt.datetime,
     subject: x509.Name | None = None,
     hosts: Sequence[Host] | None = None,
+    ski: bytes | None = None,
 ) -> x509.Certificate:
     """The certificate for ``entry``; ``issuer_cert`` None makes it self-signed by ``signer``.
 
-    ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal).
+    ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal); ``ski``
+    is ``public_key``'s key identifier when the caller has it already (`ski_hex`).
     """
     name = subject if subject is not None else _cached_name(entry.subject, entry.common_name)
     issuer_name = issuer_cert.subject if issuer_cert is not None else name
@@ -161,8 +163,8 @@ def build_certificate(
     eku = _extended_usage(entry.usages)
     if eku is not None and not is_ca:
         b = b.add_extension(eku, critical=False)
-    ski = x509.SubjectKeyIdentifier.from_public_key(public_key)
-    b = b.add_extension(ski, critical=False)
+    b = b.add_extension(x509.SubjectKeyIdentifier(ski) if ski is not None
+                        else x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     if issuer_cert is not None:
         b = b.add_extension(_authority_key_id(issuer_cert), critical=False)
     sans = _san(hosts if hosts is not None else entry.hosts)

@@ -59,3 +59,62 @@ def test_a_crash_after_the_workers_made_their_keys_leaves_no_orphan(repo):
     r = Pki(repo)("apply", "--auto-approve")
     assert r.returncode == 0, r.stderr
     _check(repo)
+
+
+def _no_temporaries(repo: Path) -> None:
+    left = [p.name for d in ("state", "state/certs", "state/crl") if (repo / d).is_dir()
+            for p in (repo / d).iterdir() if p.name.endswith(".tmp")]
+    assert left == []
+
+
+def _git_is_sound(repo: Path) -> None:
+    """The pack pkiascode wrote is one git reads and checks like its own."""
+    git(repo, "fsck", "--strict", "--full")
+    for idx in (repo / ".git" / "objects" / "pack").glob("*.idx"):
+        git(repo, "verify-pack", str(idx))
+    for name in ("ca", "leaf-0000", f"leaf-{N - 1:04d}"):
+        assert git(repo, "show", f"HEAD:state/certs/{name}.pem") == (repo / f"state/certs/{name}.pem").read_text()
+
+
+def test_the_commit_is_sound_and_no_file_written_ahead_is_left(repo):
+    assert Pki(repo)("apply", "--auto-approve").returncode == 0
+    _no_temporaries(repo)
+    _git_is_sound(repo)
+    assert git(repo, "status", "--porcelain", "--", "state") == ""
+
+
+def test_a_sha256_repository_gets_a_sound_commit(tmp_path):
+    from helpers import write_project
+
+    git(tmp_path, "init", "-q", "--object-format=sha256")
+    write_project(tmp_path, _pki_toml(N))
+    r = Pki(tmp_path)("apply", "--auto-approve")
+    assert r.returncode == 0, r.stderr
+    assert len(git(tmp_path, "rev-parse", "HEAD").strip()) == 64
+    _git_is_sound(tmp_path)
+    _check(tmp_path)
+    # a removal too (a deletion in the index has the zero id of the repository's hash)
+    write_project(tmp_path, _pki_toml(N).replace(f'[certificate.leaf-{N - 1:04d}]', "[certificate.gone]")
+                  .replace(f'hosts = ["leaf-{N - 1}.internal"]', 'hosts = ["gone.internal"]'))
+    r = Pki(tmp_path)("apply", "--auto-approve")
+    assert r.returncode == 0, r.stderr
+    listed = git(tmp_path, "ls-tree", "--name-only", "HEAD", "state/certs/")
+    assert "state/certs/gone.pem" in listed and f"leaf-{N - 1:04d}.pem" not in listed
+    git(tmp_path, "fsck", "--strict", "--full")
+
+
+@pytest.mark.parametrize("point", ["after-sign", "after-txn"])
+def test_certificates_written_ahead_never_outlive_a_crash(repo, point):
+    """Signing writes each certificate under a temporary name, for the end to rename: killed before
+    the transaction, they are removed; killed after it, state comes from the transaction."""
+    r = Pki(repo)("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": point})
+    assert r.returncode == 137
+    ahead = [p for p in (repo / "state" / "certs").iterdir() if p.name.endswith(".tmp")]
+    assert len(ahead) == N + 1 and not any(p.name.endswith(".pem") for p in (repo / "state/certs").iterdir())
+    for p in ahead[:3]:
+        p.write_text("damaged")  # what the transaction holds wins over anything left behind
+    r = Pki(repo)("apply", "--auto-approve")
+    assert r.returncode == 0, r.stderr
+    _no_temporaries(repo)
+    _check(repo)
+    _git_is_sound(repo)

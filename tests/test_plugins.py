@@ -149,3 +149,67 @@ def test_a_name_registered_twice_or_not_a_key_store_is_refused() -> None:
 
     with pytest.raises(BackendError, match="not a KeyStore subclass"):
         Plugins(load_entry_points=False, extra=[Wrong()]).factory("wrong")
+
+
+# -- the remembered entry points ------------------------------------------------------------------
+
+_PROBE = ("import sys, json; from pkiascode.plugins import Plugins; p = Plugins(); "
+          "names = p.names(); print(json.dumps([names, 'importlib.metadata' in sys.modules]))")
+
+
+def _probe(env: dict[str, str]) -> tuple[list[str], bool]:
+    import json
+    import os
+
+    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
+                         env={**os.environ, **env}).stdout
+    names, scanned = json.loads(out)
+    return names, scanned
+
+
+def test_entry_points_are_remembered_and_a_new_distribution_is_seen(tmp_path: Path) -> None:
+    """A second process finds the plugins without scanning every installed distribution; a
+    distribution installed afterwards (a dist-info on the import path) is found at once, and so is
+    its removal."""
+    import os
+
+    site = tmp_path / "site"
+    site.mkdir()
+    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"),
+           "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    env.pop("PKI_NO_ENTRY_POINT_CACHE", None)
+    assert _probe(env) == (["local", "pkcs11", "vault"], True)  # first run: scanned and remembered
+    assert (tmp_path / "cache" / "pkiascode" / "entry-points.json").is_file()
+    assert _probe(env) == (["local", "pkcs11", "vault"], False)  # remembered: no scan
+
+    (site / "pki_memory_plugin.py").write_text(
+        "from pkiascode.hookspecs import hookimpl\n"
+        "from pkiascode.backend import KeyStore\n"
+        "class Mem(KeyStore):\n    plugin = 'mem'\n"
+        "@hookimpl\ndef pki_register_backends(register):\n    register('mem', Mem)\n")
+    dist = site / "pki_memory_plugin-1.0.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pki-memory-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[pkiascode]\nmem = pki_memory_plugin\n")
+    assert _probe(env) == (["local", "mem", "pkcs11", "vault"], True)
+    assert _probe(env) == (["local", "mem", "pkcs11", "vault"], False)
+
+    (dist / "entry_points.txt").write_text("[pkiascode]\n")  # edited in place: the time stamp moves
+    os.utime(dist / "entry_points.txt", ns=(1, 1))
+    assert _probe(env) == (["local", "pkcs11", "vault"], True)
+
+
+def test_a_remembered_entry_point_that_no_longer_imports_is_looked_up_again(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from pkiascode import plugins as plugins_module
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv("PKI_NO_ENTRY_POINT_CACHE", raising=False)
+    cache = tmp_path / "pkiascode" / "entry-points.json"
+    cache.parent.mkdir(parents=True)
+    cache.write_text(json.dumps({"key": plugins_module._environment_key(),
+                                 "entry_points": {"local": "pkiascode_gone_away"}}))
+    assert Plugins().factory("local") is not None
+    assert json.loads(cache.read_text())["entry_points"]["local"] == "pkiascode_local"

@@ -7,9 +7,10 @@ path = ".pki/keys"                      # must be git-ignored; apply refuses oth
 passphrase_env = "PKI_KEY_PASSPHRASE"   # optional: encrypt keys at rest with this passphrase
 ```
 
-Each key is its own file named after its entry plus a random part (``node-0-3f9a1c2e.pem``), written
-atomically (a temporary file, then a rename), so a new key never overwrites one that a committed
-certificate still needs.
+Each key is its own file named after its entry plus a random part (``node-0-3f9a1c2e.pem``), created
+exclusively (``O_EXCL``), so a new key never overwrites one that a committed certificate still
+needs. The random part is written to the key journal before the key is made: a file left half
+written by a crash is found and removed by the next apply.
 """
 
 from __future__ import annotations
@@ -101,18 +102,20 @@ class LocalKeyStore(KeyStore):
         suffix = request.suffix or secrets.token_hex(4)
         while True:
             file_name = f"{request.name}-{suffix}.pem"
-            final = self.path / file_name
-            if not final.exists():
+            try:
+                # never replaces a key; a write cut short by a crash leaves a file under the suffix the
+                # key journal recorded beforehand, and recovery discards it
+                fd = os.open(self.path / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
                 break
-            suffix = secrets.token_hex(4)
-        tmp = self.path / f".{file_name}.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            except FileExistsError:
+                suffix = secrets.token_hex(4)
         try:
             os.write(fd, data)
-        finally:
+        except BaseException:
             os.close(fd)
-        os.link(tmp, final)  # fails rather than replace if the name was taken meanwhile
-        os.unlink(tmp)
+            os.unlink(self.path / file_name)
+            raise
+        os.close(fd)
         self._keys[file_name] = key
         return KeyRef(self.name, file_name)
 
@@ -150,7 +153,8 @@ class LocalKeyStore(KeyStore):
         return self._read(ref)
 
     def public_key(self, ref: KeyRef) -> Any:
-        return self._read(ref).public_key()
+        cached = self._keys.get(ref.id)  # a public key stays valid if its file went meanwhile
+        return (cached if cached is not None else self._read(ref)).public_key()
 
     def export(self, ref: KeyRef) -> Any:
         return self._read(ref)

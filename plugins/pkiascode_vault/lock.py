@@ -18,20 +18,21 @@ import datetime
 import logging
 import os
 import secrets
-import socket
 import threading
 import time
 from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
+from pkiascode.audit import hostname
 from pkiascode.errors import BackendError, LockError
+from pkiascode.log import get_logger
 
 from .client import VaultClient
 
 __all__ = ["LeaseLock"]
 
-log = logging.getLogger("pkiascode.vault")
+log = get_logger("pkiascode.vault")
 
 _CAS_MISMATCH = "check-and-set"
 
@@ -237,7 +238,7 @@ class LeaseLock:
 
 def _holder_died_here(holder: Mapping[str, Any]) -> bool:
     """The holder ran on this machine and its process is gone (a crashed or killed apply)."""
-    if holder.get("host") != socket.gethostname():
+    if holder.get("host") != hostname():
         return False
     try:
         pid = int(holder.get("pid") or 0)

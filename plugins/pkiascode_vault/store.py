@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 from pkiascode.backend import KeyRef, KeyRequest, KeyStore, Option
 from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound, UnsupportedKeyType
 from pkiascode.keytypes import KeyType, generate_private_key, key_type_of
-
+from pkiascode.log import get_logger
 from pkiascode.names import parse_duration
 
 
@@ -49,7 +49,7 @@ if TYPE_CHECKING:
 
 __all__ = ["VaultKeyStore"]
 
-log = logging.getLogger("pkiascode.vault")
+log = get_logger("pkiascode.vault")
 
 # Transit's names for our key types; all six exist in Vault >= 1.9 and OpenBao.
 _TRANSIT_TYPES = {

@@ -24,6 +24,10 @@ import time
 
 T0 = time.perf_counter()
 
+import pkiascode._console  # noqa: E402 - first, as the `pki` script does
+
+pkiascode._console.tune()
+
 import functools
 import importlib
 import json

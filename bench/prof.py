@@ -16,7 +16,7 @@ import sys
 def _run_cli(args: list[str]) -> int:
     sys.argv = ["pki", *args]
     try:
-        from pkiascode.cli import main
+        from pkiascode._console import main
 
         main()
     except SystemExit as e:

@@ -1,5 +1,5 @@
 """``python -m pkiascode`` is ``pki``."""
 
-from .cli import main
+from ._console import main
 
 main()

@@ -72,6 +72,9 @@ class ApplyResult:
 
 #: fewer new leaves than this are not worth a second process
 BULK_MIN = 200
+#: the share of them this process makes; the rest, the forked worker (this one also takes in the
+#: worker's results afterwards)
+BULK_SHARE = 0.5
 
 
 def _crash_point(name: str) -> None:
@@ -150,12 +153,15 @@ def _referenced_by(inventory_text: str) -> set[tuple[str, str]]:
     return {(o["key"]["backend"], o["key"]["ref"]) for o in json.loads(inventory_text)["objects"].values()}
 
 
-def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> int:
+def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None,
+                     made: list[tuple[str, str]] | None = None) -> int:
     """Delete the keys journaled by a run whose outcome does not use them; clear the journal.
 
-    ``used``: the keys the state references, when the caller knows them already."""
-    journaled = state.journaled_keys()
-    unanswered = state.unanswered_intents()
+    ``used``: the keys the state references, when the caller knows them already. ``made``: every
+    key the journal holds, from the run that wrote it and got every store's answer (so no intent
+    is unanswered): the journal need not be read back."""
+    journaled = state.journaled_keys() if made is None else made
+    unanswered = state.unanswered_intents() if made is None else []
     if not journaled and not unanswered:
         state.clear_key_journal()
         return 0
@@ -212,7 +218,8 @@ def _process_deletes(project: Project, state: StateDir) -> list[str]:
 
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
             progress: Progress, prewritten: tuple[str, set[str]] | None = None,
-            blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None) -> str | None:
+            blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None,
+            made: list[tuple[str, str]] | None = None) -> str | None:
     """Write the transaction into state/ and commit it. A run that made it passes what it knows
     already: the files it wrote ahead, the git ids of their contents, the keys its state uses."""
     state.roll_forward(txn, prewritten)
@@ -237,7 +244,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     else:
         state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
-    _cleanup_orphans(project, state, used if used is not None else _referenced_by(txn["inventory"]))
+    _cleanup_orphans(project, state, used if used is not None else _referenced_by(txn["inventory"]), made)
     return sha
 
 
@@ -270,6 +277,7 @@ class _Run:
         self.prewrite_token = f"pre{os.getpid()}"  # the same in a signing worker: the parent renames
         self.prewritten: set[str] = set()  # state files written ahead under `prewrite_token`
         self.blob_ids: dict[str, str] = {}  # state file -> git object id of the content it gets
+        self.moved: list[tuple[str, str]] = []  # keys imported into another store by move_keys
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
         self.now_text = format_time(now)
@@ -370,6 +378,7 @@ class _Run:
                 self.state.journal_key(entry.backend, None, request.suffix)
                 raise
             self.state.journal_key(new_ref.store, new_ref.id, request.suffix)
+            self.moved.append((new_ref.store, new_ref.id))
             prove_key(new_store.signer(new_ref), self.cert(change.name).public_key(),
                       what=f"{entry.qualified} in backend {entry.backend}")
             new = dataclasses.replace(rec, store=entry.backend, plugin=new_store.plugin, key_id=new_ref.id,
@@ -548,7 +557,8 @@ class _Run:
 
     def sign_bulk(self, changes: list[Change]) -> None:
         """Half of ``changes`` here, half in a forked worker that sends back what it recorded."""
-        mine, theirs = changes[: len(changes) // 2], changes[len(changes) // 2:]
+        split = int(len(changes) * BULK_SHARE)
+        mine, theirs = changes[:split], changes[split:]
         read_end, write_end = os.pipe()
         pid = os.fork()
         if pid == 0:  # the worker: no journal, no git pipe, no cleanup; the parent records it all
@@ -575,10 +585,13 @@ class _Run:
         os.close(write_end)
         try:
             for change in mine:
-                self._make_key(change, journal=True)
+                # journaled below, with the worker's: until then, the intents name these keys
+                self._make_key(change, journal=False)
                 self.make_certificate(change)
                 self.progress.advance()
         finally:
+            self.state.journal_keys([(ref.store, ref.id, self.requests[c.name].suffix)
+                                     for c in mine if (ref := self.new_keys.get(c.name)) is not None])
             with os.fdopen(read_end, "rb") as f:
                 data = f.read()
             os.waitpid(pid, 0)
@@ -707,7 +720,8 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     _crash_point("after-txn")
     sha = _finish(project, run.state, txn, commit=commit, progress=progress,
                   prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids,
-                  used={(o["key"]["backend"], o["key"]["ref"]) for o in run.objects.values()})
+                  used={(o["key"]["backend"], o["key"]["ref"]) for o in run.objects.values()},
+                  made=[(ref.store, ref.id) for ref in run.new_keys.values()] + run.moved)
     progress.advance()
     notes = _process_deletes(project, run.state)
     progress.done()

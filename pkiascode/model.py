@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
+import functools
 import hashlib
 import json
 from collections.abc import Mapping
@@ -57,7 +58,10 @@ def utc_now() -> dt.datetime:
     return dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
+@functools.lru_cache(maxsize=256)
 def format_time(t: dt.datetime) -> str:
+    """ISO 8601 UTC to the second (``2026-11-27T14:28:34Z``); remembered, as an apply stamps
+    thousands of records with the same few moments."""
     return t.astimezone(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 

@@ -175,6 +175,21 @@ def test_pki_toml_in_a_subdirectory_commits_only_its_state(repo, pki, env):
     assert_consistent(sub, sub_pki)
 
 
+def test_a_machine_without_a_git_identity_still_commits(project, pki, env):
+    """A fresh CI runner has no user.name/email: the commit is made as pkiascode; with one
+    configured, as that identity."""
+    bare = {k: v for k, v in env.items() if not k.startswith(("GIT_AUTHOR_", "GIT_COMMITTER_"))}
+    bare.update({"GIT_CONFIG_COUNT": "1", "GIT_CONFIG_KEY_0": "user.useConfigOnly", "GIT_CONFIG_VALUE_0": "true",
+                 "EMAIL": ""})
+    r = Pki(project, bare)("apply", "--auto-approve")
+    assert r.returncode == 0, r.stderr
+    assert git(project, "log", "-1", "--format=%an <%ae>|%cn <%ce>") == \
+        "pkiascode <pkiascode@localhost>|pkiascode <pkiascode@localhost>\n"
+    edit_toml(project, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost"]')
+    pki.apply()
+    assert git(project, "log", "-1", "--format=%an <%ae>") == "PKI Test <pki-test@example.invalid>\n"
+
+
 # -- exported chains verify with openssl -------------------------------------------------------
 
 def split_chain(path: Path, into: Path) -> list[Path]:

@@ -7,10 +7,11 @@ path = ".pki/keys"                      # must be git-ignored; apply refuses oth
 passphrase_env = "PKI_KEY_PASSPHRASE"   # optional: encrypt keys at rest with this passphrase
 ```
 
-Each key is its own file named after its entry plus a random part (``node-0-3f9a1c2e.pem``), created
-exclusively (``O_EXCL``), so a new key never overwrites one that a committed certificate still
-needs. The random part is written to the key journal before the key is made: a file left half
-written by a crash is found and removed by the next apply.
+Each key is its own file named after its entry plus a random part (``node-0-3f9a1c2e.pem``), written
+atomically (a temporary file, then a hard link to the final name, which never replaces a file), so a
+new key never overwrites one that a committed certificate still needs. The random part is written to
+the key journal before the key is made: a key a crash left unused is found and removed by the next
+apply.
 """
 
 from __future__ import annotations
@@ -100,22 +101,22 @@ class LocalKeyStore(KeyStore):
                       else serialization.NoEncryption())
         data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         suffix = request.suffix or secrets.token_hex(4)
-        while True:
-            file_name = f"{request.name}-{suffix}.pem"
-            try:
-                # never replaces a key; a write cut short by a crash leaves a file under the suffix the
-                # key journal recorded beforehand, and recovery discards it
-                fd = os.open(self.path / file_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-                break
-            except FileExistsError:
-                suffix = secrets.token_hex(4)
+        tmp = self.path / f".{request.name}-{suffix}.pem.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data)
-        except BaseException:
+        finally:
             os.close(fd)
-            os.unlink(self.path / file_name)
-            raise
-        os.close(fd)
+        try:
+            while True:  # published whole, under a name no other key has: link() never replaces
+                file_name = f"{request.name}-{suffix}.pem"
+                try:
+                    os.link(tmp, self.path / file_name)
+                    break
+                except FileExistsError:
+                    suffix = secrets.token_hex(4)
+        finally:
+            os.unlink(tmp)
         self._keys[file_name] = key
         return KeyRef(self.name, file_name)
 

@@ -17,7 +17,6 @@ run; killed after, the next run completes the transaction. A committed certifica
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 import datetime as dt
 import hashlib
@@ -415,6 +414,8 @@ class _Run:
                 self._make_key(change, journal=True)
                 self.progress.advance()
             return
+        import concurrent.futures  # (and `logging` with it): only for this
+
         workers = min(len(wanted), max(2, (os.cpu_count() or 2)))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pki-keygen") as pool:
             futures = {pool.submit(make, c): c for c in wanted}

@@ -55,6 +55,11 @@ def event(action: str, kind: str, name: str, *, time: str, actor: str, serial: s
     return e
 
 
+def render_lines(lines: Iterable[Mapping[str, Any]]) -> bytes:
+    """Lines as they are written to audit.jsonl (keys sorted, one object per line)."""
+    return b"".join(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n" for line in lines)
+
+
 def head(lines: Sequence[Mapping[str, Any]], prev: str, seq: int) -> dict[str, Any]:
     """The log's last line after appending ``lines`` to a log ending at (``prev``, ``seq``)."""
     return {"seq": lines[-1]["seq"], "hash": lines[-1]["hash"]} if lines else {"seq": seq, "hash": prev}

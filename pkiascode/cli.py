@@ -220,6 +220,9 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     if planfile and (at or replace):
         raise PkiError("a saved plan already fixes --at and --replace; pass them to `pki plan` instead")
     project = c.project
+    # apply reads the parse cache but does not write it: it is for repeated plans (an apply in CI
+    # runs once on a fresh machine; a plan before it has written the cache already)
+    project.write_config_cache = False
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
     try:
@@ -277,8 +280,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
 def _pending_plan_digest(project: Any) -> str | None:
     """The digest of the plan an interrupted apply was making, if one is pending."""
     txn = project.state.pending_txn()
-    lines = (txn or {}).get("audit") or []
-    return lines[0].get("plan") if lines else None
+    return (txn or {}).get("plan")
 
 
 class _TerminalProgress:

@@ -622,8 +622,11 @@ def _to_error(file: str, text: str, issue: ConfigIssue) -> ConfigError:
 
 
 def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | None = None,
-                display_name: str | None = None, data: bytes | None = None) -> Desired:
+                display_name: str | None = None, data: bytes | None = None, write_cache: bool = True) -> Desired:
     """Read, validate and resolve pki.toml; raise `ConfigError` (the first mistake) if it is wrong.
+
+    With ``cache_dir``, the result is taken from a cache there keyed by the file's digest, and (with
+    ``write_cache``) put there after parsing.
 
     ``data`` stands for the file's content when it is known better than the disk does (an
     interrupted ``pki import`` whose new pki.toml is not written yet). The error's ``all_errors``
@@ -674,7 +677,7 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
         first.all_errors = errors  # type: ignore[attr-defined]
         raise first from None
 
-    if cache_file is not None:
+    if cache_file is not None and write_cache:
         _write_cache(cache_file, desired)
     return desired
 

@@ -37,6 +37,7 @@ class Project:
         self._csrs: dict[str, CsrInfo] | None = None
         self._repo: Any = False  # not looked up yet
         self._state: StateDir | None = None
+        self.write_config_cache = True  # keep the parsed pki.toml under .pki/cache for the next run
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -46,7 +47,7 @@ class Project:
                 return None if factory is None else factory.options
 
             self._desired = load_config(self.config_path, options_for=options_for,
-                                        cache_dir=self.work_dir / "cache",
+                                        cache_dir=self.work_dir / "cache", write_cache=self.write_config_cache,
                                         display_name=self._display_name(), data=self._pending_config())
             self._validate_store_settings(self._desired)
         return self._desired
@@ -55,11 +56,11 @@ class Project:
         """pki.toml as an interrupted `pki import` left it to be written, if one is pending."""
         if not self.txn_pending():
             return None
-        import json
+        from .state import load_txn
 
         try:
-            config = json.loads((self.work_dir / "journal" / "txn.json").read_bytes()).get("config")
-        except (OSError, ValueError):
+            config = load_txn((self.work_dir / "journal" / "txn.json").read_bytes()).get("config")
+        except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
         if config and (self.base_dir / config["path"]).resolve() == self.config_path:
             return str(config["content"]).encode("utf-8")

@@ -1,7 +1,10 @@
 """``state/`` (in git) and ``.pki/`` (local): reading what exists, and writing it crash-safely.
 
 Writing goes through a transaction: apply first writes everything it will change, complete, into
-``.pki/journal/txn.json`` (one atomic rename), then copies it into ``state/``. A run killed before the
+``.pki/journal/txn.json`` (one atomic rename), then copies it into ``state/``. That file is a line of
+JSON (the small fields, and for each file's content its length) followed by the contents themselves,
+byte for byte: escaping megabytes of PEM and JSON text into one JSON document cost more than the rest
+of the transaction. A run killed before the
 rename changed nothing; one killed after it is finished by the next run (`StateDir.pending_txn`,
 `StateDir.roll_forward`), which is idempotent. Keys made during an apply are listed in
 ``.pki/journal/keys.jsonl`` as they are made, so the next run can delete the ones no certificate
@@ -64,6 +67,51 @@ def _pem_der_digest(data: bytes) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return hashlib.sha256(der).hexdigest()
+
+
+_TXN_MAGIC = b"pkiascode-transaction 2\n"
+_BIG = ("inventory", "audit")  # besides every file's content: stored raw after the header
+
+
+def dump_txn(txn: Mapping[str, Any]) -> bytes:
+    """The transaction file: a magic line, a JSON header in which each large text is replaced by its
+    length in bytes, then those texts, in header order."""
+    parts: list[bytes] = []
+
+    def raw(text: str) -> int:
+        data = text.encode("utf-8")
+        parts.append(data)
+        return len(data)
+
+    header = dict(txn)
+    for key in _BIG:
+        header[key] = raw(txn[key])
+    header["files"] = {rel: None if content is None else raw(content) for rel, content in txn["files"].items()}
+    return _TXN_MAGIC + json.dumps(header).encode() + b"\n" + b"".join(parts)
+
+
+def load_txn(data: bytes) -> dict[str, Any]:
+    """`dump_txn`'s inverse; ValueError (or KeyError/TypeError) for anything else."""
+    if not data.startswith(_TXN_MAGIC):
+        raise ValueError("not a pkiascode transaction")
+    end = data.index(b"\n", len(_TXN_MAGIC))
+    txn: dict[str, Any] = json.loads(data[len(_TXN_MAGIC):end])
+    pos = end + 1
+
+    def raw(length: int) -> str:
+        nonlocal pos
+        if not isinstance(length, int) or length < 0 or pos + length > len(data):
+            raise ValueError("transaction truncated")
+        text = data[pos:pos + length].decode("utf-8")
+        pos += length
+        return text
+
+    for key in _BIG:
+        txn[key] = raw(txn[key])
+    txn["files"] = {rel: None if n is None else raw(n) for rel, n in txn["files"].items()}
+    if pos != len(data):
+        raise ValueError("trailing bytes in the transaction")
+    return txn
 
 
 class StateDir:
@@ -229,10 +277,10 @@ class StateDir:
     # -- transactions ---------------------------------------------------------------------------
     def pending_txn(self) -> dict[str, Any] | None:
         try:
-            return json.loads(self.txn_path.read_bytes())
+            return load_txn(self.txn_path.read_bytes())
         except FileNotFoundError:
             return None
-        except ValueError:
+        except (ValueError, KeyError, TypeError, UnicodeDecodeError):
             # a torn txn file cannot exist (it is renamed into place), so this is damage
             raise StateError(f"{self.txn_path} is damaged; remove it to discard the interrupted apply") from None
 
@@ -247,7 +295,8 @@ class StateDir:
         inventory = self.render_inventory({"objects": objects, "revocations": revocations,
                                            "audit_head": audit.head(lines, prev, seq)})
         txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
-                               "audit": lines, "audit_size": self.audit_size(), "message": message,
+                               "audit": audit.render_lines(lines).decode(), "audit_size": self.audit_size(),
+                               "plan": lines[0].get("plan") if lines else None, "message": message,
                                "retire_keys": sorted(set(retire_keys)), "commit": commit}
         if config is not None:
             txn["config"] = dict(config)
@@ -255,7 +304,7 @@ class StateDir:
 
     def begin(self, txn: Mapping[str, Any]) -> None:
         """Make the transaction durable: from here on the change will complete."""
-        data = json.dumps(txn).encode()
+        data = dump_txn(txn)
         self.journal.mkdir(parents=True, exist_ok=True)
         tmp = self.txn_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
@@ -299,6 +348,18 @@ class StateDir:
             path = self.base / config["path"]
             if path.read_text(encoding="utf-8") != config["content"]:
                 atomic_write(path, config["content"].encode("utf-8"))
+        dir_fds: dict[str, int] = {}  # renames relative to their directory: no path walk per file
+        try:
+            for rel, content in txn["files"].items():
+                if content is not None and rel in ready:
+                    folder, _, name = rel.rpartition("/")
+                    fd = dir_fds.get(folder)
+                    if fd is None:
+                        fd = dir_fds[folder] = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
+                    os.replace(f".{name}.{token}.tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
+        finally:
+            for fd in dir_fds.values():
+                os.close(fd)
         for rel, content in txn["files"].items():
             path = self.root / rel
             if content is None:
@@ -306,7 +367,7 @@ class StateDir:
                 if rel in ready:
                     self.prewrite_name(rel, token).unlink(missing_ok=True)
             elif rel in ready:
-                os.replace(self.prewrite_name(rel, token), path)
+                continue  # renamed above
             else:
                 data = content.encode()
                 try:
@@ -315,7 +376,7 @@ class StateDir:
                 except FileNotFoundError:
                     pass
                 atomic_write(path, data)
-        self._append_audit(txn["audit_prev"], txn["audit"], txn.get("audit_size"))
+        self._append_audit(txn["audit_prev"], txn["audit"].encode(), txn["audit_size"])
         inv = txn["inventory"].encode()
         if self.read_inventory_bytes() != inv:
             atomic_write(self.inventory_path, inv)
@@ -326,20 +387,12 @@ class StateDir:
         except FileNotFoundError:
             return 0
 
-    def _append_audit(self, base: str, lines: list[dict[str, Any]], size: int | None) -> None:
-        """Append ``lines`` to a log that was ``size`` bytes ending in hash ``base``; repeatable, and
-        repairs an append a crash cut short (written in one go from ``size``)."""
-        if not lines:
+    def _append_audit(self, base: str, blob: bytes, size: int) -> None:
+        """Append ``blob`` (audit lines) to a log that was ``size`` bytes ending in hash ``base``;
+        repeatable, and repairs an append a crash cut short (written in one go from ``size``)."""
+        if not blob:
             return
-        blob = b"".join(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n" for line in lines)
         changed = StateError(f"{self.rel}/audit.jsonl changed while an apply was pending; run `pki audit verify`")
-        if size is None:  # a transaction from before sizes were recorded
-            current, _ = audit.tail_hash(self.audit_path)
-            if current == lines[-1]["hash"]:
-                return
-            if current != base:
-                raise changed
-            size = self.audit_size()
         now = self.audit_size()
         self.audit_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.audit_path, "ab+") as f:

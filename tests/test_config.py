@@ -909,3 +909,21 @@ def test_cache_through_the_cli(tmp_path, capsys, monkeypatch):
     code, out, _ = run_main(capsys, "validate")
     assert code == 0 and out.startswith("pki.toml is valid: 1 authority, 1 certificate")
     assert os.listdir(tmp_path / ".pki" / "cache")
+
+
+def test_apply_reads_the_cache_but_leaves_writing_it_to_plan(tmp_path):
+    """The cache is for repeated plans: an apply on a fresh machine (CI) does not spend time on it,
+    and one after a plan uses it."""
+    from helpers import Pki, new_repo
+
+    repo = new_repo(tmp_path / "repo", SPEC_A)
+    pki = Pki(repo)
+    assert pki("apply", "--auto-approve").returncode == 0
+    assert not list((repo / ".pki" / "cache").glob("config-*.pickle"))
+    (repo / "pki.toml").write_text((repo / "pki.toml").read_text().replace("a.example", "c.example"))
+    assert pki("plan").returncode == 0
+    (cache,) = (repo / ".pki" / "cache").glob("config-*.pickle")
+    before = cache.stat().st_mtime_ns
+    r = pki("apply", "--auto-approve")
+    assert r.returncode == 0 and "1 reissued" in r.stdout, r.stdout
+    assert cache.stat().st_mtime_ns == before and cache.exists()

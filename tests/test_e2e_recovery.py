@@ -164,6 +164,25 @@ def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(proje
 
 
 @needs_hook("after-txn")
+@pytest.mark.parametrize("damage", ["truncated", "not-ours", "trailing"])
+def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(project, pki, damage):
+    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+    txn = project / ".pki/journal/txn.json"
+    data = txn.read_bytes()
+    txn.write_bytes({"truncated": data[:-100], "not-ours": b'{"inventory": ""}\n',
+                     "trailing": data + b"x"}[damage])
+    for command in (("plan",), ("apply", "--auto-approve")):
+        r = pki(*command)
+        assert r.returncode == 1, r.output
+        assert r.stderr.strip().splitlines()[-1].endswith("txn.json is damaged; remove it to discard the interrupted apply")
+    assert not (project / "state/inventory.json").exists() and head(project) is None
+    txn.unlink()  # as the message says: the interrupted apply is discarded, its keys cleaned up
+    r = pki.apply()
+    assert "Apply complete: 4 created" in r.stdout
+    assert_converged(project, pki)
+
+
+@needs_hook("after-txn")
 def test_plan_detailed_exitcode_reports_a_pending_transaction(project, pki):
     assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
     assert pki.plan_exit() == 2

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from pkiascode.project import Project
+from pkiascode.state import dump_txn
 
 PKI = """\
 [defaults]
@@ -111,8 +112,8 @@ def test_replace_and_a_pending_apply_never_use_the_memo(applied):
     # a pending transaction that (as after a crash) equals the state already written
     project = Project(applied / "pki.toml")
     state = project.state
-    txn = {"inventory": state.read_inventory_bytes().decode(), "files": {}, "audit_prev": "", "audit": [],
-           "message": "x", "retire_keys": [], "commit": False}
-    (journal / "txn.json").write_text(json.dumps(txn))
+    txn = {"inventory": state.read_inventory_bytes().decode(), "files": {}, "audit_prev": "", "audit": "",
+           "audit_size": state.audit_size(), "plan": None, "message": "x", "retire_keys": [], "commit": False}
+    (journal / "txn.json").write_bytes(dump_txn(txn))
     p, _ = plan(applied)
     assert p.empty and any("interrupted apply" in w for w in p.warnings)

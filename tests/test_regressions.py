@@ -139,15 +139,15 @@ def _event(name: str) -> dict[str, object]:
 def test_an_audit_append_cut_short_by_a_crash_is_repaired(tmp_path):
     state = StateDir(tmp_path, "state", tmp_path / ".pki")
     first = audit.chain([_event("a")], prev=audit.GENESIS, seq=0)
-    state._append_audit(audit.GENESIS, first, 0)
+    state._append_audit(audit.GENESIS, audit.render_lines(first), 0)
     size = state.audit_size()
     more = audit.chain([_event(f"n{i}") for i in range(50)], prev=first[-1]["hash"], seq=1)
-    blob = b"".join(json.dumps(x, sort_keys=True).encode() + b"\n" for x in more)
+    blob = audit.render_lines(more)
     with open(state.audit_path, "ab") as f:
         f.write(blob[: len(blob) // 2])  # the crash: half of it, mid-line
-    state._append_audit(first[-1]["hash"], more, size)
+    state._append_audit(first[-1]["hash"], blob, size)
     assert audit.verify(state.audit_path.read_text().splitlines(), None) == []
-    state._append_audit(first[-1]["hash"], more, size)  # and again: already there
+    state._append_audit(first[-1]["hash"], blob, size)  # and again: already there
     assert len(state.audit_path.read_text().splitlines()) == 51
 
 

@@ -23,6 +23,7 @@ import hashlib
 import json
 import os
 import pickle
+import secrets
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -88,7 +89,8 @@ def _ref(rec: Record) -> KeyRef:
 
 
 def _request(entry: Entry) -> KeyRequest:
-    return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable).with_suffix()
+    """What to ask ``entry``'s store for, with the fresh unique part the journal records first."""
+    return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable, secrets.token_hex(4))
 
 
 def preflight(project: Project, commit: bool) -> None:

@@ -25,8 +25,12 @@ REQUIRED = ("seq", "time", "actor", "action", "kind", "name", "serial", "sha256"
             "plan", "prev", "hash")
 
 
+_CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+_LINE = json.JSONEncoder(sort_keys=True, ensure_ascii=False).encode
+
+
 def canonical(obj: Mapping[str, Any]) -> bytes:
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _CANONICAL(obj).encode()
 
 
 def line_hash(obj: Mapping[str, Any]) -> str:
@@ -57,7 +61,7 @@ def event(action: str, kind: str, name: str, *, time: str, actor: str, serial: s
 
 def render_lines(lines: Iterable[Mapping[str, Any]]) -> bytes:
     """Lines as they are written to audit.jsonl (keys sorted, one object per line)."""
-    return b"".join(json.dumps(line, sort_keys=True, ensure_ascii=False).encode() + b"\n" for line in lines)
+    return "".join(_LINE(line) + "\n" for line in lines).encode()
 
 
 def head(lines: Sequence[Mapping[str, Any]], prev: str, seq: int) -> dict[str, Any]:

@@ -15,6 +15,7 @@ import hashlib
 import os
 import struct
 import subprocess
+import threading
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -41,9 +42,7 @@ class BlobWriter:
         self.object_format = repo.object_format if repo is not None else object_format
         self._hash = hashlib.sha256 if self.object_format == "sha256" else hashlib.sha1
         self._entries: dict[bytes, tuple[int, bytes]] = {}  # raw object id -> (crc32, packed bytes)
-
-    def object_id(self, data: bytes) -> str:
-        return self._hash(b"blob %d\0" % len(data) + data).hexdigest()
+        self._later: dict[bytes, bytes] = {}  # raw object id -> data, compressed by `compress_later`
 
     def entry(self, data: bytes, oid: bytes | None = None) -> tuple[bytes, int, bytes]:
         """(raw object id, CRC-32 of the packed object, packed object) of blob ``data``."""
@@ -64,12 +63,23 @@ class BlobWriter:
         packed = bytes(head) + z.compress(data) + z.flush()
         return oid, zlib.crc32(packed), packed
 
-    def add(self, data: bytes) -> str:
+    def add(self, data: bytes, *, later: bool = False) -> str:
+        """Blob ``data``'s object id; it is compressed now, or with ``later`` by `compress_later`
+        (which another thread may run: zlib lets go of the GIL)."""
         oid = self._hash(b"blob %d\0" % len(data) + data).digest()
         if oid not in self._entries:
+            if later:
+                self._later[oid] = data
+            else:
+                _, crc, packed = self.entry(data, oid)
+                self._entries[oid] = (crc, packed)
+        return oid.hex()
+
+    def compress_later(self) -> None:
+        later, self._later = self._later, {}
+        for oid, data in later.items():
             _, crc, packed = self.entry(data, oid)
             self._entries[oid] = (crc, packed)
-        return oid.hex()
 
     def add_entries(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
         for oid, crc, packed in entries:
@@ -80,9 +90,11 @@ class BlobWriter:
 
     def discard(self) -> None:
         self._entries.clear()
+        self._later.clear()
 
     def close(self) -> None:
         """Write the blobs added so far into the object store (one pack and its index, both synced)."""
+        self.compress_later()
         entries, self._entries = self._entries, {}
         if not entries:
             return
@@ -234,18 +246,23 @@ class Repository:
         for path, data in sorted(changes.items()):
             if data is None:
                 lines.append(f"0 {self.zero_id}\t{path}")
-            else:
-                lines.append(f"100644 {known_ids.get(path) or self.blobs.add(data)}\t{path}")
-        self.blobs.close()
+            else:  # the large files (inventory, audit log) are compressed while git builds the index
+                lines.append(f"100644 {known_ids.get(path) or self.blobs.add(data, later=len(data) > 65536)}\t{path}")
         index_info = ("\n".join(lines) + "\n").encode()
 
         head, head_tree = self._head_and_tree()
         tmp_index = self.git_dir / f"pkiascode-index-{os.getpid()}"
         env = {"GIT_INDEX_FILE": str(tmp_index)}
+        compressing = threading.Thread(target=self.blobs.compress_later, name="pki-git-compress")
+        compressing.start()
         try:
-            if head:
-                self._git("read-tree", head, env=env)
-            self._git("update-index", "--index-info", stdin=index_info, env=env)
+            try:
+                if head:
+                    self._git("read-tree", head, env=env)
+                self._git("update-index", "--index-info", stdin=index_info, env=env)  # (ids only)
+            finally:
+                compressing.join()
+            self.blobs.close()  # the objects, before git looks for them
             tree = self._git("write-tree", env=env)
         finally:
             tmp_index.unlink(missing_ok=True)

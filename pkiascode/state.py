@@ -30,6 +30,7 @@ from .model import Observed, Record
 __all__ = ["StateDir", "atomic_write", "file_stamp", "INVENTORY_FORMAT"]
 
 INVENTORY_FORMAT = 1
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True), built once
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -175,9 +176,10 @@ class StateDir:
             out.append(f'"audit_head": {json.dumps(inv["audit_head"], sort_keys=True)},')
         out.append('"objects": {')
         names = sorted(objects)
+        encode = _SORTED_JSON
         for i, name in enumerate(names):
             sep = "," if i < len(names) - 1 else ""
-            out.append(f"{json.dumps(name)}: {json.dumps(objects[name], sort_keys=True)}{sep}")
+            out.append(f"{encode(name)}: {encode(objects[name])}{sep}")
         out.append("},")
         out.append('"revocations": [')
         revs = inv.get("revocations", [])

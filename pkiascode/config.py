@@ -68,7 +68,8 @@ class _Checker:
         self.issues.append(issue)
 
     def unknown_keys(self, table: Mapping[str, Any], allowed: Iterable[str], path: tuple[str, ...]) -> None:
-        allowed = set(allowed)
+        if not isinstance(allowed, (set, frozenset)):
+            allowed = set(allowed)
         for key in table:
             if key not in allowed:
                 self.add(path + (key,), f"unknown key {key!r}{did_you_mean(key, allowed)}", where=path)

@@ -32,7 +32,7 @@ class KeyType(str, enum.Enum):
 
     @property
     def is_rsa(self) -> bool:
-        return self.family == "rsa"
+        return self.value.startswith("rsa-")
 
     @property
     def bits(self) -> int:

@@ -44,8 +44,11 @@ class Kind(str, enum.Enum):
 _KINDS = {k.value: k for k in Kind}
 
 
+_COMPACT_SORTED = json.JSONEncoder(sort_keys=True, separators=(",", ":")).encode
+
+
 def digest_json(value: Any) -> str:
-    return hashlib.sha256(json.dumps(value, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+    return hashlib.sha256(_COMPACT_SORTED(value).encode()).hexdigest()
 
 
 def parse_time(text: str) -> dt.datetime:

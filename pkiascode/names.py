@@ -6,6 +6,7 @@ No crypto and no I/O here: these run on every ``pki validate``.
 from __future__ import annotations
 
 import difflib
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -134,6 +135,11 @@ ALL_USAGES = sorted(set(KEY_USAGES) | set(EXTENDED_USAGES))
 
 def canonical_usages(usages: Iterable[str]) -> tuple[str, ...]:
     """Normalise spellings (underscores, aliases), drop duplicates, keep a stable order."""
+    return _canonical_usages(tuple(usages))
+
+
+@functools.lru_cache(maxsize=256)
+def _canonical_usages(usages: tuple[str, ...]) -> tuple[str, ...]:
     out: list[str] = []
     for raw in usages:
         u = raw.strip().lower().replace("_", " ")

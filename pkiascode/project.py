@@ -137,6 +137,8 @@ class Project:
     def close(self) -> None:
         if self._repo:
             self._repo.close()
+        if self._state is not None:
+            self._state.close()
         for store in self._stores.values():
             try:
                 store.close()

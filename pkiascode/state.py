@@ -133,6 +133,7 @@ class StateDir:
         self.deletes_path = self.journal / "deletes.json"
         self.deferred_path = self.journal / "uncommitted.json"
         self._stat_cache_path = work_dir / "cache" / "files.marshal"
+        self._dir_fds: dict[str, int] = {}  # see prewrite
         self._cache_dirty = False
         self._journal_file: Any = None
         #: stat stamps of the files the last `observe` read, taken as it read them
@@ -324,17 +325,23 @@ class StateDir:
         """Write state file ``rel``'s future content under a temporary name, while signing (in a
         signing worker too), so that `roll_forward` only renames it into place. A crash leaves just a
         temporary file, which the next apply removes; its transaction holds the content anyway."""
-        tmp = self.prewrite_name(rel, token)
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
-        except FileNotFoundError:
-            tmp.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        folder, _, name = rel.rpartition("/")
+        fd = os.open(f".{name}.{token}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644,
+                     dir_fd=self._dir_fd(folder))
         try:
             os.fchmod(fd, 0o644)
             os.write(fd, data)
         finally:
             os.close(fd)
+
+    def _dir_fd(self, folder: str) -> int:
+        """State directory ``folder`` (``certs``), open for the rest of the run (made if missing):
+        names relative to it skip a path walk per file."""
+        fd = self._dir_fds.get(folder)
+        if fd is None:
+            (self.root / folder).mkdir(parents=True, exist_ok=True)
+            fd = self._dir_fds[folder] = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
+        return fd
 
     def roll_forward(self, txn: Mapping[str, Any], prewritten: tuple[str, set[str]] | None = None) -> None:
         """Write the transaction into state/ (idempotent: safe to repeat after a crash).
@@ -350,18 +357,11 @@ class StateDir:
             path = self.base / config["path"]
             if path.read_text(encoding="utf-8") != config["content"]:
                 atomic_write(path, config["content"].encode("utf-8"))
-        dir_fds: dict[str, int] = {}  # renames relative to their directory: no path walk per file
-        try:
-            for rel, content in txn["files"].items():
-                if content is not None and rel in ready:
-                    folder, _, name = rel.rpartition("/")
-                    fd = dir_fds.get(folder)
-                    if fd is None:
-                        fd = dir_fds[folder] = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
-                    os.replace(f".{name}.{token}.tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
-        finally:
-            for fd in dir_fds.values():
-                os.close(fd)
+        for rel, content in txn["files"].items():
+            if content is not None and rel in ready:
+                folder, _, name = rel.rpartition("/")
+                fd = self._dir_fd(folder)
+                os.replace(f".{name}.{token}.tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
         for rel, content in txn["files"].items():
             path = self.root / rel
             if content is None:
@@ -415,6 +415,13 @@ class StateDir:
 
     def finish(self) -> None:
         self.txn_path.unlink(missing_ok=True)
+        self.close()
+
+    def close(self) -> None:
+        """Let go of the directories `prewrite` kept open."""
+        fds, self._dir_fds = self._dir_fds, {}
+        for fd in fds.values():
+            os.close(fd)
 
     def remove_temporaries(self) -> None:
         """Temporary files of a write a crash cut short (`atomic_write`'s ``.NAME.PID.tmp``): under the

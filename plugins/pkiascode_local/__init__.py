@@ -44,6 +44,7 @@ class LocalKeyStore(KeyStore):
         super().__init__(*args, **kwargs)
         self.path = (self.context.base_dir / (self.settings.get("path") or ".pki/keys")).resolve()
         self._dir_ready = False
+        self._dir_fd: int | None = None  # the key directory, open: names relative to it skip a path walk
         self._mkdir_lock = threading.Lock()
         self._keys: dict[str, Any] = {}  # id -> key, for keys this process wrote or read
 
@@ -85,6 +86,7 @@ class LocalKeyStore(KeyStore):
                         stale.unlink()
                 except FileNotFoundError:
                     pass
+            self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
             self._dir_ready = True
 
     def _file(self, ref: KeyRef) -> Path:
@@ -101,8 +103,9 @@ class LocalKeyStore(KeyStore):
                       else serialization.NoEncryption())
         data = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption)
         suffix = request.suffix or secrets.token_hex(4)
-        tmp = self.path / f".{request.name}-{suffix}.pem.tmp"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        folder = self._dir_fd
+        tmp = f".{request.name}-{suffix}.pem.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=folder)
         try:
             os.write(fd, data)
         finally:
@@ -111,12 +114,12 @@ class LocalKeyStore(KeyStore):
             while True:  # published whole, under a name no other key has: link() never replaces
                 file_name = f"{request.name}-{suffix}.pem"
                 try:
-                    os.link(tmp, self.path / file_name)
+                    os.link(tmp, file_name, src_dir_fd=folder, dst_dir_fd=folder)
                     break
                 except FileExistsError:
                     suffix = secrets.token_hex(4)
         finally:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=folder)
         self._keys[file_name] = key
         return KeyRef(self.name, file_name)
 
@@ -176,6 +179,11 @@ class LocalKeyStore(KeyStore):
                          self.path / f".{request.name}-{request.suffix}.pem.tmp"):
                 path.unlink(missing_ok=True)
             self._keys.pop(f"{request.name}-{request.suffix}.pem", None)
+
+    def close(self) -> None:
+        if self._dir_fd is not None:
+            os.close(self._dir_fd)
+            self._dir_fd, self._dir_ready = None, False
 
     def delete(self, ref: KeyRef) -> None:
         self._keys.pop(ref.id, None)

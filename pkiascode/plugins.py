@@ -32,6 +32,7 @@ from .errors import BackendError
 __all__ = ["Plugins", "ENTRY_POINT_GROUP", "installed_plugin_names"]
 
 ENTRY_POINT_GROUP = "pkiascode"
+_CACHED_ENVIRONMENTS = 8  # interpreters/virtualenvs/import paths remembered at once
 
 
 def _cache_file() -> Path | None:
@@ -70,19 +71,26 @@ def entry_points(*, fresh: bool = False) -> dict[str, str]:
     """The ``pkiascode`` entry points installed: name -> ``module:attr``."""
     cache = _cache_file()
     key = _environment_key() if cache is not None else ""
-    if cache is not None and not fresh:
+    known: dict[str, Any] = {}  # environment key -> entry points, for the last few environments
+    if cache is not None:
         try:
-            data = json.loads(cache.read_bytes())
-            if data.get("key") == key and isinstance(data.get("entry_points"), dict):
-                return {str(k): str(v) for k, v in data["entry_points"].items()}
-        except (OSError, ValueError, AttributeError):
-            pass
+            known = json.loads(cache.read_bytes())["environments"]
+            if not isinstance(known, dict):
+                known = {}
+            hit = known.get(key)
+            if isinstance(hit, dict) and not fresh:
+                return {str(k): str(v) for k, v in hit.items()}
+        except (OSError, ValueError, KeyError, TypeError):
+            known = {}
     found = _scan_entry_points()
     if cache is not None:
+        known.pop(key, None)
+        known[key] = found
+        kept = dict(list(known.items())[-_CACHED_ENVIRONMENTS:])  # the most recent last
         try:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-            tmp.write_text(json.dumps({"key": key, "entry_points": found}))
+            tmp.write_text(json.dumps({"environments": kept}))
             os.replace(tmp, cache)
         except OSError:
             pass  # a read-only home: scan each time

@@ -198,6 +198,12 @@ def test_entry_points_are_remembered_and_a_new_distribution_is_seen(tmp_path: Pa
     os.utime(dist / "entry_points.txt", ns=(1, 1))
     assert _probe(env) == (["local", "pkcs11", "vault"], True)
 
+    # another environment (another import path) is remembered next to this one, not instead of it
+    other = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + str(tmp_path)}
+    assert _probe(other) == (["local", "pkcs11", "vault"], True)
+    assert _probe(env) == (["local", "pkcs11", "vault"], False)
+    assert _probe(other) == (["local", "pkcs11", "vault"], False)
+
 
 def test_a_remembered_entry_point_that_no_longer_imports_is_looked_up_again(tmp_path: Path,
                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
@@ -209,7 +215,7 @@ def test_a_remembered_entry_point_that_no_longer_imports_is_looked_up_again(tmp_
     monkeypatch.delenv("PKI_NO_ENTRY_POINT_CACHE", raising=False)
     cache = tmp_path / "pkiascode" / "entry-points.json"
     cache.parent.mkdir(parents=True)
-    cache.write_text(json.dumps({"key": plugins_module._environment_key(),
-                                 "entry_points": {"local": "pkiascode_gone_away"}}))
+    key = plugins_module._environment_key()
+    cache.write_text(json.dumps({"environments": {key: {"local": "pkiascode_gone_away"}}}))
     assert Plugins().factory("local") is not None
-    assert json.loads(cache.read_text())["entry_points"]["local"] == "pkiascode_local"
+    assert json.loads(cache.read_text())["environments"][key]["local"] == "pkiascode_local"

@@ -223,18 +223,36 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
             made: list[tuple[str, str]] | None = None) -> str | None:
     """Write the transaction into state/ and commit it. A run that made it passes what it knows
     already: the files it wrote ahead, the git ids of their contents, the keys its state uses."""
-    state.roll_forward(txn, prewritten)
+    repo = project.repository() if commit else None
+    compressing = None
+    if repo is not None and blob_ids is not None:
+        # the two large files, compressed for git on a thread while state/ is written (zlib lets
+        # go of the GIL; the writes mostly wait for the kernel)
+        try:
+            with open(state.audit_path, "rb") as f:
+                audit_after = f.read(txn["audit_size"]) + txn["audit"].encode()
+        except FileNotFoundError:
+            audit_after = txn["audit"].encode()
+        repo.blobs.add(txn["inventory"].encode(), later=True)
+        repo.blobs.add(audit_after, later=True)
+        compressing = threading.Thread(target=repo.blobs.compress_later, name="pki-git-compress")
+        compressing.start()
+    try:
+        state.roll_forward(txn, prewritten)
+    finally:
+        if compressing is not None:
+            compressing.join()
     _crash_point("after-state")
     sha = None
     if commit:
-        repo = project.repository()
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
         files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
         files["inventory.json"] = txn["inventory"].encode()
         files["audit.jsonl"] = state.audit_path.read_bytes()
         try:
-            sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {})
+            sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {},
+                                    fresh=blob_ids is not None)
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")

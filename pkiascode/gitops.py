@@ -16,6 +16,7 @@ import os
 import struct
 import subprocess
 import threading
+import time
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -158,6 +159,7 @@ class Repository:
         self.object_format = object_format
         self._blobs: BlobWriter | None = None
         self._loose_at_start: tuple[str, list[str]] | None = None  # see check_can_commit
+        self._prefetch: subprocess.Popen[bytes] | None = None  # see prefetch_commit_info
 
     @property
     def zero_id(self) -> str:
@@ -171,6 +173,7 @@ class Repository:
         return self._blobs
 
     def close(self) -> None:
+        self._drop_prefetch()
         if self._blobs is not None:
             self._blobs.discard()  # only ever unfinished work of a failed apply
             self._blobs = None
@@ -208,6 +211,7 @@ class Repository:
         # for the commit at the end of this apply: under the apply lock nothing but the apply itself,
         # which names every file it writes, changes state/ meanwhile
         self._loose_at_start = (self.rel(state_root), [p for p, _ in loose])
+        self.prefetch_commit_info()
 
     def _loose_state_files(self, state_root: Path, *, modified: bool = False,
                            known: Iterable[str] = ()) -> list[tuple[str, bool]]:
@@ -228,11 +232,14 @@ class Repository:
         return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
 
     def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
-                     everything: bool = False, known: Mapping[str, str] | None = None) -> str | None:
+                     everything: bool = False, known: Mapping[str, str] | None = None,
+                     fresh: bool = False) -> str | None:
         """Commit ``files`` (paths relative to ``state_root``; None deletes) and the state files git does
         not know yet (with ``everything``, every state file that differs from HEAD), and nothing else.
         None when there was nothing to commit. Refuses key material. ``known``: the object ids of
-        contents already given to `blobs` (by path relative to ``state_root``), not hashed again."""
+        contents already given to `blobs` (by path relative to ``state_root``), not hashed again.
+        ``fresh``: the caller has just made these changes (an apply's own run, whose audit lines alone
+        make the tree differ from HEAD's), so one ``git fast-import`` makes the commit on the branch."""
         root = self.rel(state_root)
         known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
@@ -250,6 +257,11 @@ class Repository:
                 lines.append(f"100644 {known_ids.get(path) or self.blobs.add(data, later=len(data) > 65536)}\t{path}")
         index_info = ("\n".join(lines) + "\n").encode()
 
+        info = self._commit_info() if fresh and not everything else None
+        if info is not None:
+            commit = self._fast_commit(info, lines, message)
+            self._sync_index(index_info, root, commit)
+            return commit
         head, head_tree = self._head_and_tree()
         tmp_index = self.git_dir / f"pkiascode-index-{os.getpid()}"
         env = {"GIT_INDEX_FILE": str(tmp_index)}
@@ -281,8 +293,70 @@ class Repository:
             commit = self._git("-c", "user.name=pkiascode", "-c", "user.email=pkiascode@localhost", *commit_tree,
                                stdin=message.encode("utf-8"))
         self._git("update-ref", "-m", "pki apply", "HEAD", commit, head or self.zero_id)
+        self._drop_prefetch()  # HEAD moved: ask again for the next commit
         self._sync_index(index_info, root, commit)
         return commit
+
+    # -- the one-process commit of an apply's own changes -------------------------------------------
+    def prefetch_commit_info(self) -> None:
+        """Ask git, in the background, what the commit at the end of this apply needs: the branch,
+        HEAD and who commits (the answers are read by `commit_state`)."""
+        if self._prefetch is None:
+            # one line each, empty when git says no (detached or unborn HEAD, no identity): one
+            # process started from here rather than four
+            script = "; ".join(f"{{ {cmd} || echo; }}" for cmd in (
+                "git symbolic-ref -q HEAD", "git rev-parse -q --verify 'HEAD^{commit}'",
+                "git var GIT_AUTHOR_IDENT", "git var GIT_COMMITTER_IDENT"))
+            self._prefetch = subprocess.Popen(["/bin/sh", "-c", script], cwd=self.top, stdout=subprocess.PIPE,
+                                              stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+
+    def _commit_info(self) -> tuple[str, str, str, str] | None:
+        """(branch ref, HEAD, author, committer) for `_fast_commit`, or None for the other way: HEAD
+        detached or unborn, or no identity configured (commit-tree then says who we are)."""
+        self.prefetch_commit_info()
+        proc, self._prefetch = self._prefetch, None
+        assert proc is not None
+        out = proc.communicate()[0].decode().split("\n")
+        if len(out) < 4:
+            return None
+        ref, head, author, committer = (line.strip() for line in out[:4])
+        if not (ref.startswith("refs/heads/") and head and author and committer):
+            return None
+        return ref, head, author, committer
+
+    def _fast_commit(self, info: tuple[str, str, str, str], index_lines: list[str], message: str) -> str:
+        """The commit of ``index_lines`` (``MODE ID\tPATH``; mode 0 deletes) on top of HEAD, made and
+        put on the branch by one ``git fast-import``, which refuses to move a branch that someone
+        else moved meanwhile."""
+        ref, head, author, committer = info
+        proc = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self.top, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            self.blobs.close()  # the objects, while git starts: it looks for them from the first M line
+        except BaseException:
+            proc.kill()
+            proc.communicate()
+            raise
+        now = f"{int(time.time())} {_utc_offset()}"
+        msg = message.encode("utf-8")
+        out = [f"commit {ref}\nmark :1\nauthor {_ident(author)} {now}\ncommitter {_ident(committer)} {now}\n"
+               f"data {len(msg)}\n".encode(), msg, f"\nfrom {head}\n".encode()]
+        for line in index_lines:
+            meta, path = line.split("\t", 1)
+            mode, oid = meta.split(" ")
+            out.append((f"D {path}\n" if mode == "0" else f"M {mode} {oid} {path}\n").encode())
+        out.append(b"\nget-mark :1\ndone\n")
+        stdout, stderr = proc.communicate(b"".join(out))
+        commit = stdout.decode().strip()
+        if proc.returncode != 0 or len(commit) not in (40, 64):
+            raise GitError(f"git fast-import failed: {_first_reason(stderr.decode(errors='replace'))}")
+        return commit
+
+    def _drop_prefetch(self) -> None:
+        """Forget prefetched answers (after a commit moved HEAD, or when closing)."""
+        proc, self._prefetch = self._prefetch, None
+        if proc is not None:
+            proc.communicate()
 
     def _sync_index(self, index_info: bytes, root: str, commit: str) -> None:
         """The user's index, for these paths only, follows the commit (what else is staged stays)."""
@@ -304,6 +378,19 @@ class Repository:
         proc = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD^{commit}"], cwd=self.top,
                               capture_output=True)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+
+def _ident(var_output: str) -> str:
+    """``Name <email>`` of ``git var GIT_*_IDENT``'s ``Name <email> TIME ZONE``."""
+    return var_output.rsplit(" ", 2)[0]
+
+
+def _utc_offset() -> str:
+    """This machine's UTC offset now, as git writes it (``+0100``)."""
+    offset = time.localtime().tm_gmtoff
+    sign = "+" if offset >= 0 else "-"
+    offset = abs(offset) // 60
+    return f"{sign}{offset // 60:02d}{offset % 60:02d}"
 
 
 def _is_state_file(root: str, path: str) -> bool:

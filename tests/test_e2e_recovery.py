@@ -81,7 +81,7 @@ def assert_converged(repo: Path, pki: Pki) -> None:
     assert git(repo, "show", "HEAD:state/inventory.json") == (repo / "state/inventory.json").read_text()
     assert git(repo, "show", "HEAD:state/audit.jsonl") == (repo / "state/audit.jsonl").read_text()
     for subject in git(repo, "log", "--format=%s").splitlines():
-        assert subject.startswith("pki apply: "), subject
+        assert subject.startswith("pki apply: ") or subject in ("pki.toml", "theirs"), subject
 
 
 def changes_of(plan: dict) -> list[tuple[str, str]]:
@@ -292,8 +292,8 @@ def _killed_in_git(project: Path, pki: Pki, step: str) -> None:
     bin_dir = project.parent / "paused-git"
     bin_dir.mkdir(exist_ok=True)
     real_git = shutil.which("git")
-    match = ('[ "$1" = commit-tree ]' if step == "commit-tree"
-             else '[ "$1" = update-index ] && [ -z "$GIT_INDEX_FILE" ]')
+    match = {"commit-tree": '[ "$1" = commit-tree ]', "fast-import": '[ "$1" = fast-import ]',
+             "index": '[ "$1" = update-index ] && [ -z "$GIT_INDEX_FILE" ]'}[step]
     wrapper = bin_dir / "git"
     wrapper.write_text(f'#!/bin/sh\nif {match}; then touch "{marker}"; sleep 60; fi\nexec "{real_git}" "$@"\n')
     wrapper.chmod(0o755)
@@ -318,6 +318,67 @@ def test_killed_inside_git_commit_converges(project, pki):
     r = pki.apply()
     assert "completed an interrupted apply" in r.stderr
     assert commit_count(project) == 1
+    assert_converged(project, pki)
+
+
+def test_killed_inside_the_one_process_commit_converges(project, pki):
+    """With a branch to commit on, an apply commits through one `git fast-import`: killed there, the
+    branch has not moved, and the next run commits once."""
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pki.toml")
+    first = head(project)
+    _killed_in_git(project, pki, "fast-import")
+    assert head(project) == first
+    assert (project / ".pki/journal/txn.json").exists()
+    r = pki.apply()
+    assert "completed an interrupted apply" in r.stderr
+    assert commit_count(project) == 2
+    assert git(project, "log", "-1", "--format=%s") == "pki apply: 4 created\n"
+    assert git(project, "status", "--porcelain", "--", "state") == ""
+    assert_converged(project, pki)
+
+
+def test_a_branch_moved_during_apply_is_not_overwritten(project, pki):
+    """Someone commits while an apply signs: the apply's commit would drop theirs, so it stops with
+    the state written; the next run commits that state on top of theirs."""
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pki.toml")
+    go = project.parent / "go"
+    bin_dir = project.parent / "waiting-git"
+    bin_dir.mkdir()
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = fast-import ]; then touch "{go}.reached"; '
+                       f'while [ ! -e "{go}" ]; do sleep 0.05; done; fi\nexec "{shutil.which("git")}" "$@"\n')
+    wrapper.chmod(0o755)
+    proc = pki.popen("apply", "--auto-approve", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    deadline = time.monotonic() + 30
+    while not (project.parent / "go.reached").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(0.02)
+    (project / "NOTES").write_text("theirs\n")
+    git(project, "add", "NOTES")
+    git(project, "commit", "-q", "-m", "theirs")
+    theirs = head(project)
+    go.touch()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, (out, err)
+    assert "Not updating" in err and "next `pki apply` commits it" in err, err
+    assert head(project) == theirs
+    r = pki.apply()
+    assert r.returncode == 0, r.stderr
+    assert git(project, "log", "--format=%s", "-3").splitlines() == ["pki apply: 4 created", "theirs", "pki.toml"]
+    assert git(project, "status", "--porcelain", "--", "state") == ""
+    assert_converged(project, pki)
+
+
+def test_a_detached_head_gets_its_commit_too(project, pki):
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pki.toml")
+    git(project, "checkout", "-q", "--detach")
+    pki.apply()
+    assert git(project, "log", "-1", "--format=%s") == "pki apply: 4 created\n"
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD").strip() == "HEAD"  # still detached
+    assert git(project, "status", "--porcelain", "--", "state") == ""
     assert_converged(project, pki)
 
 

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import logging
 import os
 import re
 import secrets

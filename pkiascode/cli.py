@@ -66,6 +66,14 @@ class Ctx:
             self._project = Project(self.config)
         return self._project
 
+    def parse_config_in_background(self) -> None:
+        """A large pki.toml without a cached parse: parse it on the other core while this process
+        imports what the command needs (see `pkiascode.config.parse_in_background`)."""
+        from .config import parse_in_background
+
+        if not (self.config.parent / ".pki" / "journal" / "txn.json").exists():  # (an import may be pending)
+            parse_in_background(self.config, lambda: self.project.desired())
+
     def color(self, stream: Any = None) -> bool:
         stream = stream or sys.stdout
         return not self.no_color and "NO_COLOR" not in os.environ and stream.isatty()
@@ -96,6 +104,8 @@ def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
         if sub_config:
             c.config = Path(sub_config)
         c.no_color = c.no_color or sub_no_color
+        if f.__name__ == "apply":
+            c.parse_config_in_background()
         return f(c, *args, **kwargs)
 
     return wrapper
@@ -220,8 +230,9 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     if planfile and (at or replace):
         raise PkiError("a saved plan already fixes --at and --replace; pass them to `pki plan` instead")
     project = c.project
-    # apply reads the parse cache but does not write it: it is for repeated plans (an apply in CI
-    # runs once on a fresh machine; a plan before it has written the cache already)
+    # apply reads the parse cache but spends none of its own time writing it: it is for repeated
+    # plans (an apply in CI runs once on a fresh machine; a plan before it has written it already).
+    # A large pki.toml is parsed by a background process instead, which does write it.
     project.write_config_cache = False
     desired = project.desired()
     commit = desired.settings.commit and not no_commit

@@ -927,3 +927,45 @@ def test_apply_reads_the_cache_but_leaves_writing_it_to_plan(tmp_path):
     r = pki("apply", "--auto-approve")
     assert r.returncode == 0 and "1 reissued" in r.stdout, r.stdout
     assert cache.stat().st_mtime_ns == before and cache.exists()
+
+
+def _large_pki_toml(n: int, *, mistake: bool = False) -> str:
+    from pkiascode.config import BACKGROUND_PARSE_MIN
+
+    parts = ['[defaults]\nkey = "ecdsa-p256"\n\n[authority.root]\ncommon_name = "Root"\n']
+    parts += [f'[certificate.leaf-{i:04d}]\nissuer = "root"\nhosts = ["leaf-{i}.example", "10.1.{i // 250}.{i % 250}"]\n'
+              for i in range(n)]
+    if mistake:
+        parts.append('[certificate.bad]\nissuer = "root"\nhosts = ["not a host"]\n')
+    text = "\n".join(parts)
+    assert len(text) >= BACKGROUND_PARSE_MIN
+    return text
+
+
+def test_a_large_pki_toml_is_parsed_in_the_background_by_apply(tmp_path):
+    """Apply parses a large pki.toml on the other core while it imports: the outcome is the same
+    parse (cached by the background process), and the same plan and apply."""
+    from helpers import Pki, git, new_repo
+
+    repo = new_repo(tmp_path / "repo", _large_pki_toml(1100))
+    pki = Pki(repo)
+    r = pki("apply", "--auto-approve")
+    assert r.returncode == 0, r.stderr
+    assert "Apply complete: 1101 created" in r.stdout
+    (cache,) = (repo / ".pki" / "cache").glob("config-*.pickle")
+    desired = pickle.loads(cache.read_bytes())
+    assert len(desired.entries) == 1101 and desired.entries["leaf-1099"].hosts[1] == ("ip", "10.1.4.99")
+    assert pki("plan", "--detailed-exitcode").returncode == 0
+    assert git(repo, "log", "-1", "--format=%s") == "pki apply: 1101 created\n"
+
+
+def test_a_mistake_in_a_large_pki_toml_is_reported_as_always(tmp_path):
+    from helpers import Pki, new_repo
+
+    repo = new_repo(tmp_path / "repo", _large_pki_toml(1100, mistake=True))
+    r = Pki(repo)("apply", "--auto-approve")
+    assert r.returncode == 1
+    line = (repo / "pki.toml").read_text().splitlines().index('hosts = ["not a host"]') + 1
+    assert r.stderr.strip() == (f"pki.toml:{line}: certificate.bad.hosts: bad host 'not a host': not an IP "
+                                "address, email, URI or DNS name")
+    assert not (repo / "state").exists() and not list((repo / ".pki" / "cache").glob("config-*.pickle"))

@@ -297,6 +297,7 @@ class _Run:
         self.prewritten: set[str] = set()  # state files written ahead under `prewrite_token`
         self.blob_ids: dict[str, str] = {}  # state file -> git object id of the content it gets
         self.moved: list[tuple[str, str]] = []  # keys imported into another store by move_keys
+        self.inventory_lines: dict[str, tuple[dict[str, Any], str]] = {}  # see StateDir.render_inventory
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
         self.now_text = format_time(now)
@@ -525,7 +526,8 @@ class _Run:
             if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
                 self.retire.append((old.store, old.key_id))
         self.records[entry.name] = rec
-        self.objects[entry.name] = rec.to_json()
+        self.objects[entry.name] = obj = rec.to_json()
+        self.inventory_lines[entry.name] = (obj, StateDir.inventory_line(entry.name, obj))  # (on both cores)
         self.certs[entry.name] = cert
         self.signers.pop((rec.store, rec.key_id), None)
         cert_pem = der_to_pem(der)
@@ -549,17 +551,22 @@ class _Run:
         if len(wanted) < BULK_MIN or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork") \
                 or threading.active_count() > 1:
             return set()
+        known: dict[str, bool] = {}
+
+        def fork_safe(store: str) -> bool:
+            if store not in known:
+                known[store] = store in self.desired.stores and self.project.store(store).fork_safe
+            return known[store]
+
         names = set()
         for change in wanted:
             entry = self.entry(change.name)
             if entry.kind is not Kind.CERTIFICATE or not change.makes_certificate or change.revoke_reason \
                     or entry.issuer is None:
                 continue
-            issuer_stores = {self.entry(entry.issuer).backend}
-            if entry.issuer in self.records:
-                issuer_stores.add(self.records[entry.issuer].store)
-            if all(s in self.desired.stores and self.project.store(s).fork_safe
-                   for s in issuer_stores | {entry.backend}):
+            issuer = self.records.get(entry.issuer)
+            if fork_safe(entry.backend) and fork_safe(self.entry(entry.issuer).backend) \
+                    and (issuer is None or fork_safe(issuer.store)):
                 names.add(change.name)
         return names if len(names) >= BULK_MIN else set()
 
@@ -592,7 +599,8 @@ class _Run:
                     self._make_key(change, journal=False)
                     self.make_certificate(change)
                 out: tuple[Any, ...] = ("ok", [(c.name, self.new_keys[c.name], self.objects[c.name],
-                                                self.files[f"certs/{c.name}.pem"]) for c in theirs],
+                                                self.files[f"certs/{c.name}.pem"], self.inventory_lines[c.name][1])
+                                               for c in theirs],
                                         self.events[events_from:], self.retire[retire_from:],
                                         self.blobs.entries() if self.blobs is not None else [],
                                         self.blob_ids)
@@ -621,10 +629,11 @@ class _Run:
             raise PkiError(f"signing worker: {rest[0]}")
         results, events, retire, blobs, blob_ids = rest
         # (no Record objects for these: nothing later in the run reads a leaf's record)
-        self.state.journal_keys([(ref.store, ref.id, self.requests[name].suffix) for name, ref, _, _ in results])
-        for name, ref, obj, cert_pem in results:
+        self.state.journal_keys([(ref.store, ref.id, self.requests[name].suffix) for name, ref, *_ in results])
+        for name, ref, obj, cert_pem, line in results:
             self.new_keys[name] = ref
             self.objects[name] = obj
+            self.inventory_lines[name] = (obj, line)
             self.records.pop(name, None)
             self.files[f"certs/{name}.pem"] = cert_pem
             self.prewritten.add(f"certs/{name}.pem")
@@ -706,7 +715,7 @@ class _Run:
     def transaction(self, commit: bool) -> dict[str, Any]:
         return self.state.transaction(objects=self.objects, revocations=self.revocations, files=self.files,
                                       events=self.events, message=self.message(), retire_keys=self.retire,
-                                      commit=commit)
+                                      commit=commit, lines=self.inventory_lines)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,

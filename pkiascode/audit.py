@@ -43,8 +43,7 @@ def chain(events: Iterable[Mapping[str, Any]], *, prev: str, seq: int) -> list[d
     for event in events:
         seq += 1
         line = dict(event, seq=seq, prev=prev)
-        line["hash"] = line_hash(line)
-        prev = line["hash"]
+        line["hash"] = prev = hashlib.sha256(_CANONICAL(line).encode()).hexdigest()  # = line_hash(line)
         out.append(line)
     return out
 

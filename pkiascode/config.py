@@ -362,7 +362,8 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
 
     key = c.key_type(t, "key", path) or defaults["key"] or KeyType.ECDSA_P256
     if usages is None:
-        base = [u for u in DEFAULT_CERT_USAGES if key.is_rsa or u != "key encipherment"]
+        rsa = key.is_rsa
+        base = [u for u in DEFAULT_CERT_USAGES if rsa or u != "key encipherment"]
         usages = canonical_usages(base)
 
     validity = c.duration(t, "validity", path) or profile.get("validity") or defaults["validity"]

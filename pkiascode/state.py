@@ -168,9 +168,17 @@ class StateDir:
         return inv
 
     @staticmethod
-    def render_inventory(inv: Mapping[str, Any]) -> bytes:
-        """One object per line: small, reviewable diffs in git."""
+    def inventory_line(name: str, obj: Mapping[str, Any]) -> str:
+        """Object ``name``'s line in inventory.json (without the separating comma)."""
+        return f"{_SORTED_JSON(name)}: {_SORTED_JSON(obj)}"
+
+    @staticmethod
+    def render_inventory(inv: Mapping[str, Any],
+                         lines: Mapping[str, tuple[Mapping[str, Any], str]] | None = None) -> bytes:
+        """One object per line: small, reviewable diffs in git. ``lines``: (object, its
+        `inventory_line`) rendered earlier, used while the object is still that one."""
         objects = inv["objects"]
+        lines = lines or {}
         out = ['{"format_version": %d,' % INVENTORY_FORMAT]
         if inv.get("audit_head"):
             # the audit log's last line when this was written: removing lines from its end shows
@@ -180,7 +188,9 @@ class StateDir:
         encode = _SORTED_JSON
         for i, name in enumerate(names):
             sep = "," if i < len(names) - 1 else ""
-            out.append(f"{encode(name)}: {encode(objects[name])}{sep}")
+            obj = objects[name]
+            pre = lines.get(name)
+            out.append((pre[1] if pre is not None and pre[0] is obj else f"{encode(name)}: {encode(obj)}") + sep)
         out.append("},")
         out.append('"revocations": [')
         revs = inv.get("revocations", [])
@@ -290,16 +300,17 @@ class StateDir:
     def transaction(self, *, objects: Mapping[str, Any], revocations: list[Mapping[str, Any]],
                     files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
                     retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
-                    config: Mapping[str, str] | None = None) -> dict[str, Any]:
+                    config: Mapping[str, str] | None = None,
+                    lines: Mapping[str, tuple[Mapping[str, Any], str]] | None = None) -> dict[str, Any]:
         """Everything a change writes, as one record for `begin`/`roll_forward`: the new inventory
         (with the audit log's new head), the files, the audit lines chained onto the log as it is."""
         prev, seq = audit.tail_hash(self.audit_path)
-        lines = audit.chain(events, prev=prev, seq=seq)
+        audit_lines = audit.chain(events, prev=prev, seq=seq)
         inventory = self.render_inventory({"objects": objects, "revocations": revocations,
-                                           "audit_head": audit.head(lines, prev, seq)})
+                                           "audit_head": audit.head(audit_lines, prev, seq)}, lines)
         txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
-                               "audit": audit.render_lines(lines).decode(), "audit_size": self.audit_size(),
-                               "plan": lines[0].get("plan") if lines else None, "message": message,
+                               "audit": audit.render_lines(audit_lines).decode(), "audit_size": self.audit_size(),
+                               "plan": audit_lines[0].get("plan") if audit_lines else None, "message": message,
                                "retire_keys": sorted(set(retire_keys)), "commit": commit}
         if config is not None:
             txn["config"] = dict(config)
@@ -439,7 +450,8 @@ class StateDir:
     # Two kinds of line: {"intent": {store, request}} before a store is asked to make or import a key,
     # and {"store", "id", "suffix"} once it has answered.
     def journal_intents(self, intents: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        lines = [json.dumps({"intent": {"store": store, "request": dict(request)}}) + "\n"
+        encode = json.JSONEncoder().encode
+        lines = [f'{{"intent": {{"store": {encode(store)}, "request": {encode(request)}}}}}\n'
                  for store, request in intents]
         if lines:
             self.journal.mkdir(parents=True, exist_ok=True)

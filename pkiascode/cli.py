@@ -66,14 +66,6 @@ class Ctx:
             self._project = Project(self.config)
         return self._project
 
-    def parse_config_in_background(self) -> None:
-        """A large pki.toml without a cached parse: parse it on the other core while this process
-        imports what the command needs (see `pkiascode.config.parse_in_background`)."""
-        from .config import parse_in_background
-
-        if not (self.config.parent / ".pki" / "journal" / "txn.json").exists():  # (an import may be pending)
-            parse_in_background(self.config, lambda: self.project.desired())
-
     def color(self, stream: Any = None) -> bool:
         stream = stream or sys.stdout
         return not self.no_color and "NO_COLOR" not in os.environ and stream.isatty()
@@ -104,8 +96,6 @@ def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
         if sub_config:
             c.config = Path(sub_config)
         c.no_color = c.no_color or sub_no_color
-        if f.__name__ == "apply":
-            c.parse_config_in_background()
         return f(c, *args, **kwargs)
 
     return wrapper

@@ -8,7 +8,6 @@ thousand certificates does not re-parse what did not change.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import pickle
 import re
@@ -16,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from ._console import config_digest, wait_for_background_parse
 from .backend import Option
 from .errors import ConfigError, ConfigIssue
 from .keytypes import KeyType
@@ -642,10 +641,10 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
                                           "or pass --config FILE)") from None
     except OSError as e:
         raise ConfigError(file, None, "", f"cannot read: {e.strerror}") from None
-    digest = config_digest(data_bytes)
+    digest = config_digest(data_bytes)  # (in ._console: it must be cheap to import)
     cache_file = cache_dir / f"config-{digest[:32]}.pickle" if cache_dir else None
     if cache_file is not None:
-        _wait_for_background_parse(digest)
+        wait_for_background_parse(digest)
         try:
             with open(cache_file, "rb") as f:
                 cached = pickle.load(f)
@@ -683,55 +682,6 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
     if cache_file is not None and write_cache:
         _write_cache(cache_file, desired)
     return desired
-
-
-def config_digest(data: bytes) -> str:
-    """What the parse cache is keyed by: pki.toml's bytes and this version of pkiascode."""
-    return hashlib.sha256(data + __version__.encode()).hexdigest()
-
-
-#: pki.toml files at least this large are parsed in the background while the CLI imports the rest
-BACKGROUND_PARSE_MIN = 64 * 1024
-_background: dict[str, int] = {}  # digest -> pid of the process parsing it
-
-
-def parse_in_background(config_path: Path, parse: Callable[[], object]) -> None:
-    """Start parsing a large pki.toml that has no cached parse in a forked process, which calls
-    ``parse`` (it writes the cache) and exits; `load_config` waits for it and reads the cache. On 2
-    cores, a cold ``pki apply`` of 1,000 certificates then imports its libraries while pki.toml is
-    parsed. Anything unusual (no fork, a small or unreadable file, already cached) does nothing:
-    `load_config` parses as always, and reports mistakes as always (the child prints nothing)."""
-    if not hasattr(os, "fork"):
-        return
-    try:
-        if os.stat(config_path).st_size < BACKGROUND_PARSE_MIN:
-            return
-        data = config_path.read_bytes()
-    except OSError:
-        return
-    digest = config_digest(data)
-    cache_dir = config_path.resolve().parent / ".pki" / "cache"
-    if digest in _background or (cache_dir / f"config-{digest[:32]}.pickle").exists():
-        return
-    pid = os.fork()
-    if pid == 0:
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, 1)
-            os.dup2(devnull, 2)
-            parse()
-        finally:
-            os._exit(0)
-    _background[digest] = pid
-
-
-def _wait_for_background_parse(digest: str) -> None:
-    pid = _background.pop(digest, None)
-    if pid is not None:
-        try:
-            os.waitpid(pid, 0)
-        except ChildProcessError:
-            pass
 
 
 def _write_cache(cache_file: Path, desired: Desired) -> None:

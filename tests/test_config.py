@@ -930,7 +930,7 @@ def test_apply_reads_the_cache_but_leaves_writing_it_to_plan(tmp_path):
 
 
 def _large_pki_toml(n: int, *, mistake: bool = False) -> str:
-    from pkiascode.config import BACKGROUND_PARSE_MIN
+    from pkiascode._console import BACKGROUND_PARSE_MIN
 
     parts = ['[defaults]\nkey = "ecdsa-p256"\n\n[authority.root]\ncommon_name = "Root"\n']
     parts += [f'[certificate.leaf-{i:04d}]\nissuer = "root"\nhosts = ["leaf-{i}.example", "10.1.{i // 250}.{i % 250}"]\n'
@@ -969,3 +969,23 @@ def test_a_mistake_in_a_large_pki_toml_is_reported_as_always(tmp_path):
     assert r.stderr.strip() == (f"pki.toml:{line}: certificate.bad.hosts: bad host 'not a host': not an IP "
                                 "address, email, URI or DNS name")
     assert not (repo / "state").exists() and not list((repo / ".pki" / "cache").glob("config-*.pickle"))
+
+
+@pytest.mark.parametrize("argv, wanted", [
+    (["apply"], "./pki.toml"),
+    (["apply", "--auto-approve"], "./pki.toml"),
+    (["-C", "infra", "apply", "plan.json"], "./infra/pki.toml"),
+    (["--config", "other.toml", "apply"], "./other.toml"),
+    (["--config=other.toml", "--no-color", "apply", "--lock-timeout", "5m"], "./other.toml"),
+    (["apply", "-C", "sub", "--config", "x.toml"], "./sub/x.toml"),
+    (["plan"], None),
+    (["--version"], None),
+    (["apply", "--help"], None),
+    (["-C"], None),
+    ([], None),
+])
+def test_the_entry_point_finds_the_pki_toml_an_apply_will_read(argv, wanted):
+    from pkiascode._console import _apply_config
+
+    got = _apply_config(argv)
+    assert (got and os.path.normpath(got)) == (wanted and os.path.normpath(wanted))

@@ -24,14 +24,19 @@ import time
 
 T0 = time.perf_counter()
 
+import sys  # noqa: E402
+
 import pkiascode._console  # noqa: E402 - first, as the `pki` script does
 
 pkiascode._console.tune()
+if __name__ == "__main__":  # as `pki apply` does: a large pki.toml starts parsing before the imports
+    _config = pkiascode._console._apply_config(["apply", *sys.argv[1:]])
+    if _config is not None:
+        pkiascode._console.parse_in_background(_config)
 
 import functools
 import importlib
 import json
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 

@@ -93,9 +93,16 @@ def parse_in_background(config: str) -> None:
             os.dup2(devnull, 2)
             from pathlib import Path
 
-            from .project import Project
+            from .config import load_config  # (only what parsing needs: not Project and its planner)
+            from .plugins import Plugins
 
-            Project(Path(config)).desired()  # writes the cache
+            plugins = Plugins()
+
+            def options_for(plugin: str) -> object:
+                factory = plugins.factory(plugin)
+                return None if factory is None else factory.options
+
+            load_config(Path(config), options_for=options_for, cache_dir=Path(base, ".pki", "cache"))
         finally:
             os._exit(0)
     _background[digest] = pid

@@ -34,6 +34,8 @@ __all__ = ["adopt", "find_pairs", "Candidate"]
 
 @dataclasses.dataclass
 class Candidate:
+    """One certificate found in the directory being imported, with its key if one was found."""
+
     name: str
     cert_path: Path
     key_path: Path

@@ -64,6 +64,8 @@ class NullProgress:
 
 @dataclasses.dataclass
 class ApplyResult:
+    """What an apply did: counts by action, the commit made (if any), warnings and the commit message."""
+
     summary: dict[str, int]
     commit: str | None
     warnings: list[str]

@@ -70,12 +70,16 @@ def format_time(t: dt.datetime) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class NameConstraints:
+    """An authority's permitted and excluded name subtrees (as written in pki.toml)."""
+
     permitted: tuple[str, ...] = ()
     excluded: tuple[str, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
 class Revocation:
+    """An entry's ``revoked = {...}``: why, and since when."""
+
     reason: str = "unspecified"
     date: str | None = None  # ISO date; default: when apply revokes
 
@@ -95,6 +99,8 @@ class StoreSpec:
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
+    """The ``[pki]`` table."""
+
     state_dir: str = "state"
     commit: bool = True
     plugins: tuple[str, ...] | None = None
@@ -103,6 +109,8 @@ class Settings:
 
 @dataclasses.dataclass(frozen=True)
 class Entry:
+    """One ``[authority.NAME]`` or ``[certificate.NAME]``, resolved: defaults, profile and issuer applied."""
+
     kind: Kind
     name: str
     issuer: str | None
@@ -169,6 +177,8 @@ class Entry:
 
 @dataclasses.dataclass(frozen=True)
 class Desired:
+    """pki.toml, validated and resolved: what should exist."""
+
     settings: Settings
     stores: Mapping[str, StoreSpec]
     entries: Mapping[str, Entry]  # parents before children

@@ -70,12 +70,16 @@ ACTION_ORDER = list(Action)
 
 @dataclasses.dataclass(frozen=True)
 class FieldChange:
+    """One field of a certificate, before and after a change (None: absent)."""
+
     before: Any
     after: Any
 
 
 @dataclasses.dataclass(frozen=True)
 class Change:
+    """One line of a plan: what happens to one authority or certificate, and why."""
+
     action: Action
     kind: Kind
     name: str
@@ -122,6 +126,8 @@ class Change:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
+    """What an apply would do, as of ``at``, for one pki.toml and one state (by their digests)."""
+
     changes: tuple[Change, ...]
     warnings: tuple[str, ...]
     at: dt.datetime

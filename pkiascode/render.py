@@ -19,12 +19,15 @@ _VERB = {Action.CREATE: "to create", Action.REISSUE: "to reissue", Action.RENEW:
          Action.UPDATE_CRL: "CRL{s} to update"}
 
 
+_JSON = json.JSONEncoder(ensure_ascii=False).encode
+
+
 def _fmt(value: Any) -> str:
     if value is None:
         return "(none)"
     if isinstance(value, str):
         return value
-    return json.dumps(value, ensure_ascii=False)
+    return _JSON(value)
 
 
 def summary_line(plan: Plan) -> str:
@@ -42,20 +45,21 @@ def _style(text: str, code: str, color: bool) -> str:
 
 
 def _change_text(change: Change, color: bool) -> list[str]:
-    glyph = _style(f"{change.action.glyph:>3}", _COLORS[change.action], color)
-    head = f"{glyph} {_style(change.qualified, '1', color)} {_WILL[change.action]}"
+    action = change.action
+    glyph = _style(f"{action.glyph:>3}", _COLORS[action], color)
+    head = f"{glyph} {_style(change.qualified, '1', color)} {_WILL[action]}"
     if change.retire:
         head += " and removed from state"
     lines = [head]
-    for reason in change.reasons:
-        lines.append(f"      because {reason}")
-    width = max((len(f) for f, _ in change.diff), default=0)
+    lines.extend(f"      because {reason}" for reason in change.reasons)
+    width = max((len(f) for f, _ in change.diff), default=0) + 1
+    create = action is Action.CREATE
+    arrow = _style("→", "2", color)
     for field, fc in change.diff:
-        label = f"{field}:".ljust(width + 1)
-        if fc.before is None and change.action is Action.CREATE:
+        label = f"{field}:".ljust(width)
+        if fc.before is None and create:
             lines.append(f"      {label} {_fmt(fc.after)}")
         else:
-            arrow = _style("→", "2", color)
             lines.append(f"      {label} {_fmt(fc.before)} {arrow} {_fmt(fc.after)}")
     return lines
 

@@ -336,6 +336,8 @@ def prove_key(signer: CertificateIssuerPrivateKeyTypes, public_key: CertificateI
 
 @dataclasses.dataclass(frozen=True)
 class CsrInfo:
+    """What a CSR file holds that a certificate is made from."""
+
     digest: str  # sha256 of the public key (a new key in the CSR → rekey)
     public_key: Any
     subject: x509.Name

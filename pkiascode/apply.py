@@ -28,15 +28,18 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
+from cryptography.hazmat.primitives import serialization
+
 from . import audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
 from .gitops import BlobWriter, check_ignored
-from .keytypes import KeyType
+from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
 from .state import StateDir
+from .x509 import build_certificate, der_to_pem, load_certificate, prove_key, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight"]
 
@@ -72,6 +75,8 @@ class ApplyResult:
     message: str
 
 
+_DER = serialization.Encoding.DER
+
 #: fewer new leaves than this are not worth a second process
 BULK_MIN = 200
 #: the share of them this process makes; the rest, the forked worker (this one also takes in the
@@ -100,8 +105,12 @@ def preflight(project: Project, commit: bool) -> None:
     repo = project.repository()
     dirs = [d for name in project.desired().stores for d in project.store(name).local_key_dirs()]
     if repo is not None:
+        committing = commit and project.state.root.exists()
+        if committing:
+            repo.prefetch_commit_info()  # (both in the background while check-ignore runs)
+            repo.start_listing(project.state.root)
         check_ignored(repo, dirs, project.base_dir)
-        if commit and project.state.root.exists():
+        if committing:
             repo.check_can_commit(project.state.root)
     elif commit:
         raise PkiError(f"{project.base_dir} is not in a git repository: run `git init` (or `pki init`), "
@@ -309,8 +318,6 @@ class _Run:
         return self.desired.entries[name]
 
     def cert(self, name: str) -> Any:
-        from .x509 import load_certificate
-
         if name not in self.certs:
             try:
                 self.certs[name] = load_certificate(self.state.cert_path(name).read_bytes())
@@ -321,8 +328,6 @@ class _Run:
 
     def ski_of(self, name: str) -> str:
         """The key identifier of authority ``name``'s current certificate (cached per certificate)."""
-        from .x509 import ski_hex
-
         cert = self.cert(name)
         cached = self.skis.get(name)
         if cached is None or cached[0] is not cert:
@@ -382,8 +387,6 @@ class _Run:
         return any(c.name == name and (c.makes_key or c.action is Action.MOVE_KEY) for c in self.plan.changes)
 
     def move_keys(self) -> None:
-        from .x509 import prove_key
-
         moves = [c for c in self.plan.changes if c.action is Action.MOVE_KEY]
         if not moves:
             return
@@ -478,11 +481,6 @@ class _Run:
 
     def make_certificate(self, change: Change) -> None:
         """Sign ``change``'s certificate and record it (its key is in `new_keys` or the record)."""
-        from cryptography.hazmat.primitives.serialization import Encoding
-
-        from .keytypes import key_type_of
-        from .x509 import build_certificate, der_to_pem, ski_hex
-
         entry = self.entry(change.name)
         old = self.records.get(change.name)
         if entry.csr:
@@ -510,7 +508,7 @@ class _Run:
         cert = build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert,
                                  now=self.now, not_after=not_after, ski=bytes.fromhex(ski),
                                  subject=self.project.csrs()[entry.name].subject if entry.csr else None)
-        der = cert.public_bytes(Encoding.DER)
+        der = cert.public_bytes(_DER)
         rec = Record(
             name=entry.name, kind=entry.kind, issuer=entry.issuer, serial=format(cert.serial_number, "x"),
             sha256=hashlib.sha256(der).hexdigest(), not_before=cert.not_valid_before_utc,
@@ -683,8 +681,6 @@ class _Run:
                    reason=change.revoke_reason, retired=change.retire)
 
     def sign_crls(self) -> None:
-        from .x509 import sign_crl
-
         due = [n for n in self.desired.entries if n in self.crl_due and n in self.records]
         if not due:
             return

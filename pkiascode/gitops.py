@@ -160,6 +160,7 @@ class Repository:
         self._blobs: BlobWriter | None = None
         self._loose_at_start: tuple[str, list[str]] | None = None  # see check_can_commit
         self._prefetch: subprocess.Popen[bytes] | None = None  # see prefetch_commit_info
+        self._listing: tuple[str, subprocess.Popen[bytes]] | None = None  # see start_listing
 
     @property
     def zero_id(self) -> str:
@@ -174,6 +175,9 @@ class Repository:
 
     def close(self) -> None:
         self._drop_prefetch()
+        if self._listing is not None:
+            self._listing[1].communicate()
+            self._listing = None
         if self._blobs is not None:
             self._blobs.discard()  # only ever unfinished work of a failed apply
             self._blobs = None
@@ -196,6 +200,14 @@ class Repository:
         proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(rel) + "/"], cwd=self.top,
                               capture_output=True)
         return proc.returncode == 0
+
+    def start_listing(self, state_root: Path) -> None:
+        """Start `check_can_commit`'s listing of ``state_root`` now, to run while other checks do."""
+        if self._listing is None:
+            root = self.rel(state_root)
+            self._listing = (root, subprocess.Popen(
+                ["git", "ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root], cwd=self.top,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL))
 
     def check_can_commit(self, state_root: Path) -> None:
         """Before an apply: git is not busy, and nothing that would be committed holds a key."""
@@ -220,8 +232,14 @@ class Repository:
         left alone."""
         root = self.rel(state_root)
         listed, self._loose_at_start = self._loose_at_start, None
+        running, self._listing = self._listing, None
         if listed is not None and listed[0] == root and not modified:
             paths = set(listed[1])
+        elif running is not None and running[0] == root and not modified:
+            out_b, err_b = running[1].communicate()
+            if running[1].returncode != 0:
+                raise GitError(f"git ls-files failed: {_first_reason(err_b.decode(errors='replace'))}")
+            paths = {p for p in out_b.decode().split("\0") if p}
         else:
             # not --modified by default: that would hash every file whose index entry has no stat data yet
             out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root)

@@ -157,7 +157,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.quick = args.quick
-        self.reps = args.reps or (1 if self.quick else 11)
+        self.reps = args.reps or (1 if self.quick else 21)
         self.n_plan = args.plan_certs or (1000 if self.quick else 10_000)
         self.n_apply = args.apply_leaves or (200 if self.quick else 1000)
         self.work = Path(tempfile.mkdtemp(prefix="pki-bench-", dir=args.workdir))
@@ -333,7 +333,7 @@ class Bench:
         spec = gen.baseline_spec(tmp_toml)
         spec_path = self.work / f"apply{n}-spec.json"
         gen.write_spec(spec, spec_path)
-        res = self.compare_apply(f"apply{n}", toml_text, spec_path, max(1, min(self.reps, 3)), check_commit=True,
+        res = self.compare_apply(f"apply{n}", toml_text, spec_path, max(1, min(self.reps, 5)), check_commit=True,
                                  no_commit_side=True)
         res.update(leaves=n, key_types=gen.key_type_counts(spec), target="ratio <= 1.50")
         res["pass"] = res["ratio"] is not None and res["ratio"] <= 1.5
@@ -666,8 +666,8 @@ class Bench:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smaller sizes, 1 repetition (a smoke run)")
-    ap.add_argument("--reps", type=int, help="repetitions per side for target 1 (default 11; quick 1); "
-                                             "target 2 uses 3..7 timed plans, target 3 min(reps, 3)")
+    ap.add_argument("--reps", type=int, help="repetitions per side for target 1 (default 21; quick 1); "
+                                             "target 2 uses 3..7 timed plans, target 3 min(reps, 5)")
     ap.add_argument("--plan-certs", type=int, help="certificates for target 2 (default 10000; quick 1000)")
     ap.add_argument("--apply-leaves", type=int, help="leaves for target 3 (default 1000; quick 200)")
     ap.add_argument("--only", choices=["1", "2", "3", "4"], action="append",

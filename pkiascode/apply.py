@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 from . import audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
-from .gitops import BlobWriter, check_ignored
+from .gitops import BlobWriter, PendingCommit, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
@@ -235,35 +235,47 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     """Write the transaction into state/ and commit it. A run that made it passes what it knows
     already: the files it wrote ahead, the git ids of their contents, the keys its state uses."""
     repo = project.repository() if commit else None
-    compressing = None
+    pending: PendingCommit | None = None
+    refused: PkiError | None = None
     if repo is not None and blob_ids is not None:
-        # the two large files, compressed for git on a thread while state/ is written (zlib lets
-        # go of the GIL; the writes mostly wait for the kernel)
+        # An apply's own run: git builds the commit while state/ is written (the audit log's content
+        # is known: what it holds up to the transaction's size, then the new lines), and moves the
+        # branch only when told, after state/ is complete.
         try:
             with open(state.audit_path, "rb") as f:
                 audit_after = f.read(txn["audit_size"]) + txn["audit"].encode()
         except FileNotFoundError:
             audit_after = txn["audit"].encode()
-        repo.blobs.add(txn["inventory"].encode(), later=True)
-        repo.blobs.add(audit_after, later=True)
-        compressing = threading.Thread(target=repo.blobs.compress_later, name="pki-git-compress")
-        compressing.start()
+        files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
+        files["inventory.json"] = txn["inventory"].encode()
+        files["audit.jsonl"] = audit_after
+        try:
+            pending = repo.begin_commit(state.root, files, txn["message"], known=blob_ids,
+                                        late=("inventory.json", "audit.jsonl"))
+        except PkiError as e:
+            refused = e  # reported once state/ is written, as a failed commit always is
     try:
         state.roll_forward(txn, prewritten)
-    finally:
-        if compressing is not None:
-            compressing.join()
+    except BaseException:
+        if pending is not None:
+            pending.abort()
+        raise
     _crash_point("after-state")
     sha = None
     if commit:
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
-        files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
-        files["inventory.json"] = txn["inventory"].encode()
-        files["audit.jsonl"] = state.audit_path.read_bytes()
         try:
-            sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {},
-                                    fresh=blob_ids is not None)
+            if refused is not None:
+                raise refused
+            if pending is not None:
+                sha = pending.finish()
+            else:
+                files = {rel: None if content is None else content.encode()
+                         for rel, content in txn["files"].items()}
+                files["inventory.json"] = txn["inventory"].encode()
+                files["audit.jsonl"] = state.audit_path.read_bytes()
+                sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {})
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")

@@ -1,12 +1,14 @@
 """Committing ``state/`` to git: only ``state/``, never anything holding private key material.
 
-Commits are made with git's plumbing on a temporary index, so they hold exactly the state files
-and never what else the user staged: each blob is hashed and compressed where its certificate is
-signed (in both signing processes of a bulk apply), the blobs go into the object store as one pack
-file, then ``update-index``/``write-tree``/``commit-tree``/``update-ref`` make the commit, and the
-user's index is brought up to date for those paths. ``git add`` of thousands of files would hash them
-all again after the fact, and ``git fast-import`` would do the same work on a core the signing needs. Queries are one ``git rev-parse`` each: importing GitPython would cost an
-apply more than all of them.
+Each blob is hashed and compressed where its certificate is signed (in both signing processes of a
+bulk apply) and goes into the object store in a pack file pkiascode writes itself: ``git add`` of
+thousands of files would hash them all again after the fact. An apply's own changes are then
+committed by one ``git fast-import`` on the branch (`Repository.begin_commit`): it builds the commit
+while state/ is written and moves the branch only when told, after state/ is complete. Everything
+else (a detached HEAD, the first commit, completing an interrupted apply) goes through git's plumbing
+on a temporary index (`Repository.commit_state`). Either way a commit holds exactly the state files,
+never what else the user staged, and the user's index is brought up to date for those paths. Queries
+are one ``git`` call each: importing GitPython would cost an apply more than all of them.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from typing import Any
 from .errors import GitError
 from .x509 import holds_private_key
 
-__all__ = ["Repository", "BlobWriter", "find_repository", "check_ignored"]
+__all__ = ["Repository", "BlobWriter", "PendingCommit", "find_repository", "check_ignored"]
 
 
 
@@ -44,6 +46,10 @@ class BlobWriter:
         self._hash = hashlib.sha256 if self.object_format == "sha256" else hashlib.sha1
         self._entries: dict[bytes, tuple[int, bytes]] = {}  # raw object id -> (crc32, packed bytes)
         self._later: dict[bytes, bytes] = {}  # raw object id -> data, compressed by `compress_later`
+        self._lock = threading.Lock()  # `compress_later` may run on another thread
+
+    def object_id(self, data: bytes) -> str:
+        return self._hash(b"blob %d\0" % len(data) + data).hexdigest()
 
     def entry(self, data: bytes, oid: bytes | None = None) -> tuple[bytes, int, bytes]:
         """(raw object id, CRC-32 of the packed object, packed object) of blob ``data``."""
@@ -68,35 +74,47 @@ class BlobWriter:
         """Blob ``data``'s object id; it is compressed now, or with ``later`` by `compress_later`
         (which another thread may run: zlib lets go of the GIL)."""
         oid = self._hash(b"blob %d\0" % len(data) + data).digest()
-        if oid not in self._entries:
+        with self._lock:
+            if oid in self._entries or oid in self._later:
+                return oid.hex()
             if later:
                 self._later[oid] = data
-            else:
-                _, crc, packed = self.entry(data, oid)
-                self._entries[oid] = (crc, packed)
+                return oid.hex()
+        _, crc, packed = self.entry(data, oid)
+        with self._lock:
+            self._entries[oid] = (crc, packed)
         return oid.hex()
 
     def compress_later(self) -> None:
-        later, self._later = self._later, {}
-        for oid, data in later.items():
+        with self._lock:
+            waiting = list(self._later.items())
+        for oid, data in waiting:
             _, crc, packed = self.entry(data, oid)
-            self._entries[oid] = (crc, packed)
+            with self._lock:
+                self._entries[oid] = (crc, packed)
+                self._later.pop(oid, None)
 
     def add_entries(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
-        for oid, crc, packed in entries:
-            self._entries.setdefault(oid, (crc, packed))
+        with self._lock:
+            for oid, crc, packed in entries:
+                self._entries.setdefault(oid, (crc, packed))
 
     def entries(self) -> list[tuple[bytes, int, bytes]]:
-        return [(oid, crc, packed) for oid, (crc, packed) in self._entries.items()]
+        with self._lock:
+            return [(oid, crc, packed) for oid, (crc, packed) in self._entries.items()]
 
     def discard(self) -> None:
-        self._entries.clear()
-        self._later.clear()
+        with self._lock:
+            self._entries.clear()
+            self._later.clear()
 
-    def close(self) -> None:
-        """Write the blobs added so far into the object store (one pack and its index, both synced)."""
-        self.compress_later()
-        entries, self._entries = self._entries, {}
+    def close(self, *, later: bool = False) -> None:
+        """Write the blobs added so far into the object store (one pack and its index, both synced);
+        with ``later``, leave those still waiting for `compress_later` to the next pack."""
+        if not later:
+            self.compress_later()
+        with self._lock:
+            entries, self._entries = self._entries, {}
         if not entries:
             return
         assert self._repo is not None
@@ -250,36 +268,14 @@ class Repository:
         return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
 
     def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
-                     everything: bool = False, known: Mapping[str, str] | None = None,
-                     fresh: bool = False) -> str | None:
+                     everything: bool = False, known: Mapping[str, str] | None = None) -> str | None:
         """Commit ``files`` (paths relative to ``state_root``; None deletes) and the state files git does
-        not know yet (with ``everything``, every state file that differs from HEAD), and nothing else.
-        None when there was nothing to commit. Refuses key material. ``known``: the object ids of
-        contents already given to `blobs` (by path relative to ``state_root``), not hashed again.
-        ``fresh``: the caller has just made these changes (an apply's own run, whose audit lines alone
-        make the tree differ from HEAD's), so one ``git fast-import`` makes the commit on the branch."""
-        root = self.rel(state_root)
-        known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
-        changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
-        for path, exists in self._loose_state_files(state_root, modified=everything, known=changes):
-            changes[path] = (self.top / path).read_bytes() if exists else None
-        bad = [p for p, data in changes.items() if data is not None and holds_private_key(data)]
-        if bad:
-            raise GitError(f"refusing to commit: {', '.join(bad[:3])} holds private key material; "
-                           "remove it from the state directory")
-        lines = []
-        for path, data in sorted(changes.items()):
-            if data is None:
-                lines.append(f"0 {self.zero_id}\t{path}")
-            else:  # the large files (inventory, audit log) are compressed while git builds the index
-                lines.append(f"100644 {known_ids.get(path) or self.blobs.add(data, later=len(data) > 65536)}\t{path}")
+        not know yet (with ``everything``, every state file that differs from HEAD), and nothing else,
+        through a temporary index. None when there was nothing to commit. Refuses key material.
+        ``known``: the object ids of contents already given to `blobs` (by path relative to
+        ``state_root``), not hashed again. (An apply's own changes take `begin_commit` instead.)"""
+        root, lines = self._index_lines(state_root, files, known=known, everything=everything)
         index_info = ("\n".join(lines) + "\n").encode()
-
-        info = self._commit_info() if fresh and not everything else None
-        if info is not None:
-            commit = self._fast_commit(info, lines, message)
-            self._sync_index(index_info, root, commit)
-            return commit
         head, head_tree = self._head_and_tree()
         tmp_index = self.git_dir / f"pkiascode-index-{os.getpid()}"
         env = {"GIT_INDEX_FILE": str(tmp_index)}
@@ -315,6 +311,31 @@ class Repository:
         self._sync_index(index_info, root, commit)
         return commit
 
+    def _index_lines(self, state_root: Path, files: Mapping[str, bytes | None], *,
+                     known: Mapping[str, str] | None = None, everything: bool = False,
+                     late: Iterable[str] = ()) -> tuple[str, list[str]]:
+        """(state root relative to the work tree, ``MODE ID\tPATH`` index lines, mode 0 deleting) of
+        ``files`` and the loose state files. Refuses key material. The blobs go to `blobs`: the
+        large ones (inventory, audit log), and those named by ``late``, compressed later."""
+        root = self.rel(state_root)
+        known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
+        late_paths = {f"{root}/{rel}" for rel in late}
+        changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
+        for path, exists in self._loose_state_files(state_root, modified=everything, known=changes):
+            changes[path] = (self.top / path).read_bytes() if exists else None
+        bad = [p for p, data in changes.items() if data is not None and holds_private_key(data)]
+        if bad:
+            raise GitError(f"refusing to commit: {', '.join(bad[:3])} holds private key material; "
+                           "remove it from the state directory")
+        lines = []
+        for path, data in sorted(changes.items()):
+            if data is None:
+                lines.append(f"0 {self.zero_id}\t{path}")
+            else:
+                oid = known_ids.get(path) or self.blobs.add(data, later=len(data) > 65536 or path in late_paths)
+                lines.append(f"100644 {oid}\t{path}")
+        return root, lines
+
     # -- the one-process commit of an apply's own changes -------------------------------------------
     def prefetch_commit_info(self) -> None:
         """Ask git, in the background, what the commit at the end of this apply needs: the branch,
@@ -329,7 +350,7 @@ class Repository:
                                               stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
 
     def _commit_info(self) -> tuple[str, str, str, str] | None:
-        """(branch ref, HEAD, author, committer) for `_fast_commit`, or None for the other way: HEAD
+        """(branch ref, HEAD, author, committer) for `begin_commit`, or None for the other way: HEAD
         detached or unborn, or no identity configured (commit-tree then says who we are)."""
         self.prefetch_commit_info()
         proc, self._prefetch = self._prefetch, None
@@ -342,33 +363,42 @@ class Repository:
             return None
         return ref, head, author, committer
 
-    def _fast_commit(self, info: tuple[str, str, str, str], index_lines: list[str], message: str) -> str:
-        """The commit of ``index_lines`` (``MODE ID\tPATH``; mode 0 deletes) on top of HEAD, made and
-        put on the branch by one ``git fast-import``, which refuses to move a branch that someone
-        else moved meanwhile."""
-        ref, head, author, committer = info
+    def begin_commit(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
+                     known: Mapping[str, str] | None = None, late: Iterable[str] = ()) -> PendingCommit | None:
+        """Start the commit of an apply's own changes before they are written into state/: one
+        ``git fast-import`` builds it on the branch while the caller writes the files, and moves the
+        branch only when `PendingCommit.finish` says ``done`` (killed before that, git leaves the
+        branch alone). The files in ``late`` (the inventory and the audit log: large) are compressed
+        on a thread meanwhile and given to git at the end. None when HEAD is detached or unborn or
+        git has no identity: then `commit_state` once the files are written."""
+        info = self._commit_info()
+        if info is None:
+            return None
+        # git starts while we prepare: it needs the objects only from the first M command on
         proc = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self.top, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pending = PendingCommit(self, proc)
         try:
-            self.blobs.close()  # the objects, while git starts: it looks for them from the first M line
+            known = dict(known or {})
+            for rel in late:  # hashed now, compressed on a thread from now on
+                data = files.get(rel)
+                if data is not None:
+                    known[rel] = self.blobs.add(data, later=True)
+            pending.compress_late()
+            root, lines = self._index_lines(state_root, files, known=known)
+            late_paths = {f"{root}/{rel}" for rel in late}
+            early = [ln for ln in lines if ln.split("\t", 1)[1] not in late_paths]
+            pending.prepare(root, lines, [ln for ln in lines if ln.split("\t", 1)[1] in late_paths])
+            self.blobs.close(later=True)  # all but the late blobs, before git looks for them
         except BaseException:
-            proc.kill()
-            proc.communicate()
+            pending.abort()
             raise
+        ref, head, author, committer = info
         now = f"{int(time.time())} {_utc_offset()}"
         msg = message.encode("utf-8")
-        out = [f"commit {ref}\nmark :1\nauthor {_ident(author)} {now}\ncommitter {_ident(committer)} {now}\n"
-               f"data {len(msg)}\n".encode(), msg, f"\nfrom {head}\n".encode()]
-        for line in index_lines:
-            meta, path = line.split("\t", 1)
-            mode, oid = meta.split(" ")
-            out.append((f"D {path}\n" if mode == "0" else f"M {mode} {oid} {path}\n").encode())
-        out.append(b"\nget-mark :1\ndone\n")
-        stdout, stderr = proc.communicate(b"".join(out))
-        commit = stdout.decode().strip()
-        if proc.returncode != 0 or len(commit) not in (40, 64):
-            raise GitError(f"git fast-import failed: {_first_reason(stderr.decode(errors='replace'))}")
-        return commit
+        pending.send(f"commit {ref}\nmark :1\nauthor {_ident(author)} {now}\ncommitter {_ident(committer)} {now}\n"
+                     f"data {len(msg)}\n".encode() + msg + f"\nfrom {head}\n".encode() + _file_commands(early))
+        return pending
 
     def _drop_prefetch(self) -> None:
         """Forget prefetched answers (after a commit moved HEAD, or when closing)."""
@@ -396,6 +426,71 @@ class Repository:
         proc = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD^{commit}"], cwd=self.top,
                               capture_output=True)
         return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
+
+
+class PendingCommit:
+    """A commit `Repository.begin_commit` started: `finish` makes it (or `abort` drops it)."""
+
+    def __init__(self, repo: Repository, proc: subprocess.Popen[bytes]) -> None:
+        self._repo, self._proc = repo, proc
+        self._root = ""
+        self._lines: list[str] = []
+        self._late_lines: list[str] = []
+        self._compressing: threading.Thread | None = None
+        self._broken = False
+
+    def prepare(self, root: str, lines: list[str], late_lines: list[str]) -> None:
+        """All the commit's index lines, and those that `finish` gives git."""
+        self._root, self._lines, self._late_lines = root, lines, late_lines
+
+    def compress_late(self) -> None:
+        self._compressing = threading.Thread(target=self._repo.blobs.compress_later, name="pki-git-compress")
+        self._compressing.start()
+
+    def send(self, data: bytes) -> None:
+        assert self._proc.stdin is not None
+        try:
+            self._proc.stdin.write(data)
+            self._proc.stdin.flush()
+        except BrokenPipeError:
+            self._broken = True  # git stopped: `finish` reports its words
+
+    def finish(self) -> str:
+        """Give git the late blobs and end the commit (git moves the branch); then the user's index
+        follows it."""
+        if self._compressing is not None:
+            self._compressing.join()
+        try:
+            self._repo.blobs.close()
+        except BaseException:
+            self.abort()
+            raise
+        if not self._broken:
+            self.send(_file_commands(self._late_lines) + b"\nget-mark :1\ndone\n")
+        stdout, stderr = self._proc.communicate()
+        commit = stdout.decode().strip()
+        if self._proc.returncode != 0 or len(commit) not in (40, 64):
+            raise GitError(f"git fast-import failed: {_first_reason(stderr.decode(errors='replace'))}")
+        self._repo._sync_index(("\n".join(self._lines) + "\n").encode(), self._root, commit)
+        return commit
+
+    def abort(self) -> None:
+        """Stop git before it moves the branch (without ``done`` it stops at the end of its input)."""
+        if self._compressing is not None:
+            self._compressing.join()
+        self._repo.blobs.discard()
+        self._proc.kill()
+        self._proc.communicate()
+
+
+def _file_commands(index_lines: Iterable[str]) -> bytes:
+    """fast-import's ``M``/``D`` commands for ``MODE ID\tPATH`` index lines (mode 0 deletes)."""
+    out = []
+    for line in index_lines:
+        meta, path = line.split("\t", 1)
+        mode, oid = meta.split(" ")
+        out.append(f"D {path}\n" if mode == "0" else f"M {mode} {oid} {path}\n")
+    return "".join(out).encode()
 
 
 def _ident(var_output: str) -> str:

@@ -380,10 +380,12 @@ class _Run:
         for name in self.stores_touched():
             self.project.store(name).check()
         signers: set[str] = set()
+        required: set[tuple[str, KeyType, bool]] = set()  # each (store, key type, new?) asked once
         for change in self.plan.changes:
             if change.makes_key or change.action is Action.MOVE_KEY:
                 entry = self.entry(change.name)
-                if not entry.csr:
+                if not entry.csr and (entry.backend, entry.key, change.makes_key) not in required:
+                    required.add((entry.backend, entry.key, change.makes_key))
                     self.project.store(entry.backend).require(entry.key, generate=change.makes_key)
             if change.makes_certificate and change.name in self.desired.entries:
                 signers.add(self.entry(change.name).issuer or "")

@@ -2,8 +2,9 @@
 
 A ``pki`` run is short and makes thousands of small objects that live until it ends (parsed
 pki.toml, records, certificates): Python's cyclic garbage collector would scan them again and again
-(about 5% of an apply of 1,000 certificates) to find nothing, so it runs rarely here. This is set
-for the ``pki`` process only, never for a program that imports pkiascode.
+(about 5% of an apply of 1,000 certificates) to find nothing, so it runs rarely here, and what a bulk
+apply's signing worker shares with it stays frozen (`pkiascode.apply`). This is set for the ``pki``
+process only, never for a program that imports pkiascode.
 
 ``pki apply`` on a large pki.toml that has no cached parse (see `pkiascode.config.load_config`)
 starts parsing it in a forked process before importing anything heavy: on 2 cores the file is
@@ -29,11 +30,19 @@ from . import __version__
 BACKGROUND_PARSE_MIN = 64 * 1024
 
 _background: dict[str, int] = {}  # digest -> pid of the process parsing it
+_cli = False
 
 
 def tune() -> None:
     """The process-wide settings of a ``pki`` run (the benchmark's in-process runs call this too)."""
+    global _cli
     gc.set_threshold(100_000, 50, 1000)
+    _cli = True
+
+
+def is_cli_process() -> bool:
+    """Whether this process is a ``pki`` command (short-lived, `tune`d), not a program using pkiascode."""
+    return _cli
 
 
 def config_digest(data: bytes) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import hashlib
 import json
 import os
@@ -30,7 +31,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from . import audit
+from . import _console, audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError, StalePlanError
 from .gitops import BlobWriter, PendingCommit, check_ignored
@@ -602,6 +603,10 @@ class _Run:
         split = int(len(changes) * BULK_SHARE)
         mine, theirs = changes[:split], changes[split:]
         read_end, write_end = os.pipe()
+        # Python's collector writes into every object it scans: after fork() that copies the pages
+        # both processes share. Frozen, what exists now is never scanned: in the `pki` process for
+        # good (its end then skips them too); elsewhere (a program using pkiascode) until unfrozen.
+        gc.freeze()
         pid = os.fork()
         if pid == 0:  # the worker: no journal, no git pipe, no cleanup; the parent records it all
             os.close(read_end)
@@ -638,6 +643,8 @@ class _Run:
             with os.fdopen(read_end, "rb") as f:
                 data = f.read()
             os.waitpid(pid, 0)
+            if not _console.is_cli_process():
+                gc.unfreeze()
         status, *rest = pickle.loads(data) if data else ("error", "the signing worker died")
         if status != "ok":
             raise PkiError(f"signing worker: {rest[0]}")

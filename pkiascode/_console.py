@@ -23,6 +23,7 @@ import gc
 import hashlib
 import os
 import sys
+from typing import Any
 
 from . import __version__
 
@@ -107,7 +108,7 @@ def parse_in_background(config: str) -> None:
 
             plugins = Plugins()
 
-            def options_for(plugin: str) -> object:
+            def options_for(plugin: str) -> Any:
                 factory = plugins.factory(plugin)
                 return None if factory is None else factory.options
 

@@ -645,7 +645,8 @@ class _Run:
             os.waitpid(pid, 0)
             if not _console.is_cli_process():
                 gc.unfreeze()
-        status, *rest = pickle.loads(data) if data else ("error", "the signing worker died")
+        message: tuple[Any, ...] = pickle.loads(data) if data else ("error", "the signing worker died")
+        status, rest = message[0], message[1:]
         if status != "ok":
             raise PkiError(f"signing worker: {rest[0]}")
         results, events, retire, blobs, blob_ids = rest

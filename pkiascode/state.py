@@ -19,7 +19,7 @@ import hashlib
 import json
 import marshal
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -297,7 +297,7 @@ class StateDir:
             # a torn txn file cannot exist (it is renamed into place), so this is damage
             raise StateError(f"{self.txn_path} is damaged; remove it to discard the interrupted apply") from None
 
-    def transaction(self, *, objects: Mapping[str, Any], revocations: list[Mapping[str, Any]],
+    def transaction(self, *, objects: Mapping[str, Any], revocations: Sequence[Mapping[str, Any]],
                     files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
                     retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
                     config: Mapping[str, str] | None = None,

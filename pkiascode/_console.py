@@ -52,31 +52,44 @@ def config_digest(data: bytes) -> str:
 
 
 def _apply_config(args: list[str]) -> str | None:
-    """The pki.toml a ``pki [-C DIR] [--config FILE] apply ...`` command line names, or None when
-    the command is not apply or the options are not ones this follows."""
-    directory, config, command = ".", "pki.toml", None
+    """The pki.toml a ``pki [-C DIR] [--config FILE] apply [-C DIR] [--config FILE] ...`` command
+    line names (as click reads it: the last of each option counts; ``-C`` after the command is
+    relative to the one before), or None when the command is not apply or the line is unusual."""
+    directory = {False: ".", True: "."}  # before the command, after it
+    config: dict[bool, str | None] = {False: None, True: None}
+    command = None
     i = 0
     while i < len(args):
-        arg = args[i]
+        arg, after = args[i], command is not None
         if arg in ("-C", "--config"):
             if i + 1 >= len(args):
                 return None
-            if arg == "-C":
-                directory = os.path.join(directory, args[i + 1])
-            else:
-                config = args[i + 1]
+            value = args[i + 1]
             i += 2
-            continue
-        if arg.startswith("--config="):
-            config = arg.split("=", 1)[1]
-        elif arg in ("-h", "--help", "--version"):
-            return None
-        elif not arg.startswith("-") and command is None:
-            command = arg
-            if command != "apply":
+        elif arg.startswith("--config="):
+            arg, value = "--config", arg.split("=", 1)[1]
+            i += 1
+        elif arg.startswith("-C") and not arg.startswith("--"):
+            arg, value = "-C", arg[2:]
+            i += 1
+        else:
+            if arg in ("-h", "--help", "--version") or arg == "--":
                 return None
-        i += 1
-    return os.path.join(directory, config) if command == "apply" else None
+            if not arg.startswith("-") and command is None:
+                command = arg
+                if command != "apply":
+                    return None
+            i += 1
+            continue
+        if not value:
+            return None
+        if arg == "-C":
+            directory[after] = value
+        else:
+            config[after] = value
+    if command != "apply":
+        return None
+    return os.path.join(directory[False], directory[True], config[True] or config[False] or "pki.toml")
 
 
 def parse_in_background(config: str) -> None:

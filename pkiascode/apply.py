@@ -33,7 +33,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import _console, audit
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, PkiError, StalePlanError
+from .errors import BackendError, GitError, PkiError, StalePlanError
 from .gitops import BlobWriter, PendingCommit, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
@@ -108,8 +108,7 @@ def preflight(project: Project, commit: bool) -> None:
     if repo is not None:
         committing = commit and project.state.root.exists()
         if committing:
-            repo.prefetch_commit_info()  # (both in the background while check-ignore runs)
-            repo.start_listing(project.state.root)
+            repo.start_listing(project.state.root)  # (in the background while check-ignore runs)
         check_ignored(repo, dirs, project.base_dir)
         if committing:
             repo.check_can_commit(project.state.root)
@@ -270,8 +269,11 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
             if refused is not None:
                 raise refused
             if pending is not None:
-                sha = pending.finish()
-            else:
+                try:
+                    sha = pending.finish()
+                except GitError:
+                    pending = None  # (an old git, a branch moved meanwhile): the other way, on HEAD as it is now
+            if pending is None:
                 files = {rel: None if content is None else content.encode()
                          for rel, content in txn["files"].items()}
                 files["inventory.json"] = txn["inventory"].encode()
@@ -321,6 +323,7 @@ class _Run:
         self.prewritten: set[str] = set()  # state files written ahead under `prewrite_token`
         self.blob_ids: dict[str, str] = {}  # state file -> git object id of the content it gets
         self.moved: list[tuple[str, str]] = []  # keys imported into another store by move_keys
+        self.journal_was_empty = self.state.key_journal_empty()
         self.inventory_lines: dict[str, tuple[dict[str, Any], str]] = {}  # see StateDir.render_inventory
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
@@ -744,6 +747,9 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     if plan.empty:
         return ApplyResult({}, None, [], "")
     progress = progress or NullProgress()
+    repo = project.repository() if commit else None
+    if repo is not None:
+        repo.prepare_commit(project.state.root)  # (git answers while we sign)
     run = _Run(project, plan, now or utc_now(), progress, commit)
     run.check_stores()
     try:
@@ -771,7 +777,10 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     sha = _finish(project, run.state, txn, commit=commit, progress=progress,
                   prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids,
                   used={(o["key"]["backend"], o["key"]["ref"]) for o in run.objects.values()},
-                  made=[(ref.store, ref.id) for ref in run.new_keys.values()] + run.moved)
+                  # (only when the journal held nothing before: a key an earlier run could not
+                  # discard yet stays in it until a store takes it back)
+                  made=[(ref.store, ref.id) for ref in run.new_keys.values()] + run.moved
+                  if run.journal_was_empty else None)
     progress.advance()
     notes = _process_deletes(project, run.state)
     progress.done()

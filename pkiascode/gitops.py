@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import struct
 import subprocess
 import threading
-import time
 import zlib
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -119,7 +119,7 @@ class BlobWriter:
             return
         assert self._repo is not None
         try:
-            _write_pack(self._repo.git_dir / "objects" / "pack", entries, self._hash)
+            _write_pack(self._repo.objects_dir / "pack", entries, self._hash)
         except OSError as e:
             raise GitError(f"cannot write to the git object store: {e.strerror or e}") from None
 
@@ -156,8 +156,7 @@ def _write_pack(pack_dir: Path, entries: Mapping[bytes, tuple[int, bytes]], hash
     pack_dir.mkdir(parents=True, exist_ok=True)
     for suffix, data in ((".pack", pack), (".idx", idx)):
         final = pack_dir / (name + suffix)
-        tmp = pack_dir / f"tmp_pkiascode_{os.getpid()}{suffix}"
-        tmp.unlink(missing_ok=True)  # read-only, left by a crash
+        tmp = pack_dir / f"tmp_pkiascode_{os.getpid()}_{secrets.token_hex(4)}{suffix}"
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o444)
         try:
             view = memoryview(data)
@@ -171,12 +170,12 @@ def _write_pack(pack_dir: Path, entries: Mapping[bytes, tuple[int, bytes]], hash
 
 
 class Repository:
-    def __init__(self, top: Path, git_dir: Path, object_format: str) -> None:
+    def __init__(self, top: Path, git_dir: Path, object_format: str, objects_dir: Path | None = None) -> None:
         self.top = top
         self.git_dir = git_dir
         self.object_format = object_format
+        self.objects_dir = objects_dir or git_dir / "objects"
         self._blobs: BlobWriter | None = None
-        self._loose_at_start: tuple[str, list[str]] | None = None  # see check_can_commit
         self._prefetch: subprocess.Popen[bytes] | None = None  # see prefetch_commit_info
         self._listing: tuple[str, subprocess.Popen[bytes]] | None = None  # see start_listing
 
@@ -238,10 +237,18 @@ class Repository:
         if bad:
             raise GitError(f"refusing to apply: {', '.join(bad[:3])} holds private key material; remove it "
                            "from the state directory (nothing was changed)")
-        # for the commit at the end of this apply: under the apply lock nothing but the apply itself,
-        # which names every file it writes, changes state/ meanwhile
-        self._loose_at_start = (self.rel(state_root), [p for p, _ in loose])
+
+    def prepare_commit(self, state_root: Path) -> None:
+        """Under the apply lock, before anything is made: ask git in the background what the commit
+        at the end needs (the loose state files, the branch, HEAD, who commits). Until then nothing
+        but this apply, which names every file it writes, changes state/ or (barring someone's own
+        git commands: `begin_commit` checks) the branch."""
+        self._drop_prefetch()
+        if self._listing is not None:
+            self._listing[1].communicate()
+            self._listing = None
         self.prefetch_commit_info()
+        self.start_listing(state_root)
 
     def _loose_state_files(self, state_root: Path, *, modified: bool = False,
                            known: Iterable[str] = ()) -> list[tuple[str, bool]]:
@@ -249,14 +256,14 @@ class Repository:
         with ``modified``, changed since HEAD), except ``known`` ones; temporary and foreign files are
         left alone."""
         root = self.rel(state_root)
-        listed, self._loose_at_start = self._loose_at_start, None
         running, self._listing = self._listing, None
-        if listed is not None and listed[0] == root and not modified:
-            paths = set(listed[1])
-        elif running is not None and running[0] == root and not modified:
+        if running is not None:
             out_b, err_b = running[1].communicate()
-            if running[1].returncode != 0:
+            if running[0] != root or modified:
+                running = None  # a listing of something else: not this one
+            elif running[1].returncode != 0:
                 raise GitError(f"git ls-files failed: {_first_reason(err_b.decode(errors='replace'))}")
+        if running is not None:
             paths = {p for p in out_b.decode().split("\0") if p}
         else:
             # not --modified by default: that would hash every file whose index entry has no stat data yet
@@ -313,13 +320,12 @@ class Repository:
 
     def _index_lines(self, state_root: Path, files: Mapping[str, bytes | None], *,
                      known: Mapping[str, str] | None = None, everything: bool = False,
-                     late: Iterable[str] = ()) -> tuple[str, list[str]]:
+                     defer_large: bool = True) -> tuple[str, list[str]]:
         """(state root relative to the work tree, ``MODE ID\tPATH`` index lines, mode 0 deleting) of
-        ``files`` and the loose state files. Refuses key material. The blobs go to `blobs`: the
-        large ones (inventory, audit log), and those named by ``late``, compressed later."""
+        ``files`` and the loose state files. Refuses key material. The blobs go to `blobs`; with
+        ``defer_large``, the large ones (inventory, audit log) to be compressed later."""
         root = self.rel(state_root)
         known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
-        late_paths = {f"{root}/{rel}" for rel in late}
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
         for path, exists in self._loose_state_files(state_root, modified=everything, known=changes):
             changes[path] = (self.top / path).read_bytes() if exists else None
@@ -332,7 +338,7 @@ class Repository:
             if data is None:
                 lines.append(f"0 {self.zero_id}\t{path}")
             else:
-                oid = known_ids.get(path) or self.blobs.add(data, later=len(data) > 65536 or path in late_paths)
+                oid = known_ids.get(path) or self.blobs.add(data, later=defer_large and len(data) > 65536)
                 lines.append(f"100644 {oid}\t{path}")
         return root, lines
 
@@ -372,8 +378,8 @@ class Repository:
         on a thread meanwhile and given to git at the end. None when HEAD is detached or unborn or
         git has no identity: then `commit_state` once the files are written."""
         info = self._commit_info()
-        if info is None:
-            return None
+        if info is None or self._head_ref() != info[0]:
+            return None  # (and if someone switched branches meanwhile: commit on HEAD as it is now)
         # git starts while we prepare: it needs the objects only from the first M command on
         proc = subprocess.Popen(["git", "fast-import", "--quiet", "--done"], cwd=self.top, stdin=subprocess.PIPE,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -385,7 +391,7 @@ class Repository:
                 if data is not None:
                     known[rel] = self.blobs.add(data, later=True)
             pending.compress_late()
-            root, lines = self._index_lines(state_root, files, known=known)
+            root, lines = self._index_lines(state_root, files, known=known, defer_large=False)
             late_paths = {f"{root}/{rel}" for rel in late}
             early = [ln for ln in lines if ln.split("\t", 1)[1] not in late_paths]
             pending.prepare(root, lines, [ln for ln in lines if ln.split("\t", 1)[1] in late_paths])
@@ -394,11 +400,20 @@ class Repository:
             pending.abort()
             raise
         ref, head, author, committer = info
-        now = f"{int(time.time())} {_utc_offset()}"
         msg = message.encode("utf-8")
-        pending.send(f"commit {ref}\nmark :1\nauthor {_ident(author)} {now}\ncommitter {_ident(committer)} {now}\n"
+        # `git var` gave "Name <email> TIME ZONE", as fast-import wants it (and as commit-tree would
+        # write it: GIT_AUTHOR_DATE/GIT_COMMITTER_DATE included), when this apply started
+        pending.send(f"commit {ref}\nmark :1\nauthor {author}\ncommitter {committer}\n"
                      f"data {len(msg)}\n".encode() + msg + f"\nfrom {head}\n".encode() + _file_commands(early))
         return pending
+
+    def _head_ref(self) -> str | None:
+        """The branch HEAD names now (its file; None when it is not a plain ``ref:`` line)."""
+        try:
+            text = (self.git_dir / "HEAD").read_text(encoding="utf-8").strip()
+        except OSError:
+            return None
+        return text[5:].strip() if text.startswith("ref: ") else None
 
     def _drop_prefetch(self) -> None:
         """Forget prefetched answers (after a commit moved HEAD, or when closing)."""
@@ -417,8 +432,8 @@ class Repository:
     def _head_and_tree(self) -> tuple[str | None, str | None]:
         """HEAD's commit and tree, in one git call; (None, None) on an unborn branch."""
         # (a failure other than an unborn branch shows later: update-ref refuses to create a ref that exists)
-        proc = subprocess.run(["git", "log", "-1", "--format=%H %T", "HEAD", "--"], cwd=self.top,
-                              capture_output=True)
+        proc = subprocess.run(["git", "log", "--no-show-signature", "-1", "--format=%H %T", "HEAD", "--"],
+                              cwd=self.top, capture_output=True)
         ids = proc.stdout.decode().split() if proc.returncode == 0 else []
         return (ids[0], ids[1]) if len(ids) == 2 else (None, None)
 
@@ -493,19 +508,6 @@ def _file_commands(index_lines: Iterable[str]) -> bytes:
     return "".join(out).encode()
 
 
-def _ident(var_output: str) -> str:
-    """``Name <email>`` of ``git var GIT_*_IDENT``'s ``Name <email> TIME ZONE``."""
-    return var_output.rsplit(" ", 2)[0]
-
-
-def _utc_offset() -> str:
-    """This machine's UTC offset now, as git writes it (``+0100``)."""
-    offset = time.localtime().tm_gmtoff
-    sign = "+" if offset >= 0 else "-"
-    offset = abs(offset) // 60
-    return f"{sign}{offset // 60:02d}{offset % 60:02d}"
-
-
 def _is_state_file(root: str, path: str) -> bool:
     """What pkiascode writes under the state directory: certs/, crl/, the inventory, the audit log,
     its README; never a dot-file (temporary files of a killed write) or anything else put there."""
@@ -536,13 +538,16 @@ def find_repository(path: Path) -> Repository | None:
     """The non-bare repository whose work tree holds ``path``, or None. One ``git rev-parse``."""
     try:
         proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree", "--show-toplevel",
-                               "--absolute-git-dir", "--show-object-format"], cwd=path, capture_output=True)
+                               "--absolute-git-dir", "--show-object-format", "--git-path", "objects"],
+                              cwd=path, capture_output=True)
     except (FileNotFoundError, NotADirectoryError):
         return None
     lines = proc.stdout.decode().splitlines()
-    if proc.returncode != 0 or len(lines) < 4 or lines[0] != "true":
+    if proc.returncode != 0 or len(lines) < 5 or lines[0] != "true":
         return None
-    return Repository(Path(lines[1]).resolve(), Path(lines[2]).resolve(), lines[3].strip() or "sha1")
+    # (the object directory: shared by linked worktrees, and $GIT_OBJECT_DIRECTORY if set)
+    return Repository(Path(lines[1]).resolve(), Path(lines[2]).resolve(), lines[3].strip() or "sha1",
+                      (path / lines[4]).resolve())
 
 
 def check_ignored(repo: Repository | None, dirs: Iterable[Path], base: Path) -> None:

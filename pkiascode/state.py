@@ -92,11 +92,20 @@ def dump_txn(txn: Mapping[str, Any]) -> bytes:
 
 
 def load_txn(data: bytes) -> dict[str, Any]:
-    """`dump_txn`'s inverse; ValueError (or KeyError/TypeError) for anything else."""
+    """`dump_txn`'s inverse, and a transaction an earlier pkiascode wrote (one JSON document with
+    the audit lines as objects); ValueError (or KeyError/TypeError) for anything else."""
+    if data.startswith(b"{"):
+        txn: dict[str, Any] = json.loads(data)
+        lines = txn["audit"]
+        if not isinstance(lines, list) or not isinstance(txn["audit_size"], int):
+            raise ValueError("not a pkiascode transaction")
+        txn["audit"] = audit.render_lines(lines).decode()
+        txn["plan"] = lines[0].get("plan") if lines else None
+        return txn
     if not data.startswith(_TXN_MAGIC):
         raise ValueError("not a pkiascode transaction")
     end = data.index(b"\n", len(_TXN_MAGIC))
-    txn: dict[str, Any] = json.loads(data[len(_TXN_MAGIC):end])
+    txn = json.loads(data[len(_TXN_MAGIC):end])
     pos = end + 1
 
     def raw(length: int) -> str:
@@ -482,6 +491,12 @@ class StateDir:
             except ValueError:
                 continue  # a torn last line from a crash
         return out
+
+    def key_journal_empty(self) -> bool:
+        try:
+            return self.keys_path.stat().st_size == 0
+        except FileNotFoundError:
+            return True
 
     def journaled_keys(self) -> list[tuple[str, str]]:
         """Keys a store made (store, id)."""

@@ -889,6 +889,42 @@ def test_apply_waits_for_the_lock_with_a_timeout(project, pki):
     assert_consistent(project, pki)
 
 
+@pytest.mark.parametrize("meanwhile", ["a commit", "another branch"])
+def test_what_git_looks_like_is_read_once_the_lock_is_held(project, pki, meanwhile):
+    """An apply waiting for the lock while someone commits or switches branches commits on HEAD
+    as it is once it runs: after their commit, on the branch checked out."""
+    git(project, "add", "-A")
+    git(project, "commit", "-q", "-m", "pki.toml")
+    git(project, "branch", "other")
+    lock = project / ".pki" / "lock"
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        proc = pki.popen("apply", "--auto-approve", "--lock-timeout", "30s")
+        time.sleep(1.0)  # it has read pki.toml and state, and waits for the lock
+        assert proc.poll() is None
+        if meanwhile == "a commit":
+            (project / "NOTES").write_text("theirs\n")
+            git(project, "add", "NOTES")
+            git(project, "commit", "-q", "-m", "theirs")
+        else:
+            git(project, "checkout", "-q", "other")
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+    finally:
+        os.close(fd)
+    wanted = ["pki apply: 4 created", "theirs", "pki.toml"] if meanwhile == "a commit" else \
+        ["pki apply: 4 created", "pki.toml"]
+    assert git(project, "log", "--format=%s").splitlines() == wanted
+    assert git(project, "rev-parse", "--abbrev-ref", "HEAD").strip() == ("main" if meanwhile == "a commit" else "other")
+    if meanwhile == "another branch":
+        assert git(project, "log", "-1", "--format=%s", "main") == "pki.toml\n"  # main untouched
+    assert git(project, "status", "--porcelain", "--", "state") == ""
+    assert_consistent(project, pki)
+
+
 # -- keys encrypted at rest --------------------------------------------------------------------
 
 ENCRYPTED_PKI = """\

@@ -183,3 +183,36 @@ def test_adopting_an_authority_keeps_its_crl_number_and_revocations(tmp_path):
     other = repo_with(tmp_path / "second", '[defaults]\nkey = "ecdsa-p256"\n')
     r = pki(other, "import", str(old), code=1)
     assert "ca.crl" in r.stderr and "not signed by that authority" in r.stderr
+
+
+def test_a_key_an_earlier_run_could_not_discard_is_not_forgotten(tmp_path, monkeypatch):
+    """A run that finds the key journal holding an earlier run's unanswered request (its store could
+    not discard the key then) reads the journal at the end rather than trusting its own list."""
+    import datetime as dt
+
+    from helpers import SMALL_PKI, Pki, edit_toml
+
+    from pkiascode.apply import execute
+    from pkiascode.keytypes import KeyType, generate_private_key
+    from pkiascode.project import Project
+
+    repo = new_repo(tmp_path / "repo", SMALL_PKI)
+    assert Pki(repo)("apply", "--auto-approve", "--no-commit").returncode == 0
+    from cryptography.hazmat.primitives import serialization
+
+    ghost = repo / ".pki" / "keys" / "ghost-deadbeef.pem"
+    ghost.write_bytes(generate_private_key(KeyType.ECDSA_P256).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    journal = repo / ".pki" / "journal" / "keys.jsonl"
+    journal.parent.mkdir(parents=True, exist_ok=True)
+    journal.write_text(json.dumps({"intent": {"store": "local", "request": {
+        "name": "ghost", "key_type": "ecdsa-p256", "authority": False, "exportable": True,
+        "suffix": "deadbeef"}}}) + "\n")
+    edit_toml(repo, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost"]')
+    project = Project(repo / "pki.toml")
+    plan = project.plan(at=dt.datetime.now(dt.timezone.utc).replace(microsecond=0))
+    assert [c.action.value for c in plan.changes] == ["reissue"]
+    execute(project, plan, commit=False)  # (no `recover` before it: the journal is as a failed discard left it)
+    project.close()
+    assert not ghost.exists()
+    assert not journal.exists() or journal.read_text() == ""

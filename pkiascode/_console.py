@@ -51,6 +51,11 @@ def config_digest(data: bytes) -> str:
     return hashlib.sha256(data + __version__.encode()).hexdigest()
 
 
+def config_cache_name(digest: str) -> str:
+    """The file in ``.pki/cache`` that holds the parse of the pki.toml with this digest."""
+    return f"config-{digest[:32]}.pickle"
+
+
 def _apply_config(args: list[str]) -> str | None:
     """The pki.toml a ``pki [-C DIR] [--config FILE] apply [-C DIR] [--config FILE] ...`` command
     line names (as click reads it: the last of each option counts; ``-C`` after the command is
@@ -105,7 +110,7 @@ def parse_in_background(config: str) -> None:
         return
     base = os.path.dirname(os.path.abspath(config))
     digest = config_digest(data)
-    if os.path.exists(os.path.join(base, ".pki", "cache", f"config-{digest[:32]}.pickle")) \
+    if os.path.exists(os.path.join(base, ".pki", "cache", config_cache_name(digest))) \
             or os.path.exists(os.path.join(base, ".pki", "journal", "txn.json")):
         return
     pid = os.fork()

@@ -228,6 +228,14 @@ def _process_deletes(project: Project, state: StateDir) -> list[str]:
     return notes
 
 
+def _state_files(txn: Mapping[str, Any], audit_log: bytes) -> dict[str, bytes | None]:
+    """What a transaction leaves in state/ (None: deleted), by path in state/, for the commit."""
+    files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
+    files["inventory.json"] = txn["inventory"].encode()
+    files["audit.jsonl"] = audit_log
+    return files
+
+
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
             progress: Progress, prewritten: tuple[str, set[str]] | None = None,
             blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None,
@@ -246,11 +254,8 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
                 audit_after = f.read(txn["audit_size"]) + txn["audit"].encode()
         except FileNotFoundError:
             audit_after = txn["audit"].encode()
-        files = {rel: None if content is None else content.encode() for rel, content in txn["files"].items()}
-        files["inventory.json"] = txn["inventory"].encode()
-        files["audit.jsonl"] = audit_after
         try:
-            pending = repo.begin_commit(state.root, files, txn["message"], known=blob_ids,
+            pending = repo.begin_commit(state.root, _state_files(txn, audit_after), txn["message"], known=blob_ids,
                                         late=("inventory.json", "audit.jsonl"))
         except PkiError as e:
             refused = e  # reported once state/ is written, as a failed commit always is
@@ -274,11 +279,8 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
                 except GitError:
                     pending = None  # (an old git, a branch moved meanwhile): the other way, on HEAD as it is now
             if pending is None:
-                files = {rel: None if content is None else content.encode()
-                         for rel, content in txn["files"].items()}
-                files["inventory.json"] = txn["inventory"].encode()
-                files["audit.jsonl"] = state.audit_path.read_bytes()
-                sha = repo.commit_state(state.root, files, txn["message"], known=blob_ids or {})
+                sha = repo.commit_state(state.root, _state_files(txn, state.audit_path.read_bytes()),
+                                        txn["message"], known=blob_ids or {})
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")

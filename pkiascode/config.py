@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._console import config_digest, wait_for_background_parse
+from ._console import config_cache_name, config_digest, wait_for_background_parse
 from .backend import Option
 from .errors import ConfigError, ConfigIssue
 from .keytypes import KeyType
@@ -642,7 +642,7 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
     except OSError as e:
         raise ConfigError(file, None, "", f"cannot read: {e.strerror}") from None
     digest = config_digest(data_bytes)  # (in ._console: it must be cheap to import)
-    cache_file = cache_dir / f"config-{digest[:32]}.pickle" if cache_dir else None
+    cache_file = cache_dir / config_cache_name(digest) if cache_dir else None
     if cache_file is not None:
         wait_for_background_parse(digest)
         try:

@@ -48,9 +48,6 @@ class BlobWriter:
         self._later: dict[bytes, bytes] = {}  # raw object id -> data, compressed by `compress_later`
         self._lock = threading.Lock()  # `compress_later` may run on another thread
 
-    def object_id(self, data: bytes) -> str:
-        return self._hash(b"blob %d\0" % len(data) + data).hexdigest()
-
     def entry(self, data: bytes, oid: bytes | None = None) -> tuple[bytes, int, bytes]:
         """(raw object id, CRC-32 of the packed object, packed object) of blob ``data``."""
         if oid is None:
@@ -84,6 +81,12 @@ class BlobWriter:
         with self._lock:
             self._entries[oid] = (crc, packed)
         return oid.hex()
+
+    def compress_in_background(self) -> threading.Thread:
+        """`compress_later` on a thread (zlib lets go of the GIL), started; join it before `close`."""
+        thread = threading.Thread(target=self.compress_later, name="pki-git-compress")
+        thread.start()
+        return thread
 
     def compress_later(self) -> None:
         with self._lock:
@@ -192,9 +195,7 @@ class Repository:
 
     def close(self) -> None:
         self._drop_prefetch()
-        if self._listing is not None:
-            self._listing[1].communicate()
-            self._listing = None
+        self._drop_listing()
         if self._blobs is not None:
             self._blobs.discard()  # only ever unfinished work of a failed apply
             self._blobs = None
@@ -244,9 +245,7 @@ class Repository:
         but this apply, which names every file it writes, changes state/ or (barring someone's own
         git commands: `begin_commit` checks) the branch."""
         self._drop_prefetch()
-        if self._listing is not None:
-            self._listing[1].communicate()
-            self._listing = None
+        self._drop_listing()
         self.prefetch_commit_info()
         self.start_listing(state_root)
 
@@ -269,7 +268,7 @@ class Repository:
             # not --modified by default: that would hash every file whose index entry has no stat data yet
             out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root)
             paths = {p for p in out.split("\0") if p}
-        if modified and self._head():
+        if modified and self._head_and_tree()[0]:
             paths |= {p for p in self._git("diff-index", "-z", "--name-only", "HEAD", "--", root).split("\0") if p}
         paths.difference_update(known)
         return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
@@ -286,8 +285,7 @@ class Repository:
         head, head_tree = self._head_and_tree()
         tmp_index = self.git_dir / f"pkiascode-index-{os.getpid()}"
         env = {"GIT_INDEX_FILE": str(tmp_index)}
-        compressing = threading.Thread(target=self.blobs.compress_later, name="pki-git-compress")
-        compressing.start()
+        compressing = self.blobs.compress_in_background()
         try:
             try:
                 if head:
@@ -415,6 +413,11 @@ class Repository:
             return None
         return text[5:].strip() if text.startswith("ref: ") else None
 
+    def _drop_listing(self) -> None:
+        listing, self._listing = self._listing, None
+        if listing is not None:
+            listing[1].communicate()
+
     def _drop_prefetch(self) -> None:
         """Forget prefetched answers (after a commit moved HEAD, or when closing)."""
         proc, self._prefetch = self._prefetch, None
@@ -437,10 +440,6 @@ class Repository:
         ids = proc.stdout.decode().split() if proc.returncode == 0 else []
         return (ids[0], ids[1]) if len(ids) == 2 else (None, None)
 
-    def _head(self) -> str | None:
-        proc = subprocess.run(["git", "rev-parse", "-q", "--verify", "HEAD^{commit}"], cwd=self.top,
-                              capture_output=True)
-        return proc.stdout.decode().strip() or None if proc.returncode == 0 else None
 
 
 class PendingCommit:
@@ -459,8 +458,7 @@ class PendingCommit:
         self._root, self._lines, self._late_lines = root, lines, late_lines
 
     def compress_late(self) -> None:
-        self._compressing = threading.Thread(target=self._repo.blobs.compress_later, name="pki-git-compress")
-        self._compressing.start()
+        self._compressing = self._repo.blobs.compress_in_background()
 
     def send(self, data: bytes) -> None:
         assert self._proc.stdin is not None

@@ -23,7 +23,6 @@ import gc
 import hashlib
 import os
 import sys
-from typing import Any
 
 from . import __version__
 
@@ -124,13 +123,7 @@ def parse_in_background(config: str) -> None:
             from .config import load_config  # (only what parsing needs: not Project and its planner)
             from .plugins import Plugins
 
-            plugins = Plugins()
-
-            def options_for(plugin: str) -> Any:
-                factory = plugins.factory(plugin)
-                return None if factory is None else factory.options
-
-            load_config(Path(config), options_for=options_for, cache_dir=Path(base, ".pki", "cache"))
+            load_config(Path(config), options_for=Plugins().options, cache_dir=Path(base, ".pki", "cache"))
         finally:
             os._exit(0)
     _background[digest] = pid

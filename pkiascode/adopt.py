@@ -363,12 +363,8 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
 
         from .config import _Issues  # noqa: PLC2701 - the loader's own error collection
 
-        def options_for(plugin: str) -> Any:
-            factory = project.plugins.factory(plugin)
-            return None if factory is None else factory.options
-
         try:
-            new_desired = parse_config(tomli.loads(new_text), digest="", options_for=options_for)
+            new_desired = parse_config(tomli.loads(new_text), digest="", options_for=project.plugins.options)
         except _Issues as e:
             first = e.issues[0]
             raise PkiError(f"the imported tables would not be valid: {'.'.join(first.path[:3])}: {first.message}") \
@@ -435,7 +431,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         still_locked()
         state.begin(txn)
         _crash_point("after-txn")
-        sha = _finish(project, state, txn, commit=commit, progress=NullProgress())
+        sha = _finish(project, state, txn, commit=commit)
     cfg = project.config_path.name
     lines.append(f"added {len(ordered)} table(s) to {cfg}; state/ " + (f"committed ({sha[:12]})" if sha else "written"))
     if commit:

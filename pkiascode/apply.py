@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 import pickle
-import secrets
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -98,7 +97,7 @@ def _ref(rec: Record) -> KeyRef:
 
 def _request(entry: Entry) -> KeyRequest:
     """What to ask ``entry``'s store for, with the fresh unique part the journal records first."""
-    return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable, secrets.token_hex(4))
+    return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable).with_suffix()
 
 
 def preflight(project: Project, commit: bool) -> None:
@@ -136,7 +135,7 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
     txn = state.pending_txn()
     if txn is not None:
         progress.note("completing an interrupted apply")
-        _finish(project, state, txn, commit=commit and txn.get("commit", True), progress=progress)
+        _finish(project, state, txn, commit=commit and txn.get("commit", True))
         notes.append("completed an interrupted apply: " + txn["message"].splitlines()[0])
         project.reload()  # it may have written pki.toml (an import); plan from what is there now
         state = project.state
@@ -157,12 +156,13 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
     return notes
 
 
+def _keys_in(objects: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
+    """(store, key id) of every key the inventory's objects use."""
+    return {(o["key"]["backend"], o["key"]["ref"]) for o in objects.values()}
+
+
 def _referenced(state: StateDir) -> set[tuple[str, str]]:
-    return {(r.store, r.key_id) for r in state.load()[1].values()}
-
-
-def _referenced_by(inventory_text: str) -> set[tuple[str, str]]:
-    return {(o["key"]["backend"], o["key"]["ref"]) for o in json.loads(inventory_text)["objects"].values()}
+    return _keys_in(state.load()[0]["objects"])
 
 
 def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None,
@@ -205,11 +205,12 @@ def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str
     return count
 
 
-def _process_deletes(project: Project, state: StateDir) -> list[str]:
+def _process_deletes(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> list[str]:
     pending = state.pending_deletes()
     if not pending:
         return []
-    used = _referenced(state)
+    if used is None:
+        used = _referenced(state)
     left: list[tuple[str, str]] = []
     notes = []
     for store_name, key_id in pending:
@@ -237,7 +238,7 @@ def _state_files(txn: Mapping[str, Any], audit_log: bytes) -> dict[str, bytes | 
 
 
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
-            progress: Progress, prewritten: tuple[str, set[str]] | None = None,
+            prewritten: tuple[str, set[str]] | None = None,
             blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None,
             made: list[tuple[str, str]] | None = None) -> str | None:
     """Write the transaction into state/ and commit it. A run that made it passes what it knows
@@ -291,7 +292,8 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     else:
         state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
-    _cleanup_orphans(project, state, used if used is not None else _referenced_by(txn["inventory"]), made)
+    _cleanup_orphans(project, state, used if used is not None else _keys_in(json.loads(txn["inventory"])["objects"]),
+                     made)
     return sha
 
 
@@ -776,14 +778,14 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     progress.phase("writing and committing state" if commit else "writing state", 1)
     run.state.begin(txn)
     _crash_point("after-txn")
-    sha = _finish(project, run.state, txn, commit=commit, progress=progress,
-                  prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids,
-                  used={(o["key"]["backend"], o["key"]["ref"]) for o in run.objects.values()},
+    used = _keys_in(run.objects)
+    sha = _finish(project, run.state, txn, commit=commit,
+                  prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids, used=used,
                   # (only when the journal held nothing before: a key an earlier run could not
                   # discard yet stays in it until a store takes it back)
                   made=[(ref.store, ref.id) for ref in run.new_keys.values()] + run.moved
                   if run.journal_was_empty else None)
     progress.advance()
-    notes = _process_deletes(project, run.state)
+    notes = _process_deletes(project, run.state, used)
     progress.done()
     return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])

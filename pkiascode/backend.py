@@ -21,6 +21,7 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -75,9 +76,7 @@ class KeyRequest:
 
     def with_suffix(self) -> KeyRequest:
         """This request with a fresh unique part, which the core journals before calling the store."""
-        import secrets
-
-        return dataclasses.replace(self, suffix=secrets.token_hex(4))
+        return KeyRequest(self.name, self.key_type, self.authority, self.exportable, secrets.token_hex(4))
 
     def to_json(self) -> dict[str, object]:
         return {"name": self.name, "key_type": self.key_type.value, "authority": self.authority,

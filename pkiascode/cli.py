@@ -52,10 +52,9 @@ def parse_when(text: str | None, now: dt.datetime) -> dt.datetime:
 
 
 class Ctx:
-    def __init__(self, config: str, no_color: bool, debug: bool) -> None:
+    def __init__(self, config: str, no_color: bool) -> None:
         self.config = Path(config)
         self.no_color = no_color
-        self.debug = debug
         self._project: Any = None
 
     @property
@@ -125,7 +124,7 @@ def cli(ctx: click.Context, directory: str | None, config: str, no_color: bool, 
             os.chdir(directory)
         except OSError as e:
             raise PkiError(f"-C {directory}: {e.strerror}") from None
-    obj = Ctx(config, no_color, debug)
+    obj = Ctx(config, no_color)  # (--debug is read by `main`, before click)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
 
@@ -242,7 +241,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
 
     preflight(project, commit)
-    progress = _progress(c)
+    progress = _progress()
     stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
     holder = holder_info(actor())
     with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir,
@@ -320,7 +319,7 @@ class _TerminalProgress:
             self.total = 0
 
 
-def _progress(c: Ctx) -> Any:
+def _progress() -> Any:
     from .apply import NullProgress
 
     return _TerminalProgress() if sys.stderr.isatty() else NullProgress()

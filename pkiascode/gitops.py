@@ -34,8 +34,8 @@ __all__ = ["Repository", "BlobWriter", "PendingCommit", "find_repository", "chec
 class BlobWriter:
     """Blobs for the next commit, written into the object store as one pack file by `close`.
 
-    `add` hashes and compresses a blob where it is made (in a signing worker too: `entry` is a plain
-    tuple it can send back, and `add_entries` takes them), so git has nothing left to hash when the
+    `add` hashes and compresses a blob where it is made (in a signing worker too: `entries` are
+    plain tuples it can send back, and `add_entries` takes them), so git has nothing left to hash when the
     commit is made. The pack is an ordinary version-2 pack of whole (undeltified) blobs with its
     version-2 index, as `git index-pack` would write it; `git gc` repacks it like any other.
     """
@@ -48,10 +48,9 @@ class BlobWriter:
         self._later: dict[bytes, bytes] = {}  # raw object id -> data, compressed by `compress_later`
         self._lock = threading.Lock()  # `compress_later` may run on another thread
 
-    def entry(self, data: bytes, oid: bytes | None = None) -> tuple[bytes, int, bytes]:
-        """(raw object id, CRC-32 of the packed object, packed object) of blob ``data``."""
-        if oid is None:
-            oid = self._hash(b"blob %d\0" % len(data) + data).digest()
+    @staticmethod
+    def _packed(data: bytes) -> tuple[int, bytes]:
+        """(CRC-32 of the packed object, packed object) of blob ``data``."""
         size = len(data)
         head = bytearray([(3 << 4) | (size & 0x0F)])  # type 3: blob; the low 4 bits of the size
         size >>= 4
@@ -65,7 +64,7 @@ class BlobWriter:
         # (the smallest window and hash table: zlib allocates and clears them for every object)
         z = zlib.compressobj(0, zlib.DEFLATED, 9, 1) if len(data) < 16384 else zlib.compressobj(1)
         packed = bytes(head) + z.compress(data) + z.flush()
-        return oid, zlib.crc32(packed), packed
+        return zlib.crc32(packed), packed
 
     def add(self, data: bytes, *, later: bool = False) -> str:
         """Blob ``data``'s object id; it is compressed now, or with ``later`` by `compress_later`
@@ -77,9 +76,9 @@ class BlobWriter:
             if later:
                 self._later[oid] = data
                 return oid.hex()
-        _, crc, packed = self.entry(data, oid)
+        entry = self._packed(data)
         with self._lock:
-            self._entries[oid] = (crc, packed)
+            self._entries[oid] = entry
         return oid.hex()
 
     def compress_in_background(self) -> threading.Thread:
@@ -92,9 +91,9 @@ class BlobWriter:
         with self._lock:
             waiting = list(self._later.items())
         for oid, data in waiting:
-            _, crc, packed = self.entry(data, oid)
+            entry = self._packed(data)
             with self._lock:
-                self._entries[oid] = (crc, packed)
+                self._entries[oid] = entry
                 self._later.pop(oid, None)
 
     def add_entries(self, entries: Iterable[tuple[bytes, int, bytes]]) -> None:
@@ -249,16 +248,16 @@ class Repository:
         self.prefetch_commit_info()
         self.start_listing(state_root)
 
-    def _loose_state_files(self, state_root: Path, *, modified: bool = False,
+    def _loose_state_files(self, state_root: Path, *, since: str | None = None,
                            known: Iterable[str] = ()) -> list[tuple[str, bool]]:
         """(path, exists) of pkiascode's files under ``state_root`` that are new to git or deleted (and,
-        with ``modified``, changed since HEAD), except ``known`` ones; temporary and foreign files are
-        left alone."""
+        with ``since`` a commit, changed since it), except ``known`` ones; temporary and foreign files
+        are left alone."""
         root = self.rel(state_root)
         running, self._listing = self._listing, None
         if running is not None:
             out_b, err_b = running[1].communicate()
-            if running[0] != root or modified:
+            if running[0] != root or since:
                 running = None  # a listing of something else: not this one
             elif running[1].returncode != 0:
                 raise GitError(f"git ls-files failed: {_first_reason(err_b.decode(errors='replace'))}")
@@ -268,8 +267,8 @@ class Repository:
             # not --modified by default: that would hash every file whose index entry has no stat data yet
             out = self._git("ls-files", "-z", "--others", "--deleted", "--exclude-standard", "--", root)
             paths = {p for p in out.split("\0") if p}
-        if modified and self._head_and_tree()[0]:
-            paths |= {p for p in self._git("diff-index", "-z", "--name-only", "HEAD", "--", root).split("\0") if p}
+        if since:
+            paths |= {p for p in self._git("diff-index", "-z", "--name-only", since, "--", root).split("\0") if p}
         paths.difference_update(known)
         return [(p, (self.top / p).is_file()) for p in sorted(paths) if _is_state_file(root, p)]
 
@@ -280,9 +279,9 @@ class Repository:
         through a temporary index. None when there was nothing to commit. Refuses key material.
         ``known``: the object ids of contents already given to `blobs` (by path relative to
         ``state_root``), not hashed again. (An apply's own changes take `begin_commit` instead.)"""
-        root, lines = self._index_lines(state_root, files, known=known, everything=everything)
-        index_info = ("\n".join(lines) + "\n").encode()
         head, head_tree = self._head_and_tree()
+        root, lines = self._index_lines(state_root, files, known=known, since=head if everything else None)
+        index_info = ("\n".join(lines) + "\n").encode()
         tmp_index = self.git_dir / f"pkiascode-index-{os.getpid()}"
         env = {"GIT_INDEX_FILE": str(tmp_index)}
         compressing = self.blobs.compress_in_background()
@@ -317,15 +316,16 @@ class Repository:
         return commit
 
     def _index_lines(self, state_root: Path, files: Mapping[str, bytes | None], *,
-                     known: Mapping[str, str] | None = None, everything: bool = False,
+                     known: Mapping[str, str] | None = None, since: str | None = None,
                      defer_large: bool = True) -> tuple[str, list[str]]:
         """(state root relative to the work tree, ``MODE ID\tPATH`` index lines, mode 0 deleting) of
-        ``files`` and the loose state files. Refuses key material. The blobs go to `blobs`; with
-        ``defer_large``, the large ones (inventory, audit log) to be compressed later."""
+        ``files`` and the loose state files (with ``since``, also those changed since that commit).
+        Refuses key material. The blobs go to `blobs`; with ``defer_large``, the large ones
+        (inventory, audit log) to be compressed later."""
         root = self.rel(state_root)
         known_ids = {f"{root}/{rel}": oid for rel, oid in (known or {}).items()}
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
-        for path, exists in self._loose_state_files(state_root, modified=everything, known=changes):
+        for path, exists in self._loose_state_files(state_root, since=since, known=changes):
             changes[path] = (self.top / path).read_bytes() if exists else None
         bad = [p for p, data in changes.items() if data is not None and holds_private_key(data)]
         if bad:
@@ -548,9 +548,7 @@ def find_repository(path: Path) -> Repository | None:
                       (path / lines[4]).resolve())
 
 
-def check_ignored(repo: Repository | None, dirs: Iterable[Path], base: Path) -> None:
-    if repo is None:
-        return
+def check_ignored(repo: Repository, dirs: Iterable[Path], base: Path) -> None:
     for d in dirs:
         if not repo.is_ignored(d):
             try:

@@ -30,12 +30,11 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import enum
-import hashlib
 import json
 from collections.abc import Mapping
 from typing import Any
 
-from .model import Kind, format_time, parse_time
+from .model import Kind, digest_json, format_time, parse_time
 
 __all__ = ["Action", "FieldChange", "Change", "Plan", "PLAN_FORMAT_VERSION"]
 
@@ -170,7 +169,7 @@ class Plan:
 
         ident = [__version__, self.config_digest, self.state_digest, format_time(self.at), list(self.replace),
                  [[c.action.value, c.name] for c in self.changes]]
-        return hashlib.sha256(json.dumps(ident, separators=(",", ":")).encode()).hexdigest()
+        return digest_json(ident)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:

@@ -29,7 +29,7 @@ from . import hookspecs
 from .backend import KeyStore, KeyStoreFactory, StoreContext
 from .errors import BackendError
 
-__all__ = ["Plugins", "ENTRY_POINT_GROUP", "installed_plugin_names"]
+__all__ = ["Plugins", "ENTRY_POINT_GROUP", "entry_points"]
 
 ENTRY_POINT_GROUP = "pkiascode"
 _CACHED_ENVIRONMENTS = 8  # interpreters/virtualenvs/import paths remembered at once
@@ -169,6 +169,11 @@ class Plugins:
         self._register(self._eps())
         return sorted(self._factories)
 
+    def options(self, plugin: str) -> Mapping[str, Any] | None:
+        """The settings a plugin's stores take (its `KeyStore.options`), or None if it is not installed."""
+        factory = self.factory(plugin)
+        return None if factory is None else factory.options
+
     def factory(self, plugin: str) -> KeyStoreFactory | None:
         if plugin not in self._factories:
             self._register([plugin] if plugin in self._eps() else [])
@@ -183,7 +188,3 @@ class Plugins:
                                f"(installed: {', '.join(self.names())})")
         return factory(name, settings, context)
 
-
-def installed_plugin_names() -> list[str]:
-    """Entry-point names, without importing anything."""
-    return sorted(entry_points())

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import __version__
+from ._console import config_digest
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import find_line, load_config
 from .errors import BackendError, ConfigError
@@ -42,11 +42,7 @@ class Project:
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
         if self._desired is None:
-            def options_for(plugin: str) -> Any:
-                factory = self.plugins.factory(plugin)
-                return None if factory is None else factory.options
-
-            self._desired = load_config(self.config_path, options_for=options_for,
+            self._desired = load_config(self.config_path, options_for=self.plugins.options,
                                         cache_dir=self.work_dir / "cache", write_cache=self.write_config_cache,
                                         display_name=self._display_name(), data=self._pending_config())
             self._validate_store_settings(self._desired)
@@ -186,11 +182,9 @@ class Project:
         if check_keys:
             missing = self.missing_keys(observed.records)
             if missing:
-                observed = Observed(records=observed.records, revocations=observed.revocations,
-                                    cert_drift=observed.cert_drift, crl_drift=observed.crl_drift,
-                                    missing_keys=missing,
-                                    digest=hashlib.sha256((observed.digest + repr(sorted(missing))).encode())
-                                    .hexdigest())
+                observed = dataclasses.replace(
+                    observed, missing_keys=missing,
+                    digest=hashlib.sha256((observed.digest + repr(sorted(missing))).encode()).hexdigest())
         return observed, inv
 
     def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
@@ -251,11 +245,11 @@ class Project:
         if memo is None:
             return None
         try:
-            config_digest = hashlib.sha256(self.config_path.read_bytes() + __version__.encode()).hexdigest()
+            digest = config_digest(self.config_path.read_bytes())
             csrs = {p: hashlib.sha256((self.base_dir / p).read_bytes()).hexdigest() for p in memo.get("csrs", {})}
         except OSError:
             return None
-        if not NoopMemo.still_holds(memo, config_digest=config_digest, csrs=csrs, at=at):
+        if not NoopMemo.still_holds(memo, config_digest=digest, csrs=csrs, at=at):
             return None
         for store_name, refs in memo["refs"].items():
             spec = memo["stores"][store_name]

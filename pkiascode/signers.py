@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from .errors import KeyNotExportable, SigningError
 
-__all__ = ["SignFunction", "external_key", "is_external", "ecdsa_raw_to_der", "rsa_digest_info"]
+__all__ = ["SignFunction", "external_key", "ecdsa_raw_to_der", "rsa_digest_info"]
 
 SignFunction = Callable[[bytes, "hashes.HashAlgorithm | None"], bytes]
 
@@ -161,6 +161,3 @@ def external_key(
     key._init(public_key, sign, label)
     return key
 
-
-def is_external(key: object) -> bool:
-    return isinstance(key, _External)

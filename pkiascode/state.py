@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import marshal
@@ -191,20 +192,19 @@ class StateDir:
         out = ['{"format_version": %d,' % INVENTORY_FORMAT]
         if inv.get("audit_head"):
             # the audit log's last line when this was written: removing lines from its end shows
-            out.append(f'"audit_head": {json.dumps(inv["audit_head"], sort_keys=True)},')
+            out.append(f'"audit_head": {_SORTED_JSON(inv["audit_head"])},')
         out.append('"objects": {')
         names = sorted(objects)
-        encode = _SORTED_JSON
         for i, name in enumerate(names):
             sep = "," if i < len(names) - 1 else ""
             obj = objects[name]
             pre = lines.get(name)
-            out.append((pre[1] if pre is not None and pre[0] is obj else f"{encode(name)}: {encode(obj)}") + sep)
+            out.append((pre[1] if pre is not None and pre[0] is obj else StateDir.inventory_line(name, obj)) + sep)
         out.append("},")
         out.append('"revocations": [')
         revs = inv.get("revocations", [])
         for i, r in enumerate(revs):
-            out.append(json.dumps(r, sort_keys=True) + ("," if i < len(revs) - 1 else ""))
+            out.append(_SORTED_JSON(r) + ("," if i < len(revs) - 1 else ""))
         out.append("]}")
         return ("\n".join(out) + "\n").encode()
 
@@ -336,18 +336,17 @@ class StateDir:
             os.fsync(f.fileno())
         os.replace(tmp, self.txn_path)
 
-    def prewrite_name(self, rel: str, token: str) -> Path:
-        """Where `prewrite` puts the future content of state file ``rel`` (a temporary name)."""
-        path = self.root / rel
-        return path.with_name(f".{path.name}.{token}.tmp")
+    def _prewritten(self, rel: str, token: str) -> tuple[int, str, str]:
+        """(open directory, temporary name, final name) of state file ``rel`` written ahead."""
+        folder, _, name = rel.rpartition("/")
+        return self._dir_fd(folder), f".{name}.{token}.tmp", name
 
     def prewrite(self, rel: str, data: bytes, token: str) -> None:
         """Write state file ``rel``'s future content under a temporary name, while signing (in a
         signing worker too), so that `roll_forward` only renames it into place. A crash leaves just a
         temporary file, which the next apply removes; its transaction holds the content anyway."""
-        folder, _, name = rel.rpartition("/")
-        fd = os.open(f".{name}.{token}.tmp", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644,
-                     dir_fd=self._dir_fd(folder))
+        dir_fd, tmp, _ = self._prewritten(rel, token)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
         try:
             os.fchmod(fd, 0o644)
             os.write(fd, data)
@@ -378,18 +377,17 @@ class StateDir:
             if path.read_text(encoding="utf-8") != config["content"]:
                 atomic_write(path, config["content"].encode("utf-8"))
         for rel, content in txn["files"].items():
-            if content is not None and rel in ready:
-                folder, _, name = rel.rpartition("/")
-                fd = self._dir_fd(folder)
-                os.replace(f".{name}.{token}.tmp", name, src_dir_fd=fd, dst_dir_fd=fd)
-        for rel, content in txn["files"].items():
             path = self.root / rel
-            if content is None:
+            if rel in ready:  # written ahead by this process's apply
+                dir_fd, tmp, name = self._prewritten(rel, token)
+                if content is None:
+                    path.unlink(missing_ok=True)
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(tmp, dir_fd=dir_fd)
+                else:
+                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            elif content is None:
                 path.unlink(missing_ok=True)
-                if rel in ready:
-                    self.prewrite_name(rel, token).unlink(missing_ok=True)
-            elif rel in ready:
-                continue  # renamed above
             else:
                 data = content.encode()
                 try:

@@ -25,7 +25,7 @@ from .model import REVOCATION_REASONS, Entry, Kind
 from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_kind
 
 __all__ = [
-    "build_certificate", "build_crl", "load_certificate", "load_crl", "pem", "crl_pem", "fingerprint",
+    "build_certificate", "build_crl", "load_certificate", "pem", "crl_pem", "fingerprint",
     "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
     "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl",
 ]
@@ -284,10 +284,6 @@ def _revocation_time(text: str) -> dt.datetime:
 
 def load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(data)
-
-
-def load_crl(data: bytes) -> x509.CertificateRevocationList:
-    return x509.load_pem_x509_crl(data)
 
 
 def pem(cert: x509.Certificate) -> bytes:

@@ -43,8 +43,7 @@ class LocalKeyStore(KeyStore):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.path = (self.context.base_dir / (self.settings.get("path") or ".pki/keys")).resolve()
-        self._dir_ready = False
-        self._dir_fd: int | None = None  # the key directory, open: names relative to it skip a path walk
+        self._dir_fd: int | None = None  # the key directory once ready, open: relative names skip a path walk
         self._mkdir_lock = threading.Lock()
         self._keys: dict[str, Any] = {}  # id -> key, for keys this process wrote or read
 
@@ -69,10 +68,10 @@ class LocalKeyStore(KeyStore):
         return value.encode()
 
     def _ensure_dir(self) -> None:
-        if self._dir_ready:
+        if self._dir_fd is not None:
             return
         with self._mkdir_lock:
-            if self._dir_ready:  # another thread got here first (and may be writing a .tmp already)
+            if self._dir_fd is not None:  # another thread got here first (and may be writing a .tmp already)
                 return
             self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
             mode = self.path.stat().st_mode & 0o777
@@ -87,7 +86,6 @@ class LocalKeyStore(KeyStore):
                 except FileNotFoundError:
                     pass
             self._dir_fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
-            self._dir_ready = True
 
     def _file(self, ref: KeyRef) -> Path:
         if "/" in ref.id or ref.id.startswith("."):
@@ -183,7 +181,7 @@ class LocalKeyStore(KeyStore):
     def close(self) -> None:
         if self._dir_fd is not None:
             os.close(self._dir_fd)
-            self._dir_fd, self._dir_ready = None, False
+            self._dir_fd = None
 
     def delete(self, ref: KeyRef) -> None:
         self._keys.pop(ref.id, None)

@@ -300,9 +300,33 @@ def new_repo(directory: Path, toml: str, *, commit: bool = False) -> Path:
     ``commit=True`` both are committed."""
     write_project(git_init(directory), toml)
     if commit:
-        git(directory, "add", "-A")
-        git(directory, "commit", "-q", "-m", "initial pki.toml")
+        commit_all(directory, "initial pki.toml")
     return directory
+
+
+def commit_all(directory: Path, message: str = "pki.toml") -> None:
+    """Commit everything in the work tree (what a user has before running pki)."""
+    git(directory, "add", "-A")
+    git(directory, "commit", "-q", "-m", message)
+
+
+def fake_git(bin_dir: Path, when: str, then: str) -> dict[str, str]:
+    """A `git` in ``bin_dir`` that runs shell ``then`` when shell condition ``when`` holds (on "$1",
+    the git command), then the real git; returns the environment that puts it first on PATH."""
+    bin_dir.mkdir(parents=True, exist_ok=True)
+    wrapper = bin_dir / "git"
+    wrapper.write_text(f'#!/bin/sh\nif {when}; then {then}; fi\nexec "{shutil.which("git")}" "$@"\n')
+    wrapper.chmod(0o755)
+    return {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+
+
+def wait_for(path: Path, proc: subprocess.Popen[str], what: str, timeout: float = 30) -> None:
+    """Wait until ``path`` exists, while ``proc`` runs."""
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, f"{what} was never reached"
+        time.sleep(0.02)
 
 
 def head(directory: Path) -> str | None:

@@ -23,7 +23,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from helpers import (
-    PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, audit_lines, clean_env, commit_count, edit_toml, git,
+    PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, audit_lines, clean_env, commit_all, commit_count, edit_toml, git,
     git_init, git_objects, head, inventory, key_files, key_ref, load_cert, load_key, openssl, pem_blocks, pem_der,
     pki_command, run_pki, spki_der, state_cert, state_crl, write_project,
 )
@@ -893,8 +893,7 @@ def test_apply_waits_for_the_lock_with_a_timeout(project, pki):
 def test_what_git_looks_like_is_read_once_the_lock_is_held(project, pki, meanwhile):
     """An apply waiting for the lock while someone commits or switches branches commits on HEAD
     as it is once it runs: after their commit, on the branch checked out."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     git(project, "branch", "other")
     lock = project / ".pki" / "lock"
     lock.parent.mkdir(parents=True, exist_ok=True)

@@ -18,7 +18,6 @@ git has ``state/`` committed.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import stat
 import subprocess
@@ -30,25 +29,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes
 
 from helpers import (
-    ROOT, Pki, audit_lines, commit_count, edit_toml, git, head, inventory, key_files, load_cert, load_key, spki_der,
-    write_project,
+    Pki, audit_lines, commit_all, commit_count, edit_toml, fake_git, git, head, inventory, key_files, load_cert,
+    load_key, spki_der, wait_for, write_project,
 )
 
 CRASH_POINTS = ("after-keys", "after-txn", "after-state", "after-commit")
 ISSUING = ("create", "reissue", "renew", "rekey", "import")
-
-
-def crash_hook_supported(point: str) -> bool:
-    try:
-        source = (ROOT / "pkiascode" / "apply.py").read_text()
-    except OSError:
-        return False
-    return "PKI_TEST_CRASH_AT" in source and f'"{point}"' in source
-
-
-def needs_hook(point: str):
-    return pytest.mark.skipif(not crash_hook_supported(point),
-                              reason=f"pkiascode/apply.py has no PKI_TEST_CRASH_AT={point} hook")
 
 
 def assert_converged(repo: Path, pki: Pki) -> None:
@@ -90,7 +76,7 @@ def changes_of(plan: dict) -> list[tuple[str, str]]:
 
 # -- the fault-injection hook, at each point, for a first apply and for an authority rekey -------
 
-@pytest.mark.parametrize("point", [pytest.param(p, marks=needs_hook(p)) for p in CRASH_POINTS])
+@pytest.mark.parametrize("point", CRASH_POINTS)
 def test_first_apply_killed_at_each_point_converges(project, pki, point):
     planned = changes_of(pki.plan_json())
     r = pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": point})
@@ -122,7 +108,7 @@ def test_first_apply_killed_at_each_point_converges(project, pki, point):
     assert_converged(project, pki)
 
 
-@pytest.mark.parametrize("point", [pytest.param(p, marks=needs_hook(p)) for p in CRASH_POINTS])
+@pytest.mark.parametrize("point", CRASH_POINTS)
 def test_authority_replace_killed_at_each_point_converges(project, pki, point):
     pki.apply()
     before = inventory(project)
@@ -151,7 +137,6 @@ def test_authority_replace_killed_at_each_point_converges(project, pki, point):
     assert_converged(project, pki)
 
 
-@needs_hook("after-txn")
 def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(project, pki):
     assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
     edit_toml(project, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost", "127.0.0.1", "::1"]')
@@ -163,7 +148,6 @@ def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(proje
     assert_converged(project, pki)
 
 
-@needs_hook("after-txn")
 @pytest.mark.parametrize("damage", ["truncated", "not-ours", "trailing"])
 def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(project, pki, damage):
     assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
@@ -182,13 +166,11 @@ def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(proje
     assert_converged(project, pki)
 
 
-@needs_hook("after-txn")
 def test_plan_detailed_exitcode_reports_a_pending_transaction(project, pki):
     assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
     assert pki.plan_exit() == 2
 
 
-@needs_hook("after-txn")
 def test_rerunning_a_killed_saved_plan_succeeds(project, pki, tmp_path):
     plan = tmp_path / "p.json"
     pki("plan", "--out", str(plan), expect=0)
@@ -289,22 +271,12 @@ def _killed_in_git(project: Path, pki: Pki, step: str) -> None:
     ``commit-tree``: the commit object is being made (HEAD not moved yet). ``index``: HEAD has moved
     and git is updating the user's index (the last step of the commit)."""
     marker = project.parent / f"{step}.reached"
-    bin_dir = project.parent / "paused-git"
-    bin_dir.mkdir(exist_ok=True)
-    real_git = shutil.which("git")
     match = {"commit-tree": '[ "$1" = commit-tree ]', "fast-import": '[ "$1" = fast-import ]',
              "index": '[ "$1" = update-index ] && [ -z "$GIT_INDEX_FILE" ]'}[step]
-    wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nif {match}; then touch "{marker}"; sleep 60; fi\nexec "{real_git}" "$@"\n')
-    wrapper.chmod(0o755)
-    env = {"PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}"}
+    env = fake_git(project.parent / "paused-git", match, f'touch "{marker}"; sleep 60')
     proc = pki.popen("apply", "--auto-approve", env=env, start_new_session=True)
     try:
-        deadline = time.monotonic() + 30
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()
-            assert time.monotonic() < deadline, "the paused git step was never reached"
-            time.sleep(0.02)
+        wait_for(marker, proc, "the paused git step")
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -324,8 +296,7 @@ def test_killed_inside_git_commit_converges(project, pki):
 def test_killed_inside_the_one_process_commit_converges(project, pki):
     """With a branch to commit on, an apply commits through one `git fast-import`: killed there, the
     branch has not moved, and the next run commits once."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     first = head(project)
     _killed_in_git(project, pki, "fast-import")
     assert head(project) == first
@@ -341,20 +312,12 @@ def test_killed_inside_the_one_process_commit_converges(project, pki):
 def test_a_branch_moved_during_apply_is_not_overwritten(project, pki):
     """Someone commits while an apply runs: the commit git fast-import built would drop theirs, so
     git refuses to move the branch, and the apply commits its state on top of theirs instead."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     go = project.parent / "go"
-    bin_dir = project.parent / "waiting-git"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = fast-import ]; then touch "{go}.reached"; '
-                       f'while [ ! -e "{go}" ]; do sleep 0.05; done; fi\nexec "{shutil.which("git")}" "$@"\n')
-    wrapper.chmod(0o755)
-    proc = pki.popen("apply", "--auto-approve", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
-    deadline = time.monotonic() + 30
-    while not (project.parent / "go.reached").exists():
-        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-        time.sleep(0.02)
+    env = fake_git(project.parent / "waiting-git", '[ "$1" = fast-import ]',
+                   f'touch "{go}.reached"; while [ ! -e "{go}" ]; do sleep 0.05; done')
+    proc = pki.popen("apply", "--auto-approve", env=env)
+    wait_for(project.parent / "go.reached", proc, "git fast-import")
     (project / "NOTES").write_text("theirs\n")
     git(project, "add", "NOTES")
     git(project, "commit", "-q", "-m", "theirs")
@@ -371,15 +334,10 @@ def test_a_branch_moved_during_apply_is_not_overwritten(project, pki):
 def test_a_git_whose_fast_import_fails_still_gets_the_commit(project, pki):
     """An old git (no `get-mark`) or a broken `git fast-import`: the apply commits through git's
     plumbing instead, once state/ is written."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
-    bin_dir = project.parent / "no-fast-import"
-    bin_dir.mkdir()
-    wrapper = bin_dir / "git"
-    wrapper.write_text(f'#!/bin/sh\nif [ "$1" = fast-import ]; then echo "fatal: not today" >&2; exit 128; fi\n'
-                       f'exec "{shutil.which("git")}" "$@"\n')
-    wrapper.chmod(0o755)
-    r = pki("apply", "--auto-approve", env={"PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}"})
+    commit_all(project)
+    env = fake_git(project.parent / "no-fast-import", '[ "$1" = fast-import ]',
+                   'echo "fatal: not today" >&2; exit 128')
+    r = pki("apply", "--auto-approve", env=env)
     assert r.returncode == 0, r.stderr
     assert git(project, "log", "--format=%s", "-2").splitlines() == ["pki apply: 4 created", "pki.toml"]
     assert git(project, "status", "--porcelain", "--", "state") == ""
@@ -389,8 +347,7 @@ def test_a_git_whose_fast_import_fails_still_gets_the_commit(project, pki):
 
 def test_a_linked_worktree_gets_its_commits(project, pki, env):
     """In a `git worktree`, objects live in the main repository's object directory."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     worktree = project.parent / "wt"
     git(project, "worktree", "add", "-q", str(worktree), "-b", "wt")
     wt = Pki(worktree, env)
@@ -406,8 +363,7 @@ def test_a_linked_worktree_gets_its_commits(project, pki, env):
 
 def test_a_large_state_file_left_loose_is_committed_too(project, pki):
     """A state file git does not know yet is committed with the apply's own (a large one too)."""
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     pki.apply()
     extra = project / "state" / "crl" / "extra.crl"
     extra.write_text("-----BEGIN X509 CRL-----\n" + "A" * 64 + "\n" * 1 + ("B" * 64 + "\n") * 1500
@@ -420,7 +376,6 @@ def test_a_large_state_file_left_loose_is_committed_too(project, pki):
     git(project, "fsck", "--strict")
 
 
-@needs_hook("after-txn")
 def test_a_transaction_left_by_the_previous_version_is_completed(project, pki):
     """The transaction file of an earlier pkiascode (one JSON document) is still finished."""
     import json
@@ -440,8 +395,7 @@ def test_a_transaction_left_by_the_previous_version_is_completed(project, pki):
 
 
 def test_git_dates_from_the_environment_are_honoured(project, pki):
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     r = pki("apply", "--auto-approve", env={"GIT_AUTHOR_DATE": "2001-02-03T04:05:06Z",
                                            "GIT_COMMITTER_DATE": "2001-02-03T04:05:07Z"})
     assert r.returncode == 0, r.stderr
@@ -449,8 +403,7 @@ def test_git_dates_from_the_environment_are_honoured(project, pki):
 
 
 def test_a_detached_head_gets_its_commit_too(project, pki):
-    git(project, "add", "-A")
-    git(project, "commit", "-q", "-m", "pki.toml")
+    commit_all(project)
     git(project, "checkout", "-q", "--detach")
     pki.apply()
     assert git(project, "log", "-1", "--format=%s") == "pki apply: 4 created\n"

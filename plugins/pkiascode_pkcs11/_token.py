@@ -198,7 +198,7 @@ def connect(store: str, module: str, token_label: str, pin_env: str) -> "Connect
                 token = _find_token(store, lib, module, token_label)
                 session = _login(store, token, token_label, pin_env)
                 mechanisms = _mechanisms(store, token, token_label)
-            conn = Connection(module, path, token_label, pin_env, lock, lib, token, session, mechanisms)
+            conn = Connection(module, token_label, pin_env, lock, lib, token, session, mechanisms)
             _connections[(path, token_label)] = conn
     return conn
 
@@ -289,10 +289,9 @@ def _close_all() -> None:
 class Connection:
     """A logged-in session on one token, shared by every store on it in this process."""
 
-    def __init__(self, module: str, path: str, token_label: str, pin_env: str,
+    def __init__(self, module: str, token_label: str, pin_env: str,
                  lock: threading.RLock, lib: Any, token: Any, session: Any, mechanisms: frozenset[Any]) -> None:
         self.module = module
-        self.path = path
         self.token_label = token_label
         self.pin_env = pin_env
         self.lock = lock
@@ -300,6 +299,9 @@ class Connection:
         self.token = token
         self.session = session
         self.mechanisms = mechanisms
+        # what a handle's objects are, found once: an authority on the token signs many certificates
+        self._privates: dict[KeyHandle, Any] = {}  # private key objects: valid in this session only
+        self._publics: dict[KeyHandle, Any] = {}  # decoded public keys: a handle's never change
 
     def __repr__(self) -> str:
         return f"<pkcs11 connection {self.module} token={self.token_label!r}>"
@@ -332,6 +334,7 @@ class Connection:
 
     def _reopen(self, store: str) -> None:
         self.close()
+        self._privates.clear()
         self.token = _find_token(store, self.lib, self.module, self.token_label)
         self.session = _login(store, self.token, self.token_label, self.pin_env)
         self.mechanisms = _mechanisms(store, self.token, self.token_label)
@@ -346,7 +349,7 @@ class Connection:
     def require(self, store: str, key_type: KeyType, *, generate: bool) -> None:
         """UnsupportedKeyType unless the token can make (``generate``) and sign with ``key_type``."""
         mechs = self.mechanisms
-        family = "ed25519" if key_type is KeyType.ED25519 else key_type.family
+        family = key_type.family
         gen = _GENERATE[family]
         if generate and gen not in mechs:
             raise UnsupportedKeyType(
@@ -468,6 +471,10 @@ class Connection:
         return handle
 
     def public_key(self, store: str, handle: KeyHandle) -> Any:
+        known = self._publics.get(handle)
+        if known is not None:
+            return known
+
         def op(session: Any) -> Any:
             pub, _ = self._pair(store, session, handle)
             kind = pub[Attribute.KEY_TYPE]
@@ -489,13 +496,17 @@ class Connection:
             raise UnsupportedKeyType(f"backend {store}: key {handle.ref_id} on PKCS#11 token "
                                      f"{self.token_label!r} is of a type pkiascode does not use")
 
-        return self.run(store, f"reading the public key of {handle.label}", op)
+        public = self._publics[handle] = self.run(store, f"reading the public key of {handle.label}", op)
+        return public
 
     def sign(self, store: str, handle: KeyHandle, public: Any, data: bytes, algorithm: Any) -> bytes:
         mechs = self.mechanisms
 
         def op(session: Any) -> bytes:
-            _, private = self._pair(store, session, handle)
+            private = self._privates.get(handle)
+            if private is None:
+                _, private = self._pair(store, session, handle)
+                self._privates[handle] = private
             if isinstance(public, rsa.RSAPublicKey):
                 mech = _RSA_HASHED.get(algorithm.name)
                 if mech in mechs:
@@ -517,6 +528,11 @@ class Connection:
 
         return self.run(store, f"signing with {handle.label}", op)
 
+    def _forget(self, which: Callable[[KeyHandle], bool]) -> None:
+        for cache in (self._privates, self._publics):
+            for h in [h for h in cache if which(h)]:
+                del cache[h]
+
     def _lacks(self, store: str, what: str, mechanisms: list[Any]) -> bytes:
         names = " and ".join(ckm(m) for m in mechanisms if m is not None)
         raise UnsupportedKeyType(f"backend {store}: PKCS#11 token {self.token_label!r} cannot make "
@@ -524,6 +540,8 @@ class Connection:
 
     def discard(self, store: str, label: str) -> None:
         """Remove the key objects a run that died mid-call made under ``label`` (16-byte CKA_ID: ours)."""
+        self._forget(lambda h: h.label == label)
+
         def op(session: Any) -> None:
             for obj in list(session.get_objects({Attribute.LABEL: label})):
                 if obj[Attribute.CLASS] in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY) \
@@ -533,6 +551,8 @@ class Connection:
         self.run(store, f"discarding {label}", op)
 
     def delete(self, store: str, handle: KeyHandle) -> None:
+        self._forget(lambda h: h == handle)
+
         def op(session: Any) -> None:
             ours = [obj for obj in session.get_objects({Attribute.LABEL: handle.label, Attribute.ID: handle.cka_id})
                     if obj[Attribute.CLASS] in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY)]

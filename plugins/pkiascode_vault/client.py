@@ -92,16 +92,20 @@ class VaultClient:
         return cls(f"backend {self.store}: {what}")
 
     def _adapter(self) -> RawAdapter:
-        adapter = getattr(self._local, "adapter", None)
-        if adapter is not None:
-            return adapter
-        self._check_address()
-        token = os.environ.get(TOKEN_ENV)
-        if not token:
-            raise self._fail(BackendUnavailable, f"no Vault token: set ${TOKEN_ENV} (it is never read from pki.toml)")
+        if getattr(self._local, "adapter", None) is None:
+            self._check_address()
+            token = os.environ.get(TOKEN_ENV)
+            if not token:
+                raise self._fail(BackendUnavailable,
+                                 f"no Vault token: set ${TOKEN_ENV} (it is never read from pki.toml)")
+            return self._new_adapter("adapter", token)
+        return self._local.adapter  # type: ignore[no-any-return]
+
+    def _new_adapter(self, slot: str, token: str | None) -> RawAdapter:
+        """A connection for this thread (``slot``: with the token or without), closed by `close`."""
         adapter = RawAdapter(base_uri=self.address, token=token, verify=self.verify, cert=self.cert,
                              timeout=self.timeout, namespace=self.namespace)
-        self._local.adapter = adapter
+        setattr(self._local, slot, adapter)
         with self._adapters_lock:
             self._adapters.append(adapter)
         return adapter
@@ -157,15 +161,10 @@ class VaultClient:
             raise self._fail(BackendUnavailable, f"Vault address {self.address!r} must start with http:// or https://")
 
     def _adapter_without_token(self) -> RawAdapter:
-        adapter = getattr(self._local, "anonymous", None)
-        if adapter is None:
+        if getattr(self._local, "anonymous", None) is None:
             self._check_address()
-            adapter = RawAdapter(base_uri=self.address, verify=self.verify, cert=self.cert,
-                                 timeout=self.timeout, namespace=self.namespace)
-            self._local.anonymous = adapter
-            with self._adapters_lock:
-                self._adapters.append(adapter)
-        return adapter
+            return self._new_adapter("anonymous", None)
+        return self._local.anonymous  # type: ignore[no-any-return]
 
     def error_for(self, method: str, path: str, reply: Reply) -> BackendError:
         """The error for a reply the caller allowed but cannot use after all."""

@@ -27,6 +27,7 @@ from typing import Any
 from pkiascode.audit import hostname
 from pkiascode.errors import BackendError, LockError
 from pkiascode.log import get_logger
+from pkiascode.model import format_time
 
 from .client import VaultClient
 
@@ -39,10 +40,6 @@ _CAS_MISMATCH = "check-and-set"
 
 def _now() -> datetime.datetime:
     return datetime.datetime.now(datetime.timezone.utc)
-
-
-def _iso(t: datetime.datetime) -> str:
-    return t.astimezone(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def parse_vault_time(text: str) -> datetime.datetime | None:
@@ -102,10 +99,10 @@ class LeaseLock:
 
     # -- records ----------------------------------------------------------------------------------
     def _held_record(self) -> dict[str, Any]:
-        since = self._holder.get("since") or self._holder.get("time") or _iso(_now())
+        since = self._holder.get("since") or self._holder.get("time") or format_time(_now())
         return {"state": "held", "lock_id": self._lock_id, "user": self._user,
                 "host": self._holder.get("host", ""), "pid": self._holder.get("pid", ""), "since": since,
-                "ttl": self._ttl, "nonce": self._nonce, "renewed": _iso(_now())}
+                "ttl": self._ttl, "nonce": self._nonce, "renewed": format_time(_now())}
 
     def _write(self, data: Mapping[str, Any], cas: int) -> int | None:
         """CAS write; the new version, or None when someone else wrote first."""
@@ -195,17 +192,6 @@ class LeaseLock:
                 self._version = version
                 last_ok = time.monotonic()
 
-    def renew(self) -> None:
-        """Renew now (the thread does it on its own; this is for tests and long single steps)."""
-        with self._state_lock:
-            if self._held:
-                version = self._write(self._held_record(), self._version)
-                if version is None:
-                    self._lost = "another apply took it over"
-                    self._held = False
-                else:
-                    self._version = version
-
     def check(self) -> None:
         """LockError if the lease was lost while held (apply checks before it writes state)."""
         if self._lost:
@@ -221,7 +207,7 @@ class LeaseLock:
         with self._state_lock:
             held, self._held = self._held, False
             if held:
-                free = {"state": "free", "lock_id": self._lock_id, "released": _iso(_now()),
+                free = {"state": "free", "lock_id": self._lock_id, "released": format_time(_now()),
                         "released_by": _who(self._user, self._holder.get("host", ""))}
                 try:
                     if self._write(free, self._version) is None:

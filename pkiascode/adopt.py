@@ -317,7 +317,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
 
     state = project.state
     lines: list[str] = []
-    stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
+    stores = project.used_stores()
     with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
                     desired.settings.state_dir) as still_locked:
         lines += recover(project, commit=commit, progress=NullProgress())

@@ -19,7 +19,7 @@ import click
 
 from . import __version__
 from .errors import ConfigError, PkiError
-from .model import utc_now
+from .model import parse_time, utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
 
@@ -45,10 +45,9 @@ def parse_when(text: str | None, now: dt.datetime) -> dt.datetime:
             raise PkiError(f"--at {text}: {e}") from None
         return now + dt.timedelta(seconds=seconds if t[0] == "+" else -seconds)
     try:
-        when = dt.datetime.fromisoformat(t.replace("Z", "+00:00"))
+        return parse_time(t)
     except ValueError:
         raise PkiError(f"--at {text}: use an ISO date (2027-06-01), a date-time, or +90d") from None
-    return when if when.tzinfo else when.replace(tzinfo=dt.timezone.utc)
 
 
 class Ctx:
@@ -74,6 +73,14 @@ class Ctx:
             self._project.close()
 
 
+def _chdir(directory: str) -> None:
+    """``-C DIR``: run as if started there."""
+    try:
+        os.chdir(directory)
+    except OSError as e:
+        raise PkiError(f"-C {directory}: {e.strerror}") from None
+
+
 def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
     """Pass the `Ctx`, and accept the global options after the command too (``pki plan --no-color``)."""
 
@@ -88,10 +95,7 @@ def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
         c = ctx.find_object(Ctx)
         assert c is not None
         if sub_directory:
-            try:
-                os.chdir(sub_directory)
-            except OSError as e:
-                raise PkiError(f"-C {sub_directory}: {e.strerror}") from None
+            _chdir(sub_directory)
         if sub_config:
             c.config = Path(sub_config)
         c.no_color = c.no_color or sub_no_color
@@ -120,10 +124,7 @@ def replace_option(f: Callable[..., Any]) -> Callable[..., Any]:
 def cli(ctx: click.Context, directory: str | None, config: str, no_color: bool, debug: bool) -> None:
     """pkiascode: PKI as code. A declarative pki.toml, a reviewable plan, keys kept out of git."""
     if directory:
-        try:
-            os.chdir(directory)
-        except OSError as e:
-            raise PkiError(f"-C {directory}: {e.strerror}") from None
+        _chdir(directory)
     obj = Ctx(config, no_color)  # (--debug is read by `main`, before click)
     ctx.obj = obj
     ctx.call_on_close(obj.close)
@@ -226,7 +227,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
     try:
-        timeout = parse_duration(lock_timeout, allow_zero=True) if lock_timeout.strip() != "0" else 0
+        timeout = parse_duration(lock_timeout, allow_zero=True)
     except ValueError as e:
         raise PkiError(f"--lock-timeout: {e}") from None
     saved = None
@@ -242,7 +243,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
 
     preflight(project, commit)
     progress = _progress()
-    stores = [project.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
+    stores = project.used_stores()
     holder = holder_info(actor())
     with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir,
                     timeout=timeout) as still_locked:
@@ -347,9 +348,10 @@ def list_(c: Ctx, fmt: str, at: str | None) -> None:
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(cols)]
     colors = {"ok": "green", "renew_due": "yellow", "expired": "red", "revoked": "red"}
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(cols, widths)).rstrip())
+    color = c.color()
     for row in table:
         cells = [v.ljust(w) for v, w in zip(row, widths)]
-        if c.color():
+        if color:
             cells[6] = click.style(cells[6], fg=colors.get(row[6].strip()))
         click.echo("  ".join(cells).rstrip())
 

@@ -17,7 +17,7 @@ from typing import Any
 
 from ._console import config_cache_name, config_digest, wait_for_background_parse
 from .backend import Option
-from .errors import ConfigError, ConfigIssue
+from .errors import ConfigError, ConfigIssue, first_of
 from .keytypes import KeyType
 from .model import (
     REVOCATION_REASONS, SUBJECT_ATTRIBUTES, Desired, Entry, Kind, NameConstraints, Revocation,
@@ -672,12 +672,7 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
     except _Issues as issues:
         errors = [_to_error(file, text, i) for i in issues.issues]
         errors.sort(key=lambda e: e.line or 0)
-        first = errors[0]
-        if len(errors) > 1:
-            first = ConfigError(first.file, first.line, first.where,
-                                f"{first.message} (and {len(errors) - 1} more; `pki validate` lists them all)")
-        first.all_errors = errors  # type: ignore[attr-defined]
-        raise first from None
+        raise first_of(errors) from None
 
     if cache_file is not None and write_cache:
         _write_cache(cache_file, desired)

@@ -54,6 +54,17 @@ class ConfigError(PkiError):
         super().__init__(f"{loc}: {where}: {message}" if where else f"{loc}: {message}")
 
 
+def first_of(errors: list[ConfigError]) -> ConfigError:
+    """The error to raise for several mistakes: the first, saying how many more there are; all of
+    them in its ``all_errors`` (for ``pki validate``)."""
+    first = errors[0]
+    if len(errors) > 1:
+        first = ConfigError(first.file, first.line, first.where,
+                            f"{first.message} (and {len(errors) - 1} more; `pki validate` lists them all)")
+    first.all_errors = errors  # type: ignore[attr-defined]
+    return first
+
+
 class PlanError(PkiError):
     """The desired PKI cannot be reached from the current state (e.g. moving a non-exportable key)."""
 

@@ -31,6 +31,8 @@ def parse_duration(text: str, *, allow_zero: bool = False) -> int:
     s = text.strip().replace(" ", "")
     if not s:
         raise ValueError("empty duration")
+    if s == "0" and allow_zero:  # (no unit needed for nothing)
+        return 0
     pos, total = 0, 0
     for m in _DURATION_RE.finditer(s):
         if m.start() != pos:
@@ -159,6 +161,7 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 
 # --- name constraints ------------------------------------------------------------------------------
 
+@functools.lru_cache(maxsize=1024)  # pure; asked again for every host checked against a constraint
 def constraint_kind(value: str) -> tuple[str, object]:
     """A name-constraint entry: a CIDR (``10.0.0.0/8``) → ip, ``@example.com``/``a@b`` → email,
     ``uri:example.com`` → uri host, else a DNS suffix (``.cluster.local`` or ``example.com``)."""

@@ -12,7 +12,7 @@ import datetime as dt
 from collections.abc import Iterable, Mapping
 
 from .errors import PlanError
-from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time
+from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time, parse_time
 from .names import format_duration
 from .plan import Action, Change, FieldChange, Plan
 
@@ -282,7 +282,7 @@ def plan(
         elif not crl:
             reasons.append("no CRL yet")
         else:
-            next_update = dt.datetime.fromisoformat(crl["next_update"].replace("Z", "+00:00"))
+            next_update = parse_time(crl["next_update"])
             validity = int(crl.get("validity", entry.crl_validity))
             if validity != entry.crl_validity:
                 reasons.append(f"crl_validity changes {format_duration(validity)} → "
@@ -343,6 +343,6 @@ def quiet_until(desired: Desired, observed: Observed) -> dt.datetime | None:
         times.append(rec.not_after - dt.timedelta(seconds=entry.renew_before))
         crl = rec.crl
         if entry.kind is Kind.AUTHORITY and crl and crl.get("next_update"):
-            next_update = dt.datetime.fromisoformat(crl["next_update"])
+            next_update = parse_time(crl["next_update"])
             times.append(next_update - dt.timedelta(seconds=entry.crl_validity / 3))
     return min(times) if times else None

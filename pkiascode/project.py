@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 from ._console import config_digest
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import find_line, load_config
-from .errors import BackendError, ConfigError
+from .errors import BackendError, ConfigError, first_of
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Plan
@@ -93,12 +93,7 @@ class Project:
             errors += [self.config_error(("backend", spec.name, option), message)
                        for option, message in factory.validate(spec.settings_dict())]
         if errors:
-            first = errors[0]
-            if len(errors) > 1:
-                first = ConfigError(first.file, first.line, first.where,
-                                    f"{first.message} (and {len(errors) - 1} more; `pki validate` lists them all)")
-            first.all_errors = errors  # type: ignore[attr-defined]
-            raise first
+            raise first_of(errors)
 
     def repository(self) -> Any:
         """The git repository holding pki.toml (a `pkiascode.gitops.Repository`), or None."""
@@ -116,6 +111,11 @@ class Project:
         return self._state
 
     # -- key stores -----------------------------------------------------------------------------
+    def used_stores(self) -> list[KeyStore]:
+        """The key stores pki.toml's entries use (what an apply locks)."""
+        desired = self.desired()
+        return [self.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
+
     def store(self, name: str, *, plugin: str | None = None, settings: Mapping[str, Any] | None = None) -> KeyStore:
         """The key store ``name``, made once per project: from pki.toml, or from ``plugin``/``settings``
         when given (the remembered no-op plan knows them without parsing pki.toml)."""

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from .keytypes import key_type_of, signature_hash
-from .model import REVOCATION_REASONS, Entry, Kind
+from .model import REVOCATION_REASONS, Entry, Kind, parse_time
 from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_kind
 
 __all__ = [
@@ -229,7 +229,7 @@ def build_crl(
         pass
     for r in revocations:
         rb = (x509.RevokedCertificateBuilder().serial_number(int(r["serial"], 16))
-              .revocation_date(_revocation_time(r["date"])))
+              .revocation_date(parse_time(r["date"])))
         reason = r.get("reason", "unspecified")
         if reason != "unspecified":
             rb = rb.add_extension(x509.CRLReason(_REASON_FLAGS[reason]), critical=False)
@@ -273,13 +273,6 @@ def read_crl(data: bytes, issuer_cert: x509.Certificate) -> tuple[int, list[dict
         revocations.append({"serial": format(entry.serial_number, "x"), "date": format_time(entry.revocation_date_utc),
                             "reason": reason, "name": None})
     return number, revocations
-
-
-def _revocation_time(text: str) -> dt.datetime:
-    if len(text) == 10:
-        return dt.datetime.fromisoformat(text).replace(tzinfo=dt.timezone.utc)
-    t = dt.datetime.fromisoformat(text.replace("Z", "+00:00"))
-    return t if t.tzinfo else t.replace(tzinfo=dt.timezone.utc)
 
 
 def load_certificate(data: bytes) -> x509.Certificate:

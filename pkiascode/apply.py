@@ -172,8 +172,7 @@ def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str
     ``used``: the keys the state references, when the caller knows them already. ``made``: every
     key the journal holds, from the run that wrote it and got every store's answer (so no intent
     is unanswered): the journal need not be read back."""
-    journaled = state.journaled_keys() if made is None else made
-    unanswered = state.unanswered_intents() if made is None else []
+    journaled, unanswered = state.key_journal() if made is None else (made, [])
     if not journaled and not unanswered:
         state.clear_key_journal()
         return 0

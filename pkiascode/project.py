@@ -18,7 +18,7 @@ from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
-from .state import StateDir
+from .state import StateDir, load_txn, txn_file
 
 if TYPE_CHECKING:
     from .x509 import CsrInfo
@@ -52,10 +52,8 @@ class Project:
         """pki.toml as an interrupted `pki import` left it to be written, if one is pending."""
         if not self.txn_pending():
             return None
-        from .state import load_txn
-
         try:
-            config = load_txn((self.work_dir / "journal" / "txn.json").read_bytes()).get("config")
+            config = load_txn(txn_file(self.work_dir).read_bytes()).get("config")
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
         if config and (self.base_dir / config["path"]).resolve() == self.config_path:
@@ -234,7 +232,7 @@ class Project:
 
     def txn_pending(self) -> bool:
         """An interrupted apply left a transaction for the next apply to finish."""
-        return (self.work_dir / "journal" / "txn.json").exists()
+        return txn_file(self.work_dir).exists()
 
     # -- the remembered no-op plan (see pkiascode.memo) -----------------------------------------
     def _memo(self) -> NoopMemo:

@@ -31,7 +31,8 @@ from .model import Observed, Record
 __all__ = ["StateDir", "atomic_write", "file_stamp", "INVENTORY_FORMAT"]
 
 INVENTORY_FORMAT = 1
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode  # json.dumps(..., sort_keys=True), built once
+_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
+_JSON = json.JSONEncoder().encode  # json.dumps(...), built once  # json.dumps(..., sort_keys=True), built once
 
 
 def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
@@ -125,6 +126,11 @@ def load_txn(data: bytes) -> dict[str, Any]:
     return txn
 
 
+def txn_file(work_dir: Path) -> Path:
+    """Where an apply's transaction waits under ``.pki/`` (known before pki.toml is: see Project)."""
+    return work_dir / "journal" / "txn.json"
+
+
 class StateDir:
     """The state directory of one pki.toml, and its local work directory."""
 
@@ -138,7 +144,7 @@ class StateDir:
         self.inventory_path = self.root / "inventory.json"
         self.audit_path = self.root / "audit.jsonl"
         self.journal = work_dir / "journal"
-        self.txn_path = self.journal / "txn.json"
+        self.txn_path = txn_file(work_dir)
         self.keys_path = self.journal / "keys.jsonl"
         self.deletes_path = self.journal / "deletes.json"
         self.deferred_path = self.journal / "uncommitted.json"
@@ -457,13 +463,9 @@ class StateDir:
     # Two kinds of line: {"intent": {store, request}} before a store is asked to make or import a key,
     # and {"store", "id", "suffix"} once it has answered.
     def journal_intents(self, intents: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        encode = json.JSONEncoder().encode
-        lines = [f'{{"intent": {{"store": {encode(store)}, "request": {encode(request)}}}}}\n'
-                 for store, request in intents]
-        if lines:
-            self.journal.mkdir(parents=True, exist_ok=True)
-            with open(self.keys_path, "a") as f:
-                f.write("".join(lines))
+        encode = _JSON
+        self._journal_write("".join(f'{{"intent": {{"store": {encode(store)}, "request": {encode(request)}}}}}\n'
+                                    for store, request in intents))
 
     def journal_key(self, store: str, key_id: str | None, suffix: str | None = None) -> None:
         """The store's answer: the key's id, or None when the call failed (nothing to discard)."""
@@ -471,11 +473,18 @@ class StateDir:
 
     def journal_keys(self, answers: Iterable[tuple[str, str | None, str | None]]) -> None:
         """Several answers (store, id, suffix) in one write."""
+        self._journal_write("".join(_JSON({"store": store, "id": key_id, "suffix": suffix}) + "\n"
+                                    for store, key_id, suffix in answers))
+
+    def _journal_write(self, lines: str) -> None:
+        """Append whole lines to the key journal (kept open for the run; each call one write)."""
+        if not lines:
+            return
         if self._journal_file is None:
             self.journal.mkdir(parents=True, exist_ok=True)
-            self._journal_file = open(self.keys_path, "a", buffering=1)  # noqa: SIM115 - one line, one write
-        self._journal_file.write("".join(json.dumps({"store": store, "id": key_id, "suffix": suffix}) + "\n"
-                                         for store, key_id, suffix in answers))
+            self._journal_file = open(self.keys_path, "a", buffering=1)  # noqa: SIM115 - closed by clear_key_journal
+        self._journal_file.write(lines)
+        self._journal_file.flush()
 
     def _journal_lines(self) -> list[dict[str, Any]]:
         try:
@@ -496,16 +505,14 @@ class StateDir:
         except FileNotFoundError:
             return True
 
-    def journaled_keys(self) -> list[tuple[str, str]]:
-        """Keys a store made (store, id)."""
-        return [(d["store"], d["id"]) for d in self._journal_lines() if d.get("id") and "store" in d]
-
-    def unanswered_intents(self) -> list[tuple[str, dict[str, Any]]]:
-        """(store, request) asked for but never answered: the process died during the call."""
+    def key_journal(self) -> tuple[list[tuple[str, str]], list[tuple[str, dict[str, Any]]]]:
+        """What the key journal holds, read once: the keys a store made (store, id), and the
+        requests (store, request) asked for but never answered (the process died during the call)."""
         lines = self._journal_lines()
+        made = [(d["store"], d["id"]) for d in lines if d.get("id") and "store" in d]
         answered = {(d.get("store"), d.get("suffix")) for d in lines if "intent" not in d}
-        return [(d["intent"]["store"], d["intent"]["request"]) for d in lines
-                if "intent" in d and (d["intent"]["store"], d["intent"]["request"].get("suffix")) not in answered]
+        return made, [(d["intent"]["store"], d["intent"]["request"]) for d in lines
+                      if "intent" in d and (d["intent"]["store"], d["intent"]["request"].get("suffix")) not in answered]
 
     def clear_key_journal(self) -> None:
         if self._journal_file is not None:

@@ -304,6 +304,14 @@ def new_repo(directory: Path, toml: str, *, commit: bool = False) -> Path:
     return directory
 
 
+def assert_one_line(text: str, *secrets: str) -> str:
+    """``text`` (an error message) is one line, no traceback, and holds none of ``secrets``."""
+    assert "\n" not in text and "Traceback" not in text, text
+    for secret in secrets:
+        assert secret not in text
+    return text
+
+
 def commit_all(directory: Path, message: str = "pki.toml") -> None:
     """Commit everything in the work tree (what a user has before running pki)."""
     git(directory, "add", "-A")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import json
-import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, new_repo, run_pki
+from helpers import clean_env, git, new_repo, run_pki
 from helpers import openssl as run_openssl
 
 from pkiascode import audit
@@ -108,9 +107,7 @@ def test_no_commit_then_apply_commits_everything_and_keeps_old_keys_until_then(t
     assert before <= {p.name for p in (repo / ".pki" / "keys").iterdir()}, "HEAD's certificates keep their keys"
     (repo / "pki.toml").write_text(BASE.replace("ecdsa-p256", "ecdsa-p384") + '\n[certificate.z]\nissuer = "ca"\n')
     pki(repo, "apply", "--auto-approve")
-    status = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--", "state"], capture_output=True,
-                            text=True).stdout
-    assert status == ""
+    assert git(repo, "status", "--porcelain", "--", "state") == ""
     assert not before & {p.name for p in (repo / ".pki" / "keys").iterdir()}, "old keys go once committed"
 
 

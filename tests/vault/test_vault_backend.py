@@ -13,7 +13,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import NameOID
 
-from helpers import free_port, spki_der
+from helpers import assert_one_line, free_port, spki_der
 from pkiascode.backend import KeyRef, KeyRequest
 from pkiascode.errors import (BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound,
                               UnsupportedKeyType)
@@ -46,12 +46,7 @@ def leaf_cert(issuer_key, issuer_public, subject_public, cn: str = "leaf") -> x5
 
 
 def one_line_without(error: BaseException, *secrets: str) -> str:
-    text = str(error)
-    assert "\n" not in text
-    for secret in secrets:
-        assert secret not in text
-    assert "Traceback" not in text
-    return text
+    return assert_one_line(str(error), *secrets)
 
 
 class Calls:

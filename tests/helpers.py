@@ -19,6 +19,7 @@ import select
 import shutil
 import socket
 import ssl
+import stat
 import subprocess
 import sys
 import textwrap
@@ -389,6 +390,34 @@ def crl_path(directory: Path, name: str) -> Path:
 
 def state_cert(directory: Path, name: str) -> x509.Certificate:
     return load_cert(cert_path(directory, name))
+
+
+def assert_state_sound(repo: Path, pki: Pki, *, exact_keys: bool = False) -> None:
+    """Every inventory object has its certificate (the inventory's: fingerprint and serial), its key
+    (0600, fitting the certificate) and, for an authority, its CRL; `pki audit verify` passes; a plan
+    has nothing to do; state/ is committed. With ``exact_keys``, the key directory holds exactly the
+    inventory's keys (no orphan)."""
+    from cryptography.hazmat.primitives import hashes
+
+    inv = inventory(repo)
+    refs = set()
+    for name, rec in inv.items():
+        cert = state_cert(repo, name)
+        assert cert.fingerprint(hashes.SHA256()).hex() == rec["sha256"], f"{name}: file is not the inventory's"
+        assert format(cert.serial_number, "x") == rec["serial"], name
+        key = repo / ".pki" / "keys" / rec["key"]["ref"]
+        assert key.exists(), f"{name}: key {rec['key']['ref']} missing"
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+        assert spki_der(load_key(key)) == spki_der(cert), f"{name}: the key does not fit the certificate"
+        if rec["kind"] == "authority":
+            assert crl_path(repo, name).exists(), f"{name}: CRL missing"
+        refs.add(rec["key"]["ref"])
+    if exact_keys:
+        files = key_files(repo)
+        assert files == refs, f"orphan or missing keys: files {sorted(files)}, inventory {sorted(refs)}"
+    pki("audit", "verify", expect=0)
+    assert pki.plan_exit() == 0, pki("plan").stdout
+    assert git(repo, "status", "--porcelain", "--", "state") == "", "state/ is not committed"
 
 
 def state_crl(directory: Path, name: str) -> x509.CertificateRevocationList:

@@ -23,7 +23,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
 from helpers import (
-    PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, audit_lines, clean_env, commit_all, commit_count, edit_toml, git,
+    PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, assert_state_sound, audit_lines, clean_env, commit_all,
+    commit_count, edit_toml, git,
     git_init, git_objects, head, inventory, key_files, key_ref, load_cert, load_key, openssl, pem_blocks, pem_der,
     pki_command, run_pki, spki_der, state_cert, state_crl, write_project,
 )
@@ -42,18 +43,8 @@ def commit_message(repo: Path, rev: str = "HEAD") -> list[str]:
 def assert_consistent(repo: Path, pki: Pki) -> None:
     """Every inventory object has its certificate file, its key, and the key fits the certificate;
     the audit log verifies; plan has nothing to do; state/ is committed."""
-    inv = inventory(repo)
-    for name, rec in inv.items():
-        cert = state_cert(repo, name)
-        assert cert.fingerprint(hashes.SHA256()).hex() == rec["sha256"], name
-        assert format(cert.serial_number, "x") == rec["serial"], name
-        key = repo / ".pki" / "keys" / rec["key"]["ref"]
-        assert key.exists(), f"{name}: key {rec['key']['ref']} missing"
-        assert spki_der(load_key(key)) == spki_der(cert), f"{name}: key does not match its certificate"
-    pki("audit", "verify", expect=0)
+    assert_state_sound(repo, pki)
     assert_audit_chain(repo)
-    assert pki.plan_exit() == 0
-    assert git(repo, "status", "--porcelain", "--", "state") == ""
 
 
 AUDIT_FIELDS = {"seq", "time", "actor", "action", "kind", "name", "serial", "sha256", "not_after", "backend",

@@ -100,15 +100,6 @@ def _load(directory: Path) -> dict[str, Candidate]:
     return out
 
 
-def _ski(cert: Any) -> bytes:
-    from cryptography import x509
-
-    try:
-        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
-    except x509.ExtensionNotFound:
-        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest
-
-
 def _aki(cert: Any) -> bytes | None:
     from cryptography import x509
 
@@ -137,6 +128,8 @@ def _is_ca(cert: Any) -> bool:
 
 def _match_issuers(cands: dict[str, Candidate], existing: dict[str, Any]) -> None:
     """Set each candidate's issuer by key identifier and subject, verifying the signature."""
+    from .x509 import ski_of
+
     pool = {n: c.cert for n, c in cands.items() if _is_ca(c.cert)} | existing
     for cand in cands.values():
         cert = cand.cert
@@ -146,7 +139,7 @@ def _match_issuers(cands: dict[str, Candidate], existing: dict[str, Any]) -> Non
             continue
         aki = _aki(cert)
         found = [n for n, ca in pool.items() if n != cand.name and ca.subject == cert.issuer
-                 and (aki is None or _ski(ca) == aki) and _signed_by(cert, ca)]
+                 and (aki is None or ski_of(ca) == aki) and _signed_by(cert, ca)]
         if not found:
             raise PkiError(f"{cand.cert_path}: incomplete chain: its issuer {cert.issuer.rfc4514_string()} is not "
                            "among the imported certificates nor in state; add the issuer's certificate and key")

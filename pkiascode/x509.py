@@ -26,7 +26,7 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_
 
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "pem", "crl_pem", "fingerprint",
-    "ski_hex", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
+    "ski_hex", "ski_of", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
     "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl",
 ]
 
@@ -183,12 +183,18 @@ def build_certificate(
 
 
 @functools.lru_cache(maxsize=64)
-def _authority_key_id(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+def ski_of(cert: x509.Certificate) -> bytes:
+    """The certificate's subject key identifier: its extension, else computed from its public key."""
     try:
-        issuer_ski = issuer_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-        return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(issuer_ski)
+        return cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value.digest
     except x509.ExtensionNotFound:
-        return x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_cert.public_key())  # type: ignore[arg-type]
+        return x509.SubjectKeyIdentifier.from_public_key(cert.public_key()).digest  # type: ignore[arg-type]
+
+
+@functools.lru_cache(maxsize=64)
+def _authority_key_id(issuer_cert: x509.Certificate) -> x509.AuthorityKeyIdentifier:
+    ski = x509.SubjectKeyIdentifier(ski_of(issuer_cert))
+    return x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski)
 
 
 _HASHES: dict[int, tuple[Any, Any]] = {}

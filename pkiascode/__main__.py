@@ -1,5 +1,5 @@
 """``python -m pkiascode`` is ``pki``."""
 
-from ._console import main
+from .cli import main
 
 main()

@@ -30,7 +30,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from . import _console, audit
+from . import audit
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, GitError, PkiError, StalePlanError
 from .gitops import BlobWriter, PendingCommit, check_ignored
@@ -649,8 +649,7 @@ class _Run:
             with os.fdopen(read_end, "rb") as f:
                 data = f.read()
             os.waitpid(pid, 0)
-            if not _console.is_cli_process():
-                gc.unfreeze()
+            gc.unfreeze()
         message: tuple[Any, ...] = pickle.loads(data) if data else ("error", "the signing worker died")
         status, rest = message[0], message[1:]
         if status != "ok":

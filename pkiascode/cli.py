@@ -220,10 +220,6 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     if planfile and (at or replace):
         raise PkiError("a saved plan already fixes --at and --replace; pass them to `pki plan` instead")
     project = c.project
-    # apply reads the parse cache but spends none of its own time writing it: it is for repeated
-    # plans (an apply in CI runs once on a fresh machine; a plan before it has written it already).
-    # A large pki.toml is parsed by a background process instead, which does write it.
-    project.write_config_cache = False
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
     try:

@@ -1,21 +1,21 @@
 """pki.toml → `Desired`: parse, validate, apply defaults and profiles, order parents first.
 
 Validation errors are found by TOML path and turned into ``pki.toml:LINE`` only when there is an
-error (the line is looked up in the text then), so the fast path never tracks positions. A valid
-file's result is cached under ``.pki/cache`` keyed by the digest of its bytes: a plan over ten
-thousand certificates does not re-parse what did not change.
+error (the line is looked up in the text then), so the fast path never tracks positions. Nothing is
+cached: the file is parsed on every run (a plan over ten thousand unchanged certificates is answered
+from the no-op memo in `pkiascode.memo`, which never decides what is issued).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
 import re
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from ._console import config_cache_name, config_digest, wait_for_background_parse
+from . import __version__
 from .backend import Option
 from .errors import ConfigError, ConfigIssue, first_of
 from .keytypes import KeyType
@@ -622,12 +622,14 @@ def _to_error(file: str, text: str, issue: ConfigIssue) -> ConfigError:
     return ConfigError(file, line, getattr(issue, "where", _where(issue.path)), issue.message)
 
 
-def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | None = None,
-                display_name: str | None = None, data: bytes | None = None, write_cache: bool = True) -> Desired:
-    """Read, validate and resolve pki.toml; raise `ConfigError` (the first mistake) if it is wrong.
+def config_digest(data: bytes) -> str:
+    """The digest a plan records for pki.toml: its bytes and this version of pkiascode."""
+    return hashlib.sha256(data + __version__.encode()).hexdigest()
 
-    With ``cache_dir``, the result is taken from a cache there keyed by the file's digest, and (with
-    ``write_cache``) put there after parsing.
+
+def load_config(path: Path, *, options_for: OptionsLookup, display_name: str | None = None,
+                data: bytes | None = None) -> Desired:
+    """Read, validate and resolve pki.toml; raise `ConfigError` (the first mistake) if it is wrong.
 
     ``data`` stands for the file's content when it is known better than the disk does (an
     interrupted ``pki import`` whose new pki.toml is not written yet). The error's ``all_errors``
@@ -641,17 +643,7 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
                                           "or pass --config FILE)") from None
     except OSError as e:
         raise ConfigError(file, None, "", f"cannot read: {e.strerror}") from None
-    digest = config_digest(data_bytes)  # (in ._console: it must be cheap to import)
-    cache_file = cache_dir / config_cache_name(digest) if cache_dir else None
-    if cache_file is not None:
-        wait_for_background_parse(digest)
-        try:
-            with open(cache_file, "rb") as f:
-                cached = pickle.load(f)
-            if isinstance(cached, Desired) and cached.digest == digest:
-                return cached
-        except (OSError, pickle.UnpicklingError, EOFError, AttributeError, TypeError, ValueError):
-            pass
+    digest = config_digest(data_bytes)
 
     try:
         text = data_bytes.decode("utf-8")
@@ -674,20 +666,4 @@ def load_config(path: Path, *, options_for: OptionsLookup, cache_dir: Path | Non
         errors.sort(key=lambda e: e.line or 0)
         raise first_of(errors) from None
 
-    if cache_file is not None and write_cache:
-        _write_cache(cache_file, desired)
     return desired
-
-
-def _write_cache(cache_file: Path, desired: Desired) -> None:
-    try:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        for old in cache_file.parent.glob("config-*.pickle"):
-            if old != cache_file:
-                old.unlink(missing_ok=True)
-        tmp = cache_file.with_suffix(f".{os.getpid()}.tmp")
-        with open(tmp, "wb") as f:
-            pickle.dump(desired, f, protocol=pickle.HIGHEST_PROTOCOL)
-        os.replace(tmp, cache_file)
-    except OSError:
-        pass  # a cache is an optimisation only

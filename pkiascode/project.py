@@ -9,9 +9,8 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ._console import config_digest
 from .backend import KeyRef, KeyStore, StoreContext
-from .config import find_line, load_config
+from .config import config_digest, find_line, load_config
 from .errors import BackendError, ConfigError, first_of
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
@@ -37,13 +36,11 @@ class Project:
         self._csrs: dict[str, CsrInfo] | None = None
         self._repo: Any = False  # not looked up yet
         self._state: StateDir | None = None
-        self.write_config_cache = True  # keep the parsed pki.toml under .pki/cache for the next run
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
         if self._desired is None:
             self._desired = load_config(self.config_path, options_for=self.plugins.options,
-                                        cache_dir=self.work_dir / "cache", write_cache=self.write_config_cache,
                                         display_name=self._display_name(), data=self._pending_config())
             self._validate_store_settings(self._desired)
         return self._desired

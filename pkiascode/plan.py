@@ -34,9 +34,9 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
-from .model import Kind, digest_json, format_time, parse_time
+from .model import Desired, Kind, digest_json, format_time, parse_time
 
-__all__ = ["Action", "FieldChange", "Change", "Plan", "PLAN_FORMAT_VERSION"]
+__all__ = ["Action", "FieldChange", "Change", "Finding", "Plan", "PLAN_FORMAT_VERSION", "BLOCKING_SEVERITIES"]
 
 PLAN_FORMAT_VERSION = 1
 
@@ -123,6 +123,33 @@ class Change:
         )
 
 
+#: lint severities that stop apply (unless the finding's id is in ``lint_ignore``)
+BLOCKING_SEVERITIES = ("FATAL", "ERROR")
+
+
+@dataclasses.dataclass(frozen=True)
+class Finding:
+    """One pkilint finding on a certificate or CRL the plan would sign (see `pkiascode.lint`).
+
+    ``id`` is pkilint's code (``pkix.…``), what ``lint_ignore`` lists; ``severity`` is pkilint's
+    (FATAL, ERROR, WARNING, NOTICE, INFO); ``entry`` the authority or certificate name; ``what``
+    ``certificate`` or ``crl``."""
+
+    id: str
+    severity: str
+    entry: str
+    what: str
+    message: str
+
+    def to_json(self) -> dict[str, str]:
+        return {"id": self.id, "severity": self.severity, "entry": self.entry, "what": self.what,
+                "message": self.message}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Finding:
+        return cls(str(d["id"]), str(d["severity"]), str(d["entry"]), str(d["what"]), str(d["message"]))
+
+
 @dataclasses.dataclass(frozen=True)
 class Plan:
     """What an apply would do, as of ``at``, for one pki.toml and one state (by their digests)."""
@@ -133,10 +160,23 @@ class Plan:
     config_digest: str = ""
     state_digest: str = ""
     replace: tuple[str, ...] = ()
+    findings: tuple[Finding, ...] = ()
 
     @property
     def empty(self) -> bool:
         return not self.changes
+
+    def blocking(self, desired: Desired) -> tuple[Finding, ...]:
+        """The findings that stop apply: FATAL and ERROR ones whose id neither ``[pki] lint_ignore``
+        nor the entry's ``lint_ignore`` lists."""
+        ignored = set(getattr(desired.settings, "lint_ignore", ()))
+        out = []
+        for f in self.findings:
+            entry = desired.entries.get(f.entry)
+            if f.severity in BLOCKING_SEVERITIES and f.id not in ignored \
+                    and f.id not in getattr(entry, "lint_ignore", ()):
+                out.append(f)
+        return tuple(out)
 
     def summary(self) -> dict[str, int]:
         counts: dict[str, int] = {}
@@ -155,6 +195,7 @@ class Plan:
             "replace": list(self.replace),
             "config_digest": self.config_digest,
             "state_digest": self.state_digest,
+            "findings": [f.to_json() for f in self.findings],
         }
 
     def dumps(self) -> str:
@@ -179,4 +220,5 @@ class Plan:
             changes=tuple(Change.from_json(c) for c in d["changes"]), warnings=tuple(d.get("warnings", ())),
             at=parse_time(d["at"]), config_digest=d.get("config_digest", ""),
             state_digest=d.get("state_digest", ""), replace=tuple(d.get("replace", ())),
+            findings=tuple(Finding.from_json(f) for f in d.get("findings", ())),
         )

@@ -13,7 +13,8 @@ from collections.abc import Iterable, Mapping
 
 from .errors import PlanError
 from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time, parse_time
-from .names import format_duration
+from .keytypes import KeyType
+from .names import certificate_usages, constraint_note, format_duration
 from .plan import Action, Change, FieldChange, Plan
 
 __all__ = ["plan", "quiet_until"]
@@ -54,13 +55,20 @@ def plan(
     csr_keys: Mapping[str, str] | None = None,
     issue_time: dt.datetime | None = None,
     store_caps: Mapping[str, tuple[bool, bool]] | None = None,
+    csr_key_types: Mapping[str, KeyType] | None = None,
 ) -> Plan:
     """What apply must do to make ``observed`` match ``desired`` at time ``now``.
 
     ``issue_time`` is when apply will sign (default ``now``): ``pki plan --at +30d`` decides what is
     due as of then, but certificates are always signed as of the moment apply runs, and the diffs
     show the ``not_after`` they will really get. ``store_caps`` says, per key store, whether it can
-    hold exportable and non-exportable keys (default: exportable only, like files).
+    hold exportable and non-exportable keys (default: exportable only, like files). ``csr_key_types``
+    is the key type of each committed CSR: it decides, like an entry's ``key``, which usages its
+    certificate can have.
+
+    Each certificate the plan signs gets a warning for what it will not hold as written: a usage its
+    key cannot have, a name constraint written with a leading dot. Only for what is signed: a plan
+    with nothing to do stays empty.
 
     Raises `PlanError` for a desired state that cannot be reached (moving a key that cannot leave its
     store, replacing an unknown entry, ...).
@@ -295,8 +303,28 @@ def plan(
                                   (("crl_number", FieldChange(crl.get("number"),
                                                               (crl.get("number") or 0) + 1)),)))
 
+    warnings.extend(_signing_notes(desired, changes, csr_key_types or {}))
     return Plan(changes=tuple(changes), warnings=tuple(warnings), at=now, config_digest=desired.digest,
                 state_digest=observed.digest, replace=replace)
+
+
+def _signing_notes(desired: Desired, changes: Iterable[Change], csr_key_types: Mapping[str, KeyType]) -> list[str]:
+    """What the certificates this plan signs will hold differently from pki.toml's words, and why."""
+    notes = []
+    for change in changes:
+        if not change.makes_certificate:
+            continue
+        entry = desired.entries[change.name]
+        key = csr_key_types.get(entry.name, entry.key) if entry.csr else entry.key
+        note = certificate_usages(entry.usages, listed_key=entry.key, key=key, csr=entry.csr is not None)[2]
+        if note:
+            notes.append(f"{entry.qualified}: {note}")
+        if entry.name_constraints is not None:
+            for value in entry.name_constraints.permitted + entry.name_constraints.excluded:
+                note = constraint_note(value)
+                if note:
+                    notes.append(f"{entry.qualified}: {note}")
+    return notes
 
 
 def _depth(rec: Record, records: Mapping[str, Record]) -> int:

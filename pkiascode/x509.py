@@ -22,7 +22,7 @@ from cryptography.x509.oid import NameOID, ObjectIdentifier
 
 from .keytypes import key_type_of, signature_hash
 from .model import REVOCATION_REASONS, Entry, Kind, parse_time
-from .names import EXTENDED_USAGES, KEY_USAGES, Host, classify_host, constraint_kind
+from .names import EXTENDED_USAGES, KEY_USAGES, Host, certificate_usages, classify_host, constraint_kind
 
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "pem", "crl_pem", "fingerprint",
@@ -101,7 +101,7 @@ def _name_constraint_subtrees(values: Iterable[str]) -> list[x509.GeneralName]:
         elif kind == "uri":
             out.append(x509.UniformResourceIdentifier(str(parsed)))
         else:
-            out.append(x509.DNSName(str(parsed)))
+            out.append(x509.DNSName(str(parsed)))  # RFC 5280 form: no leading dot
     return out
 
 
@@ -141,7 +141,8 @@ def build_certificate(
     """The certificate for ``entry``; ``issuer_cert`` None makes it self-signed by ``signer``.
 
     ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal); ``ski``
-    is ``public_key``'s key identifier when the caller has it already (`ski_hex`).
+    is ``public_key``'s key identifier when the caller has it already (`ski_hex`). The usages are the
+    entry's that ``public_key``'s type can have (`names.certificate_usages`, as the planner decides).
     """
     name = subject if subject is not None else _cached_name(entry.subject, entry.common_name)
     issuer_name = issuer_cert.subject if issuer_cert is not None else name
@@ -157,12 +158,14 @@ def build_certificate(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=entry.path_length if is_ca else None),
                        critical=True)
     )
-    ku = _key_usage(entry.usages)
+    usages = certificate_usages(entry.usages, listed_key=entry.key, key=key_type_of(public_key),
+                                csr=entry.csr is not None)[0]
+    ku = _key_usage(usages)
     if ku is not None:
         b = b.add_extension(ku, critical=True)
-    eku = _extended_usage(entry.usages)
-    if eku is not None and not is_ca:
-        b = b.add_extension(eku, critical=False)
+    eku = _extended_usage(usages)
+    if eku is not None and not is_ca:  # RFC 3161 §2.3: a time-stamping EKU is critical
+        b = b.add_extension(eku, critical="timestamping" in usages)
     b = b.add_extension(x509.SubjectKeyIdentifier(ski) if ski is not None
                         else x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     if issuer_cert is not None:

@@ -7,9 +7,10 @@ import ipaddress
 import pytest
 
 from pkiascode.names import (
-    EXTENDED_USAGES, KEY_USAGES, NAME_RE, canonical_usages, classify_host, constraint_kind, did_you_mean,
-    format_duration, host_permitted, parse_duration,
+    EXTENDED_USAGES, KEY_USAGES, NAME_RE, canonical_usages, certificate_usages, classify_host, constraint_kind,
+    constraint_note, did_you_mean, format_duration, host_permitted, parse_duration, usage_errors, usages_for_key,
 )
+from pkiascode.keytypes import KeyType
 
 D = 86400
 
@@ -163,15 +164,70 @@ def test_a_name_with_a_trailing_newline_is_invalid():
     assert not NAME_RE.match("root\n")
 
 
+# --- usages that fit the key and each other ------------------------------------------------------
+
+@pytest.mark.parametrize("key, kept, dropped", [
+    (KeyType.RSA_2048, ("data encipherment", "digital signature", "key encipherment"), ("key agreement",)),
+    (KeyType.ECDSA_P256, ("digital signature", "key agreement"), ("data encipherment", "key encipherment")),
+    (KeyType.ECDSA_P384, ("digital signature", "key agreement"), ("data encipherment", "key encipherment")),
+    (KeyType.ED25519, ("digital signature",), ("data encipherment", "key agreement", "key encipherment")),
+])
+def test_usages_for_key(key, kept, dropped):
+    usages = canonical_usages(["digital signature", "key encipherment", "data encipherment", "key agreement"])
+    assert usages_for_key(usages, key) == (kept, dropped)
+
+
+def test_rsa_drops_encipher_only_with_key_agreement():
+    usages = canonical_usages(["key agreement", "encipher only", "digital signature"])
+    assert usages_for_key(usages, KeyType.RSA_2048) == (("digital signature",), ("encipher only", "key agreement"))
+
+
+@pytest.mark.parametrize("usages, is_ca, errors", [
+    (["encipher only"], False, ["usage 'encipher only' needs 'key agreement' (alone it leaves a key usage with "
+                                "no bit set)"]),
+    (["decipher only", "digital signature"], False,
+     ["usage 'decipher only' needs 'key agreement' (alone it leaves a key usage with no bit set)"]),
+    (["key agreement", "encipher only"], False, []),
+    (["cert sign", "server auth"], False,
+     ["usage 'cert sign' is for authorities: a certificate (CA:FALSE) cannot have it"]),
+    (["crl sign"], False, ["usage 'crl sign' is for authorities: a certificate (CA:FALSE) cannot have it"]),
+    (["cert sign", "crl sign", "digital signature"], True, []),
+    (["server auth", "client auth", "digital signature"], False, []),
+])
+def test_usage_errors(usages, is_ca, errors):
+    assert usage_errors(canonical_usages(usages), is_ca=is_ca) == errors
+
+
+def test_certificate_usages_note_and_csr_defaults():
+    profile = canonical_usages(["digital signature", "key encipherment", "server auth"])
+    assert certificate_usages(profile, listed_key=KeyType.ECDSA_P256, key=KeyType.ECDSA_P256) == (
+        ("digital signature", "server auth"), ("key encipherment",),
+        "usage 'key encipherment' left out: an ECDSA key cannot encipher (RFC 5480)")
+    assert certificate_usages(profile, listed_key=KeyType.RSA_2048, key=KeyType.RSA_2048)[1:] == ((), None)
+    # a CSR entry without usages has the defaults of the entry's key setting; the CSR's key decides
+    ec_defaults = canonical_usages(["digital signature", "server auth", "client auth"])
+    assert certificate_usages(ec_defaults, listed_key=KeyType.ECDSA_P256, key=KeyType.RSA_3072, csr=True) == (
+        ("client auth", "digital signature", "key encipherment", "server auth"), (), None)
+    rsa_defaults = canonical_usages(["digital signature", "key encipherment", "server auth", "client auth"])
+    assert certificate_usages(rsa_defaults, listed_key=KeyType.RSA_2048, key=KeyType.ED25519, csr=True) == (
+        ec_defaults, (), None)
+    # listed usages are kept as listed, less what the CSR's key cannot have
+    assert certificate_usages(profile, listed_key=KeyType.ECDSA_P256, key=KeyType.ED25519, csr=True)[1] == (
+        "key encipherment",)
+
+
 # --- name constraints ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, kind", [
     ("10.0.0.0/8", ("ip", ipaddress.ip_network("10.0.0.0/8"))),
     ("fd00::/8", ("ip", ipaddress.ip_network("fd00::/8"))),
-    (".cluster.local", ("dns", ".cluster.local")),
+    ("cluster.local", ("dns", "cluster.local")),
+    (".cluster.local", ("dns", "cluster.local")),  # the RFC 5280 form: the leading dot goes
     ("Example.COM", ("dns", "example.com")),
+    ("xn--bcher-kva.example", ("dns", "xn--bcher-kva.example")),
     ("@example.com", ("email", "@example.com")),
-    ("ops@example.com", ("email", "ops@example.com")),
+    ("@.Example.com", ("email", "@.example.com")),
+    ("Ops@Example.com", ("email", "Ops@example.com")),  # a mailbox's local part keeps its case
     ("uri:.example.com", ("uri", ".example.com")),
 ])
 def test_constraint_kind(value, kind):
@@ -181,12 +237,18 @@ def test_constraint_kind(value, kind):
 @pytest.mark.parametrize("value, message", [
     ("10.0.0.1/8", "bad IP range '10.0.0.1/8': 10.0.0.1/8 has host bits set"),
     ("10.0.0.0/33", "bad IP range '10.0.0.0/33': '10.0.0.0/33' does not appear to be an IPv4 or IPv6 network"),
-    ("*.example.com", "bad name constraint '*.example.com': use a DNS suffix, a CIDR range, an email domain "
+    ("*.example.com", "bad name constraint '*.example.com': use a DNS name, a CIDR range, an email domain "
                       "(@example.com) or uri:host"),
-    ("bad name", "bad name constraint 'bad name': use a DNS suffix, a CIDR range, an email domain "
+    ("bad name", "bad name constraint 'bad name': use a DNS name, a CIDR range, an email domain "
                  "(@example.com) or uri:host"),
     ("uri:", "bad URI host constraint 'uri:'"),
+    ("uri:*.example.com", "bad URI host constraint 'uri:*.example.com'"),
     ("@", "bad email constraint '@'"),
+    ("example.com.", "bad name constraint 'example.com.': no trailing dot (verifiers do not read one)"),
+    ("bücher.example", "bad name constraint 'bücher.example': verifiers compare the ASCII form; "
+                       "write 'xn--bcher-kva.example'"),
+    ("@bücher.example", "bad name constraint '@bücher.example': verifiers compare the ASCII form; "
+                        "write '@xn--bcher-kva.example'"),
 ])
 def test_constraint_kind_errors(value, message):
     with pytest.raises(ValueError) as e:
@@ -199,12 +261,21 @@ def test_a_bare_ip_constraint_is_not_a_dns_suffix():
         constraint_kind("10.0.0.1")
 
 
+def test_constraint_note_for_a_leading_dot_only():
+    assert constraint_note(".cluster.local") == (
+        "name constraint '.cluster.local' is written as 'cluster.local' (RFC 5280): it covers cluster.local "
+        "itself too, not only the names below it")
+    assert constraint_note("cluster.local") is None
+    assert constraint_note("uri:.example.com") is None  # RFC 5280 has the leading dot for URI hosts
+    assert constraint_note("@.example.com") is None  # and for email domains
+
+
 @pytest.mark.parametrize("host, permitted, excluded, why", [
-    # DNS: "example.com" is itself and below; ".example.com" only below
+    # DNS: "example.com" is itself and below; a leading dot is the same (the RFC 5280 form is encoded)
     (("dns", "example.com"), ["example.com"], [], None),
     (("dns", "a.b.example.com"), ["example.com"], [], None),
     (("dns", "badexample.com"), ["example.com"], [], "is not within permitted example.com"),
-    (("dns", "example.com"), [".example.com"], [], "is not within permitted .example.com"),
+    (("dns", "example.com"), [".example.com"], [], None),
     (("dns", "a.example.com"), [".example.com"], [], None),
     (("dns", "*.example.com"), ["example.com"], [], None),
     (("dns", "*.example.com"), [".example.com"], [], None),
@@ -213,25 +284,54 @@ def test_a_bare_ip_constraint_is_not_a_dns_suffix():
     (("dns", "a.example.com"), ["a.example.com", "b.example.com"], [], None),
     (("dns", "c.example.com"), ["a.example.com", "b.example.com"], [],
      "is not within permitted a.example.com, b.example.com"),
+    # wildcards: every name a wildcard stands for counts
+    (("dns", "*.example.com"), [], ["evil.example.com"], "matches excluded 'evil.example.com'"),
+    (("dns", "*.example.com"), [], ["example.com"], "matches excluded 'example.com'"),
+    (("dns", "*.example.com"), [], ["a.b.example.com"], None),  # one label only
+    (("dns", "*.example.com"), ["a.example.com"], [], "is not within permitted a.example.com"),
+    # trailing dots: read differently by Go (refused) and OpenSSL (literal)
+    (("dns", "a.evil.example.com."), [], ["evil.example.com"],
+     "has a trailing dot, which verifiers read differently under name constraints"),
+    (("dns", "a.example.com."), ["example.com"], [],
+     "has a trailing dot, which verifiers read differently under name constraints"),
+    (("dns", "a.example.com."), ["10.0.0.0/8"], [], None),  # no DNS constraint: nothing to read
+    # case
+    (("dns", "A.Evil.Example.COM"), [], ["EVIL.example.com"], "matches excluded 'EVIL.example.com'"),
     # IP
     (("ip", "10.32.0.1"), ["10.0.0.0/8"], [], None),
     (("ip", "11.0.0.1"), ["10.0.0.0/8"], [], "is not within permitted 10.0.0.0/8"),
     (("ip", "::1"), ["10.0.0.0/8"], [], "is not within permitted 10.0.0.0/8"),
     (("ip", "10.1.2.3"), [], ["10.1.0.0/16"], "matches excluded '10.1.0.0/16'"),
+    (("ip", "::ffff:10.1.2.3"), [], ["10.1.0.0/16"],
+     "is an IPv4-mapped IPv6 address, which IP range constraints miss but verifiers match to 10.1.2.3: "
+     "write that instead"),
+    (("ip", "::ffff:10.1.2.3"), ["::/0"], [],
+     "is an IPv4-mapped IPv6 address, which IP range constraints miss but verifiers match to 10.1.2.3: "
+     "write that instead"),
     # a kind without constraints of its own is not restricted
     (("ip", "192.168.0.1"), [".cluster.local"], [], None),
     (("dns", "anything.example"), ["10.0.0.0/8"], [], None),
     (("email", "a@example.com"), [".example.com"], [], None),
-    # email
+    # email: a domain is that host only when permitted (OpenSSL), that host and below when excluded (Go)
     (("email", "a@example.com"), ["@example.com"], [], None),
+    (("email", "a@EXAMPLE.com"), ["@example.com"], [], None),
     (("email", "a@sub.example.com"), ["@example.com"], [], "is not within permitted @example.com"),
+    (("email", "a@sub.example.com"), [], ["@example.com"], "matches excluded '@example.com'"),
     (("email", "a@sub.example.com"), ["@.example.com"], [], None),
+    (("email", "a@example.com"), ["@.example.com"], [], "is not within permitted @.example.com"),
     (("email", "a@example.org"), ["@example.com"], [], "is not within permitted @example.com"),
     (("email", "ops@example.com"), ["ops@example.com"], [], None),
     (("email", "dev@example.com"), ["ops@example.com"], [], "is not within permitted ops@example.com"),
-    # URI: by host
+    # URI: by host, as email
     (("uri", "spiffe://x.cluster.local/ns/a"), ["uri:.cluster.local"], [], None),
     (("uri", "https://example.org/x"), ["uri:.cluster.local"], [], "is not within permitted uri:.cluster.local"),
+    (("uri", "https://a.example.org/x"), ["uri:example.org"], [], "is not within permitted uri:example.org"),
+    (("uri", "https://a.example.org/x"), [], ["uri:example.org"], "matches excluded 'uri:example.org'"),
+    (("uri", "https://10.0.0.1/x"), ["uri:example.org"], [],
+     "has an IP address as host, which URI name constraints cannot be checked against"),
+    (("uri", "urn:x:y"), [], ["uri:example.org"], "has no host, which URI name constraints cannot be checked against"),
+    (("uri", "https://a.example.org./x"), [], ["uri:.example.org"],
+     "has a trailing dot, which verifiers read differently under name constraints"),
 ])
 def test_host_permitted(host, permitted, excluded, why):
     assert host_permitted(host, permitted, excluded) == why

@@ -1,0 +1,204 @@
+"""The lint gate: pkilint's RFC 5280 certificate and CRL linters over what a plan would sign.
+
+Each certificate the plan signs is built as apply would build it (`pkiascode.x509.build_certificate`),
+from the same entry, with a throwaway key of the same type (one per key type per run) in place of
+keys that do not exist yet or that plan must not touch; a CSR entry gets its CSR's public key. Each
+CRL the plan re-signs is built the same way. Nothing is linted when the plan signs nothing, so a
+no-op plan costs nothing more.
+
+pkilint also reports as errors names that RFC 5280 allows but the public Web does not, which is wrong
+for a private PKI: `PRIVATE_PKI_FILTER` drops those, each for the values it is wrong about only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit, urlunsplit
+
+from .keytypes import KeyType, generate_private_key, key_type_of
+from .model import Desired, Entry, Kind, format_time
+from .names import classify_host
+from .plan import Action, Finding, Plan
+
+if TYPE_CHECKING:
+    from cryptography import x509
+
+__all__ = ["lint_plan", "lint_certificate", "lint_crl", "PRIVATE_PKI_FILTER"]
+
+def _single_label(value: str) -> bool:
+    return "." not in value and classify_host(value) == ("dns", value.lower())
+
+
+def _private_dns(value: str) -> bool:
+    # a single label, or a wildcard leftmost label over a name pkilint takes
+    import validators
+
+    return _single_label(value) or (value.startswith("*.") and classify_host(value)[0] == "dns"
+                                    and (_single_label(value[2:]) or bool(validators.domain(value[2:]))))
+
+
+def _private_uri(value: str) -> bool:
+    # what pkilint checks, once the scheme is https and a single-label host has a dot; in a name
+    # constraint the value is a host (".example.com", "trust-domain")
+    import validators
+
+    if "://" not in value:
+        return _single_label(value.lstrip("."))
+    parts = urlsplit(value)
+    if classify_host(value)[0] != "uri" or not parts.hostname:
+        return False
+    host = parts.hostname + (".example" if _single_label(parts.hostname) else "")
+    return bool(validators.url(urlunsplit(("https", host + (f":{parts.port}" if parts.port else ""),
+                                           parts.path, parts.query, parts.fragment))))
+
+
+def _private_mailbox(value: str) -> bool:
+    return "@" in value and _single_label(value.rpartition("@")[2])
+
+
+#: pkilint finding id → (why it is wrong for a private PKI, which values it is wrong for). pkilint
+#: checks names against the public DNS; RFC 5280 §4.2.1.6 does not. tests/test_lint.py tests each.
+PRIVATE_PKI_FILTER: Mapping[str, tuple[str, Callable[[str], bool]]] = {
+    "pkix.invalid_domain_name_syntax": (
+        "a single-label DNS name (kubernetes, node-0) is a legal dNSName, and so is a wildcard leftmost "
+        "label (*.example.com, RFC 6125 §6.4.3; RFC 5280 leaves wildcards to the application)", _private_dns),
+    "pkix.invalid_uri_syntax": (
+        "a URI of any scheme (spiffe://) or with a single-label host is a legal URI", _private_uri),
+    "pkix.invalid_email_address_syntax": (
+        "a mailbox at a single-label domain (root@node-0) is a legal rfc822Name", _private_mailbox),
+}
+
+_SEVERITIES = ("FATAL", "ERROR", "WARNING", "NOTICE", "INFO")
+
+
+@functools.cache
+def _throwaway_key(key_type: KeyType) -> Any:
+    return generate_private_key(key_type)
+
+
+@functools.cache
+def _validators() -> tuple[Any, Any]:
+    from pkilint import pkix
+    from pkilint.pkix import certificate, crl, extension, name
+
+    cert_validator = certificate.create_pkix_certificate_validator_container(
+        certificate.create_decoding_validators(name.ATTRIBUTE_TYPE_MAPPINGS, extension.EXTENSION_MAPPINGS),
+        [
+            certificate.create_issuer_validator_container([]),
+            certificate.create_validity_validator_container(),
+            certificate.create_subject_validator_container([]),
+            certificate.create_extensions_validator_container([]),
+            certificate.create_spki_validator_container([]),
+        ],
+    )
+    crl_validator = crl.create_pkix_crl_validator_container(
+        [pkix.create_attribute_decoder(name.ATTRIBUTE_TYPE_MAPPINGS),
+         pkix.create_extension_decoder(extension.EXTENSION_MAPPINGS)],
+        [crl.create_issuer_validator_container([]), crl.create_validity_validator_container([]),
+         crl.create_extensions_validator_container([])],
+    )
+    return cert_validator, crl_validator
+
+
+def _findings(results: Iterable[Any], entry: str, what: str, *, unfiltered: bool) -> list[Finding]:
+    out = []
+    for result in results:
+        for fd in result.finding_descriptions:
+            code, severity = fd.finding.code, fd.finding.severity.name
+            if severity not in _SEVERITIES or (not unfiltered and _filtered(code, result.node)):
+                continue
+            message = fd.message or code
+            out.append(Finding(code, severity, entry, what, f"{message} (at {result.node.path})"))
+    return out
+
+
+def _filtered(code: str, node: Any) -> bool:
+    rule = PRIVATE_PKI_FILTER.get(code)
+    if rule is None:
+        return False
+    try:
+        return rule[1](str(node.pdu))
+    except ValueError:
+        return False  # not even a name pkiascode accepts: keep the finding
+
+
+def lint_certificate(der: bytes, *, entry: str = "", unfiltered: bool = False) -> list[Finding]:
+    """pkilint's RFC 5280 findings on one DER certificate (INFO and above), less the built-in filter."""
+    from pkilint import loader
+
+    doc = loader.RFC5280CertificateDocumentLoader().load_der_document(der, entry or "certificate")
+    return _findings(_validators()[0].validate(doc.root), entry, "certificate", unfiltered=unfiltered)
+
+
+def lint_crl(der: bytes, *, entry: str = "", unfiltered: bool = False) -> list[Finding]:
+    """pkilint's RFC 5280 findings on one DER CRL (INFO and above), less the built-in filter."""
+    from pkilint import loader
+
+    doc = loader.RFC5280CertificateListDocumentLoader().load_der_document(der, entry or "crl")
+    return _findings(_validators()[1].validate(doc.root), entry, "crl", unfiltered=unfiltered)
+
+
+def lint_plan(desired: Desired, plan: Plan, *, csr_public_keys: Mapping[str, Any] | None = None,
+              csr_subjects: Mapping[str, "x509.Name"] | None = None) -> tuple[Finding, ...]:
+    """Findings on every certificate and CRL ``plan`` would sign (none when it signs nothing)."""
+    from cryptography.hazmat.primitives import serialization
+
+    from . import x509 as x
+
+    csr_public_keys = csr_public_keys or {}
+    csr_subjects = csr_subjects or {}
+    signs = [c for c in plan.changes if c.makes_certificate]
+    revoked_under: dict[str, list[str]] = {}
+    for c in plan.changes:
+        if c.action is Action.REVOKE and c.revoke_reason:
+            issuer = desired.entries[c.name].issuer if c.name in desired.entries else None
+            if issuer:
+                revoked_under.setdefault(issuer, []).append(c.revoke_reason)
+    crls = {c.name for c in plan.changes if c.action is Action.UPDATE_CRL}
+    crls |= {c.name for c in signs if c.kind is Kind.AUTHORITY} | set(revoked_under)
+    if not signs and not crls:
+        return ()
+
+    now = plan.at
+    stand_ins: dict[str, Any] = {}  # authority name → its certificate as built with a throwaway key
+
+    def stand_in(name: str) -> Any:
+        if name not in stand_ins:
+            entry = desired.entries[name]
+            issuer = stand_in(entry.issuer) if entry.issuer else None
+            stand_ins[name] = _build(entry, issuer, now)
+        return stand_ins[name]
+
+    findings: list[Finding] = []
+    for change in signs:
+        entry = desired.entries[change.name]
+        issuer = stand_in(entry.issuer) if entry.issuer else None
+        cert = _build(entry, issuer, now, public_key=csr_public_keys.get(entry.name),
+                      subject=csr_subjects.get(entry.name))
+        findings += lint_certificate(cert.public_bytes(serialization.Encoding.DER), entry=entry.name)
+    for name in sorted(crls):
+        if name not in desired.entries or desired.entries[name].kind is not Kind.AUTHORITY:
+            continue
+        entry = desired.entries[name]
+        revocations = [{"serial": format(i + 1, "x"), "date": format_time(now), "reason": reason}
+                       for i, reason in enumerate(revoked_under.get(name, []))]
+        crl = x.build_crl(stand_in(name), _throwaway_key(entry.key), revocations, number=1,
+                          this_update=now, next_update=now + dt.timedelta(seconds=entry.crl_validity))
+        findings += lint_crl(crl.public_bytes(serialization.Encoding.DER), entry=name)
+    return tuple(findings)
+
+
+def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any = None,
+           subject: Any = None) -> Any:
+    from . import x509 as x
+
+    signer_type = entry.key if issuer_cert is None else key_type_of(issuer_cert.public_key())
+    public_key = public_key if public_key is not None else _throwaway_key(entry.key).public_key()
+    not_after = now + dt.timedelta(seconds=entry.validity)
+    if issuer_cert is not None:
+        not_after = min(not_after, issuer_cert.not_valid_after_utc)
+    return x.build_certificate(entry, public_key=public_key, signer=_throwaway_key(signer_type),
+                               issuer_cert=issuer_cert, now=now, not_after=not_after, subject=subject)

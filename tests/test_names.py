@@ -93,7 +93,7 @@ def test_classify_host(host, classified):
     ("web-.example", "bad host 'web-.example': not an IP address, email, URI or DNS name"),
     ("a..example", "bad host 'a..example': not an IP address, email, URI or DNS name"),
     ("a" * 64 + ".example", f"bad host '{'a' * 64}.example': not an IP address, email, URI or DNS name"),
-    ("é.example", "bad host 'é.example': not an IP address, email, URI or DNS name"),
+    ("é.example", "bad host 'é.example': verifiers compare the ASCII form; write 'xn--9ca.example'"),
     ("10.0.0.0/8", "bad host '10.0.0.0/8': not an IP address, email, URI or DNS name"),
     ("@example.com", "bad email address '@example.com'"),
     ("user@", "bad email address 'user@'"),

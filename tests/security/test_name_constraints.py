@@ -1,0 +1,115 @@
+"""Threat: an authority's name constraints bypassed (issue 10.7, 13.2).
+
+The planner refuses a host under name constraints unless every verifier would accept it, and a
+certificate it refuses is shown here to be one a real verifier accepts (the bypass is real). Each
+case builds root → constrained intermediate → leaf with pkiascode's own certificate builder (so the
+encoded constraint is pkiascode's), and asks Go's crypto/x509 and ``openssl verify -x509_strict``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from go.verifiers import go_verify, openssl_verify
+from pkiascode.keytypes import KeyType, generate_private_key
+from pkiascode.model import Entry, Kind, NameConstraints
+from pkiascode.names import classify_host, host_permitted
+from pkiascode.x509 import build_certificate, pem
+
+NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
+KEY = generate_private_key(KeyType.ECDSA_P256)
+
+
+def _entry(kind: Kind, name: str, issuer: str | None, *, hosts=(), nc=None) -> Entry:
+    usages = ("cert sign", "crl sign", "digital signature") if kind is Kind.AUTHORITY else (
+        "client auth", "digital signature", "server auth")
+    return Entry(kind=kind, name=name, issuer=issuer, common_name=name, subject=(("O", "pkiascode tests"),),
+                 hosts=tuple(hosts), usages=usages, validity=86400, renew_before=3600, key=KeyType.ECDSA_P256,
+                 backend="local", rotate_key=False, exportable=False, name_constraints=nc)
+
+
+def _chain(tmp_path: Path, host: str, permitted: list[str], excluded: list[str]) -> tuple[Path, Path, Path]:
+    later = NOW + dt.timedelta(days=1)
+    root = build_certificate(_entry(Kind.AUTHORITY, "root", None), public_key=KEY.public_key(), signer=KEY,
+                             issuer_cert=None, now=NOW, not_after=later)
+    inter = build_certificate(_entry(Kind.AUTHORITY, "inter", "root",
+                                     nc=NameConstraints(tuple(permitted), tuple(excluded))),
+                              public_key=KEY.public_key(), signer=KEY, issuer_cert=root, now=NOW, not_after=later)
+    leaf = build_certificate(_entry(Kind.CERTIFICATE, "leaf", "inter", hosts=[classify_host(host)]),
+                             public_key=KEY.public_key(), signer=KEY, issuer_cert=inter, now=NOW, not_after=later)
+    paths = tmp_path / "root.pem", tmp_path / "inter.pem", tmp_path / "leaf.pem"
+    for path, cert in zip(paths, (root, inter, leaf)):
+        path.write_bytes(pem(cert))
+    return paths
+
+
+# (SAN, permitted, excluded, planner allows it, Go accepts the chain, OpenSSL accepts the chain)
+CASES = {
+    "within a permitted name": ("api.example.com", ["example.com"], [], True, True, True),
+    "the permitted name itself": ("example.com", ["example.com"], [], True, True, True),
+    "outside a permitted name": ("api.example.org", ["example.com"], [], False, False, False),
+    "a label that only ends like it": ("badexample.com", ["example.com"], [], False, False, False),
+    "a leading dot is written in RFC 5280 form, which covers the name itself":
+        ("cluster.local", [".cluster.local"], [], True, True, True),
+    "below a leading-dot name": ("kubernetes.default.svc.cluster.local", [".cluster.local"], [], True, True, True),
+    "in an excluded subtree": ("a.evil.example.com", ["example.com"], ["evil.example.com"], False, False, False),
+    "case does not escape an excluded subtree": ("A.EVIL.example.com", [], ["evil.example.com"], False, False, False),
+    # the bypasses the planner refuses: verifiers accept these
+    "a wildcard above an excluded name": ("*.example.com", [], ["evil.example.com"], False, True, True),
+    "a trailing dot (OpenSSL misses the excluded subtree)":
+        ("a.evil.example.com.", [], ["evil.example.com"], False, False, True),
+    "an IPv4-mapped IPv6 address under an excluded IPv4 range":
+        ("::ffff:10.1.2.3", [], ["10.1.0.0/16"], False, True, True),
+    # IP ranges
+    "inside a permitted range": ("10.1.2.3", ["10.0.0.0/8"], [], True, True, True),
+    "outside a permitted range": ("11.1.2.3", ["10.0.0.0/8"], [], False, False, False),
+    "in an excluded range": ("10.1.2.3", [], ["10.1.0.0/16"], False, False, False),
+    "IPv6 in a permitted range": ("fd00::1", ["fd00::/8"], [], True, True, True),
+    # email and URI hosts: "example.com" is that host only (OpenSSL) or it and below (Go)
+    "a mailbox at a permitted domain": ("ops@example.com", ["@example.com"], [], True, True, True),
+    "a mailbox below a permitted domain": ("ops@sub.example.com", ["@example.com"], [], False, True, False),
+    "a mailbox below an excluded domain": ("ops@sub.example.com", [], ["@example.com"], False, False, True),
+    "a URI below a leading-dot host": ("spiffe://a.cluster.local/ns/x", ["uri:.cluster.local"], [],
+                                       True, True, True),
+    "a URI below an excluded host": ("https://a.example.org/x", [], ["uri:example.org"], False, False, True),
+    "a URI below a permitted host": ("https://a.example.org/x", ["uri:example.org"], [], False, True, False),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_planner_agrees_with_go_and_openssl(tmp_path, case):
+    host, permitted, excluded, planner_ok, go_ok, openssl_ok = CASES[case]
+    root, inter, leaf = _chain(tmp_path, host, permitted, excluded)
+    go, go_out = go_verify(leaf, roots=[root], intermediates=[inter])
+    ossl, ossl_out = openssl_verify(leaf, roots=[root], intermediates=[inter])
+    why = host_permitted(classify_host(host), permitted, excluded)
+    assert (why is None, go, ossl) == (planner_ok, go_ok, openssl_ok), (why, go_out, ossl_out)
+    # what the planner allows, every verifier accepts
+    assert not planner_ok or (go and ossl)
+
+
+def test_a_wildcard_above_an_excluded_name_serves_that_name(tmp_path):
+    """The bypass is real: Go accepts *.example.com for evil.example.com under excluded evil.example.com."""
+    root, inter, leaf = _chain(tmp_path, "*.example.com", [], ["evil.example.com"])
+    assert go_verify(leaf, roots=[root], intermediates=[inter], eku="server auth", host="evil.example.com")[0]
+    assert openssl_verify(leaf, roots=[root], intermediates=[inter], host="evil.example.com")[0]
+    assert host_permitted(("dns", "*.example.com"), [], ["evil.example.com"]) == "matches excluded 'evil.example.com'"
+
+
+def test_an_ipv4_mapped_address_serves_the_excluded_ipv4_address(tmp_path):
+    """The bypass is real: Go matches the SAN ::ffff:10.1.2.3 to the host 10.1.2.3."""
+    root, inter, leaf = _chain(tmp_path, "::ffff:10.1.2.3", [], ["10.1.0.0/16"])
+    assert go_verify(leaf, roots=[root], intermediates=[inter], eku="server auth", host="10.1.2.3")[0]
+    assert host_permitted(("ip", "::ffff:10.1.2.3"), [], ["10.1.0.0/16"]) is not None
+
+
+def test_the_leading_dot_is_encoded_in_rfc_5280_form(tmp_path):
+    from cryptography import x509
+
+    _, inter, _ = _chain(tmp_path, "a.cluster.local", [".cluster.local", "uri:.cluster.local"], [])
+    nc = x509.load_pem_x509_certificate(inter.read_bytes()).extensions.get_extension_for_class(
+        x509.NameConstraints).value
+    assert [g.value for g in nc.permitted_subtrees] == ["cluster.local", ".cluster.local"]

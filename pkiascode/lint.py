@@ -56,7 +56,11 @@ def _private_uri(value: str) -> bool:
 
 
 def _private_mailbox(value: str) -> bool:
-    return "@" in value and _single_label(value.rpartition("@")[2])
+    # what pkilint checks, once a single-label domain has a dot
+    import validators
+
+    local, _, domain = value.rpartition("@")
+    return bool(local) and _single_label(domain) and bool(validators.email(f"{local}@{domain}.example"))
 
 
 #: pkilint finding id → (why it is wrong for a private PKI, which values it is wrong for). pkilint

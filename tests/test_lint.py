@@ -1,0 +1,212 @@
+"""The lint gate: pkilint over what a plan would sign, the private-PKI filter (a test per entry), and
+the findings in the plan model."""
+
+from __future__ import annotations
+
+import datetime as dt
+import types
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
+
+from planner_fakes import T0, World, load
+from pkiascode.keytypes import KeyType, generate_private_key
+from pkiascode.lint import PRIVATE_PKI_FILTER, lint_certificate, lint_crl, lint_plan
+from pkiascode.plan import Finding, Plan
+
+KEY = generate_private_key(KeyType.ECDSA_P256)
+
+
+def _cert(*names: x509.GeneralName, key_usage: x509.KeyUsage | None = None) -> bytes:
+    """A leaf certificate made directly with cryptography, to feed pkilint names pkiascode never makes."""
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lint test")])
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(KEY.public_key())
+         .serial_number(x509.random_serial_number()).not_valid_before(T0).not_valid_after(T0 + dt.timedelta(days=1))
+         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(KEY.public_key()), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(KEY.public_key()), critical=False))
+    if names:
+        b = b.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
+    if key_usage is not None:
+        b = b.add_extension(key_usage, critical=True)
+    return b.sign(KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def _ids(findings) -> list[str]:
+    return sorted(f.id for f in findings if f.severity in ("FATAL", "ERROR"))
+
+
+# --- the built-in filter: one test per entry, each showing what it drops and what it keeps ---------
+
+def test_filter_single_label_dns_names():
+    der = _cert(x509.DNSName("node-0"), x509.DNSName("kubernetes"))
+    assert _ids(lint_certificate(der, unfiltered=True)) == ["pkix.invalid_domain_name_syntax"] * 2
+    assert _ids(lint_certificate(der)) == []
+
+
+def test_filter_wildcard_dns_names():
+    der = _cert(x509.DNSName("*.example.com"), x509.DNSName("*.node-0"))
+    assert _ids(lint_certificate(der, unfiltered=True)) == ["pkix.invalid_domain_name_syntax"] * 2
+    assert _ids(lint_certificate(der)) == []
+
+
+def test_filter_keeps_dns_names_that_are_really_bad():
+    der = _cert(x509.DNSName("-bad-.example.com"), x509.DNSName("a..example.com"), x509.DNSName("a*.example.com"))
+    assert _ids(lint_certificate(der)) == ["pkix.invalid_domain_name_syntax"] * 3
+
+
+def test_filter_uris_of_any_scheme_and_single_label_hosts():
+    der = _cert(x509.UniformResourceIdentifier("spiffe://cluster.local/ns/default/sa/api"),
+                x509.UniformResourceIdentifier("spiffe://trust-domain/ns/a"),
+                x509.UniformResourceIdentifier("https://node-0:6443/healthz"))
+    assert _ids(lint_certificate(der, unfiltered=True)) == ["pkix.invalid_uri_syntax"] * 3
+    assert _ids(lint_certificate(der)) == []
+
+
+def test_filter_keeps_uris_that_are_really_bad():
+    der = _cert(x509.UniformResourceIdentifier("https://exa mple.com/"),
+                x509.UniformResourceIdentifier("not a uri"))
+    assert _ids(lint_certificate(der)) == ["pkix.invalid_uri_syntax"] * 2
+
+
+def test_filter_mailboxes_at_single_label_domains():
+    der = _cert(x509.RFC822Name("root@node-0"))
+    assert _ids(lint_certificate(der, unfiltered=True)) == ["pkix.invalid_email_address_syntax"]
+    assert _ids(lint_certificate(der)) == []
+    bad = _cert(x509.RFC822Name("root node@node-0"), x509.RFC822Name("@node-0"), x509.RFC822Name("root@-x"))
+    assert _ids(lint_certificate(bad)) == ["pkix.invalid_email_address_syntax"] * 3
+
+
+def test_every_filter_entry_has_a_reason_and_a_test():
+    tested = {"pkix.invalid_domain_name_syntax", "pkix.invalid_uri_syntax", "pkix.invalid_email_address_syntax"}
+    assert set(PRIVATE_PKI_FILTER) == tested
+    assert all(reason for reason, _ in PRIVATE_PKI_FILTER.values())
+
+
+def test_real_errors_come_through():
+    # a key usage with no bit set (encipher only without key agreement): what pkiascode refuses to make
+    ku = x509.KeyUsage(digital_signature=False, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                       encipher_only=False, decipher_only=False)
+    findings = lint_certificate(_cert(x509.DNSName("a.example.com"), key_usage=ku), entry="web")
+    assert _ids(findings) == ["pkix.no_ku_bits_set"]
+    assert all(f.entry == "web" and f.what == "certificate" and f.message for f in findings)
+
+
+# --- over a plan ------------------------------------------------------------------------------------
+
+PKI = """
+[defaults]
+key = "ecdsa-p256"
+[profile.kubernetes]
+usages = ["digital signature", "key encipherment", "server auth", "client auth"]
+[profile.stamp]
+usages = ["digital signature", "timestamping"]
+[authority.root]
+common_name = "Root"
+key = "rsa-2048"
+crl_url = "http://crl.example.com/root.crl"
+[authority.inter]
+issuer = "root"
+common_name = "Inter"
+key = "ecdsa-p384"
+name_constraints = { permitted = [".cluster.local", "10.0.0.0/8", "@example.com", "uri:trust-domain"], excluded = ["evil.cluster.local"] }
+[certificate.node-0]
+issuer = "inter"
+profile = "kubernetes"
+hosts = ["node-0.cluster.local", "10.0.0.1", "ops@example.com", "spiffe://trust-domain/ns/a"]
+[certificate.kubernetes]
+issuer = "root"
+profile = "kubernetes"
+key = "ed25519"
+hosts = ["kubernetes", "node-0", "root@node-0", "*.svc.example.com"]
+[certificate.tsa]
+issuer = "root"
+profile = "stamp"
+key = "rsa-2048"
+[certificate.gone]
+issuer = "root"
+revoked = { reason = "key_compromise" }
+"""
+
+
+def test_a_plan_that_signs_everything_has_no_error_after_the_filter():
+    desired = load(PKI)
+    plan = World().plan(desired, T0)
+    findings = lint_plan(desired, plan)
+    assert [f for f in findings if f.severity in ("FATAL", "ERROR")] == []
+    linted = {f.entry for f in findings}  # pkilint's INFO on each subject key identifier
+    assert linted >= {"root", "inter", "node-0", "kubernetes", "tsa"}
+    assert {f.what for f in findings if f.entry == "root"} >= {"certificate"}
+
+
+def test_a_plan_with_nothing_to_sign_is_not_linted():
+    desired = load(PKI)
+    world = World()
+    world.converge(desired, T0)
+    plan = world.plan(desired, T0 + dt.timedelta(hours=1))
+    assert plan.empty
+    assert lint_plan(desired, plan) == ()
+
+
+def test_only_what_is_signed_is_linted():
+    desired = load(PKI)
+    world = World()
+    world.converge(desired, T0)
+    changed = load(PKI.replace('hosts = ["kubernetes", "node-0"', 'hosts = ["kubernetes", "node-1"'))
+    plan = world.plan(changed, T0 + dt.timedelta(hours=1))
+    assert [c.name for c in plan.changes] == ["kubernetes"]
+    assert {f.entry for f in lint_plan(changed, plan)} == {"kubernetes"}
+
+
+def test_a_revocation_lints_the_issuers_crl():
+    desired = load(PKI)
+    world = World()
+    world.converge(desired, T0)
+    revoked = load(PKI.replace('[certificate.tsa]\nissuer = "root"',
+                               '[certificate.tsa]\nissuer = "root"\nrevoked = { reason = "superseded" }'))
+    plan = world.plan(revoked, T0 + dt.timedelta(hours=1))
+    assert {(c.action.value, c.name) for c in plan.changes} >= {("revoke", "tsa")}
+    findings = lint_plan(revoked, plan)
+    assert [f for f in findings if f.severity in ("FATAL", "ERROR")] == []
+
+
+def test_lint_crl_reports_crl_findings():
+    from pkiascode.x509 import build_crl
+
+    root = x509.load_der_x509_certificate(_cert())
+    bare = (x509.CertificateRevocationListBuilder().issuer_name(root.subject).last_update(T0)
+            .next_update(T0 + dt.timedelta(days=1)).sign(KEY, hashes.SHA256()))
+    findings = lint_crl(bare.public_bytes(serialization.Encoding.DER), entry="root")
+    assert _ids(findings) == ["pkix.authority_key_identifier_missing", "pkix.crl_number_missing"]
+    assert all(f.what == "crl" and f.entry == "root" for f in findings)
+    ours = build_crl(root, KEY, [{"serial": "1f", "date": "2030-01-01T00:00:00Z", "reason": "key_compromise"}],
+                     number=1, this_update=T0, next_update=T0 + dt.timedelta(days=1))
+    assert _ids(lint_crl(ours.public_bytes(serialization.Encoding.DER))) == []
+
+
+# --- in the plan model ------------------------------------------------------------------------------
+
+def _finding(id_: str, severity: str = "ERROR", entry: str = "node-0") -> Finding:
+    return Finding(id_, severity, entry, "certificate", "a message")
+
+
+def test_findings_round_trip_through_json():
+    plan = Plan(changes=(), warnings=(), at=T0, findings=(_finding("pkix.a"), _finding("pkix.b", "WARNING")))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.to_json()["findings"][0] == {"id": "pkix.a", "severity": "ERROR", "entry": "node-0",
+                                             "what": "certificate", "message": "a message"}
+
+
+def test_blocking_honours_lint_ignore_globally_and_per_entry():
+    desired = load(PKI)
+    plan = Plan(changes=(), warnings=(), at=T0, findings=(
+        _finding("pkix.a"), _finding("pkix.b", entry="kubernetes"), _finding("pkix.c", "FATAL"),
+        _finding("pkix.d", "WARNING")))
+    assert [f.id for f in plan.blocking(desired)] == ["pkix.a", "pkix.b", "pkix.c"]
+    # Settings.lint_ignore and Entry.lint_ignore, as config.py makes them from pki.toml
+    entries = {name: types.SimpleNamespace(lint_ignore=("pkix.b",) if name == "kubernetes" else ())
+               for name in desired.entries}
+    ignoring = types.SimpleNamespace(settings=types.SimpleNamespace(lint_ignore=("pkix.a",)), entries=entries)
+    assert [f.id for f in plan.blocking(ignoring)] == ["pkix.c"]  # type: ignore[arg-type]

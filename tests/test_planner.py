@@ -689,6 +689,63 @@ def test_plan_round_trips_through_json():
 REAL = ROOT_AND_WEB
 
 
+# --- what a signed certificate holds differently from pki.toml's words ---------------------------
+
+USAGES = """
+[profile.shared]
+usages = ["digital signature", "key encipherment", "server auth"]
+
+[authority.root]
+common_name = "Root CA"
+name_constraints = { permitted = [".example.com", "uri:.example.com"] }
+
+[certificate.ec]
+issuer = "root"
+profile = "shared"
+key = "ecdsa-p256"
+
+[certificate.rsa]
+issuer = "root"
+profile = "shared"
+key = "rsa-2048"
+
+[certificate.from-csr]
+issuer = "root"
+csr = "csrs/from-csr.csr"
+"""
+
+
+def test_a_usage_the_key_cannot_have_is_noted_when_signed():
+    from pkiascode.keytypes import KeyType
+
+    desired = load(USAGES)
+    p = make_plan(desired, Observed.empty(), now=T0, csr_key_types={"from-csr": KeyType.ED25519})
+    assert [w for w in p.warnings if "usage" in w] == [
+        "certificate.ec: usage 'key encipherment' left out: an ECDSA key cannot encipher (RFC 5480)"]
+    assert "authority.root: name constraint '.example.com' is written as 'example.com' (RFC 5280): it covers " \
+           "example.com itself too, not only the names below it" in p.warnings
+    assert not [w for w in p.warnings if "uri:" in w]  # RFC 5280 has the leading dot for URI hosts
+
+
+def test_the_csr_key_decides_its_usages():
+    from pkiascode.keytypes import KeyType
+
+    listed = load(USAGES.replace('csr = "csrs/from-csr.csr"', 'csr = "csrs/from-csr.csr"\nprofile = "shared"'))
+    p = make_plan(listed, Observed.empty(), now=T0, csr_key_types={"from-csr": KeyType.ECDSA_P384})
+    assert "certificate.from-csr: usage 'key encipherment' left out: an ECDSA key cannot encipher (RFC 5480)" \
+        in p.warnings
+    p = make_plan(listed, Observed.empty(), now=T0, csr_key_types={"from-csr": KeyType.RSA_4096})
+    assert not [w for w in p.warnings if w.startswith("certificate.from-csr")]
+
+
+def test_notes_only_for_what_is_signed_so_a_no_op_plan_stays_empty():
+    desired = load(USAGES.replace('\n[certificate.from-csr]\nissuer = "root"\ncsr = "csrs/from-csr.csr"\n', ""))
+    w = World()
+    w.converge(desired, T0)
+    p = w.plan(desired, T0 + days(1))
+    assert p.empty and p.warnings == ()
+
+
 def run_pki(capsys, *args: str) -> tuple[int, str, str]:
     try:
         main(list(args))

@@ -21,12 +21,13 @@ from __future__ import annotations
 import abc
 import contextlib
 import dataclasses
+import re
 import secrets
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from .errors import KeyNotExportable
+from .errors import BackendError, KeyNotExportable
 from .keytypes import KeyType
 
 if TYPE_CHECKING:
@@ -35,7 +36,13 @@ if TYPE_CHECKING:
         CertificateIssuerPublicKeyTypes,
     )
 
-__all__ = ["KeyRef", "KeyRequest", "KeyStore", "StoreContext", "Option", "KeyStoreFactory"]
+__all__ = ["KeyRef", "KeyRequest", "KeyStore", "StoreContext", "Option", "KeyStoreFactory", "ENTRY_NAME",
+           "PKI_ID"]
+
+#: what an entry name is (pki.toml's rule); a store checks names read back from any file against it
+ENTRY_NAME = re.compile(r"[a-z0-9][a-z0-9._-]{0,127}")
+#: what a ``[pki] id`` may be: it becomes part of Vault paths, Transit names and PKCS#11 labels
+PKI_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,10 +97,21 @@ class KeyRequest:
 
 @dataclasses.dataclass(frozen=True)
 class StoreContext:
-    """What a store may know about the project: the directory of pki.toml and the local work dir."""
+    """What a store may know about the project: the directory of pki.toml, the local work dir, and
+    the PKI's ``[pki] id``.
+
+    ``pki_id`` scopes everything a store shared by several repositories keeps (Vault paths and the
+    lock, PKCS#11 labels), so two PKIs on one Vault never share a lock or a key path. ``None`` (a
+    repository from before ids) keeps the unscoped names of earlier versions.
+    """
 
     base_dir: Path
     work_dir: Path  # <base>/.pki, git-ignored
+    pki_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.pki_id is not None and not PKI_ID.fullmatch(self.pki_id):
+            raise ValueError(f"[pki] id {self.pki_id!r}: use 1-32 letters, digits, '-' or '_'")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,8 +191,15 @@ class KeyStore(abc.ABC):
         """Whether `export` can return this key. No I/O needed: decided by how it was made."""
 
     def export(self, ref: KeyRef) -> "CertificateIssuerPrivateKeyTypes":
-        """The private key itself, for ``pki export`` and for moving it to another store."""
+        """The private key itself, for ``pki export``. Raises `KeyNotExportable` unless
+        `is_exportable`."""
         raise KeyNotExportable(f"backend {self.name}: key {ref.id} cannot leave the store")
+
+    def release(self, ref: KeyRef) -> "CertificateIssuerPrivateKeyTypes":
+        """The private key, to import it into another store (``move_key``), which keeps it as the
+        entry asks. The default is `export`. A store whose non-exportable keys are only kept from
+        ``pki export`` (files on disk) hands them over here too (`releases_non_exportable`)."""
+        return self.export(ref)
 
     @abc.abstractmethod
     def import_key(self, request: KeyRequest, key: "CertificateIssuerPrivateKeyTypes") -> KeyRef:
@@ -183,6 +208,14 @@ class KeyStore(abc.ABC):
     @abc.abstractmethod
     def delete(self, ref: KeyRef) -> None:
         """Remove the key. Deleting a key that is already gone is not an error."""
+
+    def list_keys(self) -> list[KeyRef]:
+        """Every key this store holds in this PKI's namespace (``pki keys``, ``pki prune``), sorted by id.
+
+        Only keys named the way this store names them for this PKI: with a ``[pki] id``, keys of
+        other PKIs sharing the store are never listed. Raises `BackendError` if the store cannot list.
+        """
+        raise BackendError(f"backend {self.name}: the {self.plugin} plugin cannot list its keys")
 
     def discard(self, request: KeyRequest) -> None:
         """Remove whatever `generate` or `import_key` may have made for ``request`` (which has a
@@ -196,6 +229,9 @@ class KeyStore(abc.ABC):
     holds_non_exportable: ClassVar[bool] = False
     #: whether the store can hand keys out (`export`)
     holds_exportable: ClassVar[bool] = True
+    #: whether `release` hands out non-exportable keys too, so they can move to another store (files:
+    #: yes, "non-exportable" there means only that ``pki export`` refuses them; Transit, HSMs: no)
+    releases_non_exportable: ClassVar[bool] = False
 
     # -- coordination --------------------------------------------------------------------------
     def lock(self, lock_id: str, holder: Mapping[str, str], *,
@@ -203,10 +239,15 @@ class KeyStore(abc.ABC):
         """A lock shared by every machine using this store, or None if the store offers none.
 
         ``lock_id`` names the state being applied; ``holder`` says who asks (user, host, pid, time)
-        and is what a waiting apply shows. Wait up to ``timeout`` seconds (``pki apply
-        --lock-timeout``), then raise `pkiascode.errors.LockError` naming the holder. A lock that can
-        be lost while held (a lease) gives its context manager a ``check()`` method raising
-        `LockError` once it is lost; apply calls it before writing anything.
+        and is what a waiting apply shows, never what decides: a holder is judged gone only when its
+        lease runs out. Wait up to ``timeout`` seconds (``pki apply --lock-timeout``), then raise
+        `pkiascode.errors.LockError` naming the holder.
+
+        A lock that can be lost while held (a lease) gives its context manager a ``confirm()``
+        method: it proves with the store (a check-and-set write) that the lock is still this
+        holder's, renewing the lease, and raises `LockError` otherwise. Apply calls it before it
+        writes anything, before every commit and before every key deletion. ``check()`` is the
+        same method under its earlier name.
         """
         return None
 

@@ -56,6 +56,11 @@ def self_signed(signer: Any, public_key: Any, cn: str = "conformance") -> x509.C
     )
 
 
+def _spki(key: Any) -> bytes:
+    public = key if not hasattr(key, "public_key") else key.public_key()
+    return public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def verify_signed_by(cert: x509.Certificate, public_key: Any) -> None:
     """Raises if ``cert`` is not signed by ``public_key`` (checked by `cryptography`, not by us)."""
     if isinstance(public_key, ec.EllipticCurvePublicKey):
@@ -72,12 +77,6 @@ class KeyStoreConformance:
 
     #: key types the store refuses with UnsupportedKeyType
     unsupported: ClassVar[set[KeyType]] = set()
-    #: whether keys generated for authorities can be exported (False for Transit, HSMs)
-    authority_keys_exportable: ClassVar[bool] = True
-    #: whether keys generated for certificates with exportable=True can be exported
-    leaf_keys_exportable: ClassVar[bool] = True
-    #: whether imported keys can be exported again
-    imported_keys_exportable: ClassVar[bool] = True
 
     @pytest.fixture
     def store(self) -> KeyStore:  # pragma: no cover - provided by subclasses
@@ -113,7 +112,7 @@ class KeyStoreConformance:
         signer = store.signer(ref)
         text = repr(signer) + str(ref)
         assert "PRIVATE KEY" not in text
-        if not store.is_exportable(ref):
+        if not store.is_exportable(ref) and not store.releases_non_exportable:  # kept inside: the signer too
             with pytest.raises(KeyNotExportable):
                 signer.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                      serialization.NoEncryption())
@@ -144,21 +143,43 @@ class KeyStoreConformance:
             store.signer(ref)
 
     @pytest.mark.parametrize("authority", [True, False], ids=["authority", "leaf"])
-    def test_export(self, store: KeyStore, authority: bool) -> None:
-        ref = store.generate(self._request(KeyType.ECDSA_P256, authority=authority))
-        expected = self.authority_keys_exportable if authority else self.leaf_keys_exportable
-        assert store.is_exportable(ref) is expected
-        if expected:
-            key = store.export(ref)
-            assert key.public_key().public_bytes(serialization.Encoding.DER,
-                                                 serialization.PublicFormat.SubjectPublicKeyInfo) == \
-                store.public_key(ref).public_bytes(serialization.Encoding.DER,
-                                                   serialization.PublicFormat.SubjectPublicKeyInfo)
-        else:
-            with pytest.raises(KeyNotExportable) as info:
-                store.export(ref)
-            assert store.name in str(info.value)
-        store.delete(ref)
+    @pytest.mark.parametrize("exportable", [True, False], ids=["exportable", "non-exportable"])
+    def test_exportable_only_when_the_entry_says_so(self, store: KeyStore, authority: bool, exportable: bool) -> None:
+        """A key made for ``exportable = false`` never leaves through `export` (an authority's by
+        default); one made for ``exportable = true`` does wherever the store can hand keys out."""
+        request = KeyRequest(name="conf", key_type=KeyType.ECDSA_P256, authority=authority, exportable=exportable)
+        for ref in (store.generate(request), store.import_key(request, generate_private_key(KeyType.ECDSA_P256))):
+            expected = exportable and store.holds_exportable
+            assert store.is_exportable(ref) is expected
+            if expected:
+                assert _spki(store.export(ref)) == _spki(store.public_key(ref))
+            else:
+                with pytest.raises(KeyNotExportable) as info:
+                    store.export(ref)
+                assert store.name in str(info.value) and "\n" not in str(info.value)
+                if store.releases_non_exportable:  # it may still move into a store that keeps it inside
+                    assert _spki(store.release(ref)) == _spki(store.public_key(ref))
+                else:
+                    with pytest.raises(KeyNotExportable):
+                        store.release(ref)
+            # the reference says it too, without asking the store: a fresh instance agrees
+            assert type(store)(store.name, store.settings, store.context).is_exportable(ref) is expected
+            store.delete(ref)
+
+    def test_list_keys(self, store: KeyStore) -> None:
+        """`list_keys` names every key of this store's namespace, and only keys: a new one appears,
+        a deleted one goes, and what it lists are references the store can use."""
+        before = set(store.list_keys())
+        a = store.generate(self._request(KeyType.ECDSA_P256, name="listed"))
+        b = store.generate(self._request(KeyType.ECDSA_P256, authority=False, name="listed"))
+        listed = store.list_keys()
+        assert listed == sorted(listed, key=lambda r: r.id)
+        assert set(listed) - before == {KeyRef(store.name, a.id), KeyRef(store.name, b.id)}
+        assert all(r.store == store.name for r in listed)
+        assert store.missing(listed) == set()
+        store.delete(a)
+        assert set(store.list_keys()) - before == {KeyRef(store.name, b.id)}
+        store.delete(b)
 
     @pytest.mark.parametrize("key_type", [KeyType.RSA_2048, KeyType.ECDSA_P256, KeyType.ECDSA_P384,
                                           KeyType.ED25519], ids=lambda k: k.value)
@@ -171,7 +192,7 @@ class KeyStoreConformance:
             return
         ref = store.import_key(self._request(key_type), original)
         assert ref.origin == "imported"
-        assert store.is_exportable(ref) is self.imported_keys_exportable
+        assert not store.is_exportable(ref)  # authority=True: exportable=False
         # the imported key signs something the existing certificate's key verifies
         new_cert = self_signed(store.signer(ref), original.public_key(), "existing")
         verify_signed_by(new_cert, cert.public_key())

@@ -4,9 +4,17 @@
 [backend.hsm]
 plugin = "pkcs11"
 module = "/usr/lib/softhsm/libsofthsm2.so"  # default: the first SoftHSM2 found in the usual places
+# module_env = "PKI_PKCS11_MODULE"         # or: the module's path from this environment variable
 token = "pki-ca"                           # the token's label; slots move, labels do not
 pin_env = "PKI_PKCS11_PIN"                 # the user PIN only ever from this environment variable
 ```
+
+The module is native code that runs with the PIN in its process, so it must be an absolute path
+outside the repository (resolved, symbolic links and all): a module committed to the repository, as
+a pull request could, is refused before it is loaded.
+
+With a ``[pki] id`` the labels carry it (``pki.<id>.root-3f9a1c2e``), so PKIs sharing a token never
+see each other's keys; without one they are ``pki-root-3f9a1c2e`` as in earlier versions.
 
 Keys are generated on the token with the private half ``CKA_TOKEN``, ``CKA_PRIVATE``,
 ``CKA_SENSITIVE`` and not ``CKA_EXTRACTABLE``, usable for signing only. Each key pair carries a label
@@ -30,13 +38,14 @@ the module is initialised without OS locking.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pkiascode.backend import KeyRef, KeyRequest, KeyStore, Option
-from pkiascode.errors import BackendUnavailable, KeyNotExportable
+from pkiascode.backend import ENTRY_NAME, KeyRef, KeyRequest, KeyStore, Option
+from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable
 from pkiascode.hookspecs import hookimpl
 from pkiascode.keytypes import KeyType
 
@@ -48,6 +57,7 @@ __all__ = ["Pkcs11KeyStore", "DEFAULT_PIN_ENV"]
 DEFAULT_PIN_ENV = "PKI_PKCS11_PIN"
 
 _ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_SUFFIX = re.compile(r"[0-9a-f]{8}")
 
 
 class Pkcs11KeyStore(KeyStore):
@@ -64,7 +74,9 @@ class Pkcs11KeyStore(KeyStore):
     holds_non_exportable = True
     holds_exportable = False
     options = {
-        "module": Option(str, None, "path of the PKCS#11 module (default: SoftHSM2 where installed)"),
+        "module": Option(str, None, "absolute path of the PKCS#11 module, outside the repository "
+                                    "(default: SoftHSM2 where installed)"),
+        "module_env": Option(str, None, "environment variable holding the module's absolute path"),
         "token": Option(str, None, "label of the token holding the keys (required)"),
         "pin_env": Option(str, DEFAULT_PIN_ENV, "environment variable holding the token's user PIN"),
     }
@@ -84,11 +96,15 @@ class Pkcs11KeyStore(KeyStore):
         elif len(token.encode()) > 32 or token != token.strip():
             problems.append(("token", "a PKCS#11 token label is at most 32 bytes, without outer spaces"))
         module = settings.get("module")
-        if module is not None and (not isinstance(module, str) or not module.strip()):
-            problems.append(("module", "must be the path of a PKCS#11 module, or left out"))
-        pin_env = settings.get("pin_env")
-        if pin_env is not None and (not isinstance(pin_env, str) or not _ENV_NAME.match(pin_env)):
-            problems.append(("pin_env", "must be the name of an environment variable, like PKI_PKCS11_PIN"))
+        if module is not None and (not isinstance(module, str) or not os.path.isabs(module)):
+            problems.append(("module", "must be the absolute path of a PKCS#11 module outside the repository "
+                                       "(or use module_env), or left out"))
+        for option, example in (("pin_env", "PKI_PKCS11_PIN"), ("module_env", "PKI_PKCS11_MODULE")):
+            value = settings.get(option)
+            if value is not None and (not isinstance(value, str) or not _ENV_NAME.match(value)):
+                problems.append((option, f"must be the name of an environment variable, like {example}"))
+        if module is not None and settings.get("module_env") is not None:
+            problems.append(("module_env", "set module or module_env, not both"))
         return problems
 
     def __repr__(self) -> str:
@@ -97,18 +113,32 @@ class Pkcs11KeyStore(KeyStore):
     # -- helpers ------------------------------------------------------------------------------
     @property
     def module(self) -> str:
-        """The module path in use: as configured (relative to pki.toml), or the first SoftHSM2 found."""
+        """The module path in use: ``module``, ``$module_env``, or the first SoftHSM2 found. Raises
+        `BackendUnavailable` for a path that is not absolute or lies inside the repository."""
         if self._module is None:
             configured = self.settings.get("module")
-            if configured:
-                path = Path(configured).expanduser()
-                # a bare file name is left to the dynamic loader's search path
-                if not path.is_absolute() and "/" in configured:
-                    path = self.context.base_dir / path
-                self._module = str(path)
-            else:
-                self._module = _impl(self.name).default_module(self.name)
+            env = self.settings.get("module_env")
+            if env:
+                configured = os.environ.get(env)
+                if not configured:
+                    raise BackendUnavailable(f"backend {self.name}: set ${env} to the path of the PKCS#11 module")
+            self._module = self._checked(configured) if configured else _impl(self.name).default_module(self.name)
         return self._module
+
+    def _checked(self, module: str) -> str:
+        """``module`` if it is absolute and outside the repository, before and after resolving links."""
+        if not os.path.isabs(module):
+            raise BackendUnavailable(f"backend {self.name}: PKCS#11 module {module!r} must be an absolute path "
+                                     "outside the repository")
+        repo = _repository(self.context.base_dir)
+        for path, root in ((os.path.normpath(module), os.path.normpath(os.path.abspath(repo))),
+                           (os.path.realpath(module), os.path.realpath(repo))):
+            if os.path.commonpath([path, root]) == root:
+                raise BackendUnavailable(
+                    f"backend {self.name}: refusing PKCS#11 module {module}: it is inside the repository "
+                    f"{repo}, where a commit could replace it; install the module outside it (or name it "
+                    "in an environment variable with module_env)")
+        return module
 
     def _conn(self) -> "_token.Connection":
         return _impl(self.name).connect(self.name, self.module, self.token, self.pin_env)
@@ -120,17 +150,32 @@ class Pkcs11KeyStore(KeyStore):
     def require(self, key_type: KeyType, *, generate: bool) -> None:
         self._conn().require(self.name, key_type, generate=generate)
 
+    def _check_request(self, request: KeyRequest) -> None:
+        # names and suffixes come from pki.toml or the key journal: checked before they become labels
+        if not ENTRY_NAME.fullmatch(request.name) or (request.suffix and not _SUFFIX.fullmatch(request.suffix)):
+            raise BackendError(f"backend {self.name}: invalid key request {request.name!r}/{request.suffix!r}")
+
     def generate(self, request: KeyRequest) -> KeyRef:
-        handle = self._conn().generate(self.name, request.name, request.key_type, request.suffix)
+        self._check_request(request)
+        handle = self._conn().generate(self.name, request.name, request.key_type, request.suffix,
+                                       self.context.pki_id)
         return KeyRef(self.name, handle.ref_id)
 
     def import_key(self, request: KeyRequest, key: Any) -> KeyRef:
-        handle = self._conn().import_key(self.name, request.name, key, request.suffix)
+        self._check_request(request)
+        handle = self._conn().import_key(self.name, request.name, key, request.suffix, self.context.pki_id)
         return KeyRef(self.name, handle.ref_id, "imported")
 
     def discard(self, request: KeyRequest) -> None:
         if request.suffix:
-            self._conn().discard(self.name, _impl(self.name).label_for(request.name, request.suffix))
+            self._check_request(request)
+            self._conn().discard(self.name, _impl(self.name).label_for(request.name, request.suffix,
+                                                                       self.context.pki_id))
+
+    def list_keys(self) -> list[KeyRef]:
+        impl = _impl(self.name)
+        handles = self._conn().list_keys(self.name, impl.label_pattern(self.context.pki_id))
+        return sorted((KeyRef(self.name, h.ref_id) for h in handles), key=lambda r: r.id)
 
     def public_key(self, ref: KeyRef) -> Any:
         return self._conn().public_key(self.name, _impl(self.name).KeyHandle.parse(self.name, ref.id))
@@ -172,6 +217,15 @@ class Pkcs11KeyStore(KeyStore):
         # The login and session are per process and shared with other stores on the same token
         # (see _token.connect); they end with the process.
         pass
+
+
+def _repository(base_dir: Path) -> Path:
+    """The git work tree holding pki.toml (the nearest directory up with a ``.git``), else its directory."""
+    base = base_dir.resolve()
+    for directory in (base, *base.parents):
+        if os.path.lexists(directory / ".git"):
+            return directory
+    return base
 
 
 def _impl(store: str) -> Any:

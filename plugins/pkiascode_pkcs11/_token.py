@@ -142,9 +142,17 @@ def _random_suffix() -> str:
     return secrets.token_hex(4)
 
 
-def label_for(name: str, suffix: str) -> str:
+def label_for(name: str, suffix: str, scope: str | None = None) -> str:
+    """``pki-<name>-<suffix>``, or ``pki.<scope>.<name>-<suffix>`` in the namespace of a ``[pki] id``
+    (a '.' after ``pki``, never a '-', so an unscoped listing never takes in a scoped PKI's keys)."""
     # bounded, so every label fits _REF and tokens that limit CKA_LABEL's length
-    return f"pki-{name[:64]}-{suffix}"
+    return f"pki.{scope}.{name[:64]}-{suffix}" if scope else f"pki-{name[:64]}-{suffix}"
+
+
+def label_pattern(scope: str | None) -> re.Pattern[str]:
+    """The labels `label_for` makes in ``scope``: what `Connection.list_keys` lists."""
+    head = rf"pki\.{re.escape(scope)}\." if scope else "pki-"
+    return re.compile(rf"{head}[a-z0-9][a-z0-9._-]{{0,63}}-[0-9a-f]{{8}}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -159,8 +167,8 @@ class KeyHandle:
         return f"{self.label}/{self.cka_id.hex()}"
 
     @classmethod
-    def new(cls, name: str, suffix: str | None = None) -> "KeyHandle":
-        return cls(label_for(name, suffix or _random_suffix()), secrets.token_bytes(16))
+    def new(cls, name: str, suffix: str | None = None, scope: str | None = None) -> "KeyHandle":
+        return cls(label_for(name, suffix or _random_suffix(), scope), secrets.token_bytes(16))
 
     @classmethod
     def parse_or_none(cls, ref_id: str) -> "KeyHandle | None":
@@ -429,9 +437,24 @@ class Connection:
 
         return self.run(store, "looking up keys", op)
 
-    def generate(self, store: str, name: str, key_type: KeyType, suffix: str | None = None) -> KeyHandle:
+    def list_keys(self, store: str, labels: re.Pattern[str]) -> list[KeyHandle]:
+        """The key pairs (private and public object, a 16-byte CKA_ID) whose label ``labels`` matches."""
+
+        def op(session: Any) -> list[KeyHandle]:
+            pairs: dict[tuple[str, bytes], set[Any]] = {}
+            for cls in (ObjectClass.PRIVATE_KEY, ObjectClass.PUBLIC_KEY):
+                for obj in session.get_objects({Attribute.CLASS: cls}):
+                    label, cka_id = obj[Attribute.LABEL], obj[Attribute.ID]
+                    if isinstance(label, str) and labels.fullmatch(label) and len(cka_id or b"") == 16:
+                        pairs.setdefault((label, bytes(cka_id)), set()).add(cls)
+            return [KeyHandle(label, cka_id) for (label, cka_id), classes in pairs.items() if len(classes) == 2]
+
+        return self.run(store, "listing keys", op)
+
+    def generate(self, store: str, name: str, key_type: KeyType, suffix: str | None = None,
+                 scope: str | None = None) -> KeyHandle:
         self.require(store, key_type, generate=True)
-        handle = KeyHandle.new(name, suffix)
+        handle = KeyHandle.new(name, suffix, scope)
         common = {"store": True, "label": handle.label, "id": handle.cka_id, "capabilities": _SIGN_ONLY,
                   "private_template": dict(_PRIVATE)}
 
@@ -446,14 +469,15 @@ class Connection:
         self._create(store, f"generating a {key_type.value} key", handle, op)
         return handle
 
-    def import_key(self, store: str, name: str, key: Any, suffix: str | None = None) -> KeyHandle:
+    def import_key(self, store: str, name: str, key: Any, suffix: str | None = None,
+                   scope: str | None = None) -> KeyHandle:
         try:
             key_type = key_type_of(key)
         except ValueError as exc:
             raise UnsupportedKeyType(f"backend {store}: cannot import the key: {exc}") from None
         self.require(store, key_type, generate=False)
         public, private = _import_templates(key_type, key)
-        handle = KeyHandle.new(name, suffix)
+        handle = KeyHandle.new(name, suffix, scope)
         ids = {Attribute.LABEL: handle.label, Attribute.ID: handle.cka_id}
 
         def op(session: Any) -> None:

@@ -4,26 +4,32 @@ hvac is imported here, and this module is imported only when a store first talks
 ``pki plan`` that never touches Vault does not pay for hvac and requests.
 
 Each thread gets its own hvac adapter (its own ``requests.Session``): sessions are not thread-safe
-and the core generates keys from several threads. The token is read from ``$VAULT_TOKEN`` when a
-thread's adapter is made and is never part of a message, a repr or a chained exception.
+and the core generates keys from several threads. The token comes from the store's `Auth` (read from
+``$VAULT_TOKEN`` or ``~/.vault-token``, or the answer of a login) once, when the first request needs
+it, and is never part of a message, a repr or a chained exception.
+
+Credentials go only to a Vault that can be trusted with them: plain ``http://`` only to a loopback
+address (anything else is refused before a connection is made), and the store sends them only to
+``$VAULT_ADDR`` when that is set (see `VaultKeyStore`).
 """
 
 from __future__ import annotations
 
-import os
+import ipaddress
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 from hvac.adapters import RawAdapter
 from requests import exceptions as rx
 
 from pkiascode.errors import BackendError, BackendUnavailable
 
-__all__ = ["VaultClient", "Reply", "server_errors"]
+from .auth import Auth
 
-TOKEN_ENV = "VAULT_TOKEN"
+__all__ = ["VaultClient", "Reply", "server_errors", "is_loopback"]
 
 
 class Reply:
@@ -65,8 +71,13 @@ class VaultClient:
     """
 
     def __init__(self, store: str, address: str | None, *, namespace: str | None, verify: bool | str,
-                 cert: tuple[str, str] | None, timeout: float, mount_hints: Mapping[str, str]) -> None:
+                 cert: tuple[str, str] | None, timeout: float, mount_hints: Mapping[str, str],
+                 auth: Auth | None = None) -> None:
         self.store = store
+        self.auth = auth or Auth()
+        self._token: str | None = None
+        self._token_lock = threading.Lock()
+        self._secrets: list[str] = []  # every credential read: never in a message
         self.address = (address or "").rstrip("/")
         self.namespace = namespace or None
         self.verify = verify
@@ -86,19 +97,36 @@ class VaultClient:
 
     # -- plumbing ---------------------------------------------------------------------------------
     def _fail(self, cls: type[BackendError], what: str) -> BackendError:
-        token = os.environ.get(TOKEN_ENV)
-        if token and len(token) >= 16:  # a real token; a short dev token ("root") is a common word
-            what = what.replace(token, "<token>")  # a server never echoes it, but be sure
+        for secret in self._secrets:
+            if len(secret) >= 16:  # a real credential; a short dev token ("root") is a common word
+                what = what.replace(secret, "<secret>")  # a server never echoes one, but be sure
         return cls(f"backend {self.store}: {what}")
+
+    def _remember_secret(self, secret: str) -> None:
+        self._secrets.append(secret)
+
+    def token(self) -> str:
+        """The token, read or logged in for on first use (once, whichever thread asks first)."""
+        with self._token_lock:
+            if self._token is None:
+                self._check_address()
+                self._token = self.auth.token(self.store, self._login, self._remember_secret)
+            return self._token
+
+    def _login(self, path: str, body: dict[str, str]) -> str:
+        reply = self.call("POST", path, body, allow=(400, 401, 403, 404), authenticated=False)
+        token = (reply.body.get("auth") or {}).get("client_token") if reply.ok else None
+        if not isinstance(token, str) or not token:
+            detail = reply.errors or f"status {reply.status}"
+            raise self._fail(BackendUnavailable, f"Vault at {self.address} refused the {self.auth.method} login at "
+                                                 f"{path} ({detail}): check the role, the auth method's "
+                                                 "configuration and the credentials in the environment")
+        self._remember_secret(token)
+        return token
 
     def _adapter(self) -> RawAdapter:
         if getattr(self._local, "adapter", None) is None:
-            self._check_address()
-            token = os.environ.get(TOKEN_ENV)
-            if not token:
-                raise self._fail(BackendUnavailable,
-                                 f"no Vault token: set ${TOKEN_ENV} (it is never read from pki.toml)")
-            return self._new_adapter("adapter", token)
+            return self._new_adapter("adapter", self.token())
         return self._local.adapter  # type: ignore[no-any-return]
 
     def _new_adapter(self, slot: str, token: str | None) -> RawAdapter:
@@ -156,9 +184,13 @@ class VaultClient:
 
     def _check_address(self) -> None:
         if not self.address:
-            raise self._fail(BackendUnavailable, "no Vault address: set `address` in the backend table or $VAULT_ADDR")
+            raise self._fail(BackendUnavailable, "no Vault address: set $VAULT_ADDR (or `address` in the backend table)")
         if not re.match(r"https?://", self.address):
             raise self._fail(BackendUnavailable, f"Vault address {self.address!r} must start with http:// or https://")
+        if self.address.startswith("http://") and not is_loopback(self.address):
+            raise self._fail(BackendUnavailable, f"refusing to talk to Vault at {self.address} over plain http: "
+                                                 "credentials would cross the network unencrypted; use https:// "
+                                                 "(plain http only to a loopback address)")
 
     def _adapter_without_token(self) -> RawAdapter:
         if getattr(self._local, "anonymous", None) is None:
@@ -211,7 +243,21 @@ class VaultClient:
         except BackendError:
             valid = True  # cannot tell; say what we know
         if not valid:
-            return self._fail(BackendUnavailable, f"Vault at {self.address} rejected the token in ${TOKEN_ENV} "
+            return self._fail(BackendUnavailable, f"Vault at {self.address} rejected {self.auth.source} "
                                                   "(expired, revoked or wrong): log in again and retry")
         return self._fail(BackendError, f"permission denied: {where}: the token's policies do not allow it "
-                                        "(grant the policy in pki-policy.hcl shipped with pkiascode_vault)")
+                                        "(grant the policy in pki-apply.hcl shipped with pkiascode_vault)")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (a URL) names this machine: 127.0.0.0/8, ::1 or ``localhost``."""
+    try:
+        host = urlsplit(address).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False

@@ -5,18 +5,23 @@ check-and-set write against the version last seen, so of two writers exactly one
 
 - acquire: the secret is missing (``cas=0``), marked free, or held with its lease run out (stale);
 - renew: a daemon thread rewrites it every ``ttl/3`` with ``cas=<our version>``;
+- confirm: the same CAS write, made at once (`LeaseLock.confirm`): apply calls it before every commit
+  and key deletion. It succeeds only if nobody wrote the lock since our last write, so it proves
+  the lock is still ours at that moment, and it renews the lease;
 - release: a CAS write marking it free. It is never deleted, so a release cannot race an acquire.
 
 The lease runs from the *server's* ``created_time`` of the version that holds it, so only the skew
-between Vault and the machine looking at the lock matters, never the holder's clock. A lock whose
-renewals stop (the process was killed, the machine vanished) can be taken over ``ttl`` later.
+between Vault and the machine looking at the lock matters, never the holder's clock. A holder is
+judged gone only when its lease has run out: the user, host and PID in the record are shown to
+people and decide nothing (a PID means nothing in another PID namespace, and host names repeat
+across containers). A lock whose renewals stop (the process was killed, the machine vanished) can be
+taken over ``ttl`` later.
 """
 
 from __future__ import annotations
 
 import datetime
 import logging
-import os
 import secrets
 import threading
 import time
@@ -24,7 +29,6 @@ from collections.abc import Mapping
 from types import TracebackType
 from typing import Any
 
-from pkiascode.audit import hostname
 from pkiascode.errors import BackendError, LockError
 from pkiascode.log import get_logger
 from pkiascode.model import format_time
@@ -130,14 +134,10 @@ class LeaseLock:
                 ttl = float(data.get("ttl") or self._ttl)
                 expires = (written or _now()) + datetime.timedelta(seconds=ttl)
                 left = (expires - _now()).total_seconds()
-                if left > 0 and not _holder_died_here(data):
+                if left > 0:  # alive until its lease runs out, whatever its PID looks like from here
                     return {**data, "expires_in": left}
-                if left > 0:
-                    log.warning("backend %s: taking over the lock %s: its holder %s is no longer running",
-                                self._store, self._lock_id, describe_holder(data))
-                else:
-                    log.warning("backend %s: taking over the stale lock %s held by %s (lease ran out %.0fs ago)",
-                                self._store, self._lock_id, describe_holder(data), -left)
+                log.warning("backend %s: taking over the stale lock %s held by %s (lease ran out %.0fs ago)",
+                            self._store, self._lock_id, describe_holder(data), -left)
         version = self._write(self._held_record(), cas)
         if version is None:  # someone else got there between our read and our write
             return {"state": "held", "race": True}
@@ -192,11 +192,31 @@ class LeaseLock:
                 self._version = version
                 last_ok = time.monotonic()
 
-    def check(self) -> None:
-        """LockError if the lease was lost while held (apply checks before it writes state)."""
-        if self._lost:
+    def confirm(self) -> None:
+        """Prove, with a check-and-set write against our last version, that the lock is still ours,
+        and renew its lease. `LockError` if it is not (taken over, released) or cannot be proved
+        (Vault unreachable). Apply calls it before writing state, before every commit and before
+        every key deletion."""
+        with self._state_lock:
+            if not self._lost and self._held:
+                try:
+                    version = self._write(self._held_record(), self._version)
+                except BackendError as error:
+                    raise LockError(f"backend {self._store}: cannot confirm that this apply still holds the lock "
+                                    f"on state {self._lock_id!r} ({error}); stopped before changing more: run "
+                                    "`pki apply` again") from None
+                if version is not None:
+                    self._version = version
+                    return
+                self._lost = "another apply took it over"
+                self._held = False
+                log.error("backend %s: lost the lock %s: %s", self._store, self._lock_id, self._lost)
             raise LockError(f"backend {self._store}: the lock on state {self._lock_id!r} was lost while "
-                            f"applying ({self._lost}); nothing was written: check `pki plan` and apply again")
+                            f"applying ({self._lost or 'not held'}); stopped before changing more: check "
+                            "`pki plan` and apply again")
+
+    #: the earlier name of `confirm`, which the core's apply lock calls before writing anything
+    check = confirm
 
     # -- release ----------------------------------------------------------------------------------------
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
@@ -221,21 +241,3 @@ class LeaseLock:
                             f"({self._lost}, after its lease of {self._ttl:g}s ran out without renewal): "
                             "check `pki plan` before applying again")
 
-
-def _holder_died_here(holder: Mapping[str, Any]) -> bool:
-    """The holder ran on this machine and its process is gone (a crashed or killed apply)."""
-    if holder.get("host") != hostname():
-        return False
-    try:
-        pid = int(holder.get("pid") or 0)
-    except (TypeError, ValueError):
-        return False
-    if pid <= 0 or pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return True
-    except OSError:
-        return False
-    return False

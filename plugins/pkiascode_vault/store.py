@@ -9,8 +9,18 @@ Key references (`KeyRef.id`, recorded in the inventory, never secret):
   ``private_key``), generated here and written once with ``cas=0``.
 
 A key asked for as non-exportable goes to Transit: every authority's (authorities default to
-``exportable = false``) and a leaf's with ``exportable = false``; other keys go to KV. Imports follow the same rule; into Transit they go through Transit's BYOK import
-(the key wrapped for Vault's wrapping key), created non-exportable.
+``exportable = false``) and a leaf's with ``exportable = false``; other keys go to KV. Imports follow
+the same rule; into Transit they go through Transit's BYOK import (the key wrapped for Vault's
+wrapping key), created non-exportable.
+
+Namespaces: with a ``[pki] id`` (`StoreContext.pki_id`) everything this store writes is scoped by it:
+KV paths ``<prefix>/<id>/keys/...`` and the lock ``<prefix>/<id>/locks/...``, Transit names
+``<prefix>.<id>.<entry>-<random>`` (a '.' after the prefix where unscoped names have a '-', so the
+unscoped listing of an older repository never takes in another PKI's keys). Without an id the
+paths of earlier versions stay: ``<prefix>/keys/...``, ``<prefix>/locks/...``, ``<prefix>-<entry>-...``.
+
+Credentials: the token (or the login's secrets) go only to ``$VAULT_ADDR`` when it is set; an
+``address`` in pki.toml that differs is an error naming both, raised before anything is sent.
 """
 
 from __future__ import annotations
@@ -24,11 +34,13 @@ import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from pkiascode.backend import KeyRef, KeyRequest, KeyStore, Option
+from pkiascode.backend import ENTRY_NAME, KeyRef, KeyRequest, KeyStore, Option
 from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound, UnsupportedKeyType
 from pkiascode.keytypes import KeyType, generate_private_key, key_type_of
 from pkiascode.log import get_logger
 from pkiascode.names import parse_duration
+
+from .auth import Auth, auth_problems, parse_auth
 
 
 def seconds(value: object) -> float:
@@ -66,6 +78,7 @@ _TRANSIT_HASHES = {"sha224": "sha2-224", "sha256": "sha2-256", "sha384": "sha2-3
 _TRANSIT_ID = re.compile(r"transit:([A-Za-z0-9._-]+)@([1-9][0-9]{0,8})")
 _KV_ID = re.compile(r"kv:((?:[A-Za-z0-9._-]+/)*keys/[A-Za-z0-9._-]+)")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_SUFFIX = re.compile(r"[0-9a-f]{8}")
 _NAME_TRIES = 5
 _GONE = re.compile(r"not found|no existing key|could not be found")
 
@@ -87,7 +100,8 @@ class _TransitKey:
 
 
 class VaultKeyStore(KeyStore):
-    """Keys in HashiCorp Vault or OpenBao. The token only ever comes from ``$VAULT_TOKEN``."""
+    """Keys in HashiCorp Vault or OpenBao; logged in as the ``auth`` table says (default: the token
+    in ``$VAULT_TOKEN``, then ``~/.vault-token``)."""
 
     plugin = "vault"
     holds_non_exportable = True  # Transit
@@ -106,12 +120,17 @@ class VaultKeyStore(KeyStore):
         "lock_ttl": Option((int, str), "300s",
                            "lease of the apply lock; a holder that stops renewing loses it after this"),
         "lock_timeout": Option((int, str), "0s", "how long apply waits for another apply's lock (0: fail at once)"),
+        "auth": Option(dict, None, 'how to log in: { method = "token" | "approle" | "jwt" | "kubernetes", ... } '
+                                   "(default: $VAULT_TOKEN, then ~/.vault-token)"),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         s = self.settings
-        self.address = (s.get("address") or os.environ.get("VAULT_ADDR") or "").rstrip("/")
+        self.configured_address = str(s.get("address") or "").rstrip("/")  # pki.toml's: trusted only if $VAULT_ADDR agrees
+        self.address = (os.environ.get("VAULT_ADDR") or self.configured_address).rstrip("/")
+        self.auth: Auth = parse_auth(s.get("auth")) if not auth_problems(s.get("auth")) else Auth()
+        self.pki_id = self.context.pki_id
         self.namespace = s.get("namespace") or os.environ.get("VAULT_NAMESPACE") or None
         self.kv_mount = _mount(s.get("kv_mount"), "secret")
         self.transit_mount = _mount(s.get("transit_mount"), "transit")
@@ -157,6 +176,7 @@ class VaultKeyStore(KeyStore):
             problems.append(("timeout", "must be a positive number of seconds"))
         if bool(settings.get("client_cert")) != bool(settings.get("client_key")):
             problems.append(("client_cert", "client_cert and client_key go together"))
+        problems.extend(("auth", problem) for problem in auth_problems(settings.get("auth")))
         return problems
 
     def _path(self, value: str | None) -> str | None:
@@ -173,6 +193,14 @@ class VaultKeyStore(KeyStore):
                     from .client import VaultClient  # hvac and requests load here, not at plugin import
 
                     s = self.settings
+                    if auth_problems(s.get("auth")):  # validate() said so already; never log in some other way
+                        raise self._err(BackendError, "the auth table is not valid: run `pki validate`")
+                    env_address = os.environ.get("VAULT_ADDR", "").rstrip("/")
+                    if env_address and self.configured_address and env_address != self.configured_address:
+                        raise self._err(BackendUnavailable, f"pki.toml says address = {self.configured_address!r} "
+                                                            f"but $VAULT_ADDR is {env_address!r}: credentials go "
+                                                            "only to $VAULT_ADDR; remove address from pki.toml or "
+                                                            "make the two agree")
                     ca_cert = self._path(s.get("ca_cert")) or os.environ.get("VAULT_CACERT") or None
                     if ca_cert and not os.path.isfile(ca_cert):
                         raise self._err(BackendUnavailable, f"ca_cert {ca_cert} is not a file")
@@ -187,7 +215,7 @@ class VaultKeyStore(KeyStore):
                              self.transit_mount: f"vault secrets enable -path={self.transit_mount} transit"}
                     self._client_obj = VaultClient(self.name, self.address, namespace=self.namespace,
                                                    verify=verify, cert=cert, timeout=float(s.get("timeout") or 10),
-                                                   mount_hints=hints)
+                                                   mount_hints=hints, auth=self.auth)
         return self._client_obj
 
     def close(self) -> None:
@@ -198,14 +226,22 @@ class VaultKeyStore(KeyStore):
     def _err(self, cls: type[BackendError], text: str) -> BackendError:
         return cls(f"backend {self.name}: {text}")
 
-    def _transit_name(self, entry: str, suffix: str | None = None) -> str:
+    def _transit_head(self) -> str:
+        """What every Transit name of this PKI starts with."""
         head = self.prefix.replace("/", "-")
-        suffix = suffix or secrets.token_hex(4)
-        return f"{head}-{entry}-{suffix}" if head else f"{entry}-{suffix}"
+        if self.pki_id:
+            return f"{head}.{self.pki_id}." if head else f"{self.pki_id}."
+        return f"{head}-" if head else ""
+
+    def _folder(self, kind: str) -> str:
+        """The KV folder of ``kind`` (``keys``, ``locks``) in this PKI's namespace."""
+        return "/".join(p for p in (self.prefix, self.pki_id or "", kind) if p)
+
+    def _transit_name(self, entry: str, suffix: str | None = None) -> str:
+        return f"{self._transit_head()}{entry}-{suffix or secrets.token_hex(4)}"
 
     def _kv_path(self, entry: str, suffix: str | None = None) -> str:
-        suffix = suffix or secrets.token_hex(4)
-        return f"{self.prefix}/keys/{entry}-{suffix}" if self.prefix else f"keys/{entry}-{suffix}"
+        return f"{self._folder('keys')}/{entry}-{suffix or secrets.token_hex(4)}"
 
     @staticmethod
     def _parse(ref_id: str) -> tuple[str, str, int]:
@@ -228,8 +264,9 @@ class VaultKeyStore(KeyStore):
     def _check_request(request: KeyRequest) -> None:
         if request.key_type not in _TRANSIT_TYPES:  # pragma: no cover - every KeyType is supported
             raise UnsupportedKeyType(f"key type {request.key_type.value} is not supported by Vault")
-        if not _SEGMENT.fullmatch(request.name):
-            raise BackendError(f"invalid entry name {request.name!r} for a Vault key")
+        # names and suffixes come from pki.toml or the key journal: checked before they become paths
+        if not ENTRY_NAME.fullmatch(request.name) or (request.suffix and not _SUFFIX.fullmatch(request.suffix)):
+            raise BackendError(f"invalid key request {request.name!r}/{request.suffix!r} for a Vault key")
 
     @staticmethod
     def _wants_transit(request: KeyRequest) -> bool:
@@ -506,9 +543,28 @@ class VaultKeyStore(KeyStore):
         reply = self._client.call("LIST", path, allow=(404,))
         return set() if reply.status == 404 else set(reply.data.get("keys") or [])
 
+    def list_keys(self) -> list[KeyRef]:
+        head = self._transit_head()
+        tail = re.compile(rf"{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
+        refs = []
+        for name in self._list(f"{self.transit_mount}/keys"):
+            if name.startswith(head) and tail.fullmatch(name[len(head):]):
+                # once per key, with its oldest version: the one pkiascode made (it never rotates
+                # them) and the one an inventory pins; deleting it deletes every version
+                data = self._client.call("GET", f"{self.transit_mount}/keys/{name}", allow=(404,)).data
+                versions = sorted(int(v) for v in (data.get("keys") or {}) if str(v).isdigit())
+                if versions:
+                    refs.append(KeyRef(self.name, f"transit:{name}@{versions[0]}"))
+        folder = self._folder("keys")
+        for leaf in self._list(f"{self.kv_mount}/metadata/{folder}"):
+            if tail.fullmatch(leaf):  # a trailing "/" is a folder (another PKI's namespace, say): not a key
+                refs.append(KeyRef(self.name, f"kv:{folder}/{leaf}"))
+        return sorted(refs, key=lambda r: r.id)
+
     def discard(self, request: KeyRequest) -> None:
         if not request.suffix:
             return
+        self._check_request(request)
         # whichever engine the request would have gone to; both deletes tolerate a missing key
         self._client.call("DELETE", f"{self.kv_mount}/metadata/{self._kv_path(request.name, request.suffix)}",
                           allow=(404,))
@@ -534,7 +590,7 @@ class VaultKeyStore(KeyStore):
             raise self._err(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
                                                 "(`vault operator unseal` or `bao operator unseal`)")
         if not client.token_is_valid():
-            raise self._err(BackendUnavailable, f"Vault at {self.address} rejected the token in $VAULT_TOKEN "
+            raise self._err(BackendUnavailable, f"Vault at {self.address} rejected {self.auth.source} "
                                                 "(expired, revoked or wrong): log in again and retry")
         self._check_mount(self.kv_mount, "kv", "kv-v2")
         self._check_mount(self.transit_mount, "transit", "transit")
@@ -545,7 +601,7 @@ class VaultKeyStore(KeyStore):
         if not reply.ok:
             raise self._err(BackendUnavailable, f"the {engine} mount {mount}/ is missing in Vault at {self.address} "
                                                 f"or the token may not use it: enable it with `{command}`, or "
-                                                "grant the token pki-policy.hcl")
+                                                "grant the token pki-apply.hcl")
         data = reply.data
         if data.get("type") != engine:
             raise self._err(BackendUnavailable, f"{mount}/ is a {data.get('type')} mount, not {engine}: use another "
@@ -560,8 +616,7 @@ class VaultKeyStore(KeyStore):
         from .lock import LeaseLock
 
         return LeaseLock(self._client, store=self.name, mount=self.kv_mount,
-                         path=f"{self.prefix}/locks/{self.lock_name(lock_id)}" if self.prefix else
-                         f"locks/{self.lock_name(lock_id)}",
+                         path=f"{self._folder('locks')}/{self.lock_name(lock_id)}",
                          lock_id=lock_id, holder=holder, ttl=self.lock_ttl,
                          timeout=max(self.lock_timeout, timeout))
 

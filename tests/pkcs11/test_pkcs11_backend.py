@@ -94,9 +94,6 @@ def pkcs11_tool_access(softhsm, label: str) -> str:
 class TestPkcs11Conformance(KeyStoreConformance):
     # SoftHSM 2.6 has CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA: every key type works on it.
     unsupported: set[KeyType] = set()
-    authority_keys_exportable = False
-    leaf_keys_exportable = False
-    imported_keys_exportable = False
 
     @pytest.fixture
     def store(self, tmp_path, softhsm):
@@ -262,9 +259,10 @@ def test_one_login_per_process_shared_by_stores(tmp_path, softhsm, monkeypatch):
     first = make_store(tmp_path, softhsm.settings(), "hsm")
     first.check()
     # another spelling of the same module and another store name: the same connection
-    link = tmp_path / "softhsm.so"
+    link = tmp_path / "elsewhere" / "softhsm.so"
+    link.parent.mkdir()
     link.symlink_to(softhsm.module)
-    second = make_store(tmp_path, softhsm.settings(module=str(link)), "hsm2")
+    second = make_store(tmp_path / "repo", softhsm.settings(module=str(link)), "hsm2")
     assert second._conn() is first._conn()
     monkeypatch.delenv(softhsm.pin_env)  # logged in already: the PIN is not needed again
     ref = second.generate(request("again"))
@@ -301,13 +299,18 @@ def test_signing_from_threads(store):
 # -- configuration --------------------------------------------------------------------------------
 
 def test_options_and_validation():
-    assert set(Pkcs11KeyStore.options) == {"module", "token", "pin_env"}
+    assert set(Pkcs11KeyStore.options) == {"module", "module_env", "token", "pin_env"}
     assert Pkcs11KeyStore.options["pin_env"].default == "PKI_PKCS11_PIN"
     assert Pkcs11KeyStore.validate({"token": "pki-ca"}) == []
     problems = dict(Pkcs11KeyStore.validate({"module": "", "pin_env": "NOT A NAME"}))
     assert set(problems) == {"token", "module", "pin_env"}
     assert "required" in problems["token"]
     assert Pkcs11KeyStore.validate({"token": "x" * 33})[0][0] == "token"
+    assert dict(Pkcs11KeyStore.validate({"token": "t", "module": "lib/p11.so"}))["module"].startswith(
+        "must be the absolute path of a PKCS#11 module outside the repository")
+    assert dict(Pkcs11KeyStore.validate({"token": "t", "module": "/m.so", "module_env": "M"})) == {
+        "module_env": "set module or module_env, not both"}
+    assert "module_env" in dict(Pkcs11KeyStore.validate({"token": "t", "module_env": "not a name"}))
 
 
 def test_registered_through_the_entry_point():
@@ -356,7 +359,7 @@ def assert_one_safe_line(message: str) -> None:
 def test_module_not_found(tmp_path, softhsm):
     bad = tmp_path / "libnothere.so"
     with pytest.raises(BackendUnavailable) as info:
-        make_store(tmp_path, softhsm.settings(module=str(bad))).check()
+        make_store(tmp_path / "repo", softhsm.settings(module=str(bad))).check()
     assert str(info.value) == (
         f"backend hsm: PKCS#11 module {bad} not found; install it (SoftHSM2: apt install softhsm2) "
         "or set module = \"/path/to/pkcs11-module.so\" in [backend.hsm]")
@@ -367,7 +370,7 @@ def test_module_not_loadable(tmp_path, softhsm):
     junk = tmp_path / "junk.so"
     junk.write_bytes(b"not a shared object")
     with pytest.raises(BackendUnavailable, match=rf"backend hsm: cannot load PKCS#11 module {junk}: ") as info:
-        make_store(tmp_path, softhsm.settings(module=str(junk))).generate(request("root"))
+        make_store(tmp_path / "repo", softhsm.settings(module=str(junk))).generate(request("root"))
     assert_one_safe_line(str(info.value))
 
 

@@ -550,12 +550,18 @@ APPLY = (("apply", "--auto-approve"),)
 
 FAULTS = {
     "module-not-found": Fault(
-        _toml(module="{tmp}/no-such-dir/libsofthsm2.so"), lambda hsm: hsm.env(), BOTH,
-        lambda hsm, tmp: f"Error: backend hsm: PKCS#11 module {tmp}/no-such-dir/libsofthsm2.so not found; install it "
-                         "(SoftHSM2: apt install softhsm2) or set module = \"/path/to/pkcs11-module.so\" in [backend.hsm]"),
+        _toml(module="{tmp}-elsewhere/no-such-dir/libsofthsm2.so"), lambda hsm: hsm.env(), BOTH,
+        lambda hsm, tmp: f"Error: backend hsm: PKCS#11 module {tmp}-elsewhere/no-such-dir/libsofthsm2.so not found; "
+                         "install it (SoftHSM2: apt install softhsm2) or set module = \"/path/to/pkcs11-module.so\" "
+                         "in [backend.hsm]"),
     "module-not-a-pkcs11-library": Fault(
+        _toml(module="/etc/passwd"), lambda hsm: hsm.env(), BOTH,
+        lambda hsm, tmp: "Error: backend hsm: cannot load PKCS#11 module /etc/passwd: "),  # + the loader's words
+    "module-inside-the-repository": Fault(  # a commit (a pull request) could replace it: never loaded
         _toml(module="{tmp}/pki.toml"), lambda hsm: hsm.env(), BOTH,
-        lambda hsm, tmp: f"Error: backend hsm: cannot load PKCS#11 module {tmp}/pki.toml: "),  # + the loader's words
+        lambda hsm, tmp: f"Error: backend hsm: refusing PKCS#11 module {tmp}/pki.toml: it is inside the repository "
+                         f"{tmp}, where a commit could replace it; install the module outside it (or name it in an "
+                         "environment variable with module_env)"),
     "token-not-found": Fault(
         _toml(token="no-such-token"), lambda hsm: hsm.env(), BOTH,
         lambda hsm, tmp: f"Error: backend hsm: no token labelled 'no-such-token' in {hsm.module} (found: "

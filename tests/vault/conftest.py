@@ -34,7 +34,7 @@ import pytest
 from helpers import free_port, unavailable
 
 ROOT_TOKEN = "pki-test-root-token"
-POLICY_FILE = Path(__file__).resolve().parents[2] / "plugins" / "pkiascode_vault" / "pki-policy.hcl"
+POLICY_FILE = Path(__file__).resolve().parents[2] / "plugins" / "pkiascode_vault" / "pki-apply.hcl"
 
 
 def find_bao() -> str | None:

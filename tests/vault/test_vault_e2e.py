@@ -751,7 +751,7 @@ def test_fault_token_with_only_a_read_policy(new_project, vault_env):
     p = _fault_project(new_project, token=reader)
     before = p.snapshot()
     line = one_error_line(p.pki("apply", "--auto-approve"), reader)
-    assert "permission denied" in line and "pki-policy.hcl" in line
+    assert "permission denied" in line and "pki-apply.hcl" in line
     _assert_nothing_changed(p, before)
     assert p.kv_refs() == set() and p.transit_names() == set()
 

@@ -1,13 +1,16 @@
-# pkiascode: least-privilege policy for the token a `pki apply` pipeline runs with.
+# pkiascode: least-privilege policy for the token `pki apply` runs with (and `pki export`, `pki prune`).
 #
 # Written for the default settings of [backend.<name>] with plugin = "vault":
 #   kv_mount = "secret", transit_mount = "transit", prefix = "pki".
-# With other settings, replace "secret/", "transit/", "pki/" and "pki-" below accordingly.
+# With other settings, replace "secret/", "transit/", "pki/", "pki-" and "pki." below accordingly.
+# Each rule comes twice: for a PKI with a `[pki] id` (paths pki/<id>/..., Transit names pki.<id>.*)
+# and for one without (pki/keys/..., pki-*). To confine a token to one PKI, replace "+" by its id
+# (and "pki.*" by "pki.<id>.*") and drop the unscoped rules.
 #
-#   vault policy write pki-apply pki-policy.hcl
-#   vault token create -policy=pki-apply -ttl=1h      # or bind it to your CI's auth role
+#   vault policy write pki-apply pki-apply.hcl
+#   vault token create -policy=pki-apply -ttl=1h      # or bind it to your CI's auth role (README)
 #
-# Works the same with OpenBao (`bao policy write ...`).
+# Works the same with OpenBao (`bao policy write ...`). pki-plan.hcl is the read-only counterpart.
 
 # --- the token checks itself (`pki apply` runs this before changing anything) -------------------
 path "auth/token/lookup-self" {
@@ -23,12 +26,15 @@ path "sys/internal/ui/mounts/transit" {
 }
 
 # --- Transit: authority keys, created non-exportable; signing happens inside Vault ---------------
-# Create (or BYOK-import, for a key moved in from another store) keys named pki-*, and read their
-# public halves. Transit needs "update" to create a key; "delete" (with "update" on .../config to set
-# deletion_allowed) lets pkiascode remove a key it retired. Drop "delete" to make deleting authority
-# keys impossible for the pipeline. There is no grant on transit/export or transit/backup anywhere:
-# even a key whose config were changed could not be read out with this token.
+# Create (or BYOK-import, for a key moved in from another store) keys named pki-* / pki.<id>.*, and
+# read their public halves. Transit needs "update" to create a key; "delete" (with "update" on
+# .../config to set deletion_allowed) lets pkiascode remove a key it retired. Drop "delete" to make
+# deleting authority keys impossible for the pipeline. There is no grant on transit/export or
+# transit/backup anywhere: even a key whose config were changed could not be read out with this token.
 path "transit/keys/pki-*" {
+  capabilities = ["create", "read", "update", "delete"]
+}
+path "transit/keys/pki.*" {
   capabilities = ["create", "read", "update", "delete"]
 }
 
@@ -46,10 +52,16 @@ path "transit/wrapping_key" {
 path "transit/sign/pki-*" {
   capabilities = ["update"]
 }
+path "transit/sign/pki.*" {
+  capabilities = ["update"]
+}
 
 # --- KV v2: leaf keys, written once; `pki export` and services read them ---------------------
 # "create" but not "update": a key is written once and can never be overwritten by this token.
 path "secret/data/pki/keys/*" {
+  capabilities = ["create", "read"]
+}
+path "secret/data/pki/+/keys/*" {
   capabilities = ["create", "read"]
 }
 
@@ -57,8 +69,14 @@ path "secret/data/pki/keys/*" {
 path "secret/metadata/pki/keys/*" {
   capabilities = ["list", "delete"]
 }
+path "secret/metadata/pki/+/keys/*" {
+  capabilities = ["list", "delete"]
+}
 
 # --- the apply lock: one lease record per state, held and released by check-and-set writes -------
 path "secret/data/pki/locks/*" {
+  capabilities = ["create", "read", "update"]
+}
+path "secret/data/pki/+/locks/*" {
   capabilities = ["create", "read", "update"]
 }

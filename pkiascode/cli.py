@@ -169,18 +169,25 @@ def validate(c: Ctx) -> None:
 @click.option("--out", "out", type=click.Path(dir_okay=False), help="Save the plan for `pki apply FILE`.")
 @click.option("--format", "fmt", type=click.Choice(["text", "json", "markdown"]), default="text", show_default=True)
 @click.option("--detailed-exitcode", is_flag=True, help="Exit 0 when nothing to do, 2 when there are changes.")
+@click.option("--offline", is_flag=True,
+              help="Contact no key store (no credentials needed); assume the keys state names exist.")
+@click.option("--base", "base", metavar="REF",
+              help="Plan against the state/ of git revision REF (e.g. origin/main): the change after merge.")
 @at_option
 @replace_option
 @pass_ctx
-def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, at: str | None,
-         replace: tuple[str, ...]) -> None:
+def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bool, base: str | None,
+         at: str | None, replace: tuple[str, ...]) -> None:
     """Show what apply would change, and why."""
     from .render import render_json, render_markdown, render_text
 
+    if out and (offline or base):
+        raise PkiError("--out saves a plan to apply, which needs the key stores checked and this checkout's "
+                       "state/: drop --offline and --base")
     now = utc_now()
     # --at decides what is due as of then; certificates are signed when apply runs, and the plan
     # shows the not_after they will really get
-    the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now)
+    the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now, offline=offline, base=base)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":
@@ -353,12 +360,22 @@ def list_(c: Ctx, fmt: str, at: str | None) -> None:
 
 
 @cli.command()
-@click.argument("name")
+@click.argument("name", required=False)
+@click.option("--file", "path", type=click.Path(dir_okay=False), metavar="PATH",
+              help="Print a certificate or CRL file instead (git's textconv for state/crl/*.crl).")
 @pass_ctx
-def show(c: Ctx, name: str) -> None:
-    """One authority or certificate in full."""
+def show(c: Ctx, name: str | None, path: str | None) -> None:
+    """One authority or certificate in full (or, with --file, any certificate or CRL file)."""
+    from .queries import describe_file
     from .queries import show as show_info
 
+    if (name is None) == (path is None):
+        raise PkiError("pass NAME or --file PATH")
+    if path is not None:
+        for k, v in describe_file(Path(path)):
+            click.echo(f"{k}: {v}" if k else v)
+        return
+    assert name is not None
     i = show_info(c.project, name)
     fields = [
         ("Name", f"{i['kind']}.{i['name']}"), ("Subject", i["subject"]), ("Issuer", i["issuer"]),

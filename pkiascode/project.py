@@ -1,28 +1,40 @@
-"""A project: one pki.toml, its state directory, its key stores. Reads; `pkiascode.apply` writes."""
+"""A project: one pki.toml, its state directory, its key stores. Reads; `pkiascode.apply` writes.
+
+State is checked, not trusted: every plan compares each certificate file with what the inventory
+says about it (`Project.verify_state`) and fails naming the object when they disagree.
+"""
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
 import hashlib
+import re
+import subprocess
+import tempfile
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import config_digest, find_line, load_config
-from .errors import BackendError, ConfigError, first_of
+from .errors import BackendError, ConfigError, PlanError, first_of
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
+from .render import OFFLINE_WARNING
 from .state import StateDir, load_txn, txn_file
 
 if TYPE_CHECKING:
     from .x509 import CsrInfo
 
 __all__ = ["Project"]
+
+#: what may be below a base revision's state directory (`Project._base_state`)
+_BASE_STATE_FILE = re.compile(r"inventory\.json|audit\.jsonl|README\.md|certs/[A-Za-z0-9][A-Za-z0-9_.-]*\.pem"
+                              r"|crl/[A-Za-z0-9][A-Za-z0-9_.-]*\.crl")
 
 
 class Project:
@@ -121,9 +133,17 @@ class Project:
                 if spec is None:
                     raise BackendError(f"backend {name!r} is not defined in pki.toml")
                 plugin, settings = spec.plugin, spec.settings_dict()
-            store = self.plugins.create(name, plugin, settings or {}, StoreContext(self.base_dir, self.work_dir))
+            store = self.plugins.create(name, plugin, settings or {}, self._store_context())
             self._stores[name] = store
         return store
+
+    def _store_context(self) -> StoreContext:
+        # pki_id: the PKI's [pki] id scopes key paths and locks in shared stores (once the
+        # StoreContext and Settings in use have the field)
+        pki_id = getattr(self.desired().settings, "id", None)
+        if pki_id and any(f.name == "pki_id" for f in dataclasses.fields(StoreContext)):
+            return StoreContext(self.base_dir, self.work_dir, pki_id=pki_id)  # type: ignore[call-arg]
+        return StoreContext(self.base_dir, self.work_dir)
 
     def close(self) -> None:
         if self._repo:
@@ -172,15 +192,52 @@ class Project:
         return info
 
     # -- observed -------------------------------------------------------------------------------
-    def observe(self, *, check_keys: bool = True) -> tuple[Observed, dict[str, Any]]:
-        observed, inv = self.state.observe()
+    def observe(self, *, check_keys: bool = True, state: StateDir | None = None) -> tuple[Observed, dict[str, Any]]:
+        """What exists: ``state/`` (or another copy of it, ``state``), checked against its inventory,
+        and (unless not ``check_keys``) which keys the stores no longer have."""
+        state = state or self.state
+        observed, inv = state.observe()
+        if state.pending_txn() is None:  # a pending apply's files are in its transaction, not yet here
+            self.verify_state(state, observed, inv)
         if check_keys:
-            missing = self.missing_keys(observed.records)
+            missing = self.missing_keys(observed.records, state)
             if missing:
                 observed = dataclasses.replace(
                     observed, missing_keys=missing,
                     digest=hashlib.sha256((observed.digest + repr(sorted(missing))).encode()).hexdigest())
         return observed, inv
+
+    def verify_state(self, state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
+        """Each certificate file against the inventory: serial, SHA-256, subject, issuer chain and
+        public key; no two live objects sharing one key reference. Raises `PlanError` naming the object.
+
+        A missing or unreadable file is drift (the plan reissues it); a well-formed certificate that is
+        not the inventory's, or an inventory that misdescribes its file, is not repaired silently."""
+        records = observed.records
+        loaded: dict[str, Any] = {}
+
+        def cert_of(name: str) -> Any:
+            if name not in loaded:
+                loaded[name] = _read_certificate(state.cert_path(name))
+            return loaded[name]
+
+        owners: dict[tuple[str, str], str] = {}
+        for name, rec in records.items():
+            where = f"{rec.qualified} ({state.rel}/certs/{name}.pem)"
+            cert = cert_of(name)
+            issuer_cert = cert_of(rec.issuer) if rec.issuer in records else None
+            if cert is not None:
+                obj = inv["objects"].get(name, {})
+                problem = _check_recorded(cert, rec, issuer_cert, obj.get("public_key_sha256"))
+                if problem:
+                    raise PlanError(f"{where}: {problem}; state/ is not what pkiascode wrote: restore it from git "
+                                    f"(`git checkout -- {state.rel}`) before planning")
+            if rec.store != CSR_STORE and not rec.revoked:
+                other = owners.setdefault((rec.store, rec.key_id), name)
+                if other != name:
+                    raise PlanError(f"{rec.qualified}: its key reference {rec.store}:{rec.key_id} in "
+                                    f"{state.rel}/inventory.json is also {records[other].qualified}'s; a key "
+                                    "belongs to one object: restore the inventory from git")
 
     def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
         """Per key store, the keys records still need (not CSR entries, not revoked ones)."""
@@ -191,27 +248,56 @@ class Project:
                 by_store.setdefault(rec.store, {})[KeyRef(rec.store, rec.key_id, rec.key_origin)] = rec
         return by_store
 
-    def missing_keys(self, records: Mapping[str, Record]) -> dict[str, str]:
-        """Records whose key their store no longer has (one query per store)."""
+    def missing_keys(self, records: Mapping[str, Record], state: StateDir | None = None) -> dict[str, str]:
+        """Records whose key their store no longer has (one query per store). Where a store can tell a
+        key's public half without a secret, a reference naming another key is a `PlanError`."""
         out: dict[str, str] = {}
         for store_name, refs in self._live_keys(records).items():
-            for ref in self.store(store_name).missing(refs):
+            store = self.store(store_name)
+            for ref in store.missing(refs):
                 out[refs[ref].name] = f"its key {ref.id} is missing from backend {store_name}"
+            # where the store can tell without a secret: does the reference name the certificate's key?
+            tell = getattr(store, "public_key_digest", None)
+            if tell is None:
+                continue
+            for ref, rec in refs.items():
+                if rec.name in out:
+                    continue
+                digest = tell(ref)
+                want = _public_key_sha256(state or self.state, rec)
+                if digest is not None and want is not None and digest != want:
+                    raise PlanError(f"{rec.qualified}: its key reference {ref} in {self.state.rel}/inventory.json "
+                                    "names a key that is not its certificate's: restore the inventory from git")
         return out
 
     # -- plan -----------------------------------------------------------------------------------
-    def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None) -> Plan:
-        """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``)."""
+    def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None,
+             offline: bool = False, base: str | None = None) -> Plan:
+        """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``).
+
+        ``offline``: no key store is contacted; the keys state names are assumed to exist.
+        ``base``: plan against the ``state/`` of git revision ``base`` (what the change does after
+        it is merged there), warning when this checkout's ``state/`` differs from it."""
         replace = tuple(replace)
         pending = self.txn_pending()
-        quiet = not replace and not pending
+        quiet = not replace and not pending and not offline and base is None
         if quiet:
             remembered = self._remembered_noop(at)
             if remembered is not None:
                 return remembered
         desired = self.desired()
         csr_keys = {name: info.digest for name, info in self.csrs().items()}
-        observed, _ = self.observe()
+        notes: list[str] = []
+        if base is not None:
+            with tempfile.TemporaryDirectory(prefix="pki-base-") as tmp:
+                state, differs = self._base_state(base, Path(tmp))
+                if differs:
+                    notes.append(f"{self.state.rel}/ differs from {base}'s: this plan is made against {base}'s "
+                                 f"{self.state.rel}/ (what the change does once merged); update the branch "
+                                 f"from {base}")
+                observed, _ = self.observe(check_keys=not offline, state=state)
+        else:
+            observed, _ = self.observe(check_keys=not offline)
         caps = {}
         for name, spec in desired.stores.items():
             factory = self.plugins.factory(spec.plugin)
@@ -219,13 +305,67 @@ class Project:
                 caps[name] = (factory.holds_exportable, factory.holds_non_exportable)
         result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
                            store_caps=caps)
+        if offline:
+            notes.append(OFFLINE_WARNING)
         if pending:
-            result = dataclasses.replace(result, warnings=result.warnings + (
-                "an interrupted apply is pending; this plan assumes it completed, and the next "
-                "`pki apply` completes it",))
-        elif quiet and result.empty and not result.warnings:
+            notes.append("an interrupted apply is pending; this plan assumes it completed, and the next "
+                         "`pki apply` completes it")
+        if notes:
+            result = dataclasses.replace(result, warnings=result.warnings + tuple(notes))
+        if offline and any(f.name == "offline" for f in dataclasses.fields(Plan)):
+            result = dataclasses.replace(result, offline=True)  # type: ignore[call-arg]
+        if quiet and result.empty and not result.warnings:
             self._remember_noop(desired, observed)
         return result
+
+    def _base_state(self, ref: str, tmp: Path) -> tuple[StateDir, bool]:
+        """A copy, in ``tmp``, of the state directory as git revision ``ref`` has it, and whether this
+        checkout's differs. Only regular files with the names pkiascode writes are taken."""
+        repo = self.repository()
+        if repo is None:
+            raise PlanError(f"--base {ref}: {self.base_dir} is not in a git repository")
+        if not ref or ref.startswith("-"):
+            raise PlanError(f"--base {ref}: not a git revision")
+        rel = (self.base_dir.resolve() / self.desired().settings.state_dir).relative_to(repo.top).as_posix()
+
+        def git(*args: str, stdin: bytes | None = None) -> bytes:
+            proc = subprocess.run(["git", *args], cwd=repo.top, input=stdin, capture_output=True)
+            if proc.returncode != 0:
+                reason = (proc.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[-1]
+                raise PlanError(f"--base {ref}: {reason}")
+            return proc.stdout
+
+        commit = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").decode().strip()
+        entries = git("ls-tree", "-r", "-z", "--full-tree", commit, "--", f"{rel}/").split(b"\0")
+        wanted: dict[str, str] = {}  # oid -> path below the state directory
+        for entry in filter(None, entries):
+            meta, _, raw_path = entry.partition(b"\t")
+            mode, kind, oid = meta.decode().split()
+            path = raw_path.decode("utf-8", errors="replace")
+            sub = path[len(rel) + 1:] if path.startswith(f"{rel}/") else ""
+            if not _BASE_STATE_FILE.fullmatch(sub):
+                raise PlanError(f"--base {ref}: {path} is not a file pkiascode writes in {rel}/")
+            if kind != "blob" or mode not in ("100644", "100755"):
+                raise PlanError(f"--base {ref}: {path} is not a regular file (mode {mode})")
+            wanted[oid] = sub
+        state = StateDir(tmp, "state", tmp / "work")
+        out = git("cat-file", "--batch", stdin="".join(f"{oid}\n" for oid in wanted).encode())
+        pos = 0
+        for oid, sub in wanted.items():
+            header_end = out.index(b"\n", pos)
+            got, _, size = out[pos:header_end].decode().split()
+            if got != oid:
+                raise PlanError(f"--base {ref}: git cat-file answered {got} for {oid}")
+            data = out[header_end + 1:header_end + 1 + int(size)]
+            pos = header_end + 1 + int(size) + 1
+            (state.root / sub).parent.mkdir(parents=True, exist_ok=True)
+            (state.root / sub).write_bytes(data)
+        here = subprocess.run(["git", "rev-parse", "--verify", "-q", f"HEAD:{rel}"], cwd=repo.top,
+                              capture_output=True).stdout.strip()
+        there = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{commit}:{rel}"], cwd=repo.top,
+                               capture_output=True).stdout.strip()
+        dirty = git("status", "--porcelain", "--untracked-files=all", "--", f"{rel}/").strip()
+        return state, here != there or bool(dirty)
 
     def txn_pending(self) -> bool:
         """An interrupted apply left a transaction for the next apply to finish."""
@@ -274,3 +414,73 @@ class Project:
                               stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
             self._memo().forget()  # a setting JSON cannot hold: plan the long way every time
+
+
+def _read_certificate(path: Path) -> Any:
+    """The certificate in ``path``, or None when it is missing or not one (drift: the plan reissues)."""
+    from .x509 import load_certificate
+
+    try:
+        return load_certificate(path.read_bytes())
+    except (OSError, ValueError):
+        return None
+
+
+def _public_key_sha256(state: StateDir, rec: Record) -> str | None:
+    """SHA-256 of the public key in ``rec``'s certificate file (None if it cannot be read)."""
+    from .x509 import public_key_der
+
+    cert = _read_certificate(state.cert_path(rec.name))
+    return None if cert is None else hashlib.sha256(public_key_der(cert.public_key())).hexdigest()
+
+
+def _subject_parts(cert: Any) -> list[str]:
+    return sorted(f"{a.rfc4514_attribute_name}={a.value}" for a in cert.subject)
+
+
+def _check_recorded(cert: Any, rec: Record, issuer_cert: Any, public_key_sha256: str | None) -> str | None:
+    """What in ``rec`` (an inventory object) disagrees with its certificate file ``cert``, or None.
+    ``issuer_cert``: the issuer's certificate file, when readable."""
+    from cryptography import x509
+
+    from .x509 import fingerprint, public_key_der, ski_of
+
+    digest = fingerprint(cert)
+    if digest != rec.sha256:
+        try:  # a well-formed certificate, signed by its issuer, put in place of the recorded one
+            cert.verify_directly_issued_by(issuer_cert if issuer_cert is not None else cert)
+        except Exception:  # noqa: BLE001 - bad signature, wrong issuer, unreadable key: damage, not a swap
+            return None  # damaged: drift, which the plan repairs by reissuing
+        return (f"the file holds another certificate (serial {format(cert.serial_number, 'x')}, sha256 "
+                f"{digest[:12]}…) than the inventory records (serial {rec.serial}, sha256 {rec.sha256[:12]}…)")
+    if _hex_int(rec.serial) != cert.serial_number:
+        return f"the inventory records serial {rec.serial}, the certificate has {format(cert.serial_number, 'x')}"
+    if sorted(rec.subject.split(", ")) != sorted(", ".join(_subject_parts(cert)).split(", ")):
+        return f"the inventory records subject {rec.subject!r}, the certificate has {cert.subject.rfc4514_string()!r}"
+    if ski_of(cert).hex() != rec.ski:
+        return "the inventory records another subject key identifier than the certificate's"
+    if public_key_sha256 is not None:
+        if hashlib.sha256(public_key_der(cert.public_key())).hexdigest() != public_key_sha256:
+            return "the inventory records another public key than the certificate's"
+    if rec.issuer is None:
+        if cert.issuer != cert.subject:
+            return "the inventory records a self-signed root, the certificate is issued by " \
+                   f"{cert.issuer.rfc4514_string()!r}"
+    elif issuer_cert is not None:
+        if cert.issuer != issuer_cert.subject:
+            return (f"the certificate is issued by {cert.issuer.rfc4514_string()!r}, not by authority.{rec.issuer} "
+                    f"({issuer_cert.subject.rfc4514_string()!r}) as the inventory records")
+        try:
+            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
+        except x509.ExtensionNotFound:
+            aki = None
+        if rec.issuer_ski and aki is not None and aki.hex() != rec.issuer_ski:
+            return "the inventory records another issuer key identifier than the certificate's"
+    return None
+
+
+def _hex_int(text: str) -> int | None:
+    try:
+        return int(text, 16)
+    except (TypeError, ValueError):
+        return None

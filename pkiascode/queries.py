@@ -14,7 +14,7 @@ from .names import did_you_mean
 from .project import Project
 from .state import StateDir, atomic_write
 
-__all__ = ["list_rows", "show", "export", "status_of", "chain_names"]
+__all__ = ["list_rows", "show", "export", "status_of", "chain_names", "describe_file"]
 
 _DEFAULT_RENEW_BEFORE = 30 * 86400
 
@@ -124,6 +124,7 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
             raise KeyNotExportable(f"the key of {rec.qualified} cannot leave backend {rec.store} "
                                    f"({store.plugin}); export the certificate and chain with --no-key")
         key = store.export(ref)
+        _require_match(rec, key, cert, f"{state.rel}/certs/{name}.pem")
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption())
 
@@ -134,3 +135,67 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
             atomic_write(directory / fname, data, mode)
             written.append(directory / fname)
     return written
+
+
+def _require_match(rec: Record, key: Any, cert_pem: bytes, where: str) -> None:
+    """Refuse to hand out a key that is not the certificate's (an inventory pointing at another key)."""
+    from .x509 import load_certificate, public_key_der
+
+    try:
+        cert_key = public_key_der(load_certificate(cert_pem).public_key())
+    except ValueError:
+        raise PkiError(f"{where} is damaged; `pki plan` shows the repair") from None
+    if public_key_der(key.public_key()) != cert_key:
+        raise PkiError(f"the key {rec.store}:{rec.key_id} that the inventory names for {rec.qualified} is not the "
+                       f"key of {where}; nothing written: restore state/inventory.json from git")
+
+
+def describe_file(path: Path) -> list[tuple[str, str]]:
+    """A certificate or CRL file (PEM or DER) as (label, value) lines, for ``pki show --file`` and git's
+    ``textconv`` (diffs of state/crl/*.crl). Text before a PEM block is ignored."""
+    from cryptography import x509
+
+    from .x509 import describe
+
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise PkiError(f"{path}: {e.strerror}") from None
+    if b"-----BEGIN X509 CRL-----" in data or b"-----BEGIN CERTIFICATE-----" not in data and not _is_cert_der(data):
+        try:
+            crl = (x509.load_pem_x509_crl(data[data.index(b"-----BEGIN X509 CRL-----"):])
+                   if b"-----BEGIN X509 CRL-----" in data else x509.load_der_x509_crl(data))
+        except ValueError as e:
+            raise PkiError(f"{path} is not a certificate or CRL ({e})") from None
+        number = crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number \
+            if any(isinstance(e.value, x509.CRLNumber) for e in crl.extensions) else None
+        lines = [("CRL of", crl.issuer.rfc4514_string()), ("Number", str(number) if number is not None else "-"),
+                 ("This update", crl.last_update_utc.isoformat()),
+                 ("Next update", crl.next_update_utc.isoformat() if crl.next_update_utc else "-"),
+                 ("Signature", crl.signature_algorithm_oid._name), ("Revoked", str(len(crl)))]
+        for entry in sorted(crl, key=lambda e: e.serial_number):
+            reason = next((e.value.reason.value for e in entry.extensions if isinstance(e.value, x509.CRLReason)),
+                          "unspecified")
+            lines.append(("", f"  serial {format(entry.serial_number, 'x')} revoked "
+                              f"{entry.revocation_date_utc.isoformat()} ({reason})"))
+        return lines
+    try:
+        cert = (x509.load_pem_x509_certificate(data[data.index(b"-----BEGIN CERTIFICATE-----"):])
+                if b"-----BEGIN CERTIFICATE-----" in data else x509.load_der_x509_certificate(data))
+    except ValueError as e:
+        raise PkiError(f"{path} is not a certificate or CRL ({e})") from None
+    i = describe(cert)
+    return [("Subject", i["subject"]), ("Issuer", i["issuer"]), ("Serial", i["serial"]),
+            ("Not before", i["not_before"].isoformat()), ("Not after", i["not_after"].isoformat()),
+            ("SANs", ", ".join(i["sans"]) or "-"), ("Usages", ", ".join(i["usages"] + i["extended_usages"]) or "-"),
+            ("CA", "yes" if i["ca"] else "no"), ("SHA-256", i["sha256"])]
+
+
+def _is_cert_der(data: bytes) -> bool:
+    from cryptography import x509
+
+    try:
+        x509.load_der_x509_certificate(data)
+    except ValueError:
+        return False
+    return True

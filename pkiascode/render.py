@@ -5,9 +5,15 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from .plan import Action, Change, Plan
+from .model import Kind
+from .plan import Action, Change, FieldChange, Plan
 
-__all__ = ["render_text", "render_markdown", "render_json", "summary_line"]
+__all__ = ["render_text", "render_markdown", "render_json", "summary_line", "is_offline", "OFFLINE_WARNING",
+           "MARKDOWN_MARKER"]
+
+#: the warning of every offline plan (``pki plan --offline``), in every format
+OFFLINE_WARNING = ("key stores not checked (--offline): this plan assumes every key state/ names exists; "
+                   "`pki plan` without --offline checks them")
 
 _COLORS = {Action.CREATE: "32", Action.REISSUE: "33", Action.RENEW: "33", Action.REKEY: "31",
            Action.MOVE_KEY: "36", Action.REVOKE: "31", Action.UPDATE_CRL: "33"}
@@ -85,35 +91,173 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
+# -- markdown: a pull-request comment a reviewer can approve from ----------------------------------
+
+#: the first line of every markdown plan, so a bot can find and update its one comment
+MARKDOWN_MARKER = "<!-- pkiascode plan -->"
+#: GitHub's limit for a comment, in characters
+COMMENT_LIMIT = 65536
+#: how far ahead the expiry outlook looks
+OUTLOOK_DAYS = 90
+
+_FIELD_LABELS = {"key": "key", "exportable": "exportable", "issuer": "issuer", "chain": "issuer chain",
+                 "subject": "subject", "hosts": "SANs", "usages": "usages", "validity": "validity",
+                 "not_after": "not after", "profile": "profile", "path_length": "path length",
+                 "name_constraints": "name constraints", "crl_distribution_point": "CRL distribution point"}
+_CREATE_ORDER = ("subject", "hosts", "issuer", "chain", "key", "exportable", "usages", "validity", "not_after",
+                 "path_length", "name_constraints", "profile", "crl_distribution_point")
+_SAN_LABELS = {"dns": "DNS", "ip": "IP", "email": "email", "uri": "URI"}
+
+
+def is_offline(plan: Plan) -> bool:
+    """Whether ``plan`` was made without asking the key stores (``pki plan --offline``)."""
+    return bool(getattr(plan, "offline", False)) or OFFLINE_WARNING in plan.warnings
+
+
 def _md_escape(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
+    """Plain text in a table cell or list item: no HTML (a comment or tag from pki.toml would hide what
+    follows), no table breaks."""
+    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+            .replace("\n", " "))
 
 
-def render_markdown(plan: Plan) -> str:
-    out = ["### pkiascode plan", ""]
-    if plan.empty:
-        out.append(summary_line(plan))
-    else:
-        out += ["| | action | object | why |", "|---|---|---|---|"]
+def _code(value: Any) -> str:
+    """``value`` as an inline code span (HTML is literal there), safe in a table cell."""
+    text = _fmt(value).replace("\n", " ").replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    pad = " " if text.startswith("`") or text.endswith("`") or fence == "``" else ""
+    return f"{fence}{pad}{text}{pad}{fence}"
+
+
+def _sans(hosts: Any) -> str:
+    from .names import classify_host
+
+    if not hosts:
+        return "(none)"
+    groups: dict[str, list[str]] = {}
+    for host in hosts:
+        try:
+            kind = _SAN_LABELS[classify_host(str(host))[0]]
+        except ValueError:
+            kind = "other"
+        groups.setdefault(kind, []).append(str(host))
+    return "; ".join(f"{kind}: " + ", ".join(_code(h) for h in values) for kind, values in groups.items())
+
+
+def _value(field: str, value: Any) -> str:
+    if field == "hosts":
+        return _sans(value)
+    if field == "name_constraints" and isinstance(value, dict):
+        return (f"permitted {', '.join(_code(v) for v in value.get('permitted') or []) or '(none)'}; "
+                f"excluded {', '.join(_code(v) for v in value.get('excluded') or []) or '(none)'}")
+    if field == "usages" and isinstance(value, list):
+        return ", ".join(_code(u) for u in value) or "(none)"
+    if field == "chain" and isinstance(value, list):
+        return " → ".join(_code(n) for n in value)
+    if field == "issuer" and value is None:
+        return "(self-signed root)"
+    return _code(value)
+
+
+def _md_change(change: Change) -> list[str]:
+    head = f"#### `{change.action.glyph}` {change.action.value} `{change.qualified}`"
+    out = [head, ""]
+    out += [f"- because {_md_escape(r)}" for r in change.reasons]
+    if change.revoke_reason:
+        out.append(f"- revocation reason: {_code(change.revoke_reason)}")
+    if change.retire:
+        out.append("- its certificate leaves `state/` and the inventory")
+    out.append("")
+    diff = dict(change.diff)
+    if change.action is Action.CREATE:
+        if change.kind is Kind.AUTHORITY and "issuer" not in diff:
+            diff["issuer"] = FieldChange(None, None)
+        fields = [f for f in _CREATE_ORDER if f in diff] + [f for f in diff if f not in _CREATE_ORDER]
+        out += ["| field | value |", "|---|---|"]
+        out += [f"| {_FIELD_LABELS.get(f, _md_escape(f))} | {_value(f, diff[f].after)} |" for f in fields]
+        out.append("")
+    elif diff:
+        out += ["| field | before | after |", "|---|---|---|"]
+        for field, fc in change.diff:
+            out.append(f"| {_FIELD_LABELS.get(field, _md_escape(field))} | {_value(field, fc.before)} | "
+                       f"{_value(field, fc.after)} |")
+        out.append("")
+    return out
+
+
+def _key_deletions(plan: Plan) -> list[str]:
+    """The keys this plan stops using: apply deletes them once its commit is on the upstream branch
+    (right away without one), after the new state no longer names them."""
+    out = []
+    for c in plan.changes:
+        if c.action is Action.REKEY and c.new_key or c.action is Action.RENEW and c.new_key:
+            out.append(f"- the old key of `{c.qualified}` ({c.action.value})")
+        elif c.action is Action.MOVE_KEY:
+            before = dict(c.diff).get("backend")
+            where = f" in backend {_code(before.before)}" if before is not None else ""
+            out.append(f"- the old copy{where} of `{c.qualified}`'s key (it moves)")
+        elif c.action is Action.REVOKE and c.retire:
+            out.append(f"- the key of `{c.qualified}` (it leaves pki.toml; kept with `keep_revoked_keys = true`)")
+    return out
+
+
+def _outlook(plan: Plan) -> list[str]:
+    """``plan.expiring`` (name, not_after) as a table of days left, when the plan carries it."""
+    from .model import parse_time
+
+    rows = []
+    for name, not_after in getattr(plan, "expiring", ()) or ():
+        days = (parse_time(not_after) - plan.at).total_seconds() / 86400
+        rows.append(f"| `{name}` | {_code(not_after)} | {int(days // 1)} |")
+    if not rows:
+        return [f"Nothing else falls due in the next {OUTLOOK_DAYS} days."]
+    return ["| object | not after | days left |", "|---|---|---|"] + rows
+
+
+def render_markdown(plan: Plan, *, limit: int = COMMENT_LIMIT) -> str:
+    """The plan as a pull-request comment: the marker line, the summary, warnings, a table of the
+    changes, the keys that will be deleted, the expiry outlook, then every change in full. Nothing is
+    folded away; a plan longer than ``limit`` characters is cut at a line, with a note saying so."""
+    out = [MARKDOWN_MARKER, "### pkiascode plan", ""]
+    out.append(f"**{summary_line(plan)}**" if not plan.empty else summary_line(plan))
+    if is_offline(plan):
+        out += ["", "> **Offline plan: key stores not checked.** It assumes every key `state/` names exists."]
+    warnings = [w for w in plan.warnings if w != OFFLINE_WARNING]  # (said just above)
+    if warnings:
+        out += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in warnings]
+    findings = getattr(plan, "findings", ())
+    if findings:
+        out += ["", "**Lint findings** (pkilint, on what apply would sign)", "",
+                "| severity | object | finding | message |", "|---|---|---|---|"]
+        out += [f"| {_md_escape(f.severity)} | `{_md_escape(f.entry)}` ({_md_escape(f.what)}) | {_code(f.id)} | "
+                f"{_md_escape(f.message)} |" for f in findings]
+    if not plan.empty:
+        out += ["", "| | action | object | why |", "|---|---|---|---|"]
         for c in plan.changes:
             out.append(f"| `{c.action.glyph}` | {c.action.value} | `{c.qualified}` | "
                        f"{_md_escape('; '.join(c.reasons))} |")
-        diffs = [c for c in plan.changes if c.diff and c.action is not Action.CREATE]
-        if diffs:
-            out += ["", "<details><summary>Field changes</summary>", ""]
-            for c in diffs:
-                out.append(f"**`{c.qualified}`** ({c.action.value})")
-                out.append("")
-                out += ["| field | before | after |", "|---|---|---|"]
-                for field, fc in c.diff:
-                    out.append(f"| {field} | `{_md_escape(_fmt(fc.before))}` | `{_md_escape(_fmt(fc.after))}` |")
-                out.append("")
-            out.append("</details>")
-        out += ["", f"**{summary_line(plan)}**"]
-    if plan.warnings:
-        out += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in plan.warnings]
-    return "\n".join(out) + "\n"
+        deletions = _key_deletions(plan)
+        if deletions:
+            out += ["", "**Keys to be deleted** once apply's commit is on the upstream branch (right away "
+                    "without one):", ""] + deletions
+    if hasattr(plan, "expiring"):
+        out += ["", f"**Expiry outlook** (next {OUTLOOK_DAYS} days after {plan.at.strftime('%Y-%m-%d')}, "
+                "besides the changes above)", ""] + _outlook(plan)
+    if not plan.empty:
+        out += ["", "---", ""]
+        for c in plan.changes:
+            out += _md_change(c)
+    text = "\n".join(out).rstrip("\n") + "\n"
+    if len(text) <= limit:
+        return text
+    note = (f"\n**… cut here: the full plan is {len(text):,} characters, over the {limit:,}-character "
+            "comment limit.** Run `pki plan` for all of it.\n")
+    cut = text.rfind("\n", 0, limit - len(note)) + 1
+    return text[:cut] + note
 
 
 def render_json(plan: Plan) -> str:
-    return plan.dumps()
+    data = plan.to_json()
+    if is_offline(plan):
+        data["offline"] = True
+    return json.dumps(data, indent=2) + "\n"

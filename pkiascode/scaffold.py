@@ -1,13 +1,21 @@
-"""``pki init``: a new pki.toml, ``state/``, a ``.gitignore`` that keeps ``.pki/`` out of git."""
+"""``pki init``: a new pki.toml (with a random ``[pki] id``), ``state/``, a ``.gitignore`` that keeps
+``.pki/`` out of git, and a ``.gitattributes`` that lets ``git diff`` show CRLs readably."""
 
 from __future__ import annotations
 
+import dataclasses
+import secrets
+import string
 from importlib import resources
 from pathlib import Path
 
 from .errors import PkiError
 
-__all__ = ["EXAMPLES", "init_project", "example_text"]
+__all__ = ["EXAMPLES", "init_project", "example_text", "new_pki_id", "GITATTRIBUTES"]
+
+#: CRLs are DER-in-PEM: git shows them through ``pki show --file`` once the driver is configured
+#: (``git config diff.pki-crl.textconv "pki show --file"``; git never runs commands a repository names)
+GITATTRIBUTES = "state/crl/*.crl diff=pki-crl\n"
 
 EXAMPLES = ("kubernetes-the-hard-way",)
 
@@ -52,6 +60,27 @@ def example_text(name: str) -> str:
     return resources.files("pkiascode").joinpath(f"examples/{name}.toml").read_text(encoding="utf-8")
 
 
+def new_pki_id() -> str:
+    """A short random id for ``[pki] id``: 12 lowercase letters and digits."""
+    alphabet = string.ascii_lowercase + string.digits
+    return "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def _with_id(text: str) -> str:
+    """pki.toml with ``id`` in its ``[pki]`` table (made at the top when there is none)."""
+    from .model import Settings
+
+    if not any(f.name == "id" for f in dataclasses.fields(Settings)):
+        return text  # (a pkiascode whose config has no [pki] id yet)
+    line = f'id = "{new_pki_id()}"  # scopes this PKI\'s keys and locks in shared key stores; never change it\n'
+    if "\n[pki]\n" in f"\n{text}":
+        return f"\n{text}".replace("\n[pki]\n", f"\n[pki]\n{line}", 1)[1:]
+    head, sep, rest = text.partition("\n\n")
+    if head.startswith("#"):  # keep the opening comment first
+        return f"{head}\n\n[pki]\n{line}\n{rest}" if sep else f"{head}\n\n[pki]\n{line}"
+    return f"[pki]\n{line}\n{text}"
+
+
 def init_project(directory: Path, *, example: str | None) -> list[str]:
     """Create the files; returns what was done, one line each. Never overwrites a pki.toml."""
     directory.mkdir(parents=True, exist_ok=True)
@@ -59,7 +88,7 @@ def init_project(directory: Path, *, example: str | None) -> list[str]:
     config = directory / "pki.toml"
     if config.exists():
         raise PkiError(f"{config} already exists; edit it, or init another directory")
-    config.write_text(example_text(example) if example else MINIMAL, encoding="utf-8")
+    config.write_text(_with_id(example_text(example) if example else MINIMAL), encoding="utf-8")
     done.append(f"wrote {config.name}" + (f" (example: {example})" if example else ""))
 
     state = directory / "state"
@@ -77,6 +106,17 @@ def init_project(directory: Path, *, example: str | None) -> list[str]:
                 f.write("\n")
             f.write("# pkiascode: local key store, cache and lock; never commit\n.pki/\n")
         done.append("added .pki/ to .gitignore")
+
+    attributes = directory / ".gitattributes"
+    lines = attributes.read_text(encoding="utf-8").splitlines() if attributes.exists() else []
+    if GITATTRIBUTES.strip() not in (line.strip() for line in lines):
+        with open(attributes, "a", encoding="utf-8") as f:
+            if lines and lines[-1].strip():
+                f.write("\n")
+            f.write("# pkiascode: `git diff` shows CRLs readably once you run\n"
+                    "#   git config diff.pki-crl.textconv \"pki show --file\"\n" + GITATTRIBUTES)
+        done.append("added a CRL diff driver to .gitattributes (enable it: "
+                    "git config diff.pki-crl.textconv \"pki show --file\")")
 
     from .gitops import find_repository
 

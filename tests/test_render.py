@@ -125,39 +125,192 @@ def test_no_ansi_codes_unless_color():
 
 # --- markdown -----------------------------------------------------------------------------------
 
-def test_markdown_golden():
-    assert render_markdown(TWO) == textwrap.dedent("""\
+# A pull request that creates a certificate and an authority, adds a SAN, changes a key type and
+# revokes: the changes as the planner makes them (`pki plan --format json` of that PR).
+PR = Plan(changes=(
+    C(Action.REISSUE, Kind.CERTIFICATE, "web", ("hosts changed",),
+      {"hosts": (["web.example.test"], ["web.example.test", "10.0.0.5"]),
+       "not_after": ("2030-03-01T12:00:00Z", "2030-04-01T12:00:00Z")}),
+    C(Action.REKEY, Kind.CERTIFICATE, "db", ("key algorithm changes ecdsa-p256 → rsa-2048",),
+      {"key": ("ecdsa-p256 (local)", "rsa-2048 (local)"),
+       "usages": (["client auth", "digital signature", "server auth"],
+                  ["client auth", "digital signature", "key encipherment", "server auth"])}, new_key=True),
+    C(Action.REVOKE, Kind.CERTIFICATE, "old", ('revoked = { reason = "superseded" } in pki.toml',),
+      {"status": ("valid", "revoked")}, revoke_reason="superseded"),
+    C(Action.CREATE, Kind.AUTHORITY, "partner", ("not in state",),
+      {"key": (None, "ecdsa-p384 (vault)"), "issuer": (None, "root"), "subject": (None, "O=Review, CN=Partner CA"),
+       "usages": (None, ["cert sign", "crl sign"]), "validity": (None, "5y"), "path_length": (None, 0),
+       "name_constraints": (None, {"permitted": ["partner.test", "10.1.0.0/16"], "excluded": []})}, new_key=True),
+    C(Action.CREATE, Kind.CERTIFICATE, "api", ("not in state",),
+      {"key": (None, "ecdsa-p256 (local)"), "issuer": (None, "inter"), "subject": (None, "O=Review, CN=api.example.test"),
+       "hosts": (None, ["api.example.test", "10.0.0.7", "api@example.test", "https://api.example.test/"]),
+       "usages": (None, ["digital signature", "server auth"]), "validity": (None, "90d")}, new_key=True),
+    C(Action.UPDATE_CRL, Kind.AUTHORITY, "inter", ("new revocations: certificate.old (superseded)",),
+      {"crl_number": (1, 2)}),
+), warnings=("certificate.api: validity 90d is capped at the expiry of authority.inter (2030-02-01T00:00:00Z): "
+             "a certificate may not outlive its issuer",), at=AT)
+
+
+def test_markdown_of_a_pull_request_is_pinned():
+    assert render_markdown(PR) == textwrap.dedent("""\
+        <!-- pkiascode plan -->
         ### pkiascode plan
+
+        **Plan: 2 to create, 1 to reissue, 1 to rekey, 1 to revoke, 1 CRL to update.**
+
+        **Warnings**
+
+        - certificate.api: validity 90d is capped at the expiry of authority.inter (2030-02-01T00:00:00Z): a certificate may not outlive its issuer
 
         | | action | object | why |
         |---|---|---|---|
-        | `~` | reissue | `certificate.web` | subject changed; hosts changed |
+        | `~` | reissue | `certificate.web` | hosts changed |
+        | `-/+` | rekey | `certificate.db` | key algorithm changes ecdsa-p256 → rsa-2048 |
+        | `-` | revoke | `certificate.old` | revoked = { reason = "superseded" } in pki.toml |
+        | `+` | create | `authority.partner` | not in state |
         | `+` | create | `certificate.api` | not in state |
+        | `~` | update_crl | `authority.inter` | new revocations: certificate.old (superseded) |
 
-        <details><summary>Field changes</summary>
+        **Keys to be deleted** once apply's commit is on the upstream branch (right away without one):
 
-        **`certificate.web`** (reissue)
+        - the old key of `certificate.db` (rekey)
+
+        ---
+
+        #### `~` reissue `certificate.web`
+
+        - because hosts changed
 
         | field | before | after |
         |---|---|---|
-        | subject | `CN=web` | `CN=www` |
-        | hosts | `["a.example"]` | `["a.example", "b.example"]` |
-        | not_after | `2030-04-01T12:00:00Z` | `2030-04-01T12:00:00Z` |
+        | SANs | DNS: `web.example.test` | DNS: `web.example.test`; IP: `10.0.0.5` |
+        | not after | `2030-03-01T12:00:00Z` | `2030-04-01T12:00:00Z` |
 
-        </details>
+        #### `-/+` rekey `certificate.db`
 
-        **Plan: 1 to create, 1 to reissue.**
+        - because key algorithm changes ecdsa-p256 → rsa-2048
+
+        | field | before | after |
+        |---|---|---|
+        | key | `ecdsa-p256 (local)` | `rsa-2048 (local)` |
+        | usages | `client auth`, `digital signature`, `server auth` | `client auth`, `digital signature`, `key encipherment`, `server auth` |
+
+        #### `-` revoke `certificate.old`
+
+        - because revoked = { reason = "superseded" } in pki.toml
+        - revocation reason: `superseded`
+
+        | field | before | after |
+        |---|---|---|
+        | status | `valid` | `revoked` |
+
+        #### `+` create `authority.partner`
+
+        - because not in state
+
+        | field | value |
+        |---|---|
+        | subject | `O=Review, CN=Partner CA` |
+        | issuer | `root` |
+        | key | `ecdsa-p384 (vault)` |
+        | usages | `cert sign`, `crl sign` |
+        | validity | `5y` |
+        | path length | `0` |
+        | name constraints | permitted `partner.test`, `10.1.0.0/16`; excluded (none) |
+
+        #### `+` create `certificate.api`
+
+        - because not in state
+
+        | field | value |
+        |---|---|
+        | subject | `O=Review, CN=api.example.test` |
+        | SANs | DNS: `api.example.test`; IP: `10.0.0.7`; email: `api@example.test`; URI: `https://api.example.test/` |
+        | issuer | `inter` |
+        | key | `ecdsa-p256 (local)` |
+        | usages | `digital signature`, `server auth` |
+        | validity | `90d` |
+
+        #### `~` update_crl `authority.inter`
+
+        - because new revocations: certificate.old (superseded)
+
+        | field | before | after |
+        |---|---|---|
+        | crl_number | `1` | `2` |
         """)
 
 
 def test_markdown_empty_and_escaping():
-    assert render_markdown(EMPTY) == "### pkiascode plan\n\nNo changes. The PKI matches pki.toml.\n"
+    assert render_markdown(EMPTY) == ("<!-- pkiascode plan -->\n### pkiascode plan\n\n"
+                                      "No changes. The PKI matches pki.toml.\n")
     md = render_markdown(ALL)
     assert "- a \\| pipe" in md  # a pipe must not break out of the list/table
     assert "| `-/+` | rekey | `certificate.db` |" in md
+    assert "<details" not in md  # nothing essential folded away
     for line in md.splitlines():
         if line.startswith("| `"):
             assert line.count(" | ") - line.count("\\| ") == 3
+
+
+def test_markdown_from_pki_toml_cannot_hide_the_rest_of_the_comment():
+    # values come from the pull request itself: an HTML comment in one must not swallow what follows
+    sneaky = C(Action.REISSUE, Kind.CERTIFICATE, "web", ("subject changed <!--",),
+               {"subject": ("CN=web", "CN=web <!-- "), "hosts": (["a`b.example"], ["x|y"])})
+    md = render_markdown(Plan(changes=(sneaky, REVOKE), warnings=("<b>bold</b>",), at=AT))
+    assert "<!--" not in md.split("\n", 1)[1].replace("`CN=web <!-- `", "")
+    assert "subject changed &lt;!--" in md and "- &lt;b&gt;bold&lt;/b&gt;" in md
+    assert "| subject | `CN=web` | `CN=web <!-- ` |" in md  # literal inside a code span
+    assert "``" in md and "x\\|y" in md
+    assert "#### `-` revoke `certificate.old`" in md  # still there, after the sneaky change
+
+
+def test_markdown_is_cut_under_the_comment_limit_with_a_note():
+    many = tuple(C(Action.CREATE, Kind.CERTIFICATE, f"host-{i:04d}", ("not in state",),
+                   {"key": (None, "ecdsa-p256 (local)"), "issuer": (None, "inter"),
+                    "hosts": (None, [f"host-{i:04d}.example.test"])}, new_key=True) for i in range(600))
+    md = render_markdown(Plan(changes=many, warnings=(), at=AT))
+    assert len(md) <= 65536
+    assert md.startswith("<!-- pkiascode plan -->\n")
+    assert md.rstrip().endswith("Run `pki plan` for all of it.")
+    assert "over the 65,536-character comment limit" in md
+    assert "| `+` | create | `certificate.host-0599` |" in md  # the summary table comes before the details
+    small = render_markdown(PR)
+    assert "cut here" not in small
+
+
+def test_offline_plan_says_so_in_every_format():
+    from pkiascode.render import OFFLINE_WARNING
+
+    plan = Plan(changes=(CREATE,), warnings=(OFFLINE_WARNING,), at=AT)
+    assert "key stores not checked" in render_text(plan)
+    md = render_markdown(plan)
+    assert "**Offline plan: key stores not checked.**" in md
+    data = json.loads(render_json(plan))
+    assert data["offline"] is True and OFFLINE_WARNING in data["warnings"]
+    assert "offline" not in json.loads(render_json(TWO))
+
+
+def test_markdown_lint_findings_and_expiry_outlook():
+    import dataclasses
+
+    from pkiascode import plan as plan_mod
+
+    @dataclasses.dataclass(frozen=True)
+    class WithOutlook(Plan):  # the plan's expiry outlook: (object, not_after) due within 90 days
+        expiring: tuple[tuple[str, str], ...] = ()
+
+    plan = WithOutlook(changes=(CREATE,), warnings=(), at=AT,
+                       expiring=(("certificate.web", "2030-02-15T12:00:00Z"),))
+    md = render_markdown(plan)
+    assert "**Expiry outlook** (next 90 days after 2030-01-01" in md
+    assert "| `certificate.web` | `2030-02-15T12:00:00Z` | 45 |" in md
+    assert "Nothing else falls due" in render_markdown(WithOutlook(changes=(), warnings=(), at=AT))
+    if hasattr(plan_mod, "Finding"):
+        finding = plan_mod.Finding("pkix.certificate_key_usage_missing", "ERROR", "api", "certificate",
+                                   "key usage <missing>")
+        md = render_markdown(dataclasses.replace(TWO, findings=(finding,)))
+        assert "| ERROR | `api` (certificate) | `pkix.certificate_key_usage_missing` | key usage &lt;missing&gt; |" in md
 
 
 # --- JSON ---------------------------------------------------------------------------------------

@@ -190,6 +190,8 @@ def usage_errors(usages: Iterable[str], *, is_ca: bool) -> list[str]:
     for only in ("encipher only", "decipher only"):
         if only in have and "key agreement" not in have:
             errors.append(f"usage {only!r} needs 'key agreement' (alone it leaves a key usage with no bit set)")
+    if {"encipher only", "decipher only"} <= have:
+        errors.append("usages 'encipher only' and 'decipher only' exclude each other (RFC 5280 §4.2.1.3)")
     if "timestamping" in have and len(have & set(EXTENDED_USAGES)) > 1:
         errors.append("usage 'timestamping' must be the only extended usage (RFC 3161)")
     if not is_ca:

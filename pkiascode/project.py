@@ -123,9 +123,10 @@ class Project:
         desired = self.desired()
         return [self.store(n) for n in sorted({e.store for e in desired.entries.values()} & set(desired.stores))]
 
-    def store(self, name: str, *, plugin: str | None = None, settings: Mapping[str, Any] | None = None) -> KeyStore:
-        """The key store ``name``, made once per project: from pki.toml, or from ``plugin``/``settings``
-        when given (the remembered no-op plan knows them without parsing pki.toml)."""
+    def store(self, name: str, *, plugin: str | None = None, settings: Mapping[str, Any] | None = None,
+              pki_id: str | None = None) -> KeyStore:
+        """The key store ``name``, made once per project: from pki.toml, or from ``plugin``/``settings``/
+        ``pki_id`` when given (the remembered no-op plan knows them without parsing pki.toml)."""
         store = self._stores.get(name)
         if store is None:
             if plugin is None:
@@ -133,14 +134,14 @@ class Project:
                 if spec is None:
                     raise BackendError(f"backend {name!r} is not defined in pki.toml")
                 plugin, settings = spec.plugin, spec.settings_dict()
-            store = self.plugins.create(name, plugin, settings or {}, self._store_context())
+                pki_id = getattr(self.desired().settings, "id", None)
+            store = self.plugins.create(name, plugin, settings or {}, self._store_context(pki_id))
             self._stores[name] = store
         return store
 
-    def _store_context(self) -> StoreContext:
-        # pki_id: the PKI's [pki] id scopes key paths and locks in shared stores (once the
-        # StoreContext and Settings in use have the field)
-        pki_id = getattr(self.desired().settings, "id", None)
+    def _store_context(self, pki_id: str | None) -> StoreContext:
+        """What stores know of the project; ``pki_id`` ([pki] id) scopes key paths and locks in
+        shared stores."""
         if pki_id and any(f.name == "pki_id" for f in dataclasses.fields(StoreContext)):
             return StoreContext(self.base_dir, self.work_dir, pki_id=pki_id)  # type: ignore[call-arg]
         return StoreContext(self.base_dir, self.work_dir)
@@ -388,7 +389,12 @@ class Project:
             return None
         for store_name, refs in memo["refs"].items():
             spec = memo["stores"][store_name]
-            store = self.store(store_name, plugin=spec["plugin"], settings=spec["settings"])
+            pki_id = spec.get("pki_id")
+            try:
+                store = self.store(store_name, plugin=spec["plugin"], settings=spec["settings"],
+                                   pki_id=pki_id if isinstance(pki_id, str) else None)
+            except ValueError:  # an id StoreContext refuses: plan the long way
+                return None
             if store.missing([KeyRef(store_name, key_id, origin) for key_id, origin in refs]):
                 return None
         return Plan(changes=(), warnings=(), at=at, config_digest=memo["config_digest"],
@@ -406,8 +412,9 @@ class Project:
         refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
         csrs = {e.csr: hashlib.sha256((self.base_dir / e.csr).read_bytes()).hexdigest()
                 for e in desired.entries.values() if e.csr and not e.revoked}
-        stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict()}
-                  for n in refs}
+        pki_id = getattr(desired.settings, "id", None)
+        stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict(),
+                      "pki_id": pki_id} for n in refs}
         try:
             self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files,
                               seen=state.seen, csrs=csrs,

@@ -12,6 +12,7 @@ for a private PKI: `PRIVATE_PKI_FILTER` drops those, each for the values it is w
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import functools
 from collections.abc import Callable, Iterable, Mapping
@@ -26,7 +27,9 @@ from .plan import Action, Finding, Plan
 if TYPE_CHECKING:
     from cryptography import x509
 
-__all__ = ["lint_plan", "lint_certificate", "lint_crl", "PRIVATE_PKI_FILTER"]
+    from .x509 import CsrInfo
+
+__all__ = ["lint_plan", "with_findings", "refusal", "lint_certificate", "lint_crl", "PRIVATE_PKI_FILTER"]
 
 def _single_label(value: str) -> bool:
     return "." not in value and classify_host(value) == ("dns", value.lower())
@@ -193,6 +196,26 @@ def lint_plan(desired: Desired, plan: Plan, *, csr_public_keys: Mapping[str, Any
                           this_update=now, next_update=now + dt.timedelta(seconds=entry.crl_validity))
         findings += lint_crl(crl.public_bytes(serialization.Encoding.DER), entry=name)
     return tuple(findings)
+
+
+def with_findings(desired: Desired, plan: Plan, csrs: Mapping[str, "CsrInfo"]) -> Plan:
+    """``plan`` with the findings on what it would sign (``csrs``: the committed CSRs, by entry)."""
+    if plan.empty:
+        return plan
+    findings = lint_plan(desired, plan, csr_public_keys={n: c.public_key for n, c in csrs.items()},
+                         csr_subjects={n: c.subject for n, c in csrs.items()})
+    return dataclasses.replace(plan, findings=findings)
+
+
+def refusal(desired: Desired, plan: Plan) -> str | None:
+    """Why apply must not sign ``plan`` (its blocking findings, in one line), or None."""
+    blocking = plan.blocking(desired)
+    if not blocking:
+        return None
+    first = blocking[0]
+    more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
+    return (f"lint: {first.what} of {first.entry}: {first.id}: {first.message}{more}; fix pki.toml, or list "
+            f"the id in lint_ignore to sign it anyway")
 
 
 def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any = None,

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 )
 from cryptography.x509.oid import NameOID, ObjectIdentifier
 
-from .keytypes import key_type_of, signature_hash
+from .keytypes import KeyType, key_type_of, signature_hash
 from .model import REVOCATION_REASONS, Entry, Kind, parse_time
 from .names import EXTENDED_USAGES, KEY_USAGES, Host, certificate_usages, classify_host, constraint_kind
 
@@ -341,6 +341,11 @@ class CsrInfo:
     subject: x509.Name
     attributes: tuple[tuple[str, str], ...]  # in order, CN included
     hosts: tuple[Host, ...]
+
+    @property
+    def key_type(self) -> KeyType:
+        """What decides its certificate's usages (the planner's ``csr_key_types``)."""
+        return key_type_of(self.public_key)
 
 
 def load_csr(data: bytes) -> CsrInfo:

@@ -12,8 +12,10 @@ from cryptography.x509.oid import NameOID
 
 from planner_fakes import T0, World, load
 from pkiascode.keytypes import KeyType, generate_private_key
-from pkiascode.lint import PRIVATE_PKI_FILTER, lint_certificate, lint_crl, lint_plan
+from pkiascode.lint import PRIVATE_PKI_FILTER, lint_certificate, lint_crl, lint_plan, refusal, with_findings
+from pkiascode.model import Observed
 from pkiascode.plan import Finding, Plan
+from pkiascode.planner import plan as make_plan
 
 KEY = generate_private_key(KeyType.ECDSA_P256)
 
@@ -210,3 +212,34 @@ def test_blocking_honours_lint_ignore_globally_and_per_entry():
                for name in desired.entries}
     ignoring = types.SimpleNamespace(settings=types.SimpleNamespace(lint_ignore=("pkix.a",)), entries=entries)
     assert [f.id for f in plan.blocking(ignoring)] == ["pkix.c"]  # type: ignore[arg-type]
+
+
+def test_with_findings_and_the_refusal():
+    desired = load(PKI)
+    plan = World().plan(desired, T0)
+    linted = with_findings(desired, plan, {})
+    assert linted.findings and refusal(desired, linted) is None
+    bad = Plan(changes=(), warnings=(), at=T0, findings=(_finding("pkix.a"), _finding("pkix.b")))
+    assert refusal(desired, bad) == ("lint: certificate of node-0: pkix.a: a message (and 1 more); fix pki.toml, "
+                                     "or list the id in lint_ignore to sign it anyway")
+    empty = Plan(changes=(), warnings=(), at=T0)
+    assert with_findings(desired, empty, {}) is empty
+
+
+def test_a_csr_entry_is_linted_with_the_csrs_key_and_subject():
+    from pkiascode.x509 import load_csr
+
+    toml = PKI + '\n[certificate.partner]\nissuer = "root"\ncommon_name = "gw"\nhosts = ["gw.example.com"]\ncsr = "p.csr"\n'
+    desired = load(toml)
+    rsa_key = generate_private_key(KeyType.RSA_2048)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "gw")]))
+           .add_extension(x509.SubjectAlternativeName([x509.DNSName("gw.example.com")]), critical=False)
+           .sign(rsa_key, hashes.SHA256()))
+    info = load_csr(csr.public_bytes(serialization.Encoding.PEM))
+    assert info.key_type is KeyType.RSA_2048
+    plan = make_plan(desired, Observed.empty(), now=T0, csr_key_types={"partner": info.key_type})
+    assert not [w for w in plan.warnings if "partner" in w]  # RSA defaults: key encipherment fits
+    linted = with_findings(desired, plan, {"partner": info})
+    assert [f for f in linted.findings if f.entry == "partner" and f.severity == "ERROR"] == []
+    assert any(f.entry == "partner" for f in linted.findings)  # it was linted (pkilint's INFO on its SKI)

@@ -78,7 +78,8 @@ PRIVATE_PKI_FILTER: Mapping[str, tuple[str, Callable[[str], bool]]] = {
         "a mailbox at a single-label domain (root@node-0) is a legal rfc822Name", _private_mailbox),
 }
 
-_SEVERITIES = ("FATAL", "ERROR", "WARNING", "NOTICE", "INFO")
+#: what a plan shows; pkilint's INFO (e.g. how a key identifier was computed) and DEBUG are left out
+_SEVERITIES = ("FATAL", "ERROR", "WARNING", "NOTICE")
 
 
 @functools.cache
@@ -133,7 +134,7 @@ def _filtered(code: str, node: Any) -> bool:
 
 
 def lint_certificate(der: bytes, *, entry: str = "", unfiltered: bool = False) -> list[Finding]:
-    """pkilint's RFC 5280 findings on one DER certificate (INFO and above), less the built-in filter."""
+    """pkilint's RFC 5280 findings on one DER certificate (NOTICE and above), less the built-in filter."""
     from pkilint import loader
 
     doc = loader.RFC5280CertificateDocumentLoader().load_der_document(der, entry or "certificate")
@@ -141,7 +142,7 @@ def lint_certificate(der: bytes, *, entry: str = "", unfiltered: bool = False) -
 
 
 def lint_crl(der: bytes, *, entry: str = "", unfiltered: bool = False) -> list[Finding]:
-    """pkilint's RFC 5280 findings on one DER CRL (INFO and above), less the built-in filter."""
+    """pkilint's RFC 5280 findings on one DER CRL (NOTICE and above), less the built-in filter."""
     from pkilint import loader
 
     doc = loader.RFC5280CertificateListDocumentLoader().load_der_document(der, entry or "crl")

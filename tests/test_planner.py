@@ -780,9 +780,12 @@ def test_real_certificate_file_missing_or_replaced(real, capsys):
     data = json_plan(capsys)
     assert [(c["action"], c["name"], c["reasons"]) for c in data["changes"]] == [
         ("reissue", "web", ["state/certs/web.pem is missing"])]
-    web_pem.write_bytes((real / "state/certs/root.pem").read_bytes())
+    web_pem.write_bytes(original[:-200] + b"\n-----END CERTIFICATE-----\n")  # damaged: reissued
     (reason,) = json_plan(capsys)["changes"][0]["reasons"]
-    assert reason.startswith("state/certs/web.pem does not match the inventory (sha256 ")
+    assert reason.startswith("state/certs/web.pem ")
+    web_pem.write_bytes((real / "state/certs/root.pem").read_bytes())  # another valid certificate: refused
+    code, _, err = run_pki(capsys, "plan")
+    assert code == 1 and "holds another certificate" in err and "restore it from git" in err
     web_pem.write_bytes(original)
     assert json_plan(capsys)["changes"] == []
 

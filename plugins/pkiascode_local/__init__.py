@@ -262,6 +262,7 @@ class LocalKeyStore(KeyStore):
         return bool(m) and not m.group("sealed")  # type: ignore[union-attr]
 
     def export(self, ref: KeyRef) -> Any:
+        self._file_name(ref)
         if not self.is_exportable(ref):
             raise self._err(KeyNotExportable, f"key {ref.id} was made for an entry with exportable = false and "
                                               "is not exported (pki export --no-key writes the certificate alone)")

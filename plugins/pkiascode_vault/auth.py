@@ -121,11 +121,12 @@ def auth_problems(value: Any) -> list[str]:
     problems = []
     for key in value:
         if key not in allowed:
-            close = difflib.get_close_matches(str(key), sorted(allowed), n=1)
+            close = [f"{key}_env"] if f"{key}_env" in allowed else \
+                difflib.get_close_matches(str(key), sorted(allowed), n=1)
             hint = f" (did you mean {close[0]}?)" if close else ""
-            secret = " (secrets are never written in pki.toml: name the environment variable or file)" \
-                if any(w in str(key).lower() for w in ("secret", "token", "jwt", "password")) and not close else ""
-            problems.append(f"auth.{key}: unknown key for method {method!r}{hint}{secret}; it takes "
+            if str(key).endswith(("_id", "jwt", "token", "secret", "password")):
+                hint += " (a secret is never written in pki.toml: name its environment variable or file)"
+            problems.append(f"auth.{key}: unknown key for method {method!r}{hint}; it takes "
                             f"{', '.join(sorted(allowed))}")
     for key in sorted(required - set(value)):
         problems.append(f"auth.{key} is required for method {method!r}")
@@ -135,7 +136,7 @@ def auth_problems(value: Any) -> list[str]:
             problems.append(f"auth.{key} must be a string")
         elif key.endswith("_env") and not _ENV_NAME.fullmatch(v):
             problems.append(f"auth.{key} must name an environment variable, like VAULT_ROLE_ID")
-        elif key == "mount" and not all(_SEGMENT.fullmatch(p) for p in v.strip("/").split("/")):
+        elif key == "mount" and not all(_SEGMENT.fullmatch(p) and p not in (".", "..") for p in v.strip("/").split("/")):
             problems.append('auth.mount must be the path the auth method is enabled at, such as "approle"')
         elif key == "role" and not _ROLE.fullmatch(v):
             problems.append("auth.role must be the name of a role of the auth method")

@@ -155,11 +155,12 @@ class VaultKeyStore(KeyStore):
             problems.append(("address", "must be an http:// or https:// URL, e.g. \"https://vault.example:8200\""))
         for option in ("kv_mount", "transit_mount"):
             value = settings.get(option)
-            if value is not None and not all(_SEGMENT.fullmatch(p) for p in str(value).strip("/").split("/")):
+            if value is not None and not all(_SEGMENT.fullmatch(p) and p not in (".", "..")
+                                             for p in str(value).strip("/").split("/")):
                 problems.append((option, "must be a mount path such as \"secret\" or \"team/transit\""))
         prefix = settings.get("prefix")
         if prefix is not None and str(prefix).strip("/") and not all(
-                _SEGMENT.fullmatch(p) for p in str(prefix).strip("/").split("/")):
+                _SEGMENT.fullmatch(p) and p not in (".", "..") for p in str(prefix).strip("/").split("/")):
             problems.append(("prefix", "may hold only letters, digits, '.', '_', '-' and '/' between parts"))
         for option in ("lock_ttl", "lock_timeout"):
             if option in settings:

@@ -159,3 +159,34 @@ def test_of_many_simultaneous_acquirers_exactly_one_wins(vault_env, make_store):
     for t in threads:
         t.join(30)
     assert sorted(results) == ["refused"] * 5 + ["won"]
+
+
+def test_confirm_proves_the_lock_is_still_held_and_renews_it(vault_env, make_store):
+    store = make_store(lock_ttl=60)
+    path = f"secret/data/{store.prefix}/locks/state"
+    lock = store.lock("state", ALICE)
+    with pytest.raises(LockError, match="was lost"):
+        with lock:
+            version = lock_record(vault_env, store, "state")["metadata"]["version"]
+            lock.confirm()  # a check-and-set write against our version: ours, and renewed
+            assert lock_record(vault_env, store, "state")["metadata"]["version"] == version + 1
+            assert lock.check == lock.confirm  # the name the core's apply lock calls
+            # another apply decided the lease was over and took it (a CAS write of its own)
+            vault_env.api("POST", path, {"options": {"cas": version + 1},
+                                         "data": {"state": "held", "user": "mallory", "host": "h", "ttl": 60}})
+            with pytest.raises(LockError, match=r"the lock on state 'state' was lost while applying \(another apply "
+                                                r"took it over\); stopped before changing more"):
+                lock.confirm()
+    assert lock_record(vault_env, store, "state")["data"]["user"] == "mallory"  # neither confirm nor release wrote
+
+
+def test_confirm_without_vault_stops_the_apply(vault_env, make_store):
+    store = make_store(lock_ttl=60)
+    lock = store.lock("state", ALICE)
+    try:
+        with pytest.raises(LockError, match="cannot confirm that this apply still holds the lock"):
+            with lock:
+                vault_env.stop()
+                lock.confirm()
+    finally:
+        vault_env.start()

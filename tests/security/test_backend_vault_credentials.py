@@ -1,0 +1,185 @@
+"""Credentials go only where the environment says (issue 10.5) and the Vault lock is judged by its
+lease alone (issue 10.6), against a real OpenBao (`bao server -dev`) and real listeners.
+
+- `pki plan` on a pull request whose pki.toml names another ``address``: a plain TCP listener on
+  127.0.0.1 (not Vault) at that address never receives a byte, so never the token;
+- plain ``http://`` to anything but a loopback address is refused before a connection is made;
+- a second apply in another PID namespace (``unshare -p -f --mount-proc``, same host name), where
+  the first holder's PID does not exist, cannot take the lock while the first runs.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from helpers import (SMALL_PKI, Pki, assert_one_line, clean_env, commit_all, git_init, pki_command, unavailable,
+                     write_project)
+from pkiascode.backend import KeyRequest, StoreContext
+from pkiascode.errors import BackendUnavailable, LockError
+from pkiascode.keytypes import KeyType
+
+# the real OpenBao of tests/vault (a dev server on 127.0.0.1), used here as it is there
+from vault.conftest import bao_server, make_store, vault_env  # noqa: F401
+
+pytestmark = pytest.mark.vault
+
+
+class Listener:
+    """A plain TCP listener on 127.0.0.1 that records every byte sent to it and answers nothing."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.address = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received = bytearray()
+        self.connections = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.1)
+        while not self._stop:
+            try:
+                conn, _ = self.sock.accept()
+            except (TimeoutError, socket.timeout):
+                continue
+            except OSError:
+                return
+            self.connections += 1
+            conn.settimeout(0.5)
+            try:
+                while chunk := conn.recv(65536):
+                    self.received += chunk
+            except (TimeoutError, socket.timeout, OSError):
+                pass
+            finally:
+                conn.close()
+
+    def close(self) -> None:
+        self._stop = True
+        self._thread.join()
+        self.sock.close()
+
+
+@pytest.fixture
+def listener():
+    server = Listener()
+    yield server
+    server.close()
+
+
+def vault_repo(directory: Path, prefix: str, extra: str = "") -> Path:
+    git_init(directory)
+    write_project(directory, f'[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n{extra}\n'
+                  + SMALL_PKI.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n'))
+    return directory
+
+
+def test_a_pull_requests_address_never_gets_the_token(vault_env, listener, tmp_path):
+    token = vault_env.token
+    env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=token)
+    repo = vault_repo(tmp_path / "repo", f"cred{os.getpid()}")
+    pki = Pki(repo, env)
+    pki.apply()
+    commit_all(repo, "applied")
+    # the pull request: one line more in pki.toml
+    toml = (repo / "pki.toml").read_text().replace('plugin = "vault"\n',
+                                                   f'plugin = "vault"\naddress = "{listener.address}"\n', 1)
+    (repo / "pki.toml").write_text(toml)
+    for command in (("plan",), ("plan", "--format", "json"), ("apply", "--auto-approve")):
+        r = pki(*command, expect=1)
+        line = assert_one_line(r.stderr.strip(), token)
+        assert f"pki.toml says address = '{listener.address}' but $VAULT_ADDR is '{vault_env.address}'" in line, line
+    listener.close()  # every connection it had has been read to the end
+    assert token.encode() not in listener.received
+    assert listener.received == b"" and listener.connections == 0
+
+
+def test_without_vault_addr_the_address_in_pki_toml_is_used(vault_env, make_store, monkeypatch):
+    """$VAULT_ADDR unset: pki.toml's address is the only one there is (a repository that relies on it)."""
+    monkeypatch.delenv("VAULT_ADDR")
+    make_store(address=vault_env.address).check()
+    monkeypatch.setenv("VAULT_ADDR", vault_env.address + "/")  # the same, spelt with a slash
+    make_store(address=vault_env.address).check()
+
+
+@pytest.mark.parametrize("address", ["http://vault.example:8200", "http://10.0.0.8:8200", "http://[2001:db8::1]:8200",
+                                     "http://127.0.0.1.example:8200"])
+def test_plain_http_only_to_a_loopback_address(vault_env, make_store, monkeypatch, listener, address):
+    monkeypatch.setenv("VAULT_ADDR", address)
+    store = make_store()
+    for action in (store.check, lambda: store.generate(KeyRequest("web", KeyType.ECDSA_P256, False, True))):
+        with pytest.raises(BackendUnavailable) as info:
+            action()
+        line = assert_one_line(str(info.value), vault_env.token)
+        assert f"refusing to talk to Vault at {address} over plain http" in line
+    for loopback in (vault_env.address, vault_env.address.replace("127.0.0.1", "localhost")):
+        monkeypatch.setenv("VAULT_ADDR", loopback)
+        make_store().check()
+
+
+# -- the lock: a lease, never a PID -------------------------------------------------------------------
+
+def test_a_holder_with_a_pid_that_is_gone_here_keeps_the_lock(vault_env, make_store):
+    """Same host name, a PID that does not exist (as from another PID namespace): still the holder."""
+    from pkiascode.audit import hostname
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    holder = {"actor": "first", "host": hostname(), "pid": str(gone.pid), "since": "2026-01-01T00:00:00Z"}
+    a, b = make_store(), make_store()
+    with a.lock("state", holder):
+        with pytest.raises(LockError, match=rf"first@{hostname()} \(pid {gone.pid}\)"):
+            with b.lock("state", {**holder, "actor": "second", "pid": str(os.getpid())}):
+                pytest.fail("the lock was taken from a live holder")
+
+
+def _unshare() -> list[str]:
+    tool = shutil.which("unshare")
+    if tool is None:
+        unavailable("unshare (util-linux) is not installed")
+    command = [tool] + ([] if os.geteuid() == 0 else ["-r"]) + ["-p", "-f", "--mount-proc"]
+    probe = subprocess.run(command + ["true"], capture_output=True, text=True)
+    if probe.returncode != 0:
+        unavailable(f"cannot make a PID namespace here: {probe.stderr.strip()}")
+    return command
+
+
+def test_an_apply_in_another_pid_namespace_cannot_take_the_lock(vault_env, tmp_path):
+    from pkiascode.audit import hostname
+    from pkiascode.lock import holder_info
+    from pkiascode_vault import VaultKeyStore
+
+    unshare = _unshare()
+    prefix = f"pidns{os.getpid()}"
+    env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
+    repo = vault_repo(tmp_path / "repo", prefix)
+    commit_all(repo, "pki.toml")
+
+    # the first apply: this process, holding the lock the CLI takes for state "state"
+    # (vault_env points this process at the server)
+    first = VaultKeyStore("vault", {"prefix": prefix}, StoreContext(repo, repo / ".pki"))
+    try:
+        held = first.lock("state", holder_info("first-apply"))
+        with held:
+            # the second: same host name, in a PID namespace where our PID does not exist
+            second = subprocess.run(unshare + pki_command() + ["-C", str(repo), "apply", "--auto-approve"],
+                                    capture_output=True, text=True, env=env, cwd=repo)
+            line = assert_one_line(second.stderr.strip(), vault_env.token)
+            assert second.returncode == 1, second
+            assert f"is being applied by first-apply@{hostname()} (pid {os.getpid()})" in line, line
+            held.confirm()  # still ours, proved by a check-and-set write
+        assert not (repo / "state/inventory.json").exists()
+    finally:
+        first.close()

@@ -214,9 +214,12 @@ def refusal(desired: Desired, plan: Plan) -> str | None:
     if not blocking:
         return None
     first = blocking[0]
+    entry = desired.entries.get(first.entry)
+    where = entry.qualified if entry is not None else first.entry
+    where += "'s CRL" if first.what == "crl" else ""
     more = f" (and {len(blocking) - 1} more)" if len(blocking) > 1 else ""
-    return (f"lint: {first.what} of {first.entry}: {first.id}: {first.message}{more}; fix pki.toml, or list "
-            f"the id in lint_ignore to sign it anyway")
+    return (f"lint: {where}: {first.id}: {first.message}{more}; fix pki.toml, or list the id in "
+            "lint_ignore to sign it anyway")
 
 
 def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any = None,

@@ -234,8 +234,11 @@ def test_with_findings_and_the_refusal():
     assert with_findings(desired, plan, {}).findings == ()
     assert refusal(desired, with_findings(desired, plan, {})) is None
     bad = Plan(changes=(), warnings=(), at=T0, findings=(_finding("pkix.a"), _finding("pkix.b")))
-    assert refusal(desired, bad) == ("lint: certificate of node-0: pkix.a: a message (and 1 more); fix pki.toml, "
+    assert refusal(desired, bad) == ("lint: certificate.node-0: pkix.a: a message (and 1 more); fix pki.toml, "
                                      "or list the id in lint_ignore to sign it anyway")
+    crl = Plan(changes=(), warnings=(), at=T0, findings=(Finding("pkix.c", "ERROR", "root", "crl", "m"),))
+    assert refusal(desired, crl) == ("lint: authority.root's CRL: pkix.c: m; fix pki.toml, or list the id in "
+                                     "lint_ignore to sign it anyway")
     empty = Plan(changes=(), warnings=(), at=T0)
     assert with_findings(desired, empty, {}) is empty
 
@@ -256,3 +259,35 @@ def test_a_csr_entry_is_linted_with_the_csrs_key_and_subject(linted):
     assert not [w for w in plan.warnings if "partner" in w]  # RSA defaults: key encipherment fits
     assert with_findings(desired, plan, {"partner": info}).findings == ()
     assert ("certificate", "partner") in linted
+
+
+# --- the gate, end to end ---------------------------------------------------------------------------
+
+GATED = """\
+[authority.root]
+common_name = "Root"
+
+[certificate.db]
+issuer = "root"
+hosts = ["db.123"]                   # a numeric top-level label: pkilint's ERROR, not filtered
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("openssl_and_git")
+@pytest.mark.xfail(strict=True, reason="until Project.plan adds lint.with_findings and apply refuses "
+                                       "lint.refusal (the coordinator wires them; then remove this mark)")
+def test_apply_refuses_an_error_finding_unless_lint_ignore_lists_it(tmp_path):
+    from helpers import Repo, edit_toml
+
+    repo = Repo.create(tmp_path / "repo", GATED)
+    finding = ("pkix.invalid_domain_name_syntax", "ERROR", "db", "certificate")
+    assert [(f["id"], f["severity"], f["entry"], f["what"]) for f in repo.plan_json()["findings"]] == [finding]
+    assert "pkix.invalid_domain_name_syntax" in repo.pki("plan").stdout
+    assert "pkix.invalid_domain_name_syntax" in repo.pki("plan", "--format", "markdown").stdout
+    refused = repo.pki("apply", "--auto-approve", expect=1)
+    assert refused.stderr.strip().count("\n") == 0 and "pkix.invalid_domain_name_syntax" in refused.stderr
+    assert not (repo.path / "state").exists()
+    edit_toml(repo.path, 'hosts = ["db.123"]', 'hosts = ["db.123"]\nlint_ignore = ["pkix.invalid_domain_name_syntax"]')
+    repo.apply()
+    assert repo.plan_exit() == 0

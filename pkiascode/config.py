@@ -4,43 +4,70 @@ Validation errors are found by TOML path and turned into ``pki.toml:LINE`` only 
 error (the line is looked up in the text then), so the fast path never tracks positions. Nothing is
 cached: the file is parsed on every run (a plan over ten thousand unchanged certificates is answered
 from the no-op memo in `pkiascode.memo`, which never decides what is issued).
+
+pki.toml is untrusted input (a pull request writes it): every value apply would refuse is refused
+here, with its line. No key or string may hold a control character (`pkiascode.errors.CONTROL_RE`);
+subject attributes keep to their RFC 5280 upper bounds; the state directory is a plain relative path
+that is no symlink; a CSR is a regular file below pki.toml's directory, reached through no symlink.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Callable, Iterable, Mapping
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import __version__
 from .backend import Option
-from .errors import ConfigError, ConfigIssue, first_of
+from .errors import CONTROL_RE, ConfigError, ConfigIssue, first_of
 from .keytypes import KeyType
 from .model import (
     REVOCATION_REASONS, SUBJECT_ATTRIBUTES, Desired, Entry, Kind, NameConstraints, Revocation,
-    Settings, StoreSpec, digest_json,
+    Settings, StoreSpec, digest_json, parse_time,
 )
 from .names import (
-    NAME_RE, canonical_usages, classify_host, constraint_kind, did_you_mean, host_permitted,
-    parse_duration,
+    AUTHORITY_USAGES, NAME_RE, canonical_usages, classify_host, constraint_kind, default_usages,
+    did_you_mean, host_permitted, parse_duration, usage_errors,
 )
 
-__all__ = ["load_config", "parse_config", "find_line", "IMPLICIT_STORE", "OptionsLookup"]
+__all__ = ["load_config", "parse_config", "find_line", "open_inside", "read_inside", "IMPLICIT_STORE",
+           "OptionsLookup", "MAX_NAME", "MAX_PATH_LENGTH", "MAX_CSR_BYTES"]
 
 IMPLICIT_STORE = "local"
-DEFAULT_CERT_USAGES = ("digital signature", "key encipherment", "server auth", "client auth")
-AUTHORITY_USAGES = ("cert sign", "crl sign", "digital signature")
 
 OptionsLookup = Callable[[str], "Mapping[str, Option] | None"]
 
-_PKI_KEYS = {"state_dir", "commit", "plugins", "keep_revoked_keys"}
+#: longest name of an entry or backend: it becomes file names (``.NAME.pem.tmp...``), key labels and paths
+MAX_NAME = 64
+#: OpenSSL verifies chains of at most 100 certificates by default; a longer path_length means nothing
+MAX_PATH_LENGTH = 100
+#: a CSR is a few kilobytes; a bigger file named by ``csr`` is not read
+MAX_CSR_BYTES = 256 * 1024
+#: RFC 5280 Appendix A upper bounds (ub-*) of the subject attributes pki.toml takes, in characters
+#: (the common name in UTF-8 bytes: cryptography refuses more than 64 of them)
+_SUBJECT_MAX = {"C": 2, "ST": 128, "L": 128, "O": 64, "OU": 64, "CN": 64}
+_COUNTRY_RE = re.compile(r"^[A-Za-z]{2}\Z")
+_ID_RE = re.compile(r"^[a-z0-9]{8,32}\Z")
+_FINDING_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}\Z")
+_PATH_PART = r"[A-Za-z0-9_][A-Za-z0-9._-]*"
+_STATE_DIR_RE = re.compile(rf"^{_PATH_PART}(?:/{_PATH_PART})*\Z")
+#: X.509 times before 1950 cannot be encoded (UTCTime 1950-2049, then GeneralizedTime)
+_EARLIEST_TIME = dt.datetime(1950, 1, 1, tzinfo=dt.timezone.utc)
+#: the part of an email address before the @ that an rfc822Name holds: RFC 5322's dot-atom, in ASCII
+_MAILBOX_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~.-]+\Z")
+_CRL_URL_RE = re.compile(r"^(https?|ldap)://[!-~]+\Z")
+
+_PKI_KEYS = {"state_dir", "commit", "plugins", "keep_revoked_keys", "id", "lint_ignore"}
 _DEFAULT_KEYS = {"backend", "key", "validity", "renew_before", "subject", "crl_validity"}
 _PROFILE_KEYS = {"usages", "validity", "renew_before"}
 _COMMON_KEYS = {"issuer", "common_name", "subject", "key", "validity", "renew_before", "backend",
-                "rotate_key", "revoked", "exportable"}
+                "rotate_key", "revoked", "exportable", "lint_ignore"}
 _AUTHORITY_KEYS = _COMMON_KEYS | {"path_length", "name_constraints", "crl_validity", "crl_url"}
 _CERTIFICATE_KEYS = _COMMON_KEYS | {"profile", "hosts", "usages", "csr"}
 _TOP_KEYS = {"pki", "backend", "defaults", "profile", "authority", "certificate"}
@@ -133,11 +160,44 @@ class _Checker:
                                                    f"use {', '.join(allowed)}")
             elif not isinstance(v, str):
                 self.add(path + ("subject", attr), f"subject {attr} must be a string")
-            elif attr == "C" and v and len(v) != 2:
+            elif attr == "C" and v and not _COUNTRY_RE.match(v):
                 self.add(path + ("subject", attr), f"country C must be a two-letter code, not {v!r}")
+            elif len(v) > _SUBJECT_MAX[attr]:
+                self.add(path + ("subject", attr), f"subject {attr} is {len(v)} characters long; X.509 allows "
+                                                   f"at most {_SUBJECT_MAX[attr]} (RFC 5280)")
             else:
                 out[attr] = v
         return out
+
+    def lint_ignore(self, table: Mapping[str, Any], path: tuple[str, ...]) -> tuple[str, ...]:
+        items = self.string_list(table, "lint_ignore", path)
+        if items is None:
+            return ()
+        for item in items:
+            if not _FINDING_RE.match(item):
+                self.add(path + ("lint_ignore",), f"bad lint finding id {item!r}: write pkilint's id, "
+                                                  "like 'pkix.invalid_domain_name_syntax'")
+        return tuple(dict.fromkeys(items))
+
+    def control_characters(self, data: Mapping[str, Any]) -> None:
+        """Every key and string of the file, at any depth (without recursion: tomli allows
+        hundreds of levels)."""
+        todo: list[tuple[tuple[str, ...], Any]] = [((), data)]
+        while todo:
+            path, value = todo.pop()
+            if isinstance(value, dict):
+                for key, v in value.items():
+                    if CONTROL_RE.search(key):
+                        self.add(path + (key,), f"name {key!r} holds a control character", where=path)
+                    else:
+                        todo.append((path + (key,), v))
+            elif isinstance(value, list):
+                todo.extend((path, v) for v in value)
+            elif isinstance(value, str):
+                m = CONTROL_RE.search(value)
+                if m:
+                    self.add(path, f"{value!r} holds a control character ({m.group()!r}); no value in "
+                                   "pki.toml may have one")
 
 
 def _describe(value: Any) -> str:
@@ -159,6 +219,9 @@ def _describe(value: Any) -> str:
 def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLookup) -> Desired:
     """Validate parsed TOML and resolve it into a `Desired`. Raises `_Issues`."""
     c = _Checker()
+    c.control_characters(data)
+    if c.issues:
+        raise _Issues(c.issues)
     c.unknown_keys(data, _TOP_KEYS, ())
     for top in _TOP_KEYS:
         if top in data and not isinstance(data[top], dict):
@@ -170,17 +233,20 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
     pki = data.get("pki", {})
     c.unknown_keys(pki, _PKI_KEYS, ("pki",))
     state_dir = c.typed(pki, "state_dir", str, ("pki",), "state")
-    if state_dir is not None and (not state_dir.strip() or os.path.isabs(state_dir) or ".." in Path(state_dir).parts):
-        c.add(("pki", "state_dir"), "state_dir must be a relative path inside the repository")
-    elif state_dir is not None and (not Path(state_dir).parts or Path(state_dir).parts[0] in (".pki", ".git")):
-        c.add(("pki", "state_dir"), "state_dir must be a directory of its own (not the directory of pki.toml, "
-                                    "not under .pki/ or .git/)")
+    if state_dir is not None:
+        state_dir = _state_dir(c, state_dir)
+    pki_id = c.typed(pki, "id", str, ("pki",))
+    if pki_id is not None and not _ID_RE.match(pki_id):
+        c.add(("pki", "id"), f"id must be 8 to 32 lowercase letters and digits (pki init writes one), "
+                             f"not {pki_id!r}")
     plugins_allowed = c.string_list(pki, "plugins", ("pki",))
     settings = Settings(
         state_dir=state_dir or "state",
         commit=c.typed(pki, "commit", bool, ("pki",), True),
         plugins=tuple(plugins_allowed) if plugins_allowed is not None else None,
         keep_revoked_keys=c.typed(pki, "keep_revoked_keys", bool, ("pki",), False),
+        id=pki_id,
+        lint_ignore=c.lint_ignore(pki, ("pki",)),
     )
 
     # [backend.*]
@@ -251,6 +317,9 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
                 prof["usages"] = canonical_usages(usages)
             except ValueError as e:
                 c.add(path + ("usages",), str(e))
+            else:  # profiles are for certificates
+                for why in usage_errors(prof["usages"], is_ca=False):
+                    c.add(path + ("usages",), why)
         profiles[name] = prof
 
     # [authority.*] and [certificate.*]
@@ -289,6 +358,25 @@ def _check_name(c: _Checker, name: str, path: tuple[str, ...]) -> None:
     if not NAME_RE.match(name):
         c.add(path, f"invalid name {name!r}: use lowercase letters, digits, '.', '_' and '-', "
                     "starting with a letter or digit")
+    elif len(name) > MAX_NAME:
+        c.add(path, f"name {name[:20]}... is {len(name)} characters long; at most {MAX_NAME}")
+
+
+def _state_dir(c: _Checker, value: str) -> str | None:
+    """``state_dir`` as a plain relative path (``./state/`` → ``state``), or None after an error."""
+    parts = PurePosixPath(value).parts
+    where = ("pki", "state_dir")
+    if not value.strip() or os.path.isabs(value) or ".." in parts:
+        c.add(where, "state_dir must be a relative path inside the repository")
+    elif not parts or parts[0] in (".pki", ".git"):
+        c.add(where, "state_dir must be a directory of its own (not the directory of pki.toml, "
+                     "not under .pki/ or .git/)")
+    elif not _STATE_DIR_RE.match("/".join(parts)):
+        c.add(where, f"state_dir {value!r} must be a plain relative path: names of letters, digits, "
+                     "'.', '_' and '-', not starting with '.' or '-', joined by '/'")
+    else:
+        return "/".join(parts)
+    return None
 
 
 def _unknown_store(name: str, stores: Mapping[str, StoreSpec]) -> str:
@@ -331,6 +419,9 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
         c.add(path, 'missing common_name = "..."')
     if common_name is not None and not common_name.strip():
         c.add(path + ("common_name",), "common_name must not be empty")
+    elif common_name is not None and len(common_name.encode()) > _SUBJECT_MAX["CN"]:
+        c.add(path + ("common_name",), f"common_name is {len(common_name.encode())} bytes long (UTF-8); "
+                                       f"X.509 allows at most {_SUBJECT_MAX['CN']} (RFC 5280)")
 
     subject = dict(defaults["subject"])
     subject.update(c.subject(t, path) or {})
@@ -339,7 +430,7 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
     hosts: list[tuple[str, str]] = []
     for h in (c.string_list(t, "hosts", path) or []) if not is_auth else []:
         try:
-            host = classify_host(h)
+            host = _host(h)
         except ValueError as e:
             c.add(path + ("hosts",), str(e))
             continue
@@ -356,14 +447,15 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
                 usages = canonical_usages(raw_usages)
             except ValueError as e:
                 c.add(path + ("usages",), str(e))
+            else:
+                for why in usage_errors(usages, is_ca=False):
+                    c.add(path + ("usages",), why)
         elif profile.get("usages") is not None:
-            usages = profile["usages"]
+            usages = profile["usages"]  # checked with the profile
 
     key = c.key_type(t, "key", path) or defaults["key"] or KeyType.ECDSA_P256
     if usages is None:
-        rsa = key.is_rsa
-        base = [u for u in DEFAULT_CERT_USAGES if rsa or u != "key encipherment"]
-        usages = canonical_usages(base)
+        usages = default_usages(key)
 
     validity = c.duration(t, "validity", path) or profile.get("validity") or defaults["validity"]
     if validity is None:
@@ -394,23 +486,27 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
         path_length = c.typed(t, "path_length", int, path)
         if path_length is not None and path_length < 0:
             c.add(path + ("path_length",), "path_length must be 0 or more")
+        elif path_length is not None and path_length > MAX_PATH_LENGTH:
+            c.add(path + ("path_length",), f"path_length {path_length} is more than {MAX_PATH_LENGTH}, "
+                                           "longer than any chain a verifier follows")
         nc = _name_constraints(c, t, path)
         crl_validity = c.duration(t, "crl_validity", path) or crl_validity
         crl_url = c.typed(t, "crl_url", str, path)
-        if crl_url is not None and not re.match(r"^(https?|ldap)://\S+$", crl_url):
+        if crl_url is not None and (not _CRL_URL_RE.match(crl_url) or _uri_error(crl_url)):
             c.add(path + ("crl_url",), f"crl_url must be an http(s):// or ldap:// URL, not {crl_url!r}")
 
     csr = None
     if not is_auth:
         csr = c.typed(t, "csr", str, path)
         if csr is not None:
-            if os.path.isabs(csr) or ".." in Path(csr).parts:
+            if os.path.isabs(csr) or ".." in PurePosixPath(csr).parts or not PurePosixPath(csr).parts:
                 c.add(path + ("csr",), "csr must be a path inside the repository, relative to pki.toml")
             for k in ("key", "backend", "rotate_key", "exportable"):
                 if k in t:
                     c.add(path + (k,), f"{k} does not apply to an entry signed from a CSR: the requester keeps the key")
 
     revoked = _revocation(c, t, path)
+    lint_ignore = c.lint_ignore(t, path)
 
     if len(c.issues) != before:
         return None
@@ -419,8 +515,34 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
         hosts=tuple(hosts), usages=usages, validity=validity, renew_before=renew_before, key=key,
         backend=backend, rotate_key=rotate_key, exportable=exportable, path_length=path_length,
         name_constraints=nc, crl_validity=crl_validity, crl_url=crl_url, csr=csr, profile=profile_name,
-        revoked=revoked,
+        revoked=revoked, lint_ignore=lint_ignore,
     )
+
+
+def _host(value: str) -> tuple[str, str]:
+    """`classify_host`, and what it lets through that no certificate can hold. ValueError says why."""
+    if "@" in value and "://" not in value:
+        local = value.rpartition("@")[0]
+        if local and not _MAILBOX_RE.match(local):
+            raise ValueError(f"bad email address {value!r}: before the last @ only ASCII letters, digits and "
+                             "!#$%&'*+/=?^_`{|}~.- (a certificate holds no quoted or internationalised mailbox)")
+    kind, host = classify_host(value)
+    if kind == "ip" and "%" in host:
+        raise ValueError(f"bad host {value!r}: an IP address in a certificate has no zone (%...)")
+    if kind == "uri":
+        why = " " in host and "it has a space" or _uri_error(host)
+        if why:
+            raise ValueError(f"bad URI {value!r}: {why}")
+    return kind, host
+
+
+def _uri_error(uri: str) -> str | None:
+    """Why ``uri`` cannot be read as a URI (the host checks of name constraints read it), or None."""
+    try:
+        urlsplit(uri).port  # reads the host and port, as name constraint checks do
+    except ValueError as e:
+        return str(e)
+    return None
 
 
 def _name_constraints(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> NameConstraints | None:
@@ -433,6 +555,14 @@ def _name_constraints(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) 
     for key in ("permitted", "excluded"):
         items = c.string_list(value, key, p) or []
         for item in items:
+            if item != item.strip():
+                c.add(p + (key,), f"bad name constraint {item!r}: surrounded by spaces")
+                continue
+            local = item.rpartition("@")[0] if "@" in item and not item.startswith("uri:") else ""
+            if local and not _MAILBOX_RE.match(local):
+                c.add(p + (key,), f"bad email constraint {item!r}: before the last @ only ASCII letters, digits "
+                                  "and !#$%&'*+/=?^_`{|}~.-")
+                continue
             try:
                 constraint_kind(item)
             except ValueError as e:
@@ -462,22 +592,21 @@ def _revocation(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> Rev
                                f"use one of {', '.join(REVOCATION_REASONS)}")
         return None
     date = value.get("date")
-    if date is not None:
-        import datetime as dt
-        if isinstance(date, (dt.date, dt.datetime)):
-            date = date.isoformat()
-        elif isinstance(date, str):
-            try:
-                if len(date) == 10:
-                    dt.date.fromisoformat(date)
-                else:
-                    dt.datetime.fromisoformat(date.replace("Z", "+00:00"))
-            except ValueError:
-                c.add(p + ("date",), f"revocation date {date!r} is not an ISO date (YYYY-MM-DD)")
-                return None
-        else:
-            c.add(p + ("date",), "revocation date must be a date")
-            return None
+    if date is None:
+        return Revocation(reason)
+    if isinstance(date, (dt.date, dt.datetime)):
+        date = date.isoformat()
+    elif not isinstance(date, str):
+        c.add(p + ("date",), "revocation date must be a date")
+        return None
+    try:
+        when = parse_time(date)
+    except ValueError:
+        c.add(p + ("date",), f"revocation date {date!r} is not an ISO date (YYYY-MM-DD)")
+        return None
+    if when < _EARLIEST_TIME:
+        c.add(p + ("date",), f"revocation date {date} is before 1950, which a CRL cannot hold (RFC 5280 UTCTime)")
+        return None
     return Revocation(reason, date)
 
 
@@ -580,7 +709,14 @@ def _split_key(dotted: str) -> tuple[str, ...]:
     parts = []
     for m in _PART_RE.finditer(dotted):
         k = m.group(1)
-        if k[0] in "\"'":
+        if k[0] == '"' and "\\" in k:  # escapes ("web\\n"): as TOML reads them
+            import tomli
+
+            try:
+                k = tomli.loads(f"k = {k}")["k"]
+            except tomli.TOMLDecodeError:
+                k = k[1:-1]
+        elif k[0] in "\"'":
             k = k[1:-1]
         parts.append(k)
     return tuple(parts)
@@ -611,6 +747,94 @@ def find_line(text: str, path: tuple[str, ...]) -> int | None:
 
 
 # --- loading ---------------------------------------------------------------------------------
+
+def _nesting_line(text: str, limit: int) -> int | None:
+    """The first line where brackets nest ``limit`` deep or a key has ``limit`` parts (tomli's
+    RecursionError says neither where)."""
+    depth = 0
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if line.count(".") >= limit:
+            return lineno
+        for ch in line:
+            depth += 1 if ch in "[{" else -1 if ch in "]}" else 0
+            if depth >= limit:
+                return lineno
+    return None
+
+
+def _file_issues(desired: Desired, base: Path) -> list[ConfigIssue]:
+    """What pki.toml names on disk: the state directory (where it exists) and each CSR."""
+    issues = []
+    state_dir = desired.settings.state_dir
+    here = base
+    for part in PurePosixPath(state_dir).parts:
+        here = here / part
+        try:
+            mode = os.lstat(here).st_mode
+        except FileNotFoundError:
+            break  # apply makes it
+        if not stat.S_ISDIR(mode):
+            what = "a symbolic link: pkiascode does not follow them" if stat.S_ISLNK(mode) else "not a directory"
+            issues.append(ConfigIssue(("pki", "state_dir"), f"{here.relative_to(base).as_posix()} is {what}"))
+            break
+    for e in desired.entries.values():
+        if e.csr and not e.revoked:
+            try:
+                os.close(open_inside(base, e.csr, max_bytes=MAX_CSR_BYTES))
+            except ValueError as err:
+                issues.append(ConfigIssue((e.kind.value, e.name, "csr"), str(err)))
+    return issues
+
+
+def open_inside(base: Path, rel: str, *, max_bytes: int) -> int:
+    """A read-only descriptor of the regular file ``rel`` below ``base``, reached through no symbolic
+    link (each directory is opened with O_NOFOLLOW below the last, so a link swapped in meanwhile is
+    refused too) and no bigger than ``max_bytes``. ValueError says why not, in words for a user."""
+    parts = PurePosixPath(rel).parts
+    if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
+        raise ValueError(f"{rel} is not a path inside the repository")
+    fd = os.open(base, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            shown = "/".join(parts[: i + 1])
+            try:
+                mode = os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+            except FileNotFoundError:
+                raise ValueError(f"{rel} not found") from None
+            if stat.S_ISLNK(mode):
+                raise ValueError(f"{shown} is a symbolic link: pkiascode does not follow them")
+            if not last and not stat.S_ISDIR(mode):
+                raise ValueError(f"{shown} is not a directory")
+            if last and not stat.S_ISREG(mode):
+                raise ValueError(f"{rel} is {'a directory' if stat.S_ISDIR(mode) else 'not a regular file'}")
+            flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | (os.O_NONBLOCK if last else os.O_DIRECTORY)
+            inner = os.open(part, flags, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{rel} is not a regular file")
+        if st.st_size > max_bytes:
+            raise ValueError(f"{rel} is {st.st_size} bytes; at most {max_bytes} are read")
+        opened, fd = fd, -1
+        return opened
+    except OSError as e:
+        raise ValueError(f"{rel}: {e.strerror}") from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+
+
+def read_inside(base: Path, rel: str, *, max_bytes: int) -> bytes:
+    """The content of ``rel`` below ``base``, opened as `open_inside` does."""
+    fd = open_inside(base, rel, max_bytes=max_bytes)
+    with os.fdopen(fd, "rb") as f:
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise ValueError(f"{rel} is more than {max_bytes} bytes")
+    return data
+
 
 def _where(path: tuple[str, ...]) -> str:
     """``certificate.node-0.hosts``: the entry, then the key (not deeper)."""
@@ -659,10 +883,16 @@ def load_config(path: Path, *, options_for: OptionsLookup, display_name: str | N
         line = int(m.group(1)) if m else None
         msg = msg[: m.start()].strip() if m else msg
         raise ConfigError(file, line, "syntax", msg[0].lower() + msg[1:]) from None
+    except RecursionError as e:  # tomli's limits on nesting and on the parts of a key
+        raise ConfigError(file, _nesting_line(text, 100), "syntax",
+                          str(e).replace("TOML ", "", 1) or "nested too deeply") from None
     try:
         desired = parse_config(data, digest=digest, options_for=options_for)
-    except _Issues as issues:
-        errors = [_to_error(file, text, i) for i in issues.issues]
+        issues = _file_issues(desired, path.parent)
+        if issues:
+            raise _Issues(issues)
+    except _Issues as found:
+        errors = [_to_error(file, text, i) for i in found.issues]
         errors.sort(key=lambda e: e.line or 0)
         raise first_of(errors) from None
 

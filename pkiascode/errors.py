@@ -3,11 +3,18 @@
 Every error carries a message that is complete on one line and safe to print: no key material, no
 PIN, no token. The CLI turns any `PkiError` into that line on stderr and exit code 1; anything else
 is a bug and shows its traceback only with ``--debug``.
+
+A message quotes what files hold (names, paths, values of pki.toml, a CSR's subject): ``str()`` of
+every `PkiError` passes through `printable`, so no control character from a file reaches a
+terminal raw.
 """
 
 from __future__ import annotations
 
+import re
+
 __all__ = [
+    "printable",
     "PkiError",
     "ConfigError",
     "ConfigIssue",
@@ -25,8 +32,27 @@ __all__ = [
 ]
 
 
+#: C0 and C1 controls and DEL (ESC, CR, LF among them), and the Unicode marks that reorder text or
+#: break lines on a terminal: bidirectional overrides and isolates, line and paragraph separators
+CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+
+
+def _escape(m: re.Match[str]) -> str:
+    code = ord(m.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def printable(text: str) -> str:
+    """``text`` with every control character written as an escape (``\\x1b``, ``\\u202e``): one line,
+    shown as it is, whatever a file put into it."""
+    return CONTROL_RE.sub(_escape, text)
+
+
 class PkiError(Exception):
     """Base of every error pkiascode reports as a one-line message with exit code 1."""
+
+    def __str__(self) -> str:
+        return printable(super().__str__())
 
 
 class ConfigIssue(PkiError):

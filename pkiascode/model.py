@@ -101,10 +101,12 @@ class StoreSpec:
 class Settings:
     """The ``[pki]`` table."""
 
-    state_dir: str = "state"
+    state_dir: str = "state"  # a plain relative path (no ``..``, no leading dot, no symlink)
     commit: bool = True
     plugins: tuple[str, ...] | None = None
     keep_revoked_keys: bool = False
+    id: str | None = None  # this PKI's short random id: scopes key paths and locks in shared stores
+    lint_ignore: tuple[str, ...] = ()  # pkilint finding ids that do not stop apply, for every entry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +134,7 @@ class Entry:
     csr: str | None = None  # path relative to pki.toml
     profile: str | None = None
     revoked: Revocation | None = None
+    lint_ignore: tuple[str, ...] = ()  # pkilint finding ids that do not stop apply, for this entry
 
     @property
     def qualified(self) -> str:

@@ -135,16 +135,10 @@ class Project:
                     raise BackendError(f"backend {name!r} is not defined in pki.toml")
                 plugin, settings = spec.plugin, spec.settings_dict()
                 pki_id = getattr(self.desired().settings, "id", None)
-            store = self.plugins.create(name, plugin, settings or {}, self._store_context(pki_id))
+            store = self.plugins.create(name, plugin, settings or {},
+                                       StoreContext(self.base_dir, self.work_dir, pki_id=pki_id))
             self._stores[name] = store
         return store
-
-    def _store_context(self, pki_id: str | None) -> StoreContext:
-        """What stores know of the project; ``pki_id`` ([pki] id) scopes key paths and locks in
-        shared stores."""
-        if pki_id and any(f.name == "pki_id" for f in dataclasses.fields(StoreContext)):
-            return StoreContext(self.base_dir, self.work_dir, pki_id=pki_id)  # type: ignore[call-arg]
-        return StoreContext(self.base_dir, self.work_dir)
 
     def close(self) -> None:
         if self._repo:

@@ -8,10 +8,7 @@ timer around a few dozen pkiascode functions instead: each wrapper costs about a
 most phases are called a handful of times, so the figures are real wall-clock.
 
 Labels are indented by nesting: a phase includes the indented phases after it. Labels ending in
-"(all calls)" add up every call wherever it happens. With 200 or more new leaves, `_Run.sign_bulk`
-forks a worker that makes half of them; the worker's own calls are not seen here (it exits without
-reporting), so "(this process)" figures cover the parent's half only, and ``sign_bulk`` is the wall
-time of both halves together.
+"(all calls)" add up every call wherever it happens.
 
 Functions are looked up by name; one that pkiascode no longer has is listed under "missing" rather
 than failing (`bench/run.py` prints that list, so a rename shows up).
@@ -25,15 +22,6 @@ import time
 T0 = time.perf_counter()
 
 import sys  # noqa: E402
-
-import pkiascode._console  # noqa: E402 - first, as the `pki` script does
-
-pkiascode._console.tune()
-if __name__ == "__main__":  # as `pki apply` does: a large pki.toml starts parsing before the imports
-    _config = pkiascode._console._apply_config(["apply", *sys.argv[1:]])
-    if _config is not None:
-        pkiascode._console.parse_in_background(_config)
-
 import functools
 import importlib
 import json
@@ -57,26 +45,20 @@ PHASES = [
     ("pkiascode.apply", "_Run.move_keys", "  move_keys"),
     ("pkiascode.apply", "_Run.generate_keys", "  generate_keys"),
     ("pkiascode.apply", "_Run.sign", "  sign"),
-    ("pkiascode.apply", "_Run.sign_bulk", "    sign_bulk (2 processes)"),
-    ("pkiascode.apply", "_Run._make_key", "    key generation in sign_bulk (this process)"),
-    ("pkiascode.apply", "_Run.make_certificate", "    make_certificate (this process)"),
-    ("pkiascode.x509", "build_certificate", "      x509.build_certificate (this process)"),
+    ("pkiascode.apply", "_Run.make_certificate", "    make_certificate"),
+    ("pkiascode.x509", "build_certificate", "      x509.build_certificate"),
     ("pkiascode.apply", "_Run.sign_crls", "  sign_crls"),
     ("pkiascode.apply", "_Run.transaction", "  transaction (inventory, audit chain)"),
-    ("pkiascode.state", "StateDir.begin", "  StateDir.begin (txn file, fsync)"),
-    ("pkiascode.apply", "_finish", "  _finish"),
+    ("pkiascode.apply", "complete", "  complete (the transaction)"),
+    ("pkiascode.state", "StateDir.begin", "    StateDir.begin (txn file, fsync)"),
     ("pkiascode.state", "StateDir.roll_forward", "    roll_forward (write state/)"),
-    ("pkiascode.gitops", "Repository.begin_commit", "    git commit started (fast-import, before state/ is written)"),
-    ("pkiascode.gitops", "PendingCommit.finish", "    git commit finished (fast-import done, index updated)"),
-    ("pkiascode.gitops", "Repository.commit_state", "    git commit_state (plumbing: first commit, detached HEAD)"),
+    ("pkiascode.gitops", "Repository.commit_state", "    git commit (plumbing)"),
     ("pkiascode.apply", "_cleanup_orphans", "    _cleanup_orphans"),
     ("pkiascode.apply", "_process_deletes", "  _process_deletes"),
     ("pkiascode.project", "Project.close", "Project.close"),
-    ("pkiascode.gitops", "BlobWriter.add", "blobs hashed + compressed for git (all calls, this process)"),
-    ("pkiascode.gitops", "BlobWriter.close", "packs of blobs written (all calls)"),
     ("pkiascode.gitops", "Repository._git", "git plumbing calls (all calls)"),
     ("pkiascode.state", "StateDir.journal_key", "key journal lines (all calls)"),
-    ("pkiascode_local", "LocalKeyStore._write", "key files written (all calls, this process)"),
+    ("pkiascode_local", "LocalKeyStore._write", "key files written (all calls)"),
     ("pkiascode.gitops", "find_repository", "find_repository (all calls)"),
 ]
 

@@ -5,8 +5,8 @@
 Runs the real ``pki plan`` (default ``--detailed-exitcode``) in this process with a timer around the
 steps of `Project.plan` (the same wrappers as ``bench/apply_phases.py``: no profiler overhead). With a
 remembered no-op plan (``.pki/cache/noop.json`` still valid) only the memo check runs; without one
-the full path runs (load pki.toml or its cache, read state/ and check files for drift, ask the key
-stores, plan, remember the no-op). A step pkiascode no longer has is listed under "missing".
+the full path runs (parse pki.toml, read state/ and check files for drift, ask the key stores, plan,
+remember the no-op). A step pkiascode no longer has is listed under "missing".
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ PHASES = [
     ("pkiascode.project", "Project.plan", "Project.plan"),
     ("pkiascode.project", "Project._remembered_noop", "  no-op memo check"),
     ("pkiascode.memo", "NoopMemo.load", "    read noop.json"),
-    ("pkiascode.project", "Project.desired", "  load pki.toml (config cache or parse)"),
+    ("pkiascode.project", "Project.desired", "  load pki.toml (parse)"),
     ("pkiascode.project", "Project.csrs", "  CSRs"),
     ("pkiascode.project", "Project.observe", "  observe"),
     ("pkiascode.state", "StateDir.observe", "    state/: inventory + file drift"),

@@ -1,13 +1,20 @@
 #!/usr/bin/env python
-"""pkiascode benchmark: the three performance targets of the core issue, measured against baselines
-taken in the same run, and the cost of signing with a Vault Transit authority (reported, no goal).
-Prints a table and writes bench/results/latest.json and latest.txt.
+"""pkiascode benchmark: the performance targets, measured against baselines taken in the same run,
+and the cost of signing with a Vault Transit authority (reported, no goal). Prints a table and
+writes bench/results/latest.json and latest.txt.
 
-    python bench/run.py                       # full run (~1 minute on 2 cores)
+    python bench/run.py                       # full run (a few minutes on 2 cores)
     python bench/run.py --workdir /dev/shm    # the same on tmpfs: a CPU-bound comparison
     python bench/run.py --quick               # smoke run: smaller sizes, 1 repetition
     python bench/run.py --only 4              # only some rows (1 KTHW, 2 plan, 3 apply, 4 Vault)
     python bench/run.py --no-profile          # skip the profiles of targets 1-3
+
+Targets: (1) Kubernetes the Hard Way, the shipped set and the CFSSL-era set (a CA and 9 leaves, all
+RSA-2048), ``pki apply`` with its commit <= 1.0x a serial ``cryptography`` script; (2) a no-op
+``pki plan`` over 10,000 certificates < 0.5 s warm and < 1.5 s cold (a fresh clone without
+``.pki/`` state, its key store reachable); (3) 1,000 new ECDSA P-256 leaves, ``pki apply`` with its
+commit <= 1.0x the script followed by ``git add`` + ``git commit``. Reported: ``pki --version`` and
+``pki plan`` start-up on an empty PKI.
 
 See bench/README.md for what each figure means.
 """
@@ -216,10 +223,13 @@ class Bench:
     def context(self) -> None:
         n = 5 if self.quick else 15
         ctx = self.results["context"]
-        for label, cmd in (("python -c pass", [PY, "-c", "pass"]),
-                           ("python -c 'import cryptography.x509'", [PY, "-c", "import cryptography.x509"]),
-                           ("pki --version", [PKI, "--version"])):
-            samples = [run(cmd, cwd=self.work)[0] for _ in range(n)]
+        empty = new_project(self.work, "empty", "[pki]\ncommit = false\n")
+        for label, cmd, cwd in (("python -c pass", [PY, "-c", "pass"], self.work),
+                                ("python -c 'import cryptography.x509'", [PY, "-c", "import cryptography.x509"],
+                                 self.work),
+                                ("pki --version", [PKI, "--version"], self.work),
+                                ("pki plan, empty PKI (start-up)", [PKI, "plan"], empty)):
+            samples = [run(cmd, cwd=cwd)[0] for _ in range(n)]
             ctx[label] = stats(samples)
             say(f"  context {label}: {fmt_spread(ctx[label])}")
 
@@ -244,8 +254,9 @@ class Bench:
     # targets 1 and 3: pki apply against the baseline script ------------------------------------
     def compare_apply(self, tag: str, toml_text: str, spec_path: Path, reps: int,
                       example: str | None = None, check_commit: bool = False,
-                      no_commit_side: bool = False) -> dict[str, Any]:
-        """``reps`` interleaved rounds of: pki apply, [pki apply --no-commit,] baseline."""
+                      no_commit_side: bool = False, git_baseline: bool = False) -> dict[str, Any]:
+        """``reps`` interleaved rounds of: pki apply, [pki apply --no-commit,] baseline (with
+        ``git_baseline``: the script, then ``git add`` + ``git commit`` of what it wrote, keys ignored)."""
         samples: dict[str, list[float]] = {"pki": [], "baseline": [], "nocommit": []}
         pairs: dict[str, list[float]] = {"pki": [], "nocommit": []}
         base_inner: list[dict[str, Any]] = []
@@ -266,10 +277,17 @@ class Bench:
 
         def base_side(i: int) -> float:
             out = self.work / f"{tag}-base-{i}"
+            if git_baseline:  # (not timed: a repository that ignores the keys, as the user's would)
+                out.mkdir()
+                run(["git", "init", "-q"], cwd=out)
+                (out / ".gitignore").write_text("*-key.pem\n")
             os.sync()
             el, r = run([PY, str(HERE / "baseline.py"), str(spec_path), str(out)], cwd=self.work, capture=True)
+            if git_baseline:
+                el += run(["git", "add", "-A"], cwd=out)[0]
+                el += run(["git", "commit", "-q", "-m", "certificates"], cwd=out)[0]
             base_inner.append(json.loads(r.stdout))
-            files["baseline"] = tree_size(out)
+            files["baseline"] = tree_size(out) - (tree_size(out / ".git") if git_baseline else 0)
             return el
 
         for i in range(reps):
@@ -312,21 +330,25 @@ class Bench:
         return res
 
     def target_kthw(self) -> None:
-        say("target 1: Kubernetes the Hard Way set, pki apply vs serial cryptography script")
-        shipped = REPO / "pki.toml"
-        spec = gen.baseline_spec(shipped)
-        spec_path = self.work / "kthw-spec.json"
-        gen.write_spec(spec, spec_path)
-        res = self.compare_apply("kthw", shipped.read_text(encoding="utf-8"), spec_path, self.reps,
-                                 example="kubernetes-the-hard-way", check_commit=True)
-        res.update(source=str(shipped), key_types=gen.key_type_counts(spec), entries=len(spec["entries"]),
-                   target="ratio <= 1.00")
-        res["pass"] = res["ratio"] is not None and res["ratio"] <= 1.0
-        self.results["targets"]["1_kthw_apply"] = res
+        for key, tag, what, toml_path in (
+                ("1_kthw_apply", "kthw", "the shipped set", REPO / "pki.toml"),
+                ("1b_kthw_cfssl", "kthw-cfssl", "the CFSSL-era set (all RSA-2048)", self.work / "kthw-cfssl.toml")):
+            say(f"target 1: Kubernetes the Hard Way, {what}: pki apply vs serial cryptography script")
+            if tag == "kthw-cfssl":
+                toml_path.write_text(gen.cfssl_era_toml(), encoding="utf-8")
+            spec = gen.baseline_spec(toml_path)
+            spec_path = self.work / f"{tag}-spec.json"
+            gen.write_spec(spec, spec_path)
+            res = self.compare_apply(tag, toml_path.read_text(encoding="utf-8"), spec_path, self.reps,
+                                     example="kubernetes-the-hard-way" if tag == "kthw" else None, check_commit=True)
+            res.update(set=what, key_types=gen.key_type_counts(spec), entries=len(spec["entries"]),
+                       target="ratio <= 1.00")
+            res["pass"] = res["ratio"] is not None and res["ratio"] <= 1.0
+            self.results["targets"][key] = res
 
     def target_apply_ecdsa(self) -> None:
         n = self.n_apply
-        say(f"target 3: pki apply of 1 authority + {n} ecdsa-p256 leaves vs serial cryptography script")
+        say(f"target 3: pki apply of 1 authority + {n} ecdsa-p256 leaves vs a script + git add + git commit")
         toml_text = gen.bench_toml(n)
         tmp_toml = self.work / f"apply{n}.toml"
         tmp_toml.write_text(toml_text, encoding="utf-8")
@@ -334,9 +356,9 @@ class Bench:
         spec_path = self.work / f"apply{n}-spec.json"
         gen.write_spec(spec, spec_path)
         res = self.compare_apply(f"apply{n}", toml_text, spec_path, max(1, min(self.reps, 5)), check_commit=True,
-                                 no_commit_side=True)
-        res.update(leaves=n, key_types=gen.key_type_counts(spec), target="ratio <= 1.50")
-        res["pass"] = res["ratio"] is not None and res["ratio"] <= 1.5
+                                 no_commit_side=True, git_baseline=True)
+        res.update(leaves=n, key_types=gen.key_type_counts(spec), target="ratio <= 1.00")
+        res["pass"] = res["ratio"] is not None and res["ratio"] <= 1.0
         self.results["targets"]["3_apply_ecdsa"] = res
 
     # target 2 -----------------------------------------------------------------------------------
@@ -383,10 +405,31 @@ class Bench:
                     out.append(x)
             return out
 
-        # cold: no config cache, no stat cache, no memo (the first plan after a clone)
-        cold = timed("cold", lambda: shutil.rmtree(cache, ignore_errors=True))
-        # no memo: config cache and stat cache warm, noop.json gone (what every plan cost before the memo;
-        # after an apply the memo is invalid and the next plan takes this path, then remembers)
+        # cold: a fresh clone without .pki/ state (what every CI job sees), its key store reachable
+        # (the local keys copied in, as a CI job reaches Vault): nothing remembered, nothing in the
+        # page cache of the clone's files but what git checkout just wrote
+        clone = self.work / f"plan{n}-clone"
+
+        def fresh_clone() -> None:
+            shutil.rmtree(clone, ignore_errors=True)
+            run(["git", "clone", "-q", str(d), str(clone)], cwd=self.work)
+            shutil.copytree(d / ".pki" / "keys", clone / ".pki" / "keys")
+            os.chmod(clone / ".pki", 0o700)
+
+        def plan_in_clone() -> float:
+            el, r = run(cmd, cwd=clone, ok_codes=(0, 2), capture=True)
+            if r.returncode != 0:
+                raise CmdError(f"pki plan in a fresh clone is not a no-op (exit {r.returncode})")
+            return el
+
+        cold = []
+        for _ in range(reps):
+            fresh_clone()
+            x = retry_once("plan cold", plan_in_clone, self.errors)
+            if x is not None:
+                cold.append(x)
+        # no memo: noop.json gone (after an apply the memo is invalid and the next plan takes this
+        # path, then remembers)
         nomemo = timed("no memo", lambda: memo.unlink(missing_ok=True))
         retry_once("plan warm-up", plan_once, self.errors)  # remembers the no-op
         warm = timed("warm", lambda: None)
@@ -407,8 +450,6 @@ class Bench:
                 return json.loads(line[-1][len("PLAN-PHASES "):])
             return go
 
-        res["phases_cold"] = retry_once("plan phases (cold)",
-                                        phases(lambda: shutil.rmtree(cache, ignore_errors=True)), self.errors)
         res["phases_nomemo"] = retry_once("plan phases (no memo)",
                                           phases(lambda: memo.unlink(missing_ok=True)), self.errors)
         retry_once("plan warm-up", plan_once, self.errors)
@@ -427,8 +468,9 @@ class Bench:
             res["parse_reference"] = {"tomllib_s": a, "tomli_s": b, "sha256_s": c}
         except (CmdError, ValueError) as e:
             self.errors.append(f"parse reference: {e}")
-        res["target"] = "warm median < 0.50 s"
+        res["target"] = "warm median < 0.50 s, cold median < 1.50 s"
         res["pass"] = bool(warm) and statistics.median(warm) < 0.5
+        res["pass_cold"] = bool(cold) and statistics.median(cold) < 1.5
         return d
 
     # row 4: Vault Transit ---------------------------------------------------------------------
@@ -487,7 +529,8 @@ class Bench:
 
             prof["plan_warm_cprofile"] = retry_once("profile plan warm", lambda: plan_cprofile("warm"), self.errors)
             shutil.rmtree(plan_dir / ".pki" / "cache", ignore_errors=True)
-            prof["plan_cold_cprofile"] = retry_once("profile plan cold", lambda: plan_cprofile("cold"), self.errors)
+            prof["plan_nomemo_cprofile"] = retry_once("profile plan, no memo", lambda: plan_cprofile("nomemo"),
+                                                      self.errors)
             if has_pyinstrument:
                 def plan_pyi() -> str:
                     out = RESULTS / "plan-warm-pyinstrument.txt"
@@ -601,12 +644,13 @@ class Bench:
             lines.append(f"{label:<{w}} {pki:<34} {base:<34} {(f'{ratio:.2f}x' if ratio else '-'):>7}  "
                          f"{goal:<12} {res}")
 
-        k = t.get("1_kthw_apply")
-        if k:
+        for key, label in (("1_kthw_apply", "1 KTHW apply, shipped set"), ("1b_kthw_cfssl", "1b KTHW apply, CFSSL-era")):
+            k = t.get(key)
+            if not k:
+                continue
             kinds = ", ".join(f"{v} {c}" for c, v in k["key_types"].items())
-            row("1 KTHW apply (pki apply vs script)", fmt_spread(k["pki_apply"]), fmt_spread(k["baseline"]),
-                k["ratio"], "<= 1.00x", k["pass"])
-            lines.append(f"    set: {kinds} (shipped pki.toml, both sides)")
+            row(label, fmt_spread(k["pki_apply"]), fmt_spread(k["baseline"]), k["ratio"], "<= 1.00x", k["pass"])
+            lines.append(f"    set: {kinds} ({k.get('set')}, both sides)")
             lines.append(f"    {pair_text(k)}")
             lines.extend(phases_text(k.get("pki_phases"), "pki apply phases (bench/apply_phases.py)"))
             lines.extend(baseline_text(k))
@@ -616,12 +660,12 @@ class Bench:
                 "< 0.50 s", p.get("pass"))
             row("    same, no memo (noop.json removed)", fmt_spread(p.get("plan_nomemo", {})), "-", None, "(report)",
                 None)
-            row("    same, cold (.pki/cache emptied)", fmt_spread(p.get("plan_cold", {})), "-", None, "(report)", None)
+            row("    same, cold (fresh clone, no .pki/ state)", fmt_spread(p.get("plan_cold", {})), "-", None,
+                "< 1.50 s", p.get("pass_cold"))
             if "setup_apply_s" in p:
                 lines.append(f"    setup: pki apply of {p['certificates'] + 1} objects took {fmt_s(p['setup_apply_s'])}; "
                              f"pki.toml is {p['pki_toml_bytes'] / 1e6:.2f} MB")
-            for tag, what in (("phases_warm", "warm: the memo holds"), ("phases_nomemo", "no memo"),
-                              ("phases_cold", "cold")):
+            for tag, what in (("phases_warm", "warm: the memo holds"), ("phases_nomemo", "no memo")):
                 lines.extend(phases_text(p.get(tag), f"pki plan phases, {what} (bench/phases.py)"))
             pr = p.get("parse_reference")
             if pr:
@@ -634,7 +678,8 @@ class Bench:
         a = t.get("3_apply_ecdsa")
         if a:
             row(f"3 apply {a['leaves']} ecdsa-p256 leaves + CA", fmt_spread(a["pki_apply"]), fmt_spread(a["baseline"]),
-                a["ratio"], "<= 1.50x", a["pass"], slow_disk)
+                a["ratio"], "<= 1.00x", a["pass"], slow_disk)
+            lines.append("    baseline: the script, then git add + git commit of the certificates and CRL")
             lines.append(f"    {pair_text(a)}")
             nocommit_row(a)
             lines.extend(phases_text(a.get("pki_phases"), "pki apply phases (bench/apply_phases.py)"))

@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from . import audit
-from .apply import NullProgress, _cleanup_orphans, _crash_point, _finish, preflight, recover
+from .apply import NullProgress, abandon, complete, preflight, recover
 from .backend import KeyRequest
-from .errors import PkiError
+from .errors import ConfigError, PkiError
 from .keytypes import key_type_of
 from .lock import apply_lock, holder_info
 from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
@@ -294,7 +294,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
     """Import every certificate/key pair of ``directory``; returns lines for the user."""
     import tomlkit
 
-    from .config import parse_config
+    from .config import load_config
     from .x509 import fingerprint, pem, sign_crl, ski_hex
 
     desired = project.desired()
@@ -352,16 +352,11 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
             table.comment(f"imported from {cand.cert_path.name}")
             section[cand.name] = table
         new_text = text.rstrip("\n") + "\n\n" + tomlkit.dumps(added) if text.strip() else tomlkit.dumps(added)
-        import tomli
-
-        from .config import _Issues  # noqa: PLC2701 - the loader's own error collection
-
         try:
-            new_desired = parse_config(tomli.loads(new_text), digest="", options_for=project.plugins.options)
-        except _Issues as e:
-            first = e.issues[0]
-            raise PkiError(f"the imported tables would not be valid: {'.'.join(first.path[:3])}: {first.message}") \
-                from None
+            new_desired = load_config(project.config_path, options_for=project.plugins.options,
+                                      data=new_text.encode("utf-8"))
+        except ConfigError as e:
+            raise PkiError(f"the imported tables would not be valid: {e.where}: {e.message}") from None
 
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
         actor = audit.actor()
@@ -405,11 +400,9 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                                           backend=rec.store, plan=None, source=str(cand.cert_path)))
                 lines.append(f"imported {entry.qualified} from {cand.cert_path.name} (key into backend "
                              f"{entry.backend}{', non-exportable' if not rec.key_exportable else ''})")
+            still_locked()
         except BaseException:
-            try:
-                _cleanup_orphans(project, state)  # nothing reached state: every key made here goes
-            except Exception:  # noqa: BLE001 - the original error matters more
-                pass
+            abandon(project)  # nothing reached state: every key made here goes
             raise
 
         n_auth = sum(1 for c in ordered if _is_ca(c.cert))
@@ -421,10 +414,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                                 message=message, commit=commit,
                                 config={"path": project.config_path.relative_to(project.base_dir).as_posix(),
                                         "content": new_text})
-        still_locked()
-        state.begin(txn)
-        _crash_point("after-txn")
-        sha = _finish(project, state, txn, commit=commit)
+        sha = complete(project, txn, commit=commit)
     cfg = project.config_path.name
     lines.append(f"added {len(ordered)} table(s) to {cfg}; state/ " + (f"committed ({sha[:12]})" if sha else "written"))
     if commit:

@@ -19,12 +19,9 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-import gc
 import hashlib
 import json
 import os
-import pickle
-import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
@@ -32,8 +29,8 @@ from cryptography.hazmat.primitives import serialization
 
 from . import audit
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, GitError, PkiError, StalePlanError
-from .gitops import BlobWriter, PendingCommit, check_ignored
+from .errors import BackendError, PkiError, StalePlanError
+from .gitops import check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
@@ -41,7 +38,8 @@ from .project import Project
 from .state import StateDir
 from .x509 import build_certificate, der_to_pem, load_certificate, prove_key, sign_crl, ski_hex
 
-__all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight"]
+__all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight",
+           "complete", "abandon"]
 
 
 class Progress(Protocol):
@@ -77,12 +75,6 @@ class ApplyResult:
 
 _DER = serialization.Encoding.DER
 
-#: fewer new leaves than this are not worth a second process
-BULK_MIN = 200
-#: the share of them this process makes; the rest, the forked worker (this one also takes in the
-#: worker's results afterwards)
-BULK_SHARE = 0.5
-
 
 def _crash_point(name: str) -> None:
     """Fault injection for the restartability tests: ``PKI_TEST_CRASH_AT=after-keys`` (or after-sign,
@@ -106,8 +98,6 @@ def preflight(project: Project, commit: bool) -> None:
     dirs = [d for name in project.desired().stores for d in project.store(name).local_key_dirs()]
     if repo is not None:
         committing = commit and project.state.root.exists()
-        if committing:
-            repo.start_listing(project.state.root)  # (in the background while check-ignore runs)
         check_ignored(repo, dirs, project.base_dir)
         if committing:
             repo.check_can_commit(project.state.root)
@@ -135,7 +125,7 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
     txn = state.pending_txn()
     if txn is not None:
         progress.note("completing an interrupted apply")
-        _finish(project, state, txn, commit=commit and txn.get("commit", True))
+        _finish(project, state, txn, commit=commit and txn["commit"])
         notes.append("completed an interrupted apply: " + txn["message"].splitlines()[0])
         project.reload()  # it may have written pki.toml (an import); plan from what is there now
         state = project.state
@@ -156,6 +146,29 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
     return notes
 
 
+# -- the transaction: the one way a change reaches state/ (apply and import) ----------------------
+
+def complete(project: Project, txn: Mapping[str, Any], *, commit: bool) -> str | None:
+    """Make ``txn`` (`StateDir.transaction`) durable, write it into state/, commit it, then delete
+    the keys nobody uses any more. From the first step on, a killed run is completed by the next
+    one (`recover`). Returns the commit made, if any."""
+    state = project.state
+    state.begin(txn)
+    _crash_point("after-txn")
+    sha = _finish(project, state, txn, commit=commit)
+    return sha
+
+
+def abandon(project: Project) -> None:
+    """After a failure before `complete`: nothing reached state/; delete the keys made so far (a
+    key store that fails now is asked again by the next run) and the files written ahead."""
+    try:
+        project.state.remove_temporaries()
+        _cleanup_orphans(project, project.state)
+    except Exception:  # noqa: BLE001 - the original error matters more
+        pass
+
+
 def _keys_in(objects: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
     """(store, key id) of every key the inventory's objects use."""
     return {(o["key"]["backend"], o["key"]["ref"]) for o in objects.values()}
@@ -165,14 +178,10 @@ def _referenced(state: StateDir) -> set[tuple[str, str]]:
     return _keys_in(state.load()[0]["objects"])
 
 
-def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None,
-                     made: list[tuple[str, str]] | None = None) -> int:
+def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> int:
     """Delete the keys journaled by a run whose outcome does not use them; clear the journal.
-
-    ``used``: the keys the state references, when the caller knows them already. ``made``: every
-    key the journal holds, from the run that wrote it and got every store's answer (so no intent
-    is unanswered): the journal need not be read back."""
-    journaled, unanswered = state.key_journal() if made is None else (made, [])
+    ``used``: the keys the state references, when the caller knows them already."""
+    journaled, unanswered = state.key_journal()
     if not journaled and not unanswered:
         state.clear_key_journal()
         return 0
@@ -192,12 +201,12 @@ def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str
     for store_name, request in unanswered:
         # the process died inside the store call: the key, if made, is known only by its name. Never
         # touch a name that a recorded key carries (a store that found the name taken picked another).
-        suffix = str(request.get("suffix") or "")
+        suffix = request.suffix
         if not suffix or any(s == store_name and suffix in key_id for s, key_id in used):
             continue
         if store_name in stores:
             try:
-                project.store(store_name).discard(KeyRequest.from_json(request))
+                project.store(store_name).discard(request)
             except BackendError:
                 return count  # keep the journal: the next run tries again
     state.clear_key_journal()
@@ -236,51 +245,17 @@ def _state_files(txn: Mapping[str, Any], audit_log: bytes) -> dict[str, bytes | 
     return files
 
 
-def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
-            prewritten: tuple[str, set[str]] | None = None,
-            blob_ids: Mapping[str, str] | None = None, used: set[tuple[str, str]] | None = None,
-            made: list[tuple[str, str]] | None = None) -> str | None:
-    """Write the transaction into state/ and commit it. A run that made it passes what it knows
-    already: the files it wrote ahead, the git ids of their contents, the keys its state uses."""
-    repo = project.repository() if commit else None
-    pending: PendingCommit | None = None
-    refused: PkiError | None = None
-    if repo is not None and blob_ids is not None:
-        # An apply's own run: git builds the commit while state/ is written (the audit log's content
-        # is known: what it holds up to the transaction's size, then the new lines), and moves the
-        # branch only when told, after state/ is complete.
-        try:
-            with open(state.audit_path, "rb") as f:
-                audit_after = f.read(txn["audit_size"]) + txn["audit"].encode()
-        except FileNotFoundError:
-            audit_after = txn["audit"].encode()
-        try:
-            pending = repo.begin_commit(state.root, _state_files(txn, audit_after), txn["message"], known=blob_ids,
-                                        late=("inventory.json", "audit.jsonl"))
-        except PkiError as e:
-            refused = e  # reported once state/ is written, as a failed commit always is
-    try:
-        state.roll_forward(txn, prewritten)
-    except BaseException:
-        if pending is not None:
-            pending.abort()
-        raise
+def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool) -> str | None:
+    """Write the transaction into state/ and commit it; then retire old keys and forget the journal."""
+    state.roll_forward(txn)
     _crash_point("after-state")
     sha = None
     if commit:
+        repo = project.repository()
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
         try:
-            if refused is not None:
-                raise refused
-            if pending is not None:
-                try:
-                    sha = pending.finish()
-                except GitError:
-                    pending = None  # (an old git, a branch moved meanwhile): the other way, on HEAD as it is now
-            if pending is None:
-                sha = repo.commit_state(state.root, _state_files(txn, state.audit_path.read_bytes()),
-                                        txn["message"], known=blob_ids or {})
+            sha = repo.commit_state(state.root, _state_files(txn, state.read_audit()), txn["message"])
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
@@ -291,8 +266,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     else:
         state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
-    _cleanup_orphans(project, state, used if used is not None else _keys_in(json.loads(txn["inventory"])["objects"]),
-                     made)
+    _cleanup_orphans(project, state, _keys_in(json.loads(txn["inventory"])["objects"]))
     return sha
 
 
@@ -301,8 +275,6 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
 class _Run:
     def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool) -> None:
         self.project = project
-        repo = project.repository() if commit else None
-        self.blobs = repo.blobs if repo is not None else None
         self.plan = plan
         self.now = now
         self.progress = progress
@@ -321,13 +293,6 @@ class _Run:
         self.signers: dict[tuple[str, str], Any] = {}
         self.skis: dict[str, tuple[Any, str]] = {}
         self.requests: dict[str, KeyRequest] = {}
-        self.bulk: set[str] = set()
-        self.prewrite_token = f"pre{os.getpid()}"  # the same in a signing worker: the parent renames
-        self.prewritten: set[str] = set()  # state files written ahead under `prewrite_token`
-        self.blob_ids: dict[str, str] = {}  # state file -> git object id of the content it gets
-        self.moved: list[tuple[str, str]] = []  # keys imported into another store by move_keys
-        self.journal_was_empty = self.state.key_journal_empty()
-        self.inventory_lines: dict[str, tuple[dict[str, Any], str]] = {}  # see StateDir.render_inventory
         self.plan_digest = plan.digest()
         self.actor = audit.actor()
         self.now_text = format_time(now)
@@ -424,7 +389,6 @@ class _Run:
                 self.state.journal_key(entry.backend, None, request.suffix)
                 raise
             self.state.journal_key(new_ref.store, new_ref.id, request.suffix)
-            self.moved.append((new_ref.store, new_ref.id))
             prove_key(new_store.signer(new_ref), self.cert(change.name).public_key(),
                       what=f"{entry.qualified} in backend {entry.backend}")
             new = dataclasses.replace(rec, store=entry.backend, plugin=new_store.plugin, key_id=new_ref.id,
@@ -443,10 +407,6 @@ class _Run:
             return
         self.requests = {c.name: _request(self.entry(c.name)) for c in wanted}
         self.state.journal_intents((self.entry(n).backend, r.to_json()) for n, r in self.requests.items())
-        self.bulk = self._bulk_leaves(wanted)
-        wanted = [c for c in wanted if c.name not in self.bulk]  # made by the signing workers
-        if not wanted:
-            return
         self.progress.phase("generating keys", len(wanted))
         requests = self.requests
 
@@ -458,7 +418,7 @@ class _Run:
                                            for c in wanted)
         if not parallel:
             for change in wanted:
-                self._make_key(change, journal=True)
+                self._make_key(change)
                 self.progress.advance()
             return
         import concurrent.futures  # (and `logging` with it): only for this
@@ -494,11 +454,9 @@ class _Run:
                 self.revoke(change)
             elif change.action is Action.UPDATE_CRL:
                 self.crl_due.add(change.name)
-            elif change.makes_certificate and change.name not in self.bulk:
+            elif change.makes_certificate:
                 self.make_certificate(change)
                 self.progress.advance()
-        if self.bulk:
-            self.sign_bulk([c for c in self.plan.changes if c.name in self.bulk and c.makes_certificate])
 
     def make_certificate(self, change: Change) -> None:
         """Sign ``change``'s certificate and record it (its key is in `new_keys` or the record)."""
@@ -547,129 +505,27 @@ class _Run:
             if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
                 self.retire.append((old.store, old.key_id))
         self.records[entry.name] = rec
-        self.objects[entry.name] = obj = rec.to_json()
-        self.inventory_lines[entry.name] = (obj, StateDir.inventory_line(entry.name, obj))  # (on both cores)
+        self.objects[entry.name] = rec.to_json()
         self.certs[entry.name] = cert
         self.signers.pop((rec.store, rec.key_id), None)
         cert_pem = der_to_pem(der)
-        rel = f"certs/{entry.name}.pem"
-        self.files[rel] = cert_pem.decode()
-        self.state.prewrite(rel, cert_pem, self.prewrite_token)
-        self.prewritten.add(rel)
-        if self.blobs is not None:  # hashed and compressed for git now, written as a pack at commit
-            self.blob_ids[rel] = self.blobs.add(cert_pem)
+        self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
         if entry.kind is Kind.AUTHORITY:
             self.crl_due.add(entry.name)
         self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
                    **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}))
 
-    # -- many new leaves: two processes ----------------------------------------------------------
-    def _bulk_leaves(self, wanted: list[Change]) -> set[str]:
-        """Leaves whose key and certificate a forked worker can make: hundreds of new keys in stores
-        that work across fork(), signed by an authority whose key does too. Key generation and
-        signing hold the GIL, so threads would not help; a second process halves the time."""
-        if len(wanted) < BULK_MIN or (os.cpu_count() or 1) < 2 or not hasattr(os, "fork") \
-                or threading.active_count() > 1:
-            return set()
-        known: dict[str, bool] = {}
-
-        def fork_safe(store: str) -> bool:
-            if store not in known:
-                known[store] = store in self.desired.stores and self.project.store(store).fork_safe
-            return known[store]
-
-        names = set()
-        for change in wanted:
-            entry = self.entry(change.name)
-            if entry.kind is not Kind.CERTIFICATE or not change.makes_certificate or change.revoke_reason \
-                    or entry.issuer is None:
-                continue
-            issuer = self.records.get(entry.issuer)
-            if fork_safe(entry.backend) and fork_safe(self.entry(entry.issuer).backend) \
-                    and (issuer is None or fork_safe(issuer.store)):
-                names.add(change.name)
-        return names if len(names) >= BULK_MIN else set()
-
-    def _make_key(self, change: Change, *, journal: bool) -> None:
+    def _make_key(self, change: Change) -> None:
         request = self.requests[change.name]
         store_name = self.entry(change.name).backend
         try:
             ref = self.project.store(store_name).generate(request)
         except BaseException:
-            if journal:
-                self.state.journal_key(store_name, None, request.suffix)
+            self.state.journal_key(store_name, None, request.suffix)
             raise
-        if journal:
-            self.state.journal_key(ref.store, ref.id, request.suffix)
+        self.state.journal_key(ref.store, ref.id, request.suffix)
         self.new_keys[change.name] = ref
-
-    def sign_bulk(self, changes: list[Change]) -> None:
-        """Half of ``changes`` here, half in a forked worker that sends back what it recorded."""
-        split = int(len(changes) * BULK_SHARE)
-        mine, theirs = changes[:split], changes[split:]
-        read_end, write_end = os.pipe()
-        # Python's collector writes into every object it scans: after fork() that copies the pages
-        # both processes share. Frozen, what exists now is never scanned: in the `pki` process for
-        # good (its end then skips them too); elsewhere (a program using pkiascode) until unfrozen.
-        gc.freeze()
-        pid = os.fork()
-        if pid == 0:  # the worker: no journal, no git pipe, no cleanup; the parent records it all
-            os.close(read_end)
-            try:
-                if self.blobs is not None:  # hashed and compressed here; the parent writes the pack
-                    self.blobs = BlobWriter(object_format=self.blobs.object_format)
-                events_from, retire_from = len(self.events), len(self.retire)
-                for change in theirs:
-                    self._make_key(change, journal=False)
-                    self.make_certificate(change)
-                out: tuple[Any, ...] = ("ok", [(c.name, self.new_keys[c.name], self.objects[c.name],
-                                                self.files[f"certs/{c.name}.pem"], self.inventory_lines[c.name][1])
-                                               for c in theirs],
-                                        self.events[events_from:], self.retire[retire_from:],
-                                        self.blobs.entries() if self.blobs is not None else [],
-                                        self.blob_ids)
-            except BaseException as e:  # noqa: BLE001 - reported by the parent
-                out = ("error", str(e) if isinstance(e, PkiError) else f"{type(e).__name__}: {e}")
-            try:
-                with os.fdopen(write_end, "wb") as f:
-                    f.write(pickle.dumps(out))
-            finally:
-                os._exit(0)  # never run the parent's code (cleanup, commit) in the worker
-        os.close(write_end)
-        try:
-            for change in mine:
-                # journaled below, with the worker's: until then, the intents name these keys
-                self._make_key(change, journal=False)
-                self.make_certificate(change)
-                self.progress.advance()
-        finally:
-            self.state.journal_keys([(ref.store, ref.id, self.requests[c.name].suffix)
-                                     for c in mine if (ref := self.new_keys.get(c.name)) is not None])
-            with os.fdopen(read_end, "rb") as f:
-                data = f.read()
-            os.waitpid(pid, 0)
-            gc.unfreeze()
-        message: tuple[Any, ...] = pickle.loads(data) if data else ("error", "the signing worker died")
-        status, rest = message[0], message[1:]
-        if status != "ok":
-            raise PkiError(f"signing worker: {rest[0]}")
-        results, events, retire, blobs, blob_ids = rest
-        # (no Record objects for these: nothing later in the run reads a leaf's record)
-        self.state.journal_keys([(ref.store, ref.id, self.requests[name].suffix) for name, ref, *_ in results])
-        for name, ref, obj, cert_pem, line in results:
-            self.new_keys[name] = ref
-            self.objects[name] = obj
-            self.inventory_lines[name] = (obj, line)
-            self.records.pop(name, None)
-            self.files[f"certs/{name}.pem"] = cert_pem
-            self.prewritten.add(f"certs/{name}.pem")
-        self.progress.advance(len(results))
-        if self.blobs is not None:
-            self.blobs.add_entries(blobs)
-            self.blob_ids.update(blob_ids)
-        self.events.extend(events)
-        self.retire.extend(retire)
 
     def add_revocation(self, rec: Record, reason: str, date: str | None = None) -> None:
         if rec.issuer is None:
@@ -724,8 +580,6 @@ class _Run:
             self.records[name] = new
             self.objects[name] = new.to_json()
             self.files[f"crl/{name}.crl"] = data.decode()
-            if self.blobs is not None:
-                self.blob_ids[f"crl/{name}.crl"] = self.blobs.add(data)
             change = next((c for c in self.plan.changes if c.name == name and c.action is Action.UPDATE_CRL), None)
             self.event(change, "update_crl", Kind.AUTHORITY, name, serial=None, sha256=digest,
                        not_after=info["next_update"], backend=rec.store, crl_number=number)
@@ -740,7 +594,7 @@ class _Run:
     def transaction(self, commit: bool) -> dict[str, Any]:
         return self.state.transaction(objects=self.objects, revocations=self.revocations, files=self.files,
                                       events=self.events, message=self.message(), retire_keys=self.retire,
-                                      commit=commit, lines=self.inventory_lines)
+                                      commit=commit)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
@@ -749,9 +603,6 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     if plan.empty:
         return ApplyResult({}, None, [], "")
     progress = progress or NullProgress()
-    repo = project.repository() if commit else None
-    if repo is not None:
-        repo.prepare_commit(project.state.root)  # (git answers while we sign)
     run = _Run(project, plan, now or utc_now(), progress, commit)
     run.check_stores()
     try:
@@ -761,29 +612,15 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         run.sign()
         run.sign_crls()
         _crash_point("after-sign")
+        if still_locked is not None:
+            still_locked()  # nothing written yet: a lost lock stops us here
     except BaseException:
-        # nothing reached state/: the keys made so far are orphans (and the certificates written
-        # ahead are temporary files); delete them now if we can
-        try:
-            run.state.remove_temporaries()
-            _cleanup_orphans(project, run.state)
-        except Exception:  # noqa: BLE001 - the original error matters more
-            pass
+        abandon(project)  # nothing reached state/: the keys made so far are orphans
         raise
-    if still_locked is not None:
-        still_locked()  # nothing written yet: a lost lock stops us here
     txn = run.transaction(commit)
     progress.phase("writing and committing state" if commit else "writing state", 1)
-    run.state.begin(txn)
-    _crash_point("after-txn")
-    used = _keys_in(run.objects)
-    sha = _finish(project, run.state, txn, commit=commit,
-                  prewritten=(run.prewrite_token, run.prewritten), blob_ids=run.blob_ids, used=used,
-                  # (only when the journal held nothing before: a key an earlier run could not
-                  # discard yet stays in it until a store takes it back)
-                  made=[(ref.store, ref.id) for ref in run.new_keys.values()] + run.moved
-                  if run.journal_was_empty else None)
+    sha = complete(project, txn, commit=commit)
     progress.advance()
-    notes = _process_deletes(project, run.state, used)
+    notes = _process_deletes(project, run.state, _keys_in(run.objects))
     progress.done()
     return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])

@@ -70,18 +70,28 @@ def head(lines: Sequence[Mapping[str, Any]], prev: str, seq: int) -> dict[str, A
 
 def read_lines(path: Path) -> list[str]:
     try:
-        return path.read_text(encoding="utf-8").splitlines()
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # never through a link
     except FileNotFoundError:
         return []
+    except OSError as e:
+        from .errors import StateError
+
+        raise StateError(f"cannot read {path.name}: {e.strerror} (a symbolic link?)") from None
+    with os.fdopen(fd, "rb") as f:
+        return f.read().decode("utf-8", errors="replace").splitlines()
 
 
 def tail_hash(path: Path) -> tuple[str, int]:
     """(hash, seq) of the last line, reading only the end of the file (more of it for a long line)."""
     try:
-        f = open(path, "rb")
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)  # never through a link
     except FileNotFoundError:
         return GENESIS, 0
-    with f:
+    except OSError as e:
+        from .errors import StateError
+
+        raise StateError(f"cannot read {path.name}: {e.strerror} (a symbolic link?)") from None
+    with os.fdopen(fd, "rb") as f:
         size = f.seek(0, os.SEEK_END)
         window = 65536
         while True:

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
-from .state import atomic_write, file_stamp
+from .errors import StateError
+from .state import atomic_write, check_private_dir, file_stamp, make_private_dir, read_file, safe_relative
 
 __all__ = ["NoopMemo", "stamp_files"]
 
@@ -35,31 +36,74 @@ def stamp_files(paths: Sequence[str], seen: Mapping[str, tuple[int, ...] | None]
     return h.hexdigest()
 
 
+#: the memo file's layout; a memo of another layout (or another pkiascode) is ignored and rebuilt
+SCHEMA = 1
+_FIELDS = {"schema": int, "version": str, "config_digest": str, "state_digest": str, "files": list, "stamp": str,
+           "csrs": dict, "stores": dict, "refs": dict, "quiet_until": (str, type(None))}
+
+
+def _valid(memo: object) -> bool:
+    """The memo's schema: each field of its type, the key references lists of [id, origin] strings."""
+    if not isinstance(memo, dict) or set(memo) != set(_FIELDS):
+        return False
+    if not all(isinstance(memo[k], t) for k, t in _FIELDS.items()):
+        return False
+    if memo["schema"] != SCHEMA or memo["version"] != __version__:
+        return False
+    if not all(isinstance(f, str) for f in memo["files"]) or not all(
+            isinstance(k, str) and safe_relative(k) and isinstance(v, str) for k, v in memo["csrs"].items()):
+        return False
+    for store, refs in memo["refs"].items():
+        spec = memo["stores"].get(store)
+        if not (isinstance(spec, dict) and isinstance(spec.get("plugin"), str)
+                and isinstance(spec.get("settings"), dict) and isinstance(refs, list)):
+            return False
+        if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in refs):
+            return False
+    if memo["quiet_until"] is not None:
+        try:
+            dt.datetime.fromisoformat(memo["quiet_until"])
+        except ValueError:
+            return False
+    return True
+
+
 class NoopMemo:
+    """``.pki/cache/noop.json``: plain JSON, checked against `SCHEMA` when read (anything else is
+    ignored and rebuilt), written 0600 in a 0700 directory. It only ever says "nothing to do" for
+    inputs that are byte for byte (stat for stat) the ones it was made from."""
+
     def __init__(self, path: Path) -> None:
         self.path = path
 
     def load(self) -> dict[str, Any] | None:
-        try:
-            data = json.loads(self.path.read_bytes())
-        except (OSError, ValueError):
+        # a .pki/ that someone else could write is refused, not trusted (StateError)
+        if not check_private_dir(self.path.parent.parent) or not check_private_dir(self.path.parent):
             return None
-        return data if isinstance(data, dict) and data.get("version") == __version__ else None
+        try:
+            data = read_file(self.path, limit=64 * 1024 * 1024)
+            memo = json.loads(data) if data else None
+        except (StateError, ValueError):
+            return None
+        return memo if _valid(memo) else None
 
     def save(self, *, config_digest: str, state_digest: str, files: Sequence[str],
              seen: Mapping[str, tuple[int, ...] | None], csrs: Mapping[str, str],
              stores: Mapping[str, Mapping[str, Any]], refs: Mapping[str, list[list[str]]],
              quiet_until: dt.datetime | None) -> None:
-        memo = {"version": __version__, "config_digest": config_digest, "state_digest": state_digest,
+        memo = {"schema": SCHEMA, "version": __version__, "config_digest": config_digest, "state_digest": state_digest,
                 "files": list(files), "stamp": stamp_files(files, seen), "csrs": dict(csrs), "stores": dict(stores),
                 "refs": dict(refs), "quiet_until": quiet_until.isoformat() if quiet_until else None}
         try:
-            atomic_write(self.path, json.dumps(memo, separators=(",", ":")).encode())
-        except OSError:
+            make_private_dir(self.path.parent.parent)
+            make_private_dir(self.path.parent)
+            atomic_write(self.path, json.dumps(memo, separators=(",", ":")).encode(), 0o600)
+        except (OSError, StateError):
             pass  # only an optimisation
 
     def forget(self) -> None:
-        self.path.unlink(missing_ok=True)
+        if self.path.parent.is_dir() and not self.path.parent.is_symlink():
+            self.path.unlink(missing_ok=True)
 
     @staticmethod
     def still_holds(memo: Mapping[str, Any], *, config_digest: str, csrs: Mapping[str, str],

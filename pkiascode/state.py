@@ -3,67 +3,165 @@
 Writing goes through a transaction: apply first writes everything it will change, complete, into
 ``.pki/journal/txn.json`` (one atomic rename), then copies it into ``state/``. That file is a line of
 JSON (the small fields, and for each file's content its length) followed by the contents themselves,
-byte for byte: escaping megabytes of PEM and JSON text into one JSON document cost more than the rest
-of the transaction. A run killed before the
-rename changed nothing; one killed after it is finished by the next run (`StateDir.pending_txn`,
-`StateDir.roll_forward`), which is idempotent. Keys made during an apply are listed in
-``.pki/journal/keys.jsonl`` as they are made, so the next run can delete the ones no certificate
-ended up using. Old keys are deleted only after the new state is committed.
+byte for byte. A run killed before the rename changed nothing; one killed after it is finished by
+the next run (`StateDir.pending_txn`, `StateDir.roll_forward`), which is idempotent. Keys made
+during an apply are listed in ``.pki/journal/keys.jsonl`` as they are made, so the next run can
+delete the ones no certificate ended up using. Old keys are deleted only after the new state is
+committed.
+
+Everything read back is input someone else may have written: each file is parsed against its schema
+(a malformed one is a `StateError` naming it), every name in it must be a pki.toml name before it
+becomes a path, and every path must stay inside its directory. Links are never followed: state files
+are opened with ``O_NOFOLLOW`` below directories checked to be real ones. What pkiascode makes is
+0700 (directories) and 0600 (files) whatever the umask, and a ``.pki/`` that another user owns or
+that others may write is refused.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hashlib
 import json
-import marshal
 import os
+import re
+import stat
 from collections.abc import Iterable, Mapping, Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from . import audit
+from .backend import KeyRequest
 from .errors import StateError
 from .model import Observed, Record
+from .names import NAME_RE
 
-__all__ = ["StateDir", "atomic_write", "file_stamp", "INVENTORY_FORMAT"]
+__all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
+           "INVENTORY_FORMAT", "dump_txn", "load_txn", "txn_file", "valid_key_ref", "safe_relative"]
 
 INVENTORY_FORMAT = 1
-_SORTED_JSON = json.JSONEncoder(sort_keys=True).encode
-_JSON = json.JSONEncoder().encode  # json.dumps(...), built once  # json.dumps(..., sort_keys=True), built once
+_JSON = json.JSONEncoder().encode
+#: a state file's path below the state directory: what a transaction may write or delete
+_STATE_FILE = re.compile(r"(certs/(?P<cert>[^/]+)\.pem|crl/(?P<crl>[^/]+)\.crl)\Z")
+#: a key store's reference to a key (files, Vault paths, PKCS#11 labels); the store checks its own form
+_KEY_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,511}\Z")
+_HEX = re.compile(r"[0-9a-f]+\Z")
+_SUFFIX = re.compile(r"[0-9a-f]{8}\Z")
 
 
-def atomic_write(path: Path, data: bytes, mode: int = 0o644) -> None:
+def valid_key_ref(store: object, key_id: object) -> bool:
+    """(store, key id) read from a file: a store name as pki.toml spells one, and a reference
+    without control characters or ``..`` components."""
+    return (isinstance(store, str) and bool(NAME_RE.match(store)) and isinstance(key_id, str)
+            and bool(_KEY_REF.match(key_id)) and ".." not in key_id.split("/"))
+
+
+# -- files and directories -----------------------------------------------------------------------
+
+def check_private_dir(path: Path) -> bool:
+    """Whether ``path`` exists; raises `StateError` if it is a link, not a directory, owned by
+    another user, or writable by group or others (someone else could plant files in it)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return False
+    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
+        raise StateError(f"{path} is not a directory (a symbolic link?); pkiascode never follows links there")
+    if st.st_uid != os.getuid():
+        raise StateError(f"{path} is owned by another user (uid {st.st_uid}); remove it or fix its owner")
+    if st.st_mode & 0o022:
+        raise StateError(f"{path} is writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                         f"run `chmod 700 {path}`")
+    return True
+
+
+def make_private_dir(path: Path) -> None:
+    """``path`` as a 0700 directory (made if missing, whatever the umask), checked."""
+    if not check_private_dir(path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.mkdir(path, 0o700)
+        except FileExistsError:
+            pass
+        os.chmod(path, 0o700, follow_symlinks=False)
+        check_private_dir(path)
+
+
+def _real_dir(path: Path, base: Path) -> None:
+    """``path`` and every directory between ``base`` and it are real directories (not links),
+    made 0700 where missing."""
+    rel = path.relative_to(base)
+    current = base
+    for part in rel.parts:
+        current = current / part
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            try:
+                os.mkdir(current, 0o700)
+                os.chmod(current, 0o700, follow_symlinks=False)
+            except FileExistsError:
+                pass
+            st = os.lstat(current)
+        if not stat.S_ISDIR(st.st_mode):
+            raise StateError(f"{current} is a symbolic link or not a directory; pkiascode never follows links "
+                             "in its state")
+
+
+def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     """Write ``path`` whole or not at all, with exactly ``mode``; never through a file or link someone
-    else left under the temporary name."""
+    else left under the temporary name (the final name, if a link, is replaced, not followed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.unlink(missing_ok=True)
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
     try:
         os.fchmod(fd, mode)
-        os.write(fd, data)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
     finally:
         os.close(fd)
     os.replace(tmp, path)
+
+
+def read_file(path: Path, *, limit: int | None = None) -> bytes | None:
+    """A state file's bytes (None when missing), never through a symbolic link (`StateError`)."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        if os.path.islink(path):
+            raise StateError(f"{path} is a symbolic link; pkiascode never follows links in its state") from None
+        raise StateError(f"cannot read {path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+            raise StateError(f"{path} is not a regular file")
+        data = f.read(limit + 1) if limit is not None else f.read()
+    if limit is not None and len(data) > limit:
+        raise StateError(f"{path} is larger than {limit} bytes; not a file pkiascode wrote")
+    return data
 
 
 def file_stamp(path: str) -> tuple[int, ...] | None:
     """(mtime, ctime, inode, size), or None for a missing file. ctime cannot be set back by
     ``touch -d``/utime, so an edit always shows."""
     try:
-        st = os.stat(path)
+        st = os.lstat(path)
     except FileNotFoundError:
         return None
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
 def _pem_der_digest(data: bytes) -> str | None:
-    """SHA-256 of the DER inside a one-object PEM file, without importing a crypto library."""
-    lines = data.strip().splitlines()
-    if len(lines) < 3 or not lines[0].startswith(b"-----BEGIN ") or not lines[-1].startswith(b"-----END "):
+    """SHA-256 of the DER of the one PEM block in ``data`` (text before the BEGIN line allowed, as
+    RFC 7468 says), without importing a crypto library."""
+    start = data.find(b"-----BEGIN ")
+    if start < 0 or (start and data[start - 1:start] != b"\n"):
+        return None
+    lines = data[start:].strip().splitlines()
+    if len(lines) < 3 or not lines[-1].startswith(b"-----END ") or data.count(b"-----BEGIN ") != 1:
         return None
     try:
         der = base64.b64decode(b"".join(lines[1:-1]), validate=True)
@@ -72,8 +170,11 @@ def _pem_der_digest(data: bytes) -> str | None:
     return hashlib.sha256(der).hexdigest()
 
 
+# -- the transaction file ------------------------------------------------------------------------
+
 _TXN_MAGIC = b"pkiascode-transaction 2\n"
 _BIG = ("inventory", "audit")  # besides every file's content: stored raw after the header
+_TXN_KEYS = {"inventory", "files", "audit_prev", "audit", "audit_size", "plan", "message", "retire_keys", "commit"}
 
 
 def dump_txn(txn: Mapping[str, Any]) -> bytes:
@@ -94,25 +195,18 @@ def dump_txn(txn: Mapping[str, Any]) -> bytes:
 
 
 def load_txn(data: bytes) -> dict[str, Any]:
-    """`dump_txn`'s inverse, and a transaction an earlier pkiascode wrote (one JSON document with
-    the audit lines as objects); ValueError (or KeyError/TypeError) for anything else."""
-    if data.startswith(b"{"):
-        txn: dict[str, Any] = json.loads(data)
-        lines = txn["audit"]
-        if not isinstance(lines, list) or not isinstance(txn["audit_size"], int):
-            raise ValueError("not a pkiascode transaction")
-        txn["audit"] = audit.render_lines(lines).decode()
-        txn["plan"] = lines[0].get("plan") if lines else None
-        return txn
+    """`dump_txn`'s inverse, checked against its schema: ValueError for anything else."""
     if not data.startswith(_TXN_MAGIC):
         raise ValueError("not a pkiascode transaction")
     end = data.index(b"\n", len(_TXN_MAGIC))
     txn = json.loads(data[len(_TXN_MAGIC):end])
+    if not isinstance(txn, dict) or not _TXN_KEYS <= set(txn) <= _TXN_KEYS | {"config"}:
+        raise ValueError("not a pkiascode transaction")
     pos = end + 1
 
-    def raw(length: int) -> str:
+    def raw(length: object) -> str:
         nonlocal pos
-        if not isinstance(length, int) or length < 0 or pos + length > len(data):
+        if not isinstance(length, int) or isinstance(length, bool) or length < 0 or pos + length > len(data):
             raise ValueError("transaction truncated")
         text = data[pos:pos + length].decode("utf-8")
         pos += length
@@ -120,15 +214,96 @@ def load_txn(data: bytes) -> dict[str, Any]:
 
     for key in _BIG:
         txn[key] = raw(txn[key])
-    txn["files"] = {rel: None if n is None else raw(n) for rel, n in txn["files"].items()}
+    files = txn["files"]
+    if not isinstance(files, dict):
+        raise ValueError("files")
+    txn["files"] = {rel: None if n is None else raw(n) for rel, n in files.items()}
     if pos != len(data):
         raise ValueError("trailing bytes in the transaction")
+    _check_txn(txn)
     return txn
+
+
+def _check_txn(txn: Mapping[str, Any]) -> None:
+    """Every field of a loaded transaction has its type, and every name and path in it is one
+    pkiascode writes: ValueError naming the field otherwise."""
+    for rel in txn["files"]:
+        if not state_file_name(rel):
+            raise ValueError(f"files: {rel!r} is not a state file")
+    if not (isinstance(txn["audit_prev"], str) and len(txn["audit_prev"]) == 64 and _HEX.match(txn["audit_prev"])):
+        raise ValueError("audit_prev")
+    size = txn["audit_size"]
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ValueError("audit_size")
+    if txn["plan"] is not None and not (isinstance(txn["plan"], str) and _HEX.match(txn["plan"])):
+        raise ValueError("plan")
+    if not isinstance(txn["message"], str) or not isinstance(txn["commit"], bool):
+        raise ValueError("message/commit")
+    retire = txn["retire_keys"]
+    if not isinstance(retire, list) or not all(
+            isinstance(r, list) and len(r) == 2 and valid_key_ref(r[0], r[1]) for r in retire):
+        raise ValueError("retire_keys")
+    config = txn.get("config")
+    if config is not None:
+        if not (isinstance(config, dict) and set(config) == {"path", "content"} and isinstance(config["content"], str)
+                and isinstance(config["path"], str) and safe_relative(config["path"])
+                and config["path"].endswith(".toml")):
+            raise ValueError("config")
+
+
+def state_file_name(rel: str) -> bool:
+    """``rel`` is ``certs/NAME.pem`` or ``crl/NAME.crl`` with a pki.toml NAME."""
+    m = _STATE_FILE.match(rel) if isinstance(rel, str) else None
+    return bool(m) and bool(NAME_RE.match(m.group("cert") or m.group("crl")))  # type: ignore[union-attr]
+
+
+def safe_relative(path: str) -> bool:
+    """A relative path without ``..``, empty or control-character parts."""
+    pure = PurePosixPath(path)
+    return (not pure.is_absolute() and bool(pure.parts) and ".." not in pure.parts
+            and not re.search(r"[\x00-\x1f\x7f\\]", path))
 
 
 def txn_file(work_dir: Path) -> Path:
     """Where an apply's transaction waits under ``.pki/`` (known before pki.toml is: see Project)."""
     return work_dir / "journal" / "txn.json"
+
+
+# -- the inventory -------------------------------------------------------------------------------
+
+def _check_object(name: object, obj: object) -> str | None:
+    """What is wrong with one inventory object (None: nothing). Types and names only: whether its
+    content agrees with its certificate is the planner's and `Project`'s business."""
+    if not isinstance(name, str) or not NAME_RE.match(name):
+        return f"object name {name!r} is not a pki.toml name"
+    if not isinstance(obj, dict):
+        return f"{name}: not an object"
+    if obj.get("name") != name:
+        return f"{name}: its name field says {obj.get('name')!r}"
+    if obj.get("kind") not in ("authority", "certificate"):
+        return f"{name}: kind must be authority or certificate"
+    issuer = obj.get("issuer")
+    if issuer is not None and (not isinstance(issuer, str) or not NAME_RE.match(issuer)):
+        return f"{name}: issuer {issuer!r} is not a pki.toml name"
+    for field in ("serial", "sha256", "ski"):
+        if not isinstance(obj.get(field), str) or not _HEX.match(obj[field]):
+            return f"{name}: {field} must be lowercase hex"
+    key = obj.get("key")
+    if not isinstance(key, dict) or not valid_key_ref(key.get("backend"), key.get("ref")):
+        return f"{name}: key must name a backend and a key reference"
+    pub = obj.get("public_key_sha256")
+    if pub is not None and not (isinstance(pub, str) and len(pub) == 64 and _HEX.match(pub)):
+        return f"{name}: public_key_sha256 must be 64 hex digits"
+    return None
+
+
+def render_inventory(inv: Mapping[str, Any]) -> bytes:
+    """inventory.json: one field per line, keys sorted, so that a changed field is a one-line diff."""
+    out = {"format_version": INVENTORY_FORMAT, "objects": inv["objects"], "revocations": list(inv["revocations"])}
+    if inv.get("audit_head"):
+        # the audit log's last line when this was written: removing lines from its end shows
+        out["audit_head"] = inv["audit_head"]
+    return (json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
 class StateDir:
@@ -138,6 +313,8 @@ class StateDir:
         self.base = base_dir
         self.root = base_dir / state_dir
         self.rel = state_dir
+        if not safe_relative(state_dir) or not self.root.resolve().is_relative_to(base_dir.resolve()):
+            raise StateError(f"state_dir {state_dir!r} must be a directory inside {base_dir}")
         self.work = work_dir
         self.certs = self.root / "certs"
         self.crls = self.root / "crl"
@@ -148,71 +325,79 @@ class StateDir:
         self.keys_path = self.journal / "keys.jsonl"
         self.deletes_path = self.journal / "deletes.json"
         self.deferred_path = self.journal / "uncommitted.json"
-        self._stat_cache_path = work_dir / "cache" / "files.marshal"
-        self._dir_fds: dict[str, int] = {}  # see prewrite
-        self._cache_dirty = False
-        self._journal_file: Any = None
+        self._journal_fd: int | None = None
         #: stat stamps of the files the last `observe` read, taken as it read them
         self.seen: dict[str, tuple[int, ...] | None] = {}
 
     def cert_path(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise StateError(f"{name!r} is not a pki.toml name")
         return self.certs / f"{name}.pem"
 
     def crl_path(self, name: str) -> Path:
+        if not NAME_RE.match(name):
+            raise StateError(f"{name!r} is not a pki.toml name")
         return self.crls / f"{name}.crl"
+
+    # -- where files may be --------------------------------------------------------------------
+    def _check_state_dirs(self, *, make: bool = False) -> None:
+        """state/ and its certs/, crl/ are real directories inside the project (made when ``make``)."""
+        for d in (self.root, self.certs, self.crls):
+            if make:
+                _real_dir(d, self.base)
+            else:
+                try:
+                    st = os.lstat(d)
+                except FileNotFoundError:
+                    continue
+                if not stat.S_ISDIR(st.st_mode):
+                    raise StateError(f"{d} is a symbolic link or not a directory; pkiascode never follows "
+                                     "links in its state")
+        if self.root.exists() and not self.root.resolve().is_relative_to(self.base.resolve()):
+            raise StateError(f"{self.root} leads outside {self.base}")
+
+    def _work_ready(self, *, make: bool = False) -> bool:
+        """``.pki/`` and its journal/ are private directories (made when ``make``)."""
+        if make:
+            make_private_dir(self.work)
+            make_private_dir(self.journal)
+            return True
+        return check_private_dir(self.work) and check_private_dir(self.journal)
+
+    def _read_work(self, path: Path, *, limit: int | None = None) -> bytes | None:
+        if not self._work_ready():
+            return None
+        return read_file(path, limit=limit)
 
     # -- inventory ------------------------------------------------------------------------------
     def read_inventory_bytes(self) -> bytes:
-        try:
-            return self.inventory_path.read_bytes()
-        except FileNotFoundError:
-            return b""
+        self._check_state_dirs()
+        return read_file(self.inventory_path) or b""
 
     def parse_inventory(self, data: bytes) -> dict[str, Any]:
         if not data.strip():
             return {"format_version": INVENTORY_FORMAT, "objects": {}, "revocations": []}
+        where = f"{self.rel}/inventory.json"
+        restore = f"restore it with `git checkout -- {where}`"
         try:
             inv = json.loads(data)
-        except json.JSONDecodeError as e:
-            raise StateError(f"{self.rel}/inventory.json is not valid JSON (line {e.lineno}): restore it "
-                             f"with `git checkout -- {self.rel}/inventory.json`") from None
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise StateError(f"{where} is not valid JSON ({getattr(e, 'lineno', '?')}): {restore}") from None
         if not isinstance(inv, dict) or inv.get("format_version") != INVENTORY_FORMAT \
                 or not isinstance(inv.get("objects"), dict):
-            raise StateError(f"{self.rel}/inventory.json is not a pkiascode inventory (format_version "
-                             f"{INVENTORY_FORMAT} with objects)")
+            raise StateError(f"{where} is not a pkiascode inventory (format_version {INVENTORY_FORMAT} with objects)")
         inv.setdefault("revocations", [])
+        if not isinstance(inv["revocations"], list) or not all(isinstance(r, dict) for r in inv["revocations"]):
+            raise StateError(f"{where}: revocations must be a list of objects; {restore}")
+        for name, obj in inv["objects"].items():
+            problem = _check_object(name, obj)
+            if problem:
+                raise StateError(f"{where}: {problem}; {restore}")
+        for r in inv["revocations"]:
+            if not (isinstance(r.get("issuer"), str) and NAME_RE.match(r["issuer"])):
+                raise StateError(f"{where}: a revocation's issuer {r.get('issuer')!r} is not a pki.toml name; "
+                                 f"{restore}")
         return inv
-
-    @staticmethod
-    def inventory_line(name: str, obj: Mapping[str, Any]) -> str:
-        """Object ``name``'s line in inventory.json (without the separating comma)."""
-        return f"{_SORTED_JSON(name)}: {_SORTED_JSON(obj)}"
-
-    @staticmethod
-    def render_inventory(inv: Mapping[str, Any],
-                         lines: Mapping[str, tuple[Mapping[str, Any], str]] | None = None) -> bytes:
-        """One object per line: small, reviewable diffs in git. ``lines``: (object, its
-        `inventory_line`) rendered earlier, used while the object is still that one."""
-        objects = inv["objects"]
-        lines = lines or {}
-        out = ['{"format_version": %d,' % INVENTORY_FORMAT]
-        if inv.get("audit_head"):
-            # the audit log's last line when this was written: removing lines from its end shows
-            out.append(f'"audit_head": {_SORTED_JSON(inv["audit_head"])},')
-        out.append('"objects": {')
-        names = sorted(objects)
-        for i, name in enumerate(names):
-            sep = "," if i < len(names) - 1 else ""
-            obj = objects[name]
-            pre = lines.get(name)
-            out.append((pre[1] if pre is not None and pre[0] is obj else StateDir.inventory_line(name, obj)) + sep)
-        out.append("},")
-        out.append('"revocations": [')
-        revs = inv.get("revocations", [])
-        for i, r in enumerate(revs):
-            out.append(_SORTED_JSON(r) + ("," if i < len(revs) - 1 else ""))
-        out.append("]}")
-        return ("\n".join(out) + "\n").encode()
 
     def load(self) -> tuple[dict[str, Any], dict[str, Record]]:
         """The inventory as written, and its records: no drift checks (for readers of state)."""
@@ -236,182 +421,134 @@ class StateDir:
         self.seen = {}
         if txn is not None:
             data = txn["inventory"].encode()
-            overlay = {rel for rel in txn["files"]}
+            overlay = set(txn["files"])
         else:
             self.seen[str(self.inventory_path)] = file_stamp(str(self.inventory_path))
             data = self.read_inventory_bytes()
             overlay = set()
+        self._check_state_dirs()
         inv = self.parse_inventory(data)
         records = self.records(inv)
-        cache = self._load_stat_cache()
         cert_drift: dict[str, str] = {}
         crl_drift: dict[str, str] = {}
-        certs, crls = f"{self.certs}{os.sep}", f"{self.crls}{os.sep}"  # strings: 10k Paths cost 40 ms
         for name, rec in records.items():
             rel = f"certs/{name}.pem"
             if rel not in overlay:
-                why = self._file_drift(f"{certs}{name}.pem", rec.sha256, cache)
+                why = self._file_drift(self.cert_path(name), rec.sha256)
                 if why:
                     cert_drift[name] = f"{self.rel}/{rel} {why}"
             crl = rec.crl
             if crl:
                 rel = f"crl/{name}.crl"
                 if rel not in overlay:
-                    why = self._file_drift(f"{crls}{name}.crl", crl.get("sha256", ""), cache)
+                    why = self._file_drift(self.crl_path(name), crl.get("sha256", ""))
                     if why:
                         crl_drift[name] = f"{self.rel}/{rel} {why}"
-        self._save_stat_cache(cache)
         # with a pending transaction this is already the digest of the state it will leave
         digest = hashlib.sha256(data + json.dumps([cert_drift, crl_drift], sort_keys=True).encode()).hexdigest()
         observed = Observed(records=records, revocations=tuple(inv["revocations"]), cert_drift=cert_drift,
                             crl_drift=crl_drift, digest=digest)
         return observed, inv
 
-    def _file_drift(self, path: str, expected: str, cache: dict[str, tuple[Any, ...]]) -> str | None:
-        stamp = self.seen[path] = file_stamp(path)
-        if stamp is None:
+    def _file_drift(self, path: Path, expected: str) -> str | None:
+        self.seen[str(path)] = file_stamp(str(path))
+        data = read_file(path)
+        if data is None:
             return "is missing"
-        hit = cache.get(path)
-        if hit is not None and hit[:4] == stamp:
-            digest = hit[4]
-        else:
-            with open(path, "rb") as f:
-                digest = _pem_der_digest(f.read())
-            cache[path] = stamp + (digest,)
-            self._cache_dirty = True
+        digest = _pem_der_digest(data)
         if digest is None:
             return "is not a PEM file"
         if digest != expected:
             return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
         return None
 
-    def _load_stat_cache(self) -> dict[str, tuple[Any, ...]]:
-        # marshal: the fastest format Python reads (a local cache, rebuilt if unreadable)
-        try:
-            cache = marshal.loads(self._stat_cache_path.read_bytes())
-        except (OSError, ValueError, EOFError, TypeError):
-            return {}
-        return cache if isinstance(cache, dict) else {}
-
-    def _save_stat_cache(self, cache: dict[str, tuple[Any, ...]]) -> None:
-        if not self._cache_dirty:
-            return
-        try:
-            atomic_write(self._stat_cache_path, marshal.dumps(cache))
-        except (OSError, ValueError):
-            pass
-        self._cache_dirty = False
-
     # -- transactions ---------------------------------------------------------------------------
     def pending_txn(self) -> dict[str, Any] | None:
-        try:
-            return load_txn(self.txn_path.read_bytes())
-        except FileNotFoundError:
+        data = self._read_work(self.txn_path)
+        if data is None:
             return None
+        try:
+            return load_txn(data)
         except (ValueError, KeyError, TypeError, UnicodeDecodeError):
-            # a torn txn file cannot exist (it is renamed into place), so this is damage
+            # a torn txn file cannot exist (it is renamed into place), so this is damage or forgery
             raise StateError(f"{self.txn_path} is damaged; remove it to discard the interrupted apply") from None
 
     def transaction(self, *, objects: Mapping[str, Any], revocations: Sequence[Mapping[str, Any]],
                     files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
                     retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
-                    config: Mapping[str, str] | None = None,
-                    lines: Mapping[str, tuple[Mapping[str, Any], str]] | None = None) -> dict[str, Any]:
+                    config: Mapping[str, str] | None = None) -> dict[str, Any]:
         """Everything a change writes, as one record for `begin`/`roll_forward`: the new inventory
         (with the audit log's new head), the files, the audit lines chained onto the log as it is."""
+        self._check_state_dirs()
         prev, seq = audit.tail_hash(self.audit_path)
         audit_lines = audit.chain(events, prev=prev, seq=seq)
-        inventory = self.render_inventory({"objects": objects, "revocations": revocations,
-                                           "audit_head": audit.head(audit_lines, prev, seq)}, lines)
+        inventory = render_inventory({"objects": objects, "revocations": revocations,
+                                      "audit_head": audit.head(audit_lines, prev, seq)})
         txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
                                "audit": audit.render_lines(audit_lines).decode(), "audit_size": self.audit_size(),
                                "plan": audit_lines[0].get("plan") if audit_lines else None, "message": message,
-                               "retire_keys": sorted(set(retire_keys)), "commit": commit}
+                               "retire_keys": [list(r) for r in sorted(set(retire_keys))], "commit": commit}
         if config is not None:
             txn["config"] = dict(config)
+        _check_txn(txn)  # what the next run will accept back
         return txn
 
     def begin(self, txn: Mapping[str, Any]) -> None:
         """Make the transaction durable: from here on the change will complete."""
         data = dump_txn(txn)
-        self.journal.mkdir(parents=True, exist_ok=True)
-        tmp = self.txn_path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.txn_path)
-
-    def _prewritten(self, rel: str, token: str) -> tuple[int, str, str]:
-        """(open directory, temporary name, final name) of state file ``rel`` written ahead."""
-        folder, _, name = rel.rpartition("/")
-        return self._dir_fd(folder), f".{name}.{token}.tmp", name
-
-    def prewrite(self, rel: str, data: bytes, token: str) -> None:
-        """Write state file ``rel``'s future content under a temporary name, while signing (in a
-        signing worker too), so that `roll_forward` only renames it into place. A crash leaves just a
-        temporary file, which the next apply removes; its transaction holds the content anyway."""
-        dir_fd, tmp, _ = self._prewritten(rel, token)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644, dir_fd=dir_fd)
+        self._work_ready(make=True)
+        tmp = self.txn_path.with_name(f".txn.{os.getpid()}.tmp")
+        tmp.unlink(missing_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         try:
-            os.fchmod(fd, 0o644)
-            os.write(fd, data)
+            os.fchmod(fd, 0o600)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
         finally:
             os.close(fd)
+        os.replace(tmp, self.txn_path)
 
-    def _dir_fd(self, folder: str) -> int:
-        """State directory ``folder`` (``certs``), open for the rest of the run (made if missing):
-        names relative to it skip a path walk per file."""
-        fd = self._dir_fds.get(folder)
-        if fd is None:
-            (self.root / folder).mkdir(parents=True, exist_ok=True)
-            fd = self._dir_fds[folder] = os.open(self.root / folder, os.O_RDONLY | os.O_DIRECTORY)
-        return fd
-
-    def roll_forward(self, txn: Mapping[str, Any], prewritten: tuple[str, set[str]] | None = None) -> None:
+    def roll_forward(self, txn: Mapping[str, Any]) -> None:
         """Write the transaction into state/ (idempotent: safe to repeat after a crash).
 
         ``txn["config"]``, when present, is a new pki.toml (``pki import`` adds tables to it): it is
         written first, so state never holds objects that pki.toml does not describe.
-        ``prewritten`` is (token, paths) of files `prewrite` wrote in this process's apply: they are
-        renamed into place (a recovery passes none and writes everything from the transaction).
         """
-        token, ready = prewritten if prewritten is not None else ("", set())
+        _check_txn(txn)
+        self._check_state_dirs(make=True)
         config = txn.get("config")
         if config is not None:
             path = self.base / config["path"]
-            if path.read_text(encoding="utf-8") != config["content"]:
+            _real_dir(path.parent, self.base)
+            if read_file(path) != config["content"].encode("utf-8"):
                 atomic_write(path, config["content"].encode("utf-8"))
         for rel, content in txn["files"].items():
             path = self.root / rel
-            if rel in ready:  # written ahead by this process's apply
-                dir_fd, tmp, name = self._prewritten(rel, token)
-                if content is None:
-                    path.unlink(missing_ok=True)
-                    with contextlib.suppress(FileNotFoundError):
-                        os.unlink(tmp, dir_fd=dir_fd)
-                else:
-                    os.replace(tmp, name, src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
-            elif content is None:
-                path.unlink(missing_ok=True)
-            else:
-                data = content.encode()
-                try:
-                    if path.read_bytes() == data:
-                        continue
-                except FileNotFoundError:
-                    pass
-                atomic_write(path, data)
+            if content is None:
+                path.unlink(missing_ok=True)  # (unlink removes a link itself, never its target)
+                continue
+            data = content.encode()
+            if not os.path.islink(path) and read_file(path) == data:
+                continue
+            atomic_write(path, data)
         self._append_audit(txn["audit_prev"], txn["audit"].encode(), txn["audit_size"])
         inv = txn["inventory"].encode()
-        if self.read_inventory_bytes() != inv:
+        if os.path.islink(self.inventory_path) or self.read_inventory_bytes() != inv:
             atomic_write(self.inventory_path, inv)
 
     def audit_size(self) -> int:
         try:
-            return self.audit_path.stat().st_size
+            st = os.lstat(self.audit_path)
         except FileNotFoundError:
             return 0
+        if not stat.S_ISREG(st.st_mode):
+            raise StateError(f"{self.audit_path} is a symbolic link or not a file; pkiascode never follows links")
+        return st.st_size
+
+    def read_audit(self) -> bytes:
+        return read_file(self.audit_path) or b""
 
     def _append_audit(self, base: str, blob: bytes, size: int) -> None:
         """Append ``blob`` (audit lines) to a log that was ``size`` bytes ending in hash ``base``;
@@ -419,9 +556,10 @@ class StateDir:
         if not blob:
             return
         changed = StateError(f"{self.rel}/audit.jsonl changed while an apply was pending; run `pki audit verify`")
+        self._check_state_dirs(make=True)
         now = self.audit_size()
-        self.audit_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.audit_path, "ab+") as f:
+        fd = os.open(self.audit_path, os.O_RDWR | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "rb+") as f:
             if now > size:
                 f.seek(size)
                 written = f.read()
@@ -442,14 +580,14 @@ class StateDir:
         self.close()
 
     def close(self) -> None:
-        """Let go of the directories `prewrite` kept open."""
-        fds, self._dir_fds = self._dir_fds, {}
-        for fd in fds.values():
-            os.close(fd)
+        if self._journal_fd is not None:
+            os.close(self._journal_fd)
+            self._journal_fd = None
 
     def remove_temporaries(self) -> None:
         """Temporary files of a write a crash cut short (`atomic_write`'s ``.NAME.PID.tmp``): under the
         apply lock none is in use."""
+        self._check_state_dirs()
         for directory in (self.root, self.certs, self.crls):
             try:
                 names = os.listdir(directory)
@@ -463,91 +601,113 @@ class StateDir:
     # Two kinds of line: {"intent": {store, request}} before a store is asked to make or import a key,
     # and {"store", "id", "suffix"} once it has answered.
     def journal_intents(self, intents: Iterable[tuple[str, Mapping[str, Any]]]) -> None:
-        encode = _JSON
-        self._journal_write("".join(f'{{"intent": {{"store": {encode(store)}, "request": {encode(request)}}}}}\n'
+        self._journal_write("".join(_JSON({"intent": {"store": store, "request": dict(request)}}) + "\n"
                                     for store, request in intents))
 
     def journal_key(self, store: str, key_id: str | None, suffix: str | None = None) -> None:
         """The store's answer: the key's id, or None when the call failed (nothing to discard)."""
-        self.journal_keys([(store, key_id, suffix)])
-
-    def journal_keys(self, answers: Iterable[tuple[str, str | None, str | None]]) -> None:
-        """Several answers (store, id, suffix) in one write."""
-        self._journal_write("".join(_JSON({"store": store, "id": key_id, "suffix": suffix}) + "\n"
-                                    for store, key_id, suffix in answers))
+        self._journal_write(_JSON({"store": store, "id": key_id, "suffix": suffix}) + "\n")
 
     def _journal_write(self, lines: str) -> None:
         """Append whole lines to the key journal (kept open for the run; each call one write)."""
         if not lines:
             return
-        if self._journal_file is None:
-            self.journal.mkdir(parents=True, exist_ok=True)
-            self._journal_file = open(self.keys_path, "a", buffering=1)  # noqa: SIM115 - closed by clear_key_journal
-        self._journal_file.write(lines)
-        self._journal_file.flush()
+        if self._journal_fd is None:
+            self._work_ready(make=True)
+            self._journal_fd = os.open(self.keys_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW, 0o600)
+            os.fchmod(self._journal_fd, 0o600)
+        os.write(self._journal_fd, lines.encode())
 
-    def _journal_lines(self) -> list[dict[str, Any]]:
-        try:
-            lines = self.keys_path.read_text().splitlines()
-        except FileNotFoundError:
-            return []
-        out = []
-        for line in lines:
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a torn last line from a crash
-        return out
-
-    def key_journal_empty(self) -> bool:
-        try:
-            return self.keys_path.stat().st_size == 0
-        except FileNotFoundError:
-            return True
-
-    def key_journal(self) -> tuple[list[tuple[str, str]], list[tuple[str, dict[str, Any]]]]:
+    def key_journal(self) -> tuple[list[tuple[str, str]], list[tuple[str, KeyRequest]]]:
         """What the key journal holds, read once: the keys a store made (store, id), and the
-        requests (store, request) asked for but never answered (the process died during the call)."""
-        lines = self._journal_lines()
-        made = [(d["store"], d["id"]) for d in lines if d.get("id") and "store" in d]
-        answered = {(d.get("store"), d.get("suffix")) for d in lines if "intent" not in d}
-        return made, [(d["intent"]["store"], d["intent"]["request"]) for d in lines
-                      if "intent" in d and (d["intent"]["store"], d["intent"]["request"].get("suffix")) not in answered]
+        requests (store, request) asked for but never answered (the process died during the call).
+        A line that is not one of the two kinds is an error naming the file (a torn last line,
+        from a crash during its write, is skipped)."""
+        data = self._read_work(self.keys_path)
+        if not data:
+            return [], []
+        lines = data.decode("utf-8", errors="replace").split("\n")
+        last = len(lines) - 1
+        made: list[tuple[str, str]] = []
+        intents: list[tuple[str, KeyRequest]] = []
+        answered: set[tuple[str, str | None]] = set()
+        for n, line in enumerate(lines):
+            if not line:
+                continue
+            try:
+                d = json.loads(line)
+                if "intent" in d:
+                    intent = d["intent"]
+                    store, request = intent["store"], _key_request(intent["request"])
+                    if not valid_key_ref(store, "x"):
+                        raise ValueError("store")
+                    intents.append((store, request))
+                else:
+                    store, key_id, suffix = d["store"], d["id"], d["suffix"]
+                    if not valid_key_ref(store, key_id if key_id is not None else "x") \
+                            or not (suffix is None or (isinstance(suffix, str) and _SUFFIX.match(suffix))):
+                        raise ValueError("answer")
+                    answered.add((store, suffix))
+                    if key_id is not None:
+                        made.append((store, key_id))
+            except (ValueError, KeyError, TypeError):
+                if n == last:
+                    continue  # torn by a crash while it was written
+                raise StateError(f"{self.keys_path}:{n + 1}: not a key journal line; it was not written by "
+                                 "pkiascode: look at it, then remove the file") from None
+        return made, [(s, r) for s, r in intents if (s, r.suffix) not in answered]
 
     def clear_key_journal(self) -> None:
-        if self._journal_file is not None:
-            self._journal_file.close()
-            self._journal_file = None
+        self.close()
         self.keys_path.unlink(missing_ok=True)
+
+    def _read_key_pairs(self, path: Path) -> list[tuple[str, str]] | None:
+        """A list of [store, key id] pairs (deletes.json, uncommitted.json); None when missing."""
+        data = self._read_work(path)
+        if data is None:
+            return None
+        try:
+            pairs = json.loads(data)
+            if isinstance(pairs, list) and all(isinstance(p, list) and len(p) == 2 and valid_key_ref(*p)
+                                               for p in pairs):
+                return [(p[0], p[1]) for p in pairs]
+        except ValueError:
+            pass
+        raise StateError(f"{path} is not a list of [backend, key] pairs; it was not written by pkiascode: "
+                         "look at it, then remove the file")
+
+    def _write_key_pairs(self, path: Path, refs: Iterable[tuple[str, str]]) -> None:
+        self._work_ready(make=True)
+        atomic_write(path, json.dumps(sorted(set(refs))).encode())
 
     def defer_deletes(self, refs: Iterable[tuple[str, str]]) -> None:
         """Keys to delete once a commit holds the state that stopped using them (after --no-commit)."""
-        keys = sorted(set(self.deferred_deletes() or []) | set(refs))
-        atomic_write(self.deferred_path, json.dumps(keys).encode())
+        self._write_key_pairs(self.deferred_path, list(self.deferred_deletes() or []) + list(refs))
 
     def deferred_deletes(self) -> list[tuple[str, str]] | None:
         """None when every apply's state was committed; else the keys waiting for that commit."""
-        try:
-            return [(str(a), str(b)) for a, b in json.loads(self.deferred_path.read_bytes())]
-        except FileNotFoundError:
-            return None
-        except (ValueError, TypeError):
-            return []
+        return self._read_key_pairs(self.deferred_path)
 
     def clear_deferred_deletes(self) -> None:
         self.deferred_path.unlink(missing_ok=True)
 
     def pending_deletes(self) -> list[tuple[str, str]]:
-        try:
-            return [tuple(x) for x in json.loads(self.deletes_path.read_bytes())]  # type: ignore[misc]
-        except FileNotFoundError:
-            return []
-        except ValueError:
-            return []
+        return self._read_key_pairs(self.deletes_path) or []
 
     def set_pending_deletes(self, refs: Iterable[tuple[str, str]]) -> None:
         refs = sorted(set(refs))
         if refs:
-            atomic_write(self.deletes_path, json.dumps(refs).encode())
+            self._write_key_pairs(self.deletes_path, refs)
         else:
             self.deletes_path.unlink(missing_ok=True)
+
+
+def _key_request(d: object) -> KeyRequest:
+    """A journaled key request, checked: its name a pki.toml name, its suffix 8 hex digits."""
+    if not isinstance(d, dict) or not isinstance(d.get("name"), str) or not NAME_RE.match(d["name"]):
+        raise ValueError("request name")
+    if not isinstance(d.get("suffix"), str) or not _SUFFIX.match(d["suffix"]):
+        raise ValueError("request suffix")
+    if not isinstance(d.get("authority"), bool) or not isinstance(d.get("exportable"), bool):
+        raise ValueError("request flags")
+    return KeyRequest.from_json(d)

@@ -666,7 +666,7 @@ def test_drifted_certificate_file_is_reissued(project, pki, damage, why):
 
 def test_edited_certificate_with_restored_mtime_is_still_drift(project, pki):
     pki.apply()
-    assert pki.plan_exit() == 0  # fills the cache
+    assert pki.plan_exit() == 0  # remembered as nothing to do
     path = project / "state/certs/server.pem"
     before = path.stat()
     _garble(path)

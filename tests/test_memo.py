@@ -112,7 +112,7 @@ def test_replace_and_a_pending_apply_never_use_the_memo(applied):
     # a pending transaction that (as after a crash) equals the state already written
     project = Project(applied / "pki.toml")
     state = project.state
-    txn = {"inventory": state.read_inventory_bytes().decode(), "files": {}, "audit_prev": "", "audit": "",
+    txn = {"inventory": state.read_inventory_bytes().decode(), "files": {}, "audit_prev": "0" * 64, "audit": "",
            "audit_size": state.audit_size(), "plan": None, "message": "x", "retire_keys": [], "commit": False}
     (journal / "txn.json").write_bytes(dump_txn(txn))
     p, _ = plan(applied)

@@ -15,13 +15,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, padding
 
 from pkiascode import hookspecs
 from pkiascode.apply import execute
 from pkiascode.backend import KeyRef, KeyRequest, KeyStore, StoreContext
-from pkiascode.errors import BackendError, KeyNotFound
+from pkiascode.errors import BackendError, KeyNotExportable, KeyNotFound
 from pkiascode.hookspecs import hookimpl
 from pkiascode.keytypes import generate_private_key
+from pkiascode.signers import external_key
 from pkiascode.plugins import ENTRY_POINT_GROUP, Plugins
 from pkiascode.project import Project
 from pkiascode.testing import KeyStoreConformance
@@ -40,7 +42,8 @@ class MemoryKeyStore(KeyStore):
 
     def _add(self, request: KeyRequest, key: Any, origin: str) -> KeyRef:
         with self._lock:
-            key_id = f"{request.name}-{request.suffix or len(_KEYS)}-{len(_KEYS)}"
+            # (a key made for `exportable = false` says so in its reference)
+            key_id = f"{request.name}-{request.suffix or len(_KEYS)}-{len(_KEYS)}{'' if request.exportable else '-sealed'}"
             _KEYS[key_id] = key
         return KeyRef(self.name, key_id, origin)
 
@@ -57,16 +60,32 @@ class MemoryKeyStore(KeyStore):
             raise KeyNotFound(f"backend {self.name}: no key {ref.id}") from None
 
     def signer(self, ref: KeyRef) -> Any:
-        return self._get(ref)
+        key = self._get(ref)
+        if self.is_exportable(ref):
+            return key
+        # kept inside: a signer that signs and reveals nothing
+        rsa_or_ec = not isinstance(key, ed25519.Ed25519PrivateKey)
+
+        def sign(data: bytes, algorithm: Any) -> bytes:
+            if isinstance(key, ec.EllipticCurvePrivateKey):
+                return key.sign(data, ec.ECDSA(algorithm))
+            return key.sign(data, padding.PKCS1v15(), algorithm) if rsa_or_ec else key.sign(data)
+
+        return external_key(key.public_key(), sign, label=f"memory:{ref.id}")
 
     def public_key(self, ref: KeyRef) -> Any:
         return self._get(ref).public_key()
 
     def export(self, ref: KeyRef) -> Any:
+        if not self.is_exportable(ref):
+            raise KeyNotExportable(f"backend {self.name}: key {ref.id} is not exportable")
         return self._get(ref)
 
     def is_exportable(self, ref: KeyRef) -> bool:
-        return True
+        return not ref.id.endswith("-sealed")
+
+    def list_keys(self) -> list[KeyRef]:
+        return [KeyRef(self.name, key_id) for key_id in sorted(_KEYS)]
 
     def missing(self, refs: Iterable[KeyRef]) -> set[KeyRef]:
         return {r for r in refs if r.id not in _KEYS}
@@ -153,37 +172,26 @@ def test_a_name_registered_twice_or_not_a_key_store_is_refused() -> None:
         Plugins(load_entry_points=False, extra=[Wrong()]).factory("wrong")
 
 
-# -- the remembered entry points ------------------------------------------------------------------
+# -- nothing outside the project ----------------------------------------------------------------
 
-_PROBE = ("import sys, json; from pkiascode.plugins import Plugins; p = Plugins(); "
-          "names = p.names(); print(json.dumps([names, 'importlib.metadata' in sys.modules]))")
-
-
-def _probe(env: dict[str, str]) -> tuple[list[str], bool]:
+def test_plugins_are_found_without_writing_outside_the_project(tmp_path: Path) -> None:
+    """No cache in the user's home: a plan writes nothing under $HOME or $XDG_CACHE_HOME, and a
+    distribution installed afterwards (a dist-info on the import path) is found at once."""
     import json
     import os
 
-    out = subprocess.run([sys.executable, "-c", _PROBE], capture_output=True, text=True, check=True,
-                         env={**os.environ, **env}).stdout
-    names, scanned = json.loads(out)
-    return names, scanned
-
-
-def test_entry_points_are_remembered_and_a_new_distribution_is_seen(tmp_path: Path) -> None:
-    """A second process finds the plugins without scanning every installed distribution; a
-    distribution installed afterwards (a dist-info on the import path) is found at once, and so is
-    its removal."""
-    import os
-
-    site = tmp_path / "site"
-    site.mkdir()
-    env = {"XDG_CACHE_HOME": str(tmp_path / "cache"),
+    home, cache, site = tmp_path / "home", tmp_path / "cache", tmp_path / "site"
+    for d in (home, cache, site):
+        d.mkdir()
+    env = {**os.environ, "HOME": str(home), "XDG_CACHE_HOME": str(cache),
            "PYTHONPATH": os.pathsep.join([str(site), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
-    env.pop("PKI_NO_ENTRY_POINT_CACHE", None)
-    assert _probe(env) == (["local", "pkcs11", "vault"], True)  # first run: scanned and remembered
-    assert (tmp_path / "cache" / "pkiascode" / "entry-points.json").is_file()
-    assert _probe(env) == (["local", "pkcs11", "vault"], False)  # remembered: no scan
+    probe = "import json; from pkiascode.plugins import Plugins; print(json.dumps(Plugins().names()))"
 
+    def names() -> list[str]:
+        return json.loads(subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                                         check=True, env=env).stdout)
+
+    assert names() == ["local", "pkcs11", "vault"]
     (site / "pki_memory_plugin.py").write_text(
         "from pkiascode.hookspecs import hookimpl\n"
         "from pkiascode.backend import KeyStore\n"
@@ -193,31 +201,5 @@ def test_entry_points_are_remembered_and_a_new_distribution_is_seen(tmp_path: Pa
     dist.mkdir()
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: pki-memory-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[pkiascode]\nmem = pki_memory_plugin\n")
-    assert _probe(env) == (["local", "mem", "pkcs11", "vault"], True)
-    assert _probe(env) == (["local", "mem", "pkcs11", "vault"], False)
-
-    (dist / "entry_points.txt").write_text("[pkiascode]\n")  # edited in place: the time stamp moves
-    os.utime(dist / "entry_points.txt", ns=(1, 1))
-    assert _probe(env) == (["local", "pkcs11", "vault"], True)
-
-    # another environment (another import path) is remembered next to this one, not instead of it
-    other = {**env, "PYTHONPATH": env["PYTHONPATH"] + os.pathsep + str(tmp_path)}
-    assert _probe(other) == (["local", "pkcs11", "vault"], True)
-    assert _probe(env) == (["local", "pkcs11", "vault"], False)
-    assert _probe(other) == (["local", "pkcs11", "vault"], False)
-
-
-def test_a_remembered_entry_point_that_no_longer_imports_is_looked_up_again(tmp_path: Path,
-                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    import json
-
-    from pkiascode import plugins as plugins_module
-
-    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    monkeypatch.delenv("PKI_NO_ENTRY_POINT_CACHE", raising=False)
-    cache = tmp_path / "pkiascode" / "entry-points.json"
-    cache.parent.mkdir(parents=True)
-    key = plugins_module._environment_key()
-    cache.write_text(json.dumps({"environments": {key: {"local": "pkiascode_gone_away"}}}))
-    assert Plugins().factory("local") is not None
-    assert json.loads(cache.read_text())["environments"][key]["local"] == "pkiascode_local"
+    assert names() == ["local", "mem", "pkcs11", "vault"]
+    assert list(home.iterdir()) == [] and list(cache.iterdir()) == []

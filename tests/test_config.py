@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import os
-import pickle
 import textwrap
 from pathlib import Path
 
 import pytest
-import tomli
 
-from pkiascode import config as config_mod
 from pkiascode.config import find_line, load_config
 from pkiascode.errors import ConfigError
 from pkiascode.keytypes import KeyType
@@ -362,6 +358,35 @@ CASES = {
         [[certificate.web]]
         issuer = "root"
         """, ["pki.toml:3: certificate.web: must be a table"]),
+    "misspelt lint_ignore, did you mean": ("""
+        [pki]
+        lint_ignor = ["pkix.x"]
+        """, ["pki.toml:2: pki: unknown key 'lint_ignor' (did you mean 'lint_ignore'?)"]),
+    "lint_ignore not a list": ("""
+        [authority.root]
+        common_name = "Root"
+        lint_ignore = "pkix.x"
+        """, ["pki.toml:3: authority.root.lint_ignore: lint_ignore must be a list, not the string 'pkix.x'"]),
+    "lint_ignore on a profile": ("""
+        [profile.p]
+        lint_ignore = ["pkix.x"]
+        """, ["pki.toml:2: profile.p: unknown key 'lint_ignore'"]),
+    "id too short": ("""
+        [pki]
+        id = "abc"
+        """, ["pki.toml:2: pki.id: id must be 8 to 32 lowercase letters and digits (pki init writes one), not 'abc'"]),
+    "id a number": ("""
+        [pki]
+        id = 12345678
+        """, ["pki.toml:2: pki.id: id must be a string, not the number 12345678"]),
+    "crl sign on a certificate": ("""
+        [authority.root]
+        common_name = "Root"
+        [certificate.web]
+        issuer = "root"
+        usages = ["crl_sign"]
+        """, ["pki.toml:5: certificate.web.usages: usage 'crl sign' is for authorities: a certificate (CA:FALSE) "
+              "cannot have it"]),
     "TOML syntax error": ("""
         [authority.root]
         common_name = "Root"
@@ -547,6 +572,39 @@ hosts = ["192.168.1.1"]
 
 
 # --- resolving a valid file -------------------------------------------------------------------
+
+def test_pki_id_and_lint_ignore():
+    d = load("""
+[pki]
+id = "k3x9q2m7ab"
+lint_ignore = ["pkix.b", "pkix.a", "pkix.b"]
+
+[authority.root]
+common_name = "Root"
+lint_ignore = ["pkix.c"]
+
+[certificate.web]
+issuer = "root"
+""")
+    assert d.settings.id == "k3x9q2m7ab"
+    assert d.settings.lint_ignore == ("pkix.b", "pkix.a")  # in the file's order, once each
+    assert d.entries["root"].lint_ignore == ("pkix.c",)
+    assert d.entries["web"].lint_ignore == ()
+    plain = load(ROOT)
+    assert (plain.settings.id, plain.settings.lint_ignore) == (None, ())
+
+
+def test_lint_ignore_is_not_part_of_the_spec():
+    a = load(ROOT + '[certificate.web]\nissuer = "root"\n')
+    b = load(ROOT + '[certificate.web]\nissuer = "root"\nlint_ignore = ["pkix.x"]\n')
+    assert a.spec_digests == b.spec_digests
+
+
+def test_usages_a_key_agreement_allows():
+    d = load(ROOT + '[certificate.kx]\nissuer = "root"\nusages = ["key agreement", "encipher only"]\n')
+    assert d.entries["kx"].usages == ("encipher only", "key agreement")
+
+
 
 def test_validity_and_renew_before_precedence_entry_over_profile_over_defaults():
     d = load("""

@@ -321,7 +321,10 @@ class Project:
             raise PlanError(f"--base {ref}: {self.base_dir} is not in a git repository")
         if not ref or ref.startswith("-"):
             raise PlanError(f"--base {ref}: not a git revision")
-        rel = (self.base_dir.resolve() / self.desired().settings.state_dir).relative_to(repo.top).as_posix()
+        try:
+            rel = (self.base_dir.resolve() / self.desired().settings.state_dir).relative_to(repo.top).as_posix()
+        except ValueError:
+            raise PlanError(f"--base {ref}: the state directory is outside the git repository") from None
 
         def git(*args: str, stdin: bytes | None = None) -> bytes:
             proc = subprocess.run(["git", *args], cwd=repo.top, input=stdin, capture_output=True)
@@ -332,7 +335,7 @@ class Project:
 
         commit = git("rev-parse", "--verify", "--end-of-options", f"{ref}^{{commit}}").decode().strip()
         entries = git("ls-tree", "-r", "-z", "--full-tree", commit, "--", f"{rel}/").split(b"\0")
-        wanted: dict[str, str] = {}  # oid -> path below the state directory
+        wanted: list[tuple[str, str]] = []  # (blob id, path below the state directory)
         for entry in filter(None, entries):
             meta, _, raw_path = entry.partition(b"\t")
             mode, kind, oid = meta.decode().split()
@@ -342,15 +345,16 @@ class Project:
                 raise PlanError(f"--base {ref}: {path} is not a file pkiascode writes in {rel}/")
             if kind != "blob" or mode not in ("100644", "100755"):
                 raise PlanError(f"--base {ref}: {path} is not a regular file (mode {mode})")
-            wanted[oid] = sub
+            wanted.append((oid, sub))
         state = StateDir(tmp, "state", tmp / "work")
-        out = git("cat-file", "--batch", stdin="".join(f"{oid}\n" for oid in wanted).encode())
+        out = git("cat-file", "--batch", stdin="".join(f"{oid}\n" for oid, _ in wanted).encode())
         pos = 0
-        for oid, sub in wanted.items():
-            header_end = out.index(b"\n", pos)
-            got, _, size = out[pos:header_end].decode().split()
-            if got != oid:
-                raise PlanError(f"--base {ref}: git cat-file answered {got} for {oid}")
+        for oid, sub in wanted:
+            header_end = out.find(b"\n", pos)
+            header = out[pos:header_end].decode(errors="replace").split()
+            if len(header) != 3 or header[0] != oid or header[1] != "blob" or not header[2].isdigit():
+                raise PlanError(f"--base {ref}: git cat-file did not return blob {oid} ({' '.join(header)})")
+            size = header[2]
             data = out[header_end + 1:header_end + 1 + int(size)]
             pos = header_end + 1 + int(size) + 1
             (state.root / sub).parent.mkdir(parents=True, exist_ok=True)

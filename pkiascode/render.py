@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from .model import Kind
@@ -123,9 +124,9 @@ def _md_escape(text: str) -> str:
 
 def _code(value: Any) -> str:
     """``value`` as an inline code span (HTML is literal there), safe in a table cell."""
-    text = _fmt(value).replace("\n", " ").replace("|", "\\|")
-    fence = "``" if "`" in text else "`"
-    pad = " " if text.startswith("`") or text.endswith("`") or fence == "``" else ""
+    text = _fmt(value).replace("\r", " ").replace("\n", " ").replace("|", "\\|")
+    fence = "`" * (max((len(run) for run in re.findall(r"`+", text)), default=0) + 1)
+    pad = " " if len(fence) > 1 else ""
     return f"{fence}{pad}{text}{pad}{fence}"
 
 

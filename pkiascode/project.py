@@ -134,7 +134,7 @@ class Project:
                 if spec is None:
                     raise BackendError(f"backend {name!r} is not defined in pki.toml")
                 plugin, settings = spec.plugin, spec.settings_dict()
-                pki_id = getattr(self.desired().settings, "id", None)
+                pki_id = self.desired().settings.id
             store = self.plugins.create(name, plugin, settings or {},
                                        StoreContext(self.base_dir, self.work_dir, pki_id=pki_id))
             self._stores[name] = store
@@ -410,7 +410,7 @@ class Project:
         refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
         csrs = {e.csr: hashlib.sha256((self.base_dir / e.csr).read_bytes()).hexdigest()
                 for e in desired.entries.values() if e.csr and not e.revoked}
-        pki_id = getattr(desired.settings, "id", None)
+        pki_id = desired.settings.id
         stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict(),
                       "pki_id": pki_id} for n in refs}
         try:

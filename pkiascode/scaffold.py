@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import secrets
 import string
 from importlib import resources
@@ -68,10 +67,6 @@ def new_pki_id() -> str:
 
 def _with_id(text: str) -> str:
     """pki.toml with ``id`` in its ``[pki]`` table (made at the top when there is none)."""
-    from .model import Settings
-
-    if not any(f.name == "id" for f in dataclasses.fields(Settings)):
-        return text  # (a pkiascode whose config has no [pki] id yet)
     line = f'id = "{new_pki_id()}"  # scopes this PKI\'s keys and locks in shared key stores; never change it\n'
     if "\n[pki]\n" in f"\n{text}":
         return f"\n{text}".replace("\n[pki]\n", f"\n[pki]\n{line}", 1)[1:]

@@ -199,18 +199,14 @@ def test_show_file_prints_a_certificate_and_a_crl(tmp_path, env):
     assert "pass NAME or --file PATH" in pki("show", expect=1).stderr
 
 
-def test_init_writes_a_pki_id_when_the_config_knows_it(tmp_path, env):
-    import dataclasses
+@pytest.mark.parametrize("example", [(), ("--example", "kubernetes-the-hard-way")], ids=["minimal", "kthw"])
+def test_init_writes_a_random_pki_id(tmp_path, env, example):
     import re
 
-    from pkiascode.model import Settings
-
-    Pki(tmp_path).ok("init", "p")
+    Pki(tmp_path).ok("init", "p", *example)
     text = (tmp_path / "p/pki.toml").read_text()
-    if not any(f.name == "id" for f in dataclasses.fields(Settings)):
-        pytest.skip("[pki] id is not in this pkiascode's config yet")
     (pki_id,) = re.findall(r'^id = "([a-z0-9]{12})"', text, flags=re.M)
     assert text.index("[pki]") < text.index(pki_id)
     Pki(tmp_path / "p").ok("validate")
-    Pki(tmp_path).ok("init", "q")
+    Pki(tmp_path).ok("init", "q", *example)
     assert pki_id not in (tmp_path / "q/pki.toml").read_text()

@@ -28,6 +28,7 @@ from .lock import apply_lock, holder_info
 from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
 from .names import format_duration
 from .project import Project
+from .state import read_file
 
 __all__ = ["adopt", "find_pairs", "Candidate"]
 
@@ -49,10 +50,31 @@ def _sanitize(stem: str) -> str:
     return name or "imported"
 
 
-def find_pairs(directory: Path) -> Iterator[tuple[str, Path, Path | None]]:
-    """(name, certificate file, key file or None) for every certificate in ``directory``."""
+#: larger files are skipped: a certificate, a key or a CRL of a small PKI is a few KiB
+MAX_FILE = 1024 * 1024
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def read_input(path: Path) -> bytes:
+    """A file to import, read whole (`MAX_FILE` at most: `PkiError` for a larger one)."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_FILE + 1)
+    if len(data) > MAX_FILE:
+        raise PkiError(f"{path}: larger than {MAX_FILE // 1024} KiB; not a certificate, key or CRL")
+    return data
+
+
+def find_pairs(directory: Path, notes: list[str] | None = None) -> Iterator[tuple[str, Path, Path | None]]:
+    """(name, certificate file, key file or None) for every certificate in ``directory``. A file
+    over `MAX_FILE` is skipped (noted in ``notes``); a name with a control character is refused."""
     for path in sorted(directory.iterdir()):
+        if _CONTROL.search(path.name):
+            raise PkiError(f"{directory}: the file name {path.name!r} holds a control character; rename it")
         if not path.is_file():
+            continue
+        if path.suffix in (".pem", ".crt", ".cer") and path.stat().st_size > MAX_FILE:
+            if notes is not None:
+                notes.append(f"skipped {path.name}: larger than {MAX_FILE // 1024} KiB, not a certificate")
             continue
         if path.suffix == ".pem" and not path.name.endswith("-key.pem"):
             key = path.with_name(path.stem + "-key.pem")
@@ -60,28 +82,28 @@ def find_pairs(directory: Path) -> Iterator[tuple[str, Path, Path | None]]:
             key = path.with_suffix(".key")
         else:
             continue
-        if b"-----BEGIN CERTIFICATE-----" not in path.read_bytes()[:4096]:
+        if b"-----BEGIN CERTIFICATE-----" not in read_input(path)[:4096]:
             continue  # e.g. a bundle of keys or a CSR named .pem
         yield _sanitize(path.stem), path, key if key.exists() else None
 
 
-def _load(directory: Path) -> dict[str, Candidate]:
+def _load(directory: Path, notes: list[str]) -> dict[str, Candidate]:
     from cryptography import x509
     from cryptography.hazmat.primitives import serialization
 
     from .x509 import public_key_der
 
     out: dict[str, Candidate] = {}
-    for name, cert_path, key_path in find_pairs(directory):
+    for name, cert_path, key_path in find_pairs(directory, notes):
         try:
-            cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+            cert = x509.load_pem_x509_certificate(read_input(cert_path))
         except ValueError as e:
             raise PkiError(f"{cert_path}: not a readable certificate ({e})") from None
         if key_path is None:
             raise PkiError(f"{cert_path}: no private key next to it ({cert_path.stem}-key.pem or "
                            f"{cert_path.stem}.key); pkiascode adopts a certificate only with its key")
         try:
-            key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+            key = serialization.load_pem_private_key(read_input(key_path), password=None)
         except (ValueError, TypeError) as e:
             raise PkiError(f"{key_path}: not a readable unencrypted private key ({e})") from None
         if public_key_der(key.public_key()) != public_key_der(cert.public_key()):
@@ -158,7 +180,7 @@ def _existing_crl(cand: Candidate) -> tuple[int, list[dict[str, Any]]]:
         path = cand.cert_path.with_name(pattern.format(stem=cand.cert_path.stem))
         if path.is_file():
             try:
-                return read_crl(path.read_bytes(), cand.cert)
+                return read_crl(read_input(path), cand.cert)
             except ValueError as e:
                 raise PkiError(f"{path}: cannot adopt this CRL of {cand.cert_path.name}: {e}") from None
     return 0, []
@@ -303,13 +325,14 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                        f"{', '.join(sorted(desired.stores))})")
     commit = desired.settings.commit
     preflight(project, commit)
-    cands = _load(directory)
+    skipped: list[str] = []
+    cands = _load(directory, skipped)
     clash = sorted(set(cands) & set(desired.entries))
     if clash:
         raise PkiError(f"pki.toml already has {', '.join(clash)}; rename the files or remove those entries")
 
     state = project.state
-    lines: list[str] = []
+    lines: list[str] = list(skipped)
     stores = project.used_stores()
     with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
                     desired.settings.state_dir) as still_locked:
@@ -323,7 +346,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
 
         for name, rec in observed.records.items():
             if rec.kind is Kind.AUTHORITY and not rec.revoked:
-                existing[name] = load_certificate(state.cert_path(name).read_bytes())
+                existing[name] = load_certificate(read_file(state.cert_path(name)) or b"")
         _match_issuers(cands, existing)
         _refuse_duplicates(cands, observed.records)
 

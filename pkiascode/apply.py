@@ -35,7 +35,7 @@ from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
-from .state import StateDir
+from .state import StateDir, read_file
 from .x509 import build_certificate, der_to_pem, load_certificate, prove_key, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight",
@@ -303,9 +303,12 @@ class _Run:
 
     def cert(self, name: str) -> Any:
         if name not in self.certs:
+            data = read_file(self.state.cert_path(name))
             try:
-                self.certs[name] = load_certificate(self.state.cert_path(name).read_bytes())
-            except (FileNotFoundError, ValueError):
+                if data is None:
+                    raise ValueError("missing")
+                self.certs[name] = load_certificate(data)
+            except ValueError:
                 raise PkiError(f"{self.state.rel}/certs/{name}.pem is missing or damaged; run `pki plan` "
                                "to see the repair") from None
         return self.certs[name]

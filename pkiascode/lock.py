@@ -16,6 +16,7 @@ from .audit import hostname
 from .backend import KeyStore
 from .errors import LockError
 from .model import format_time
+from .state import make_private_dir
 
 __all__ = ["holder_info", "local_lock", "apply_lock"]
 
@@ -32,8 +33,8 @@ def describe_holder(info: Mapping[str, str]) -> str:
 
 @contextlib.contextmanager
 def local_lock(path: Path, holder: Mapping[str, str], *, timeout: float = 0.0) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    make_private_dir(path.parent)  # .pki/: 0700, ours, nobody else's to write
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
     try:
         deadline = time.monotonic() + timeout
         while True:

@@ -181,23 +181,31 @@ class _Checker:
 
     def control_characters(self, data: Mapping[str, Any]) -> None:
         """Every key and string of the file, at any depth (without recursion: tomli allows
-        hundreds of levels)."""
+        hundreds of levels). Only tables and lists are queued: this runs over every value."""
+        search = CONTROL_RE.search
         todo: list[tuple[tuple[str, ...], Any]] = [((), data)]
         while todo:
             path, value = todo.pop()
             if isinstance(value, dict):
                 for key, v in value.items():
-                    if CONTROL_RE.search(key):
+                    if search(key):
                         self.add(path + (key,), f"name {key!r} holds a control character", where=path)
-                    else:
+                    elif type(v) is str:
+                        if search(v):
+                            self._control_character(path + (key,), v)
+                    elif isinstance(v, (dict, list)):
                         todo.append((path + (key,), v))
-            elif isinstance(value, list):
-                todo.extend((path, v) for v in value)
-            elif isinstance(value, str):
-                m = CONTROL_RE.search(value)
-                if m:
-                    self.add(path, f"{value!r} holds a control character ({m.group()!r}); no value in "
-                                   "pki.toml may have one")
+            else:  # a list: its items are at the list's path
+                for v in value:
+                    if type(v) is str:
+                        if search(v):
+                            self._control_character(path, v)
+                    elif isinstance(v, (dict, list)):
+                        todo.append((path, v))
+
+    def _control_character(self, path: tuple[str, ...], value: str) -> None:
+        found = CONTROL_RE.search(value).group()  # type: ignore[union-attr]
+        self.add(path, f"{value!r} holds a control character ({found!r}); no value in pki.toml may have one")
 
 
 def _describe(value: Any) -> str:

@@ -6,7 +6,7 @@ cached: the file is parsed on every run (a plan over ten thousand unchanged cert
 from the no-op memo in `pkiascode.memo`, which never decides what is issued).
 
 pki.toml is untrusted input (a pull request writes it): every value apply would refuse is refused
-here, with its line. No key or string may hold a control character (`pkiascode.errors.CONTROL_RE`);
+here, with its line. No key or string may hold a control character (`errors.control_character`);
 subject attributes keep to their RFC 5280 upper bounds; the state directory is a plain relative path
 that is no symlink; a CSR is a regular file below pki.toml's directory, reached through no symlink.
 """
@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from . import __version__
 from .backend import Option
-from .errors import CONTROL_RE, ConfigError, ConfigIssue, first_of
+from .errors import ConfigError, ConfigIssue, control_character, first_of
 from .keytypes import KeyType
 from .model import (
     REVOCATION_REASONS, SUBJECT_ATTRIBUTES, Desired, Entry, Kind, NameConstraints, Revocation,
@@ -182,7 +182,7 @@ class _Checker:
     def control_characters(self, data: Mapping[str, Any]) -> None:
         """Every key and string of the file, at any depth (without recursion: tomli allows
         hundreds of levels). Only tables and lists are queued: this runs over every value."""
-        search = CONTROL_RE.search
+        search = control_character
         todo: list[tuple[tuple[str, ...], Any]] = [((), data)]
         while todo:
             path, value = todo.pop()
@@ -204,7 +204,7 @@ class _Checker:
                         todo.append((path, v))
 
     def _control_character(self, path: tuple[str, ...], value: str) -> None:
-        found = CONTROL_RE.search(value).group()  # type: ignore[union-attr]
+        found = control_character(value)
         self.add(path, f"{value!r} holds a control character ({found!r}); no value in pki.toml may have one")
 
 

@@ -12,9 +12,11 @@ terminal raw.
 from __future__ import annotations
 
 import re
+import unicodedata
 
 __all__ = [
     "printable",
+    "control_character",
     "PkiError",
     "ConfigError",
     "ConfigIssue",
@@ -32,20 +34,38 @@ __all__ = [
 ]
 
 
-#: C0 and C1 controls and DEL (ESC, CR, LF among them), and the Unicode marks that reorder text or
-#: break lines on a terminal: bidirectional overrides and isolates, line and paragraph separators
-CONTROL_RE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069]")
+#: C0 and C1 controls and DEL: ESC, CR, LF, TAB, NUL among them
+_C0_C1 = re.compile("[\x00-\x1f\x7f-\x9f]")
+#: Unicode categories of what a terminal or a reviewer's screen does not show as itself: controls,
+#: format characters (bidirectional overrides and isolates, zero-width spaces and joiners, soft
+#: hyphens, tags), surrogates, line and paragraph separators
+_UNSEEN = frozenset(("Cc", "Cf", "Cs", "Zl", "Zp"))
 
 
-def _escape(m: re.Match[str]) -> str:
-    code = ord(m.group())
-    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+def control_character(text: str) -> str | None:
+    """The first character of ``text`` that is a control or an invisible mark, or None. Names,
+    subjects, hosts and paths may hold none: they reach terminals, certificates and file names."""
+    m = _C0_C1.search(text)
+    if m:
+        return m.group()
+    if not text.isascii():
+        for ch in text:
+            if unicodedata.category(ch) in _UNSEEN:
+                return ch
+    return None
+
+
+def _escape(ch: str) -> str:
+    code = ord(ch)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
 
 
 def printable(text: str) -> str:
-    """``text`` with every control character written as an escape (``\\x1b``, ``\\u202e``): one line,
-    shown as it is, whatever a file put into it."""
-    return CONTROL_RE.sub(_escape, text)
+    """``text`` with every character `control_character` would find written as an escape
+    (``\\x1b``, ``\\u202e``): one line, shown as it is, whatever a file put into it."""
+    if text.isascii():
+        return _C0_C1.sub(lambda m: _escape(m.group()), text)
+    return "".join(_escape(ch) if unicodedata.category(ch) in _UNSEEN else ch for ch in text)
 
 
 class PkiError(Exception):

@@ -185,6 +185,9 @@ CONTROL = {
                                 "3: backend.f.path: '.pki/k\\x00'"),
     "ESC in an entry name": (ROOT + '[certificate."w\\u001b[2J"]\nissuer = "root"\n', "3: certificate: name 'w\\x1b[2J'"),
     "ESC in a crl_url": (root(r'crl_url = "http://a/\u001b]0;x\u0007"'), "3: authority.root.crl_url: 'http://a/\\x1b]0;x\\x07'"),
+    "zero-width space in a common name": (leaf(r'common_name = "admin\u200b"'),
+                                          "5: certificate.w.common_name: 'admin\\u200b'"),
+    "BOM in a subject": (root(r'subject = { OU = "\ufeffops" }'), "3: authority.root.subject: '\\ufeffops'"),
     "TAB in a name constraint": (root(r'name_constraints = { excluded = ["a.example\t"] }'),
                                  "3: authority.root.name_constraints: 'a.example\\t'"),
 }
@@ -230,7 +233,7 @@ def test_control_characters_are_refused_and_shown_escaped(tmp_path, env, capsys,
     assert (code, out) == (1, "")
     assert err.startswith(f"pki.toml:{shown}"), err
     assert "holds a control character" in err
-    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u202e]", err)  # the one newline ends the line
+    assert not re.search("[\x00-\x09\x0b-\x1f\x7f-\x9f\u200b\u202e\ufeff]", err)  # one newline ends the line
     check_refused(repo, capsys, monkeypatch, err.rstrip("\n"))
 
 
@@ -345,3 +348,5 @@ def test_every_pki_error_is_printable():
     assert str(ConfigError("pki.toml", 3, 'certificate."a\nb"', "bad\tvalue")) == \
         'pki.toml:3: certificate."a\\x0ab": bad\\x09value'
     assert str(PkiError("plain text, unicode é ü 日本")) == "plain text, unicode é ü 日本"
+    assert printable("zero\u200bwidth, soft\u00adhyphen, tag \U000e0041") == \
+        "zero\\u200bwidth, soft\\xadhyphen, tag \\U000e0041"

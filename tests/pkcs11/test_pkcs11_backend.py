@@ -491,3 +491,25 @@ def test_missing_mechanisms(tmp_path, softhsm):
                                "CKM_EC_EDWARDS_KEY_PAIR_GEN; choose another key type or another backend")
     assert out["import"] == ("backend hsm: PKCS#11 token 'restricted' cannot sign with ed25519 keys: it "
                              "lacks CKM_EDDSA; choose another key type or another backend")
+
+
+# -- a namespace per PKI ----------------------------------------------------------------------------
+
+def test_labels_and_listing_are_scoped_by_the_pki_id(tmp_path, softhsm):
+    scoped = Pkcs11KeyStore("hsm", softhsm.settings(), StoreContext(tmp_path, tmp_path / ".pki", "team0alpha"))
+    other = Pkcs11KeyStore("hsm", softhsm.settings(), StoreContext(tmp_path, tmp_path / ".pki", "team0beta"))
+    legacy = make_store(tmp_path, softhsm.settings())
+    refs = {s: s.generate(request("root")) for s in (scoped, other, legacy)}
+    assert refs[scoped].id.startswith("pki.team0alpha.root-") and refs[legacy].id.startswith("pki-root-")
+    for store in (scoped, other, legacy):
+        listed = store.list_keys()
+        assert refs[store] in listed
+        assert not {refs[s] for s in (scoped, other, legacy) if s is not store} & set(listed)
+    for store, ref in refs.items():
+        store.delete(ref)
+
+
+def test_a_forged_journal_request_never_becomes_a_label(store):
+    for name, suffix in (("pki-root", "../x"), ("Root", "00000000"), ("root", "0000000g")):
+        with pytest.raises(BackendError, match="invalid key request"):
+            store.discard(KeyRequest(name, KeyType.ECDSA_P256, True, False, suffix))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from helpers import Pki, assert_one_line, clean_env, new_repo
 from pkiascode.backend import KeyRequest, StoreContext
@@ -20,7 +20,7 @@ from pkiascode.errors import BackendUnavailable
 from pkiascode.keytypes import KeyType
 from pkiascode.testing import self_signed, verify_signed_by
 
-from pkiascode_vault import POLICY_FILE, VaultKeyStore
+from pkiascode_vault import PLAN_POLICY_FILE, POLICY_FILE, VaultKeyStore
 
 pytestmark = pytest.mark.vault
 
@@ -217,3 +217,35 @@ def test_pki_validate_names_the_line_and_the_key(tmp_path, env):
         "pki.toml:3: backend.vault.auth: auth.secret_idd_env: unknown key for method 'approle' (did you mean "
         "secret_id_env?); it takes method, mount, role_id_env, secret_id_env",
         "pki.toml:3: backend.vault.auth: auth.secret_id_env is required for method 'approle'"], r.stderr
+
+
+# -- the read-only policy --------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("pki_id", [None, "plan0id1"], ids=["unscoped", "scoped"])
+def test_the_plan_policy_sees_keys_and_nothing_more(vault_env, monkeypatch, tmp_path, pki_id):
+    from pkiascode.errors import BackendError, LockError
+
+    context = StoreContext(tmp_path, tmp_path / ".pki", pki_id)
+    writer = VaultKeyStore("vault", {"prefix": "pki"}, context)  # the root token of vault_env
+    root, web = writer.generate(ROOT), writer.generate(LEAF)
+    token = vault_env.make_token(Path(PLAN_POLICY_FILE).read_text(), name="pki-plan")
+    monkeypatch.setenv("VAULT_TOKEN", token)
+    reader = VaultKeyStore("vault", {"prefix": "pki"}, context)
+    try:
+        reader.check()
+        assert reader.missing([root, web]) == set()
+        assert {root, web} <= set(reader.list_keys())
+        assert reader.public_key(root)  # a Transit key's public half
+        for action in (lambda: reader.export(web), lambda: reader.generate(LEAF), lambda: reader.delete(web),
+                       lambda: reader.signer(root).sign(b"x", ec.ECDSA(hashes.SHA256()))):
+            with pytest.raises(BackendError, match="permission denied"):
+                action()
+        with pytest.raises((BackendError, LockError)):
+            with reader.lock("state", {"actor": "pr", "host": "runner", "pid": "1"}):
+                pass
+        assert writer.missing([root, web]) == set()  # nothing deleted
+    finally:
+        for ref in (root, web):
+            writer.delete(ref)
+        reader.close()
+        writer.close()

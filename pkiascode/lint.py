@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
-from .keytypes import KeyType, generate_private_key, key_type_of
+from .keytypes import KeyType, generate_private_key
 from .model import Desired, Entry, Kind, format_time
 from .names import classify_host
 from .plan import Action, Finding, Plan
@@ -85,6 +85,13 @@ _SEVERITIES = ("FATAL", "ERROR", "WARNING", "NOTICE")
 @functools.cache
 def _throwaway_key(key_type: KeyType) -> Any:
     return generate_private_key(key_type)
+
+
+def _signing_key(key_type: KeyType) -> Any:
+    """A throwaway key that signs as a ``key_type`` key does (the same signature algorithm): an RSA
+    key of any size signs with SHA-256, so RSA-2048 stands in for all (an RSA-4096 key takes a
+    second to make). For issuers: their own certificates are linted with their real key type."""
+    return _throwaway_key(KeyType.RSA_2048 if key_type.is_rsa else key_type)
 
 
 @functools.cache
@@ -171,21 +178,25 @@ def lint_plan(desired: Desired, plan: Plan, *, csr_public_keys: Mapping[str, Any
         return ()
 
     now = plan.at
-    stand_ins: dict[str, Any] = {}  # authority name → its certificate as built with a throwaway key
+    stand_ins: dict[str, Any] = {}  # authority name → its certificate, with its throwaway signing key
 
     def stand_in(name: str) -> Any:
         if name not in stand_ins:
             entry = desired.entries[name]
             issuer = stand_in(entry.issuer) if entry.issuer else None
-            stand_ins[name] = _build(entry, issuer, now)
+            key = _signing_key(entry.key)
+            stand_ins[name] = _build(entry, issuer, now, public_key=key.public_key(),
+                                     signer=key if issuer is None else _signing_key(desired.entries[entry.issuer].key))
         return stand_ins[name]
 
     findings: list[Finding] = []
     for change in signs:
         entry = desired.entries[change.name]
         issuer = stand_in(entry.issuer) if entry.issuer else None
-        cert = _build(entry, issuer, now, public_key=csr_public_keys.get(entry.name),
-                      subject=csr_subjects.get(entry.name))
+        own = _throwaway_key(entry.key) if entry.name not in csr_public_keys else None
+        public_key = own.public_key() if own is not None else csr_public_keys[entry.name]
+        signer = own if issuer is None else _signing_key(desired.entries[entry.issuer].key)  # type: ignore[union-attr]
+        cert = _build(entry, issuer, now, public_key=public_key, signer=signer, subject=csr_subjects.get(entry.name))
         findings += lint_certificate(cert.public_bytes(serialization.Encoding.DER), entry=entry.name)
     for name in sorted(crls):
         if name not in desired.entries or desired.entries[name].kind is not Kind.AUTHORITY:
@@ -193,7 +204,7 @@ def lint_plan(desired: Desired, plan: Plan, *, csr_public_keys: Mapping[str, Any
         entry = desired.entries[name]
         revocations = [{"serial": format(i + 1, "x"), "date": format_time(now), "reason": reason}
                        for i, reason in enumerate(revoked_under.get(name, []))]
-        crl = x.build_crl(stand_in(name), _throwaway_key(entry.key), revocations, number=1,
+        crl = x.build_crl(stand_in(name), _signing_key(entry.key), revocations, number=1,
                           this_update=now, next_update=now + dt.timedelta(seconds=entry.crl_validity))
         findings += lint_crl(crl.public_bytes(serialization.Encoding.DER), entry=name)
     return tuple(findings)
@@ -222,14 +233,12 @@ def refusal(desired: Desired, plan: Plan) -> str | None:
             "lint_ignore to sign it anyway")
 
 
-def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any = None,
+def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any, signer: Any,
            subject: Any = None) -> Any:
     from . import x509 as x
 
-    signer_type = entry.key if issuer_cert is None else key_type_of(issuer_cert.public_key())
-    public_key = public_key if public_key is not None else _throwaway_key(entry.key).public_key()
     not_after = now + dt.timedelta(seconds=entry.validity)
     if issuer_cert is not None:
         not_after = min(not_after, issuer_cert.not_valid_after_utc)
-    return x.build_certificate(entry, public_key=public_key, signer=_throwaway_key(signer_type),
-                               issuer_cert=issuer_cert, now=now, not_after=not_after, subject=subject)
+    return x.build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert, now=now,
+                               not_after=not_after, subject=subject)

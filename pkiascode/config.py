@@ -129,6 +129,10 @@ class _Checker:
         value = self.typed(table, key, str, path)
         if value is None:
             return None
+        if len(value) > 64:  # 1000y is the longest; spare int() a number of thousands of digits
+            self.add(path + (key,), f"bad duration {value[:12]!r}... ({len(value)} characters): use an integer "
+                                    'and a unit (s m h d w y), e.g. "90d" or "1y30d"')
+            return None
         try:
             return parse_duration(value)
         except ValueError as e:

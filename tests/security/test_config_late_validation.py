@@ -114,6 +114,10 @@ CASES: dict[str, tuple[str, str | re.Pattern[str]]] = {
         root("path_length = 101"),
         "pki.toml:3: authority.root.path_length: path_length 101 is more than 100, longer than any chain a "
         "verifier follows"),
+    "a duration of 5,000 digits": (
+        root(f'validity = "{"9" * 5000}d"'),
+        "pki.toml:3: authority.root.validity: bad duration '999999999999'... (5001 characters): use an integer "
+        'and a unit (s m h d w y), e.g. "90d" or "1y30d"'),
     "revocation date before 1950": (
         leaf("revoked = { date = 1949-12-31 }"),
         "pki.toml:5: certificate.w.revoked: revocation date 1949-12-31 is before 1950, which a CRL cannot hold "

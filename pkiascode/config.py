@@ -511,8 +511,11 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
     if not is_auth:
         csr = c.typed(t, "csr", str, path)
         if csr is not None:
-            if os.path.isabs(csr) or ".." in PurePosixPath(csr).parts or not PurePosixPath(csr).parts:
+            parts = PurePosixPath(csr).parts
+            if os.path.isabs(csr) or ".." in parts or not parts:
                 c.add(path + ("csr",), "csr must be a path inside the repository, relative to pki.toml")
+            elif parts[0] in (".git", ".pki"):
+                c.add(path + ("csr",), f"csr must not be under {parts[0]}/ (git's files, pkiascode's keys)")
             for k in ("key", "backend", "rotate_key", "exportable"):
                 if k in t:
                     c.add(path + (k,), f"{k} does not apply to an entry signed from a CSR: the requester keeps the key")

@@ -268,8 +268,11 @@ def outside(tmp_path: Path) -> Path:
     ("", lambda repo, out: None, "csr must be a path inside the repository, relative to pki.toml"),
     (".", lambda repo, out: None, "csr must be a path inside the repository, relative to pki.toml"),
     ("../outside/gw.csr", lambda repo, out: None, "csr must be a path inside the repository, relative to pki.toml"),
+    (".pki/keys/root.pem", lambda repo, out: None, "csr must not be under .pki/ (git's files, pkiascode's keys)"),
+    (".git/config", lambda repo, out: None, "csr must not be under .git/ (git's files, pkiascode's keys)"),
 ], ids=["a directory", "missing", "a symlink out of the repository", "through a symlinked directory",
-        "through a file", "too big", "empty", "the directory of pki.toml", "outside the repository"])
+        "through a file", "too big", "empty", "the directory of pki.toml", "outside the repository",
+        "the key store", "git's files"])
 def test_csr_must_be_a_regular_file_inside_reached_through_no_symlink(tmp_path, env, capsys, monkeypatch, outside,
                                                                       path, setup, expected):
     repo = new_repo(tmp_path / "repo", CSR_ENTRY.format(path=path))

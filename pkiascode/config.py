@@ -626,28 +626,27 @@ def _revocation(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> Rev
 
 
 def _order(c: _Checker, entries: dict[str, Entry], raw: Mapping[str, Any]) -> dict[str, Entry]:
-    """Parents before children; reports issuer cycles."""
+    """Parents before children; reports issuer cycles and chains longer than a verifier follows.
+    Without recursion: pki.toml may chain thousands of authorities."""
     ordered: dict[str, Entry] = {}
-    state: dict[str, int] = {}
-
-    def visit(name: str, trail: list[str]) -> None:
-        if state.get(name) == 2:
-            return
-        if state.get(name) == 1:
-            cycle = trail[trail.index(name):] + [name]
-            c.add((raw[name][0].value, name, "issuer"), "issuer cycle: " + " → ".join(cycle))
-            return
-        entry = entries.get(name)
-        if entry is None:
-            return
-        state[name] = 1
-        if entry.issuer is not None and entry.issuer in entries:
-            visit(entry.issuer, trail + [name])
-        state[name] = 2
-        ordered[name] = entry
-
+    depth: dict[str, int] = {}  # authorities above each entry
     for name in entries:
-        visit(name, [])
+        trail: list[str] = []  # name, its issuer, ... up to one already ordered
+        here: str | None = name
+        while here is not None and here in entries and here not in ordered:
+            if here in trail:
+                cycle = trail[trail.index(here):] + [here]
+                c.add((raw[here][0].value, here, "issuer"), "issuer cycle: " + " → ".join(cycle))
+                break
+            trail.append(here)
+            here = entries[here].issuer
+        for n in reversed(trail):
+            e = entries[n]
+            depth[n] = depth.get(e.issuer, -1) + 1 if e.issuer else 0
+            if e.kind is Kind.AUTHORITY and depth[n] == MAX_PATH_LENGTH + 1:
+                c.add((e.kind.value, n, "issuer"), f"authority.{n} is {depth[n]} authorities below its root; "
+                                                   f"at most {MAX_PATH_LENGTH}, longer than any chain a verifier follows")
+            ordered[n] = e
     return ordered
 
 

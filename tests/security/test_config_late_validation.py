@@ -241,6 +241,31 @@ def test_control_characters_are_refused_and_shown_escaped(tmp_path, env, capsys,
     check_refused(repo, capsys, monkeypatch, err.rstrip("\n"))
 
 
+def chain(n: int) -> str:
+    """n authorities, each issuing the next, written leaf end first (ordering them recursed once per level)."""
+    tables = ['[authority.a0]\ncommon_name = "A0"\n']
+    tables += [f'[authority.a{i}]\nissuer = "a{i - 1}"\ncommon_name = "A{i}"\n' for i in range(1, n)]
+    return "".join(reversed(tables))
+
+
+def test_a_chain_longer_than_a_verifier_follows_is_refused(tmp_path, env, capsys, monkeypatch):
+    """1,500 authorities in a chain: a RecursionError before; now the first one too deep is named, once
+    (and validation stays linear: each entry's ancestors are walked at most 101 deep)."""
+    repo = new_repo(tmp_path / "repo", chain(1500))
+    line = (repo / "pki.toml").read_text().splitlines().index('issuer = "a100"') + 1
+    check_refused(repo, capsys, monkeypatch,
+                  f"pki.toml:{line}: authority.a101.issuer: authority.a101 is 101 authorities below its root; at most "
+                  "100, longer than any chain a verifier follows")
+
+
+def test_a_chain_of_100_below_the_root_is_valid(tmp_path, env, capsys, monkeypatch):
+    repo = new_repo(tmp_path / "repo", chain(101))
+    monkeypatch.chdir(repo)
+    code, out, err = run_main(capsys, "validate")
+    assert (code, err) == (0, ""), err
+    assert out.startswith("pki.toml is valid: 101 authorities")
+
+
 # -- files pki.toml names --------------------------------------------------------------------------
 
 CSR_ENTRY = ROOT + '[certificate.gw]\nissuer = "root"\ncsr = "{path}"\n'

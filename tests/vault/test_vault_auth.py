@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import time
 from pathlib import Path
@@ -91,7 +92,7 @@ def test_a_refused_approle_login_is_one_line_without_the_secrets(approle, make_s
                                            "secret_id_env": "CI_VAULT_SECRET_ID"})
     with pytest.raises(BackendUnavailable) as info:
         store.check()
-    line = assert_one_line(str(info.value), role_id, secret_id, str(__import__("os").environ["CI_VAULT_SECRET_ID"]))
+    line = assert_one_line(str(info.value), role_id, secret_id, os.environ["CI_VAULT_SECRET_ID"])
     assert line.startswith(f"backend vault: Vault at {store.address} refused the approle login at "
                            f"auth/{mount}/login ("), line
     monkeypatch.delenv("CI_VAULT_SECRET_ID")
@@ -157,7 +158,7 @@ def test_a_jwt_the_role_does_not_accept_is_refused(jwt_issuer, make_store, monke
 # -- a token: $VAULT_TOKEN, then ~/.vault-token ---------------------------------------------------------
 
 def test_token_from_the_vault_token_file(no_token, make_store, monkeypatch, tmp_path):
-    home = Path(__import__("os").environ["HOME"])
+    home = Path(os.environ["HOME"])
     (home / ".vault-token").write_text(no_token.token + "\n")  # as `vault login` writes it
     works(make_store(prefix="pki"))
     works(make_store(prefix="pki", auth={"method": "token"}))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,7 +29,7 @@ from .lock import apply_lock, holder_info
 from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
 from .names import format_duration
 from .project import Project
-from .state import read_file
+from .state import certificate_file, read_file
 
 __all__ = ["adopt", "find_pairs", "Candidate"]
 
@@ -317,7 +318,9 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
     import tomlkit
 
     from .config import load_config
-    from .x509 import fingerprint, pem, sign_crl, ski_hex
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .x509 import fingerprint, public_key_der, sign_crl, ski_hex
 
     desired = project.desired()
     if backend is not None and backend not in desired.stores:
@@ -416,8 +419,10 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                                               validity=entry.crl_validity)
                     rec = dataclasses.replace(rec, crl=info)
                     files[f"crl/{entry.name}.crl"] = crl_data.decode()
-                objects[entry.name] = rec.to_json()
-                files[f"certs/{entry.name}.pem"] = pem(cert).decode()
+                der = cert.public_bytes(Encoding.DER)
+                objects[entry.name] = dict(rec.to_json(), public_key_sha256=hashlib.sha256(
+                    public_key_der(cert.public_key())).hexdigest())
+                files[f"certs/{entry.name}.pem"] = certificate_file(cert, der).decode()
                 events.append(audit.event("import", entry.kind.value, entry.name, time=format_time(now), actor=actor,
                                           serial=rec.serial, sha256=rec.sha256, not_after=format_time(rec.not_after),
                                           backend=rec.store, plan=None, source=str(cand.cert_path)))

@@ -35,8 +35,8 @@ from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
-from .state import StateDir, read_file
-from .x509 import build_certificate, der_to_pem, load_certificate, prove_key, sign_crl, ski_hex
+from .state import StateDir, certificate_file, has_text_header, read_file
+from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight",
            "complete", "abandon"]
@@ -298,6 +298,32 @@ class _Run:
         self.now_text = format_time(now)
 
     # helpers
+    def put(self, rec: Record, *, public_key_sha256: str | None = None) -> None:
+        """``rec`` into the inventory, with the SHA-256 of its public key (SubjectPublicKeyInfo DER):
+        given for a new certificate, else kept from the object it replaces."""
+        obj = rec.to_json()
+        digest = public_key_sha256 or self.objects.get(rec.name, {}).get("public_key_sha256")
+        if digest:
+            obj["public_key_sha256"] = digest
+        self.objects[rec.name] = obj
+
+    def convert(self) -> None:
+        """State written before the review formats: each object without its public key's digest gets
+        it, and its certificate file gets the text lines (a one-time change, in this apply's commit)."""
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        for name, obj in self.objects.items():
+            if "public_key_sha256" in obj or f"certs/{name}.pem" in self.files:
+                continue
+            data = read_file(self.state.cert_path(name))
+            try:
+                cert = load_certificate(data or b"")
+            except ValueError:
+                continue  # drift: the plan reissues it
+            obj["public_key_sha256"] = hashlib.sha256(public_key_der(cert.public_key())).hexdigest()
+            if not has_text_header(data or b""):
+                self.files[f"certs/{name}.pem"] = certificate_file(cert, cert.public_bytes(Encoding.DER)).decode()
+
     def entry(self, name: str) -> Entry:
         return self.desired.entries[name]
 
@@ -397,7 +423,7 @@ class _Run:
             new = dataclasses.replace(rec, store=entry.backend, plugin=new_store.plugin, key_id=new_ref.id,
                                       key_origin="imported", key_exportable=new_store.is_exportable(new_ref))
             self.records[change.name] = new
-            self.objects[change.name] = new.to_json()
+            self.put(new)  # (the same public key: its digest stays)
             self.retire.append((rec.store, rec.key_id))
             self.event(change, "move_key", entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
                        not_after=format_time(rec.not_after), backend=entry.backend,
@@ -508,11 +534,10 @@ class _Run:
             if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
                 self.retire.append((old.store, old.key_id))
         self.records[entry.name] = rec
-        self.objects[entry.name] = rec.to_json()
+        self.put(rec, public_key_sha256=hashlib.sha256(public_key_der(public_key)).hexdigest())
         self.certs[entry.name] = cert
         self.signers.pop((rec.store, rec.key_id), None)
-        cert_pem = der_to_pem(der)
-        self.files[f"certs/{entry.name}.pem"] = cert_pem.decode()
+        self.files[f"certs/{entry.name}.pem"] = certificate_file(cert, der).decode()
         if entry.kind is Kind.AUTHORITY:
             self.crl_due.add(entry.name)
         self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
@@ -561,7 +586,7 @@ class _Run:
             new = dataclasses.replace(rec, revoked={"reason": change.revoke_reason or "unspecified",
                                                     "date": date or format_time(self.now)})
             self.records[change.name] = new
-            self.objects[change.name] = new.to_json()
+            self.put(new)
         self.event(change, "revoke", rec.kind, rec.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
                    reason=change.revoke_reason, retired=change.retire)
@@ -581,7 +606,7 @@ class _Run:
             digest = info["sha256"]
             new = dataclasses.replace(rec, crl=info)
             self.records[name] = new
-            self.objects[name] = new.to_json()
+            self.put(new)
             self.files[f"crl/{name}.crl"] = data.decode()
             change = next((c for c in self.plan.changes if c.name == name and c.action is Action.UPDATE_CRL), None)
             self.event(change, "update_crl", Kind.AUTHORITY, name, serial=None, sha256=digest,
@@ -595,6 +620,7 @@ class _Run:
         return head + "\n\n" + "\n".join(body) + "\n"
 
     def transaction(self, commit: bool) -> dict[str, Any]:
+        self.convert()
         return self.state.transaction(objects=self.objects, revocations=self.revocations, files=self.files,
                                       events=self.events, message=self.message(), retire_keys=self.retire,
                                       commit=commit)

@@ -37,7 +37,8 @@ from .model import Observed, Record
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
-           "INVENTORY_FORMAT", "dump_txn", "load_txn", "txn_file", "valid_key_ref", "safe_relative"]
+           "INVENTORY_FORMAT", "dump_txn", "load_txn", "txn_file", "valid_key_ref", "safe_relative",
+           "certificate_file", "has_text_header", "render_inventory"]
 
 INVENTORY_FORMAT = 1
 _JSON = json.JSONEncoder().encode
@@ -168,6 +169,58 @@ def _pem_der_digest(data: bytes) -> str | None:
     except (binascii.Error, ValueError):
         return None
     return hashlib.sha256(der).hexdigest()
+
+
+# -- certificate files ---------------------------------------------------------------------------
+
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f]")
+
+
+_KEY_USAGE_WORDS = (("digital_signature", "digital signature"), ("content_commitment", "content commitment"),
+                    ("key_encipherment", "key encipherment"), ("data_encipherment", "data encipherment"),
+                    ("key_agreement", "key agreement"), ("key_cert_sign", "cert sign"), ("crl_sign", "crl sign"))
+_SAN_LABELS = {"DNSName": "DNS", "IPAddress": "IP", "RFC822Name": "email", "UniformResourceIdentifier": "URI"}
+
+
+def certificate_file(cert: Any, der: bytes) -> bytes:
+    """``state/certs/NAME.pem`` for ``cert`` (``der`` its DER): a few plain-text lines saying what the
+    certificate is, so that a review of the diff can read it (RFC 7468 allows text before the BEGIN
+    line; openssl, Go and Python skip it), then the PEM block. Every line starts with its label,
+    never with dashes, and control characters are escaped."""
+    from cryptography import x509
+
+    from .model import format_time
+    from .names import EXTENDED_USAGES
+    from .x509 import der_to_pem
+
+    sans: list[str] = []
+    usages: list[str] = []
+    eku_words = {oid: word for word, oid in EXTENDED_USAGES.items() if word != "s/mime"}
+    for ext in cert.extensions:
+        value = ext.value
+        if isinstance(value, x509.SubjectAlternativeName):
+            sans = [f"{_SAN_LABELS.get(type(g).__name__, type(g).__name__)}:{g.value}" for g in value]
+        elif isinstance(value, x509.KeyUsage):
+            usages[:0] = [word for attr, word in _KEY_USAGE_WORDS if getattr(value, attr)]
+        elif isinstance(value, x509.ExtendedKeyUsage):
+            usages += [eku_words.get(oid.dotted_string, oid.dotted_string) for oid in value]
+    fields = (("Subject", cert.subject.rfc4514_string()), ("Issuer", cert.issuer.rfc4514_string()),
+              ("SANs", ", ".join(sans) or "(none)"), ("Usages", ", ".join(usages) or "(none)"),
+              ("Not before", format_time(cert.not_valid_before_utc)),
+              ("Not after", format_time(cert.not_valid_after_utc)),
+              ("Serial", format(cert.serial_number, "x")), ("SHA-256", hashlib.sha256(der).hexdigest()))
+    text = "".join(f"{label}: {_UNPRINTABLE.sub(_escape, value)}\n" for label, value in fields)
+    return text.encode() + der_to_pem(der)
+
+
+def _escape(m: re.Match[str]) -> str:
+    return f"\\x{ord(m.group()):02x}"
+
+
+def has_text_header(data: bytes) -> bool:
+    """Whether a certificate file starts with `certificate_file`'s lines (files written before
+    them start with the BEGIN line)."""
+    return data.startswith(b"Subject: ")
 
 
 # -- the transaction file ------------------------------------------------------------------------

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import fcntl
 import json
 import os
@@ -1017,3 +1018,96 @@ def test_init_creates_a_project_once(tmp_path, env):
     pki = Pki(directory, env)
     pki.apply()
     assert_consistent(directory, pki)
+
+
+# -- state that diffs well (issue 12) ---------------------------------------------------------------
+
+CERT_LABELS = ("Subject", "Issuer", "SANs", "Usages", "Not before", "Not after", "Serial", "SHA-256")
+
+
+def test_certificate_files_start_with_what_they_are_and_every_reader_skips_it(project, pki):
+    pki.apply()
+    for name in ("root", "inter", "server", "client"):
+        data = (project / f"state/certs/{name}.pem").read_bytes()
+        text, pem = data.split(b"-----BEGIN CERTIFICATE-----")
+        labels = [line.split(": ", 1)[0] for line in text.decode().splitlines()]
+        assert tuple(labels) == CERT_LABELS, name
+        cert = state_cert(project, name)  # (Python's cryptography)
+        fields = dict(line.split(": ", 1) for line in text.decode().splitlines())
+        assert fields["Serial"] == format(cert.serial_number, "x") == inventory(project)[name]["serial"]
+        assert fields["SHA-256"] == cert.fingerprint(hashes.SHA256()).hex() == inventory(project)[name]["sha256"]
+        assert fields["Subject"] == cert.subject.rfc4514_string()
+        out = openssl("x509", "-in", str(project / f"state/certs/{name}.pem"), "-noout", "-serial").stdout
+        assert out.strip().lower().endswith(fields["Serial"].lstrip("0"))
+    server = dict(line.split(": ", 1) for line in
+                  (project / "state/certs/server.pem").read_text().split("-----BEGIN")[0].splitlines())
+    assert server["SANs"] == "DNS:localhost, IP:127.0.0.1"
+    assert server["Usages"].split(", ") in (["digital signature", "server auth", "client auth"],
+                                            ["digital signature", "client auth", "server auth"])  # (as in the cert)
+    openssl("verify", "-CAfile", str(project / "state/certs/root.pem"), "-untrusted",
+            str(project / "state/certs/inter.pem"), str(project / "state/certs/server.pem"))
+    pki("audit", "verify", expect=0)
+    assert pki.plan_exit() == 0
+
+
+def test_a_one_san_change_is_a_one_line_diff_naming_the_san(project, pki):
+    commit_all(project)
+    pki.apply()
+    edit_toml(project, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost", "api.internal", "127.0.0.1"]')
+    pki.apply()
+    inv_diff = git(project, "diff", "HEAD~1", "HEAD", "--", "state/inventory.json").splitlines()
+    added = [line for line in inv_diff if line.startswith("+") and not line.startswith("+++")]
+    removed = [line for line in inv_diff if line.startswith("-") and not line.startswith("---")]
+    san = [line for line in added if "api.internal" in line]
+    assert san == ['+          "api.internal",'], inv_diff  # the SAN on a line of its own, in the spec
+    assert not any("api.internal" in line for line in removed)
+    # every other changed line is one field: the new serial, fingerprint, validity, key digest...
+    assert all(re.match(r'^[+-] *"[a-z_0-9]+": ', line) for line in added + removed if line not in san), inv_diff
+    cert_diff = git(project, "diff", "HEAD~1", "HEAD", "--", "state/certs/server.pem").splitlines()
+    assert "+SANs: DNS:localhost, DNS:api.internal, IP:127.0.0.1" in cert_diff
+    assert "-SANs: DNS:localhost, IP:127.0.0.1" in cert_diff
+    assert json.loads((project / "state/inventory.json").read_text())["objects"]["server"]["spec"]["hosts"] == [
+        "localhost", "api.internal", "127.0.0.1"]
+
+
+def test_the_inventory_records_each_objects_public_key(project, pki):
+    pki.apply()
+    for name, rec in inventory(project).items():
+        cert = state_cert(project, name)
+        assert rec["public_key_sha256"] == hashlib.sha256(spki_der(cert)).hexdigest(), name
+        key = load_key(project / ".pki/keys" / rec["key"]["ref"])
+        assert hashlib.sha256(spki_der(key)).hexdigest() == rec["public_key_sha256"], name
+
+
+def test_state_of_an_earlier_version_converts_on_the_next_apply(project, pki):
+    """Certificate files without text lines and an inventory of one object per line without public
+    key digests (as earlier versions wrote them) are read as they are, and the next apply converts
+    them all in its commit."""
+    commit_all(project)
+    pki.apply()
+    path = project / "state/inventory.json"
+    inv = json.loads(path.read_text())
+    for name, obj in inv["objects"].items():
+        obj.pop("public_key_sha256")
+        cert = project / f"state/certs/{name}.pem"
+        cert.write_bytes(b"-----BEGIN" + cert.read_bytes().split(b"-----BEGIN", 1)[1])
+    lines = ['{"format_version": 1,', f'"audit_head": {json.dumps(inv["audit_head"], sort_keys=True)},', '"objects": {']
+    names = sorted(inv["objects"])
+    lines += [f'{json.dumps(n)}: {json.dumps(inv["objects"][n], sort_keys=True)}' + ("," if i < len(names) - 1 else "")
+              for i, n in enumerate(names)]
+    lines += ["},", '"revocations": [', "]}"]
+    path.write_text("\n".join(lines) + "\n")
+    git(project, "commit", "-q", "-am", "state as an earlier pkiascode wrote it")
+    assert pki.plan_exit() == 0
+    pki("audit", "verify", expect=0)
+
+    edit_toml(project, 'common_name = "client-1"', 'common_name = "client-2"')
+    pki.apply()
+    changed = set(git(project, "show", "--name-only", "--format=", "HEAD").split())
+    assert {f"state/certs/{n}.pem" for n in ("root", "inter", "server", "client")} <= changed
+    inv = inventory(project)
+    for name in ("root", "inter", "server", "client"):
+        assert (project / f"state/certs/{name}.pem").read_text().startswith("Subject: "), name
+        assert inv[name]["public_key_sha256"] == hashlib.sha256(spki_der(state_cert(project, name))).hexdigest()
+    assert (project / "state/inventory.json").read_text().startswith("{\n  \"audit_head\"")
+    assert_consistent(project, pki)

@@ -738,7 +738,13 @@ def _split_key(dotted: str) -> tuple[str, ...]:
 
 def find_line(text: str, path: tuple[str, ...]) -> int | None:
     """The line where ``path`` is defined, or of its nearest defined ancestor."""
-    best_line, best_len = None, 0
+    return _line_in(_line_index(text), path)
+
+
+def _line_index(text: str) -> dict[tuple[str, ...], int]:
+    """Each key path the text defines (and each of its ancestors) → the first line defining it.
+    Built once for all the errors of a file: a file with thousands of mistakes is read once."""
+    index: dict[tuple[str, ...], int] = {}
     table: tuple[str, ...] = ()
     for lineno, line in enumerate(text.splitlines(), 1):
         m = _HEADER_RE.match(line)
@@ -750,14 +756,17 @@ def find_line(text: str, path: tuple[str, ...]) -> int | None:
             if not m:
                 continue
             full = table + _split_key(m.group(1))
-        n = 0
-        while n < len(full) and n < len(path) and full[n] == path[n]:
-            n += 1
-        if (n == len(full) or n == len(path)) and n > best_len:  # defines a prefix of path, or path itself
-            best_line, best_len = lineno, n
-            if n == len(path):
-                break
-    return best_line
+        for n in range(1, len(full) + 1):
+            index.setdefault(full[:n], lineno)
+    return index
+
+
+def _line_in(index: Mapping[tuple[str, ...], int], path: tuple[str, ...]) -> int | None:
+    for n in range(len(path), 0, -1):
+        line = index.get(path[:n])
+        if line is not None:
+            return line
+    return None
 
 
 # --- loading ---------------------------------------------------------------------------------
@@ -855,8 +864,8 @@ def _where(path: tuple[str, ...]) -> str:
     return ".".join(p if re.match(r"^[A-Za-z0-9_-]+$", p) else f'"{p}"' for p in path[:3])
 
 
-def _to_error(file: str, text: str, issue: ConfigIssue) -> ConfigError:
-    line = find_line(text, issue.path)
+def _to_error(file: str, lines: Mapping[tuple[str, ...], int], issue: ConfigIssue) -> ConfigError:
+    line = _line_in(lines, issue.path)
     return ConfigError(file, line, getattr(issue, "where", _where(issue.path)), issue.message)
 
 
@@ -906,7 +915,8 @@ def load_config(path: Path, *, options_for: OptionsLookup, display_name: str | N
         if issues:
             raise _Issues(issues)
     except _Issues as found:
-        errors = [_to_error(file, text, i) for i in found.issues]
+        lines = _line_index(text)
+        errors = [_to_error(file, lines, i) for i in found.issues]
         errors.sort(key=lambda e: e.line or 0)
         raise first_of(errors) from None
 

@@ -18,7 +18,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .errors import ConfigError, PkiError
+from .errors import ConfigError, PkiError, PlanError
 from .model import parse_time, utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
@@ -110,6 +110,8 @@ def at_option(f: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def replace_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--rekey-missing", is_flag=True,
+                     help="A key missing from its store gets a new key and certificate (without it: an error).")(f)
     return click.option("--replace", "replace", multiple=True, metavar="NAME",
                         help="New key and certificate for NAME; the old one is revoked (repeatable).")(f)
 
@@ -177,7 +179,7 @@ def validate(c: Ctx) -> None:
 @replace_option
 @pass_ctx
 def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bool, base: str | None,
-         at: str | None, replace: tuple[str, ...]) -> None:
+         at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
     """Show what apply would change, and why."""
     from .render import render_json, render_markdown, render_text
 
@@ -187,7 +189,8 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
     now = utc_now()
     # --at decides what is due as of then; certificates are signed when apply runs, and the plan
     # shows the not_after they will really get
-    the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now, offline=offline, base=base)
+    the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now, offline=offline, base=base,
+                              rekey_missing=rekey_missing)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":
@@ -215,17 +218,21 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
 @replace_option
 @pass_ctx
 def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, lock_timeout: str,
-          at: str | None, replace: tuple[str, ...]) -> None:
-    """Make the planned changes, then commit state/ to git."""
-    from .apply import check_plan_fresh, execute, preflight, recover
+          at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
+    """Make the planned changes, then commit state/ to git.
+
+    A saved plan (PLANFILE) is planned again under the lock from the inputs it records, and applied
+    only if that fresh plan is identical to it."""
+    from .apply import execute, preflight, recover
     from .audit import actor
     from .lock import apply_lock, holder_info
     from .names import parse_duration
     from .plan import Plan
     from .render import render_text
 
-    if planfile and (at or replace):
-        raise PkiError("a saved plan already fixes --at and --replace; pass them to `pki plan` instead")
+    if planfile and (at or replace or rekey_missing):
+        raise PkiError("a saved plan already fixes --at, --replace and --rekey-missing; pass them to `pki plan` "
+                       "instead")
     project = c.project
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
@@ -233,13 +240,14 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
         timeout = parse_duration(lock_timeout, allow_zero=True)
     except ValueError as e:
         raise PkiError(f"--lock-timeout: {e}") from None
-    saved = None
+    saved = saved_json = None
     if planfile:
         try:
-            saved = Plan.from_json(json.loads(Path(planfile).read_text()))
+            saved_json = json.loads(Path(planfile).read_text(encoding="utf-8"))
+            saved = Plan.from_json(saved_json)
         except FileNotFoundError:
             raise PkiError(f"plan file {planfile} not found") from None
-        except (ValueError, KeyError, TypeError, AttributeError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise PkiError(f"{planfile} is not a pkiascode plan ({type(e).__name__}: {e})") from None
     elif not auto_approve and not sys.stdin.isatty():
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
@@ -257,14 +265,16 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             if interrupted is not None and interrupted == saved.digest():
                 click.echo(f"{planfile} was already applied: the interrupted apply of it is now complete.")
                 return
-            check_plan_fresh(project, saved)
-            the_plan = saved
+            the_plan = project.replan(saved_json, source=planfile)  # the fresh plan, never the file's steps
         else:
             now = utc_now()
-            the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now)
+            the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now, rekey_missing=rekey_missing)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
         if the_plan.empty:
             return
+        refused = project.refusal(the_plan)
+        if refused:
+            raise PlanError(refused)
         if saved is None and not auto_approve:
             click.echo()
             answer = click.prompt("Apply these changes? Only 'yes' will be accepted", default="",

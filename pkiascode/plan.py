@@ -14,15 +14,19 @@ Actions and what apply does for each:
 ``rekey``       new key and certificate (key type changed, key missing, CSR changed, ``--replace``).
                 With ``revoke_reason`` set the old certificate goes on the issuer's CRL.
 ``move_key``    the key moves to the entry's new backend (export, import, prove, then delete the
-                old copy after commit). The certificate stays.
+                old copy after commit). The certificate stays. With ``key_elsewhere`` set the key
+                is not on this machine (e.g. a fresh clone without ``.pki/keys``): apply refuses it,
+                and only the machine that holds that store can make the move.
 ``revoke``      the serial goes on the issuer's CRL with ``revoke_reason``. With ``retire`` (the entry
                 left pki.toml) the certificate leaves ``state/certs/`` and the inventory.
 ``update_crl``  the authority's CRL is re-signed (new revocations below it, or ``next_update`` is
                 near). Apply also re-signs the CRL of any authority that gets a new certificate or
                 has a revocation below it in the same plan.
 
-A saved plan carries digests of pki.toml and of ``state/`` as they were when it was made; apply
-refuses it when either changed.
+A saved plan (``pki plan --out``) is checked, not trusted: apply plans again, under the lock, from
+pki.toml, ``state/`` and the inputs the saved plan records (``at``, ``issued_at``, ``replace``,
+``rekey_missing``), executes only that fresh plan, and only when it serializes exactly as the saved
+one did. Editing a saved plan's changes (its digests left alone) makes apply refuse it.
 """
 
 from __future__ import annotations
@@ -36,9 +40,12 @@ from typing import Any
 
 from .model import Desired, Kind, digest_json, format_time, parse_time
 
-__all__ = ["Action", "FieldChange", "Change", "Finding", "Plan", "PLAN_FORMAT_VERSION", "BLOCKING_SEVERITIES"]
+__all__ = ["Action", "FieldChange", "Change", "Finding", "Plan", "PLAN_FORMAT_VERSION", "BLOCKING_SEVERITIES",
+           "OUTLOOK_DAYS"]
 
 PLAN_FORMAT_VERSION = 1
+#: how far ahead of ``at`` a plan's expiry outlook (`Plan.expiring`) looks
+OUTLOOK_DAYS = 90
 
 
 class Action(str, enum.Enum):
@@ -87,6 +94,7 @@ class Change:
     new_key: bool = False
     revoke_reason: str | None = None
     retire: bool = False
+    key_elsewhere: str | None = None
 
     @property
     def qualified(self) -> str:
@@ -112,6 +120,8 @@ class Change:
             d["revoke_reason"] = self.revoke_reason
         if self.retire:
             d["retire"] = True
+        if self.key_elsewhere:
+            d["key_elsewhere"] = self.key_elsewhere
         return d
 
     @classmethod
@@ -120,6 +130,7 @@ class Change:
             action=Action(d["action"]), kind=Kind(d["kind"]), name=d["name"], reasons=tuple(d["reasons"]),
             diff=tuple((f, FieldChange(c["before"], c["after"])) for f, c in d.get("diff", {}).items()),
             new_key=bool(d.get("new_key")), revoke_reason=d.get("revoke_reason"), retire=bool(d.get("retire")),
+            key_elsewhere=d.get("key_elsewhere"),
         )
 
 
@@ -152,7 +163,13 @@ class Finding:
 
 @dataclasses.dataclass(frozen=True)
 class Plan:
-    """What an apply would do, as of ``at``, for one pki.toml and one state (by their digests)."""
+    """What an apply would do, as of ``at``, for one pki.toml and one state (by their digests).
+
+    ``issued_at``: when the plan's certificates were taken to be signed, when that is not ``at``
+    (``pki plan --at +30d`` decides what is due then, the diffs show the not_after of a certificate
+    signed now). ``replace`` and ``rekey_missing``: the options it was made with. ``offline``: made
+    without asking the key stores. ``expiring``: (qualified name, not_after) of each live object the
+    plan does not change that expires within `OUTLOOK_DAYS` of ``at``, soonest first."""
 
     changes: tuple[Change, ...]
     warnings: tuple[str, ...]
@@ -161,6 +178,10 @@ class Plan:
     state_digest: str = ""
     replace: tuple[str, ...] = ()
     findings: tuple[Finding, ...] = ()
+    issued_at: dt.datetime | None = None
+    rekey_missing: bool = False
+    offline: bool = False
+    expiring: tuple[tuple[str, str], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -186,7 +207,7 @@ class Plan:
 
     def to_json(self) -> dict[str, Any]:
         """The public JSON form (``pki plan --format json``), plus what a saved plan needs."""
-        return {
+        d: dict[str, Any] = {
             "format_version": PLAN_FORMAT_VERSION,
             "changes": [c.to_json() for c in self.changes],
             "summary": self.summary(),
@@ -196,7 +217,15 @@ class Plan:
             "config_digest": self.config_digest,
             "state_digest": self.state_digest,
             "findings": [f.to_json() for f in self.findings],
+            "expiring": [{"name": n, "not_after": t} for n, t in self.expiring],
         }
+        if self.issued_at is not None:
+            d["issued_at"] = format_time(self.issued_at)
+        if self.rekey_missing:
+            d["rekey_missing"] = True
+        if self.offline:
+            d["offline"] = True
+        return d
 
     def dumps(self) -> str:
         return json.dumps(self.to_json(), indent=2) + "\n"
@@ -214,11 +243,24 @@ class Plan:
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Plan:
-        if d.get("format_version") != PLAN_FORMAT_VERSION:
-            raise ValueError(f"unsupported plan format_version {d.get('format_version')!r}")
+        """A plan from its JSON form. What a saved plan's inputs are is checked here; its changes are
+        only ever compared with a fresh plan's (see the module docstring), never executed."""
+        if not isinstance(d, Mapping) or d.get("format_version") != PLAN_FORMAT_VERSION:
+            raise ValueError(f"unsupported plan format_version {d.get('format_version')!r}"
+                             if isinstance(d, Mapping) else "not a JSON object")
+        replace = d.get("replace", [])
+        if not isinstance(replace, list) or not all(isinstance(n, str) for n in replace):
+            raise ValueError("replace is not a list of names")
+        if not isinstance(d.get("rekey_missing", False), bool) or not isinstance(d.get("offline", False), bool):
+            raise ValueError("rekey_missing and offline are true or false")
+        if not isinstance(d["at"], str) or not isinstance(d.get("issued_at", ""), str):
+            raise ValueError("at and issued_at are times")
         return cls(
             changes=tuple(Change.from_json(c) for c in d["changes"]), warnings=tuple(d.get("warnings", ())),
             at=parse_time(d["at"]), config_digest=d.get("config_digest", ""),
-            state_digest=d.get("state_digest", ""), replace=tuple(d.get("replace", ())),
+            state_digest=d.get("state_digest", ""), replace=tuple(replace),
             findings=tuple(Finding.from_json(f) for f in d.get("findings", ())),
+            issued_at=parse_time(d["issued_at"]) if "issued_at" in d else None,
+            rekey_missing=d.get("rekey_missing", False), offline=d.get("offline", False),
+            expiring=tuple((str(e["name"]), str(e["not_after"])) for e in d.get("expiring", ())),
         )

@@ -15,7 +15,7 @@ from .errors import PlanError
 from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time, parse_time
 from .keytypes import KeyType
 from .names import certificate_usages, constraint_note, format_duration
-from .plan import Action, Change, FieldChange, Plan
+from .plan import OUTLOOK_DAYS, Action, Change, FieldChange, Plan
 
 __all__ = ["plan", "quiet_until"]
 
@@ -56,6 +56,7 @@ def plan(
     issue_time: dt.datetime | None = None,
     store_caps: Mapping[str, tuple[bool, bool]] | None = None,
     csr_key_types: Mapping[str, KeyType] | None = None,
+    rekey_missing: bool = False,
 ) -> Plan:
     """What apply must do to make ``observed`` match ``desired`` at time ``now``.
 
@@ -70,8 +71,14 @@ def plan(
     key cannot have, a name constraint written with a leading dot. Only for what is signed: a plan
     with nothing to do stays empty.
 
+    A key missing from its store (``observed.missing_keys``) is not a reason to replace it: it is a
+    `PlanError` naming the object and where its key was expected, unless ``replace`` names the entry
+    or ``rekey_missing`` is set (then: ``rekey``). A key that is to move to another store is the
+    exception: the move is planned with ``key_elsewhere`` (only the machine that holds the key can
+    make it).
+
     Raises `PlanError` for a desired state that cannot be reached (moving a key that cannot leave its
-    store, replacing an unknown entry, ...).
+    store, replacing an unknown entry, a missing key, ...).
     """
     replace = tuple(dict.fromkeys(replace))
     csr_keys = csr_keys or {}
@@ -90,6 +97,7 @@ def plan(
     warnings: list[str] = []
     proj: dict[str, _Projection] = {}
     revoked_under: dict[str, list[str]] = {}
+    missing_errors: list[str] = []
 
     def note_revocation(issuer: str | None, what: str) -> None:
         if issuer:
@@ -127,7 +135,8 @@ def plan(
         # -- new ---------------------------------------------------------------------------------
         if rec is None:
             changes.append(Change(Action.CREATE, entry.kind, name, ("not in state",),
-                                  _creation_diff(entry), new_key=not entry.csr))
+                                  _creation_diff(entry, new_not_after, _chain(entry, desired)),
+                                  new_key=not entry.csr))
             proj[name] = _Projection(True, False, new_not_after, key_above)
             warnings.extend([cap_warning] if cap_warning else [])
             continue
@@ -150,12 +159,19 @@ def plan(
                 key_reasons.append(f"{entry.csr} requests a new key")
         elif rec.store == CSR_STORE:
             key_reasons.append(f"no longer signed from a CSR: a new key in backend {entry.backend}")
-        else:
-            if rec.key_type != entry.key.value:
-                key_reasons.append(f"key algorithm changes {rec.key_type} → {entry.key.value}")
-            if name in observed.missing_keys:
-                key_reasons.append(observed.missing_keys[name])
+        elif rec.key_type != entry.key.value:
+            key_reasons.append(f"key algorithm changes {rec.key_type} → {entry.key.value}")
         store_changes = rec.store != entry.store
+        # a missing key: replaced only when asked; a key that moves is moved by the machine holding it
+        key_elsewhere = None
+        missing = observed.missing_keys.get(name) if rec.store != CSR_STORE and not entry.csr else None
+        if missing:
+            if replaced or rekey_missing or key_reasons:
+                key_reasons.append(missing)
+            elif store_changes and rec.store in desired.stores:
+                key_elsewhere = rec.store
+            else:
+                missing_errors.append(f"{entry.qualified}: {missing}")
         if store_changes and rec.store != CSR_STORE and rec.store not in desired.stores and not key_reasons:
             raise PlanError(f"{entry.qualified}: its key is in backend {rec.store!r}, which pki.toml no longer "
                             f"defines; define [backend.{rec.store}] again so the key can move, or "
@@ -238,9 +254,11 @@ def plan(
         # a renewal that makes a new key makes it in the new store: nothing to move then
         new_key_anyway = bool(renew_reason) and entry.rotate_key and not entry.csr
         if moving and not new_key_anyway:
-            changes.append(Change(Action.MOVE_KEY, entry.kind, name, (move_reason,),
+            move_reasons = (move_reason,) if key_elsewhere is None else (
+                move_reason, f"needs the machine that holds backend {key_elsewhere}: {missing} here")
+            changes.append(Change(Action.MOVE_KEY, entry.kind, name, move_reasons,
                                   (("backend", FieldChange(rec.store, entry.backend)),) if store_changes else
-                                  (("exportable", FieldChange(True, False)),)))
+                                  (("exportable", FieldChange(True, False)),), key_elsewhere=key_elsewhere))
         if reasons or renew_reason:
             # a renewal is due (alone, or with other reasons): with rotate_key it makes a new key
             renewal = bool(renew_reason) and (new_key_anyway or not reasons)
@@ -303,9 +321,50 @@ def plan(
                                   (("crl_number", FieldChange(crl.get("number"),
                                                               (crl.get("number") or 0) + 1)),)))
 
+    if missing_errors:
+        more = f" (and {len(missing_errors) - 1} more missing keys)" if len(missing_errors) > 1 else ""
+        raise PlanError(f"{missing_errors[0]}{more}: plan where the key is, or restore it; to replace it with a "
+                        "new key and certificate instead, --replace NAME (or --rekey-missing for every "
+                        "missing key)")
     warnings.extend(_signing_notes(desired, changes, csr_key_types or {}))
+    if issued < now:
+        warnings.extend(_always_due(desired, now, issued))
     return Plan(changes=tuple(changes), warnings=tuple(warnings), at=now, config_digest=desired.digest,
-                state_digest=observed.digest, replace=replace)
+                state_digest=observed.digest, replace=replace, issued_at=issued if issued != now else None,
+                rekey_missing=rekey_missing, expiring=_expiring(records, changes, now))
+
+
+def _always_due(desired: Desired, at: dt.datetime, issued: dt.datetime) -> list[str]:
+    """``--at`` so far ahead that a certificate signed now is already due for renewal then: every
+    run with it renews these entries."""
+    names = [e.qualified for e in desired.entries.values()
+             if not e.revoked and at >= issued + dt.timedelta(seconds=e.validity - e.renew_before)]
+    if not names:
+        return []
+    shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
+    return [f"--at {format_duration(int((at - issued).total_seconds()))} ahead reaches past the renewal window of "
+            f"a certificate signed now (validity minus renew_before): every run with it renews {shown}; look "
+            "ahead less far to see what is really due"]
+
+
+def _expiring(records: Mapping[str, Record], changes: Iterable[Change], at: dt.datetime) -> tuple[tuple[str, str], ...]:
+    """(qualified name, not_after) of each live object the plan leaves alone that expires within
+    `OUTLOOK_DAYS` of ``at``, soonest first."""
+    changed = {c.name for c in changes if c.makes_certificate or c.action is Action.REVOKE}
+    horizon = at + dt.timedelta(days=OUTLOOK_DAYS)
+    due = sorted((r.not_after, r.qualified) for r in records.values()
+                 if not r.revoked and r.name not in changed and r.not_after <= horizon)
+    return tuple((name, format_time(t)) for t, name in due)
+
+
+def _chain(entry: Entry, desired: Desired) -> list[str]:
+    """The names of ``entry``'s issuers, up to the root."""
+    out: list[str] = []
+    issuer = entry.issuer
+    while issuer and issuer not in out and issuer in desired.entries:
+        out.append(issuer)
+        issuer = desired.entries[issuer].issuer
+    return out
 
 
 def _signing_notes(desired: Desired, changes: Iterable[Change], csr_key_types: Mapping[str, KeyType]) -> list[str]:
@@ -340,13 +399,20 @@ def _key_label(entry: Entry) -> str:
     return f"{entry.key.value} ({entry.store})" if not entry.csr else f"from {entry.csr}"
 
 
-def _creation_diff(entry: Entry) -> tuple[tuple[str, FieldChange], ...]:
+def _creation_diff(entry: Entry, not_after: dt.datetime, chain: list[str]) -> tuple[tuple[str, FieldChange], ...]:
+    """What a new certificate will hold: its spec, the not_after it gets (capped at its issuer's),
+    whether its key is exportable (not for a CSR: the requester holds it) and its issuer chain."""
     spec = entry.spec()
     out = [("key", FieldChange(None, _key_label(entry)))]
+    if not entry.csr:
+        out.append(("exportable", FieldChange(None, entry.exportable)))
     for field in _SPEC_FIELD_ORDER:
         value = spec.get(field)
         if value not in (None, [], ""):
             out.append((field, FieldChange(None, value)))
+    if chain:
+        out.append(("chain", FieldChange(None, chain)))
+    out.append(("not_after", FieldChange(None, format_time(not_after))))
     return tuple(out)
 
 
@@ -360,8 +426,9 @@ def _spec_diff(rec: Record, entry: Entry) -> list[tuple[str, FieldChange]]:
 
 
 def quiet_until(desired: Desired, observed: Observed) -> dt.datetime | None:
-    """The first moment at which, with nothing else changing, a plan would stop being empty: the
-    earliest renewal window or CRL refresh. None when nothing ever falls due (nothing in state)."""
+    """The first moment at which, with nothing else changing, a plan would stop being empty or
+    without an expiry outlook: the earliest renewal window, CRL refresh, or `OUTLOOK_DAYS` before an
+    expiry. None when nothing ever falls due (nothing in state)."""
     times: list[dt.datetime] = []
     records = observed.records
     for name, entry in desired.entries.items():
@@ -369,6 +436,7 @@ def quiet_until(desired: Desired, observed: Observed) -> dt.datetime | None:
         if rec is None or rec.revoked or entry.revoked:
             continue
         times.append(rec.not_after - dt.timedelta(seconds=entry.renew_before))
+        times.append(rec.not_after - dt.timedelta(days=OUTLOOK_DAYS))  # it enters the plan's expiry outlook
         crl = rec.crl
         if entry.kind is Kind.AUTHORITY and crl and crl.get("next_update"):
             next_update = parse_time(crl["next_update"])

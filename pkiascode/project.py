@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
+import json
 import re
 import subprocess
 import tempfile
@@ -18,10 +19,10 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import config_digest, find_line, load_config
-from .errors import BackendError, ConfigError, PlanError, first_of
+from .errors import BackendError, ConfigError, PlanError, StalePlanError, first_of
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
-from .plan import Plan
+from .plan import Action, Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
 from .render import OFFLINE_WARNING
@@ -249,8 +250,9 @@ class Project:
         out: dict[str, str] = {}
         for store_name, refs in self._live_keys(records).items():
             store = self.store(store_name)
+            where = "".join(f" ({_relative(d, self.base_dir)})" for d in store.local_key_dirs()[:1])
             for ref in store.missing(refs):
-                out[refs[ref].name] = f"its key {ref.id} is missing from backend {store_name}"
+                out[refs[ref].name] = f"its key {ref.id} is missing from backend {store_name}{where}"
             # where the store can tell without a secret: does the reference name the certificate's key?
             tell = getattr(store, "public_key_digest", None)
             if tell is None:
@@ -267,21 +269,24 @@ class Project:
 
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None,
-             offline: bool = False, base: str | None = None) -> Plan:
-        """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``).
+             offline: bool = False, base: str | None = None, rekey_missing: bool = False) -> Plan:
+        """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``), with
+        pkilint's findings on what it would sign (`pkiascode.lint`).
 
         ``offline``: no key store is contacted; the keys state names are assumed to exist.
         ``base``: plan against the ``state/`` of git revision ``base`` (what the change does after
-        it is merged there), warning when this checkout's ``state/`` differs from it."""
+        it is merged there), warning when this checkout's ``state/`` differs from it.
+        ``rekey_missing``: a key missing from its store is replaced (without it: a `PlanError`)."""
         replace = tuple(replace)
         pending = self.txn_pending()
-        quiet = not replace and not pending and not offline and base is None
+        quiet = not replace and not pending and not offline and base is None and not rekey_missing
         if quiet:
-            remembered = self._remembered_noop(at)
+            remembered = self._remembered_noop(at, now)
             if remembered is not None:
                 return remembered
         desired = self.desired()
-        csr_keys = {name: info.digest for name, info in self.csrs().items()}
+        csrs = self.csrs()
+        csr_keys = {name: info.digest for name, info in csrs.items()}
         notes: list[str] = []
         if base is not None:
             with tempfile.TemporaryDirectory(prefix="pki-base-") as tmp:
@@ -299,7 +304,12 @@ class Project:
             if factory is not None:
                 caps[name] = (factory.holds_exportable, factory.holds_non_exportable)
         result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
-                           store_caps=caps)
+                           store_caps=caps, csr_key_types={n: i.key_type for n, i in csrs.items()},
+                           rekey_missing=rekey_missing)
+        if not result.empty:  # (a no-op plan signs nothing: nothing to lint, nothing to import)
+            from .lint import with_findings
+
+            result = with_findings(desired, result, csrs)
         if offline:
             notes.append(OFFLINE_WARNING)
         if pending:
@@ -307,11 +317,50 @@ class Project:
                          "`pki apply` completes it")
         if notes:
             result = dataclasses.replace(result, warnings=result.warnings + tuple(notes))
-        if offline and any(f.name == "offline" for f in dataclasses.fields(Plan)):
-            result = dataclasses.replace(result, offline=True)  # type: ignore[call-arg]
+        if offline:
+            result = dataclasses.replace(result, offline=True)
         if quiet and result.empty and not result.warnings:
             self._remember_noop(desired, observed)
         return result
+
+    def replan(self, saved: Mapping[str, Any], *, source: str) -> Plan:
+        """The plan to execute for a saved plan (``saved``: its JSON, read from ``source``): planned
+        again from pki.toml, ``state/`` and the inputs ``saved`` records, and only if it serializes
+        exactly as ``saved`` does. The caller holds the apply lock. Raises `StalePlanError`.
+
+        What the file says it will do is never executed: an edited change, even with the digests
+        left alone, makes the fresh plan differ."""
+        try:
+            inputs = Plan.from_json(saved)
+        except (ValueError, KeyError, TypeError, AttributeError) as e:
+            raise StalePlanError(f"{source} is not a pkiascode plan ({type(e).__name__}: {e})") from None
+        fresh = self.plan(at=inputs.at, now=inputs.issued_at or inputs.at, replace=inputs.replace,
+                          rekey_missing=inputs.rekey_missing)
+        again = json.loads(fresh.dumps())
+        if again == saved:
+            return fresh
+        rerun = "run `pki plan --out` again"
+        if saved.get("config_digest") != again["config_digest"]:
+            raise StalePlanError(f"{source} is stale: pki.toml changed since it was made; {rerun}")
+        if saved.get("state_digest") != again["state_digest"]:
+            raise StalePlanError(f"{source} is stale: state changed since it was made; {rerun}")
+        raise StalePlanError(f"{source} is not the plan pki.toml and state give ({_first_difference(saved, again)}): "
+                             f"it was edited or made by another version of pkiascode; nothing changed; {rerun}")
+
+    def refusal(self, plan: Plan) -> str | None:
+        """Why apply must not execute ``plan`` (one line), or None: a blocking lint finding, or a key
+        to move that is not on this machine."""
+        from .lint import refusal
+
+        lint = refusal(self.desired(), plan)
+        if lint is not None:
+            return lint
+        away = [c for c in plan.changes if c.action is Action.MOVE_KEY and c.key_elsewhere]
+        if away:
+            more = f" (and {len(away) - 1} more)" if len(away) > 1 else ""
+            return (f"{away[0].qualified}: its key moves from backend {away[0].key_elsewhere}, which does not hold "
+                    f"it on this machine{more}: apply on the machine that holds backend {away[0].key_elsewhere}")
+        return None
 
     def _base_state(self, ref: str, tmp: Path) -> tuple[StateDir, bool]:
         """A copy, in ``tmp``, of the state directory as git revision ``ref`` has it, and whether this
@@ -374,7 +423,7 @@ class Project:
     def _memo(self) -> NoopMemo:
         return NoopMemo(self.work_dir / "cache" / "noop.json")
 
-    def _remembered_noop(self, at: dt.datetime) -> Plan | None:
+    def _remembered_noop(self, at: dt.datetime, now: dt.datetime | None) -> Plan | None:
         memo = self._memo().load()
         if memo is None:
             return None
@@ -396,7 +445,7 @@ class Project:
             if store.missing([KeyRef(store_name, key_id, origin) for key_id, origin in refs]):
                 return None
         return Plan(changes=(), warnings=(), at=at, config_digest=memo["config_digest"],
-                    state_digest=memo["state_digest"])
+                    state_digest=memo["state_digest"], issued_at=now if now is not None and now != at else None)
 
     def _remember_noop(self, desired: Desired, observed: Observed) -> None:
         from .planner import quiet_until
@@ -419,6 +468,28 @@ class Project:
                               stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
             self._memo().forget()  # a setting JSON cannot hold: plan the long way every time
+
+
+def _relative(path: Path, base: Path) -> str:
+    try:
+        return path.resolve().relative_to(base.resolve()).as_posix()
+    except ValueError:
+        return path.name
+
+
+def _first_difference(saved: Mapping[str, Any], again: Mapping[str, Any]) -> str:
+    """Where a saved plan and the plan made again part, in a few words."""
+    def describe(c: Any) -> str:
+        return f"{c.get('action')} {c.get('kind')}.{c.get('name')}" if isinstance(c, dict) else "?"
+
+    theirs, ours = saved.get("changes"), again["changes"]
+    if isinstance(theirs, list) and theirs != ours:
+        for i, (a, b) in enumerate(zip(theirs, ours)):
+            if a != b:
+                return f"change {i + 1}: the file says {describe(a)}, planning again gives {describe(b)}"
+        return f"the file has {len(theirs)} changes, planning again gives {len(ours)}"
+    keys = sorted(k for k in set(saved) | set(again) if saved.get(k) != again.get(k))
+    return f"{', '.join(keys[:3])} differ"
 
 
 def _read_certificate(path: Path) -> Any:

@@ -7,7 +7,7 @@ import re
 from typing import Any
 
 from .model import Kind
-from .plan import Action, Change, FieldChange, Plan
+from .plan import OUTLOOK_DAYS, Action, Change, FieldChange, Finding, Plan
 
 __all__ = ["render_text", "render_markdown", "render_json", "summary_line", "is_offline", "OFFLINE_WARNING",
            "MARKDOWN_MARKER"]
@@ -71,6 +71,14 @@ def _change_text(change: Change, color: bool) -> list[str]:
     return lines
 
 
+def _finding_object(plan: Plan, finding: Finding) -> tuple[str, str]:
+    """(``certificate.db``, ``certificate``): the object a finding is on, and whether on its
+    certificate or its CRL."""
+    kinds = {c.name: c.kind for c in plan.changes}
+    kind = kinds.get(finding.entry, Kind.AUTHORITY if finding.what == "crl" else None)
+    return (f"{kind.value}.{finding.entry}" if kind is not None else finding.entry), finding.what
+
+
 def render_text(plan: Plan, *, color: bool = False) -> str:
     out: list[str] = []
     if plan.empty:
@@ -87,6 +95,12 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         out.append(_style("Warnings:", "33", color))
         out.extend(f"  ! {w}" for w in plan.warnings)
         out.append("")
+    if plan.findings:
+        out.append(_style("Lint findings (pkilint, on what apply would sign):", "33", color))
+        for f in plan.findings:
+            name, what = _finding_object(plan, f)
+            out.append(f"  {f.severity} {name} ({what}): {f.id}: {f.message}")
+        out.append("")
     if not plan.empty:
         out.append(_style(summary_line(plan), "1", color))
     return "\n".join(out) + "\n"
@@ -98,8 +112,6 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
 MARKDOWN_MARKER = "<!-- pkiascode plan -->"
 #: GitHub's limit for a comment, in characters
 COMMENT_LIMIT = 65536
-#: how far ahead the expiry outlook looks
-OUTLOOK_DAYS = 90
 
 _FIELD_LABELS = {"key": "key", "exportable": "exportable", "issuer": "issuer", "chain": "issuer chain",
                  "subject": "subject", "hosts": "SANs", "usages": "usages", "validity": "validity",
@@ -112,7 +124,7 @@ _SAN_LABELS = {"dns": "DNS", "ip": "IP", "email": "email", "uri": "URI"}
 
 def is_offline(plan: Plan) -> bool:
     """Whether ``plan`` was made without asking the key stores (``pki plan --offline``)."""
-    return bool(getattr(plan, "offline", False)) or OFFLINE_WARNING in plan.warnings
+    return plan.offline or OFFLINE_WARNING in plan.warnings
 
 
 def _md_escape(text: str) -> str:
@@ -203,11 +215,11 @@ def _key_deletions(plan: Plan) -> list[str]:
 
 
 def _outlook(plan: Plan) -> list[str]:
-    """``plan.expiring`` (name, not_after) as a table of days left, when the plan carries it."""
+    """``plan.expiring`` (name, not_after) as a table of days left."""
     from .model import parse_time
 
     rows = []
-    for name, not_after in getattr(plan, "expiring", ()) or ():
+    for name, not_after in plan.expiring:
         days = (parse_time(not_after) - plan.at).total_seconds() / 86400
         rows.append(f"| `{name}` | {_code(not_after)} | {int(days // 1)} |")
     if not rows:
@@ -226,12 +238,14 @@ def render_markdown(plan: Plan, *, limit: int = COMMENT_LIMIT) -> str:
     warnings = [w for w in plan.warnings if w != OFFLINE_WARNING]  # (said just above)
     if warnings:
         out += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in warnings]
-    findings = getattr(plan, "findings", ())
+    findings = plan.findings
     if findings:
         out += ["", "**Lint findings** (pkilint, on what apply would sign)", "",
                 "| severity | object | finding | message |", "|---|---|---|---|"]
-        out += [f"| {_md_escape(f.severity)} | `{_md_escape(f.entry)}` ({_md_escape(f.what)}) | {_code(f.id)} | "
-                f"{_md_escape(f.message)} |" for f in findings]
+        for f in findings:
+            name, what = _finding_object(plan, f)
+            out.append(f"| {_md_escape(f.severity)} | {_code(name)} ({_md_escape(what)}) | {_code(f.id)} | "
+                       f"{_md_escape(f.message)} |")
     if not plan.empty:
         out += ["", "| | action | object | why |", "|---|---|---|---|"]
         for c in plan.changes:
@@ -241,7 +255,7 @@ def render_markdown(plan: Plan, *, limit: int = COMMENT_LIMIT) -> str:
         if deletions:
             out += ["", "**Keys to be deleted** once apply's commit is on the upstream branch (right away "
                     "without one):", ""] + deletions
-    if hasattr(plan, "expiring"):
+    if plan.expiring or not plan.empty:
         out += ["", f"**Expiry outlook** (next {OUTLOOK_DAYS} days after {plan.at.strftime('%Y-%m-%d')}, "
                 "besides the changes above)", ""] + _outlook(plan)
     if not plan.empty:

@@ -121,8 +121,8 @@ class World:
                         cert_drift=dict(self.cert_drift), crl_drift=dict(self.crl_drift),
                         missing_keys=dict(self.missing_keys), digest=digest)
 
-    def plan(self, desired: Desired, now: dt.datetime, replace: Iterable[str] = ()) -> Plan:
-        return make_plan(desired, self.observed(), now=now, replace=replace)
+    def plan(self, desired: Desired, now: dt.datetime, replace: Iterable[str] = (), **kw: Any) -> Plan:
+        return make_plan(desired, self.observed(), now=now, replace=replace, **kw)
 
     def converge(self, desired: Desired, now: dt.datetime, replace: Iterable[str] = ()) -> Plan:
         """Plan and apply at ``now``; returns the plan that was applied."""

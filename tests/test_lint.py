@@ -275,8 +275,6 @@ hosts = ["db.123"]                   # a numeric top-level label: pkilint's ERRO
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("openssl_and_git")
-@pytest.mark.xfail(strict=True, reason="until Project.plan adds lint.with_findings and apply refuses "
-                                       "lint.refusal (the coordinator wires them; then remove this mark)")
 def test_apply_refuses_an_error_finding_unless_lint_ignore_lists_it(tmp_path):
     from helpers import Repo, edit_toml
 

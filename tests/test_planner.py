@@ -72,6 +72,9 @@ def test_create_everything_in_order_with_diff():
         "hosts": (None, ["web.example.com", "10.0.0.1"]),
         "usages": (None, ["client auth", "digital signature", "server auth"]),
         "validity": (None, "90d"),
+        "exportable": (None, True),
+        "chain": (None, ["inter", "root"]),
+        "not_after": (None, "2030-04-01T12:00:00Z"),
     }
     root = only(p, "root")
     assert "issuer" not in diff(root)  # a root has none
@@ -491,19 +494,47 @@ def test_certificate_file_drift_reissues_with_that_reason():
     assert w.plan(desired, T0).empty
 
 
-def test_missing_key_rekeys_with_that_reason():
+def test_a_missing_key_is_a_plan_error_naming_it_and_where_it_was_expected():
+    w, desired = world_at()
+    w.missing_keys["web"] = "its key web-1.pem is missing from backend local (.pki/keys)"
+    with pytest.raises(PlanError) as e:
+        w.plan(desired, T0)
+    assert str(e.value) == ("certificate.web: its key web-1.pem is missing from backend local (.pki/keys): plan "
+                            "where the key is, or restore it; to replace it with a new key and certificate "
+                            "instead, --replace NAME (or --rekey-missing for every missing key)")
+    w.missing_keys["inter"] = "its key inter-1.pem is missing from backend local (.pki/keys)"
+    with pytest.raises(PlanError, match=r"^authority\.inter: .* \(and 1 more missing keys\): "):
+        w.plan(desired, T0)
+
+
+def test_a_missing_key_is_replaced_when_asked():
     w, desired = world_at()
     w.missing_keys["web"] = "its key web-1.pem is missing from backend local"
-    web = only(w.plan(desired, T0), "web")
+    web = only(w.plan(desired, T0, rekey_missing=True), "web")
     assert web.action is Action.REKEY
     assert web.reasons == ("its key web-1.pem is missing from backend local",)
     assert web.new_key and web.revoke_reason is None
+    assert w.plan(desired, T0, rekey_missing=True).rekey_missing
+    replaced = only(w.plan(desired, T0, replace=["web"]), "web")
+    assert replaced.action is Action.REKEY and replaced.revoke_reason == "key_compromise"
+    assert replaced.reasons[-1] == "its key web-1.pem is missing from backend local"
 
 
-def test_missing_authority_key_rekeys_it_and_reissues_below():
+def test_a_missing_key_that_is_replaced_anyway_is_no_error():
+    w, desired = world_at()
+    w.missing_keys["web"] = "its key web-1.pem is missing from backend local"
+    web = only(w.plan(load(BASE.replace('validity = "90d"', 'validity = "90d"\nkey = "rsa-2048"')), T0), "web")
+    assert web.action is Action.REKEY
+    assert web.reasons == ("key algorithm changes ecdsa-p256 → rsa-2048",
+                           "its key web-1.pem is missing from backend local")
+
+
+def test_missing_authority_key_rekeys_it_and_reissues_below_when_asked():
     w, desired = world_at()
     w.missing_keys["inter"] = "its key inter-1.pem is missing from backend local"
-    p = w.plan(desired, T0)
+    with pytest.raises(PlanError, match=r"^authority\.inter: its key inter-1\.pem is missing"):
+        w.plan(desired, T0)
+    p = w.plan(desired, T0, rekey_missing=True)
     assert by_name(p) == {"inter": [Action.REKEY], "web": [Action.REISSUE]}
     w.apply(desired, p, T0)
     assert w.plan(desired, T0).empty
@@ -547,6 +578,20 @@ def test_moving_a_non_exportable_key_with_replace_rekeys_instead():
     w, desired = world_at(MOVE.replace('validity = "5y"', 'validity = "5y"\nbackend = "hsm"'))
     p = w.plan(load(MOVE), T0, replace=["inter"])
     assert only(p, "inter").action is Action.REKEY
+
+
+def test_a_key_to_move_that_is_not_on_this_machine_is_a_move_that_needs_the_machine_holding_it():
+    w, desired = world_at(MOVE)
+    w.missing_keys["web"] = "its key web-1.pem is missing from backend local (.pki/keys)"
+    moved = load(MOVE.replace('renew_before = "30d"', 'renew_before = "30d"\nbackend = "files"'))
+    p = w.plan(moved, T0)
+    web = only(p, "web")
+    assert web.action is Action.MOVE_KEY and web.key_elsewhere == "local"
+    assert web.reasons == ("backend changes local → files", "needs the machine that holds backend local: its key "
+                           "web-1.pem is missing from backend local (.pki/keys) here")
+    assert web.to_json()["key_elsewhere"] == "local"
+    assert "key_elsewhere" not in only(World().plan(moved, T0), "web").to_json()
+    assert only(w.plan(moved, T0, rekey_missing=True), "web").action is Action.REKEY  # asked: a new key there
 
 
 def test_key_in_a_backend_no_longer_defined_is_a_plan_error():
@@ -790,14 +835,19 @@ def test_real_certificate_file_missing_or_replaced(real, capsys):
     assert json_plan(capsys)["changes"] == []
 
 
-def test_real_missing_key_rekeys_and_apply_converges(real, capsys):
+def test_real_missing_key_is_an_error_until_rekey_missing_and_apply_converges(real, capsys):
     inv = json.loads((real / "state/inventory.json").read_text())
     ref = inv["objects"]["web"]["key"]["ref"]
     (real / ".pki/keys" / ref).unlink()
-    data = json_plan(capsys)
-    assert [(c["action"], c["name"], c["reasons"]) for c in data["changes"]] == [
-        ("rekey", "web", [f"its key {ref} is missing from backend local"])]
-    assert run_pki(capsys, "apply", "--auto-approve")[0] == 0
+    code, out, err = run_pki(capsys, "plan")
+    assert code == 1 and err.startswith(f"Error: certificate.web: its key {ref} is missing from backend local "
+                                        "(.pki/keys): ") and err.count("\n") == 1
+    code, _, err = run_pki(capsys, "apply", "--auto-approve")
+    assert code == 1 and "missing" in err
+    code, out, _ = run_pki(capsys, "plan", "--rekey-missing", "--format", "json")
+    assert [(c["action"], c["name"], c["reasons"]) for c in json.loads(out)["changes"]] == [
+        ("rekey", "web", [f"its key {ref} is missing from backend local (.pki/keys)"])]
+    assert run_pki(capsys, "apply", "--auto-approve", "--rekey-missing")[0] == 0
     assert json_plan(capsys)["changes"] == []
 
 
@@ -810,3 +860,41 @@ def test_real_root_rekey_cascades_and_converges(real, capsys):
     assert json_plan(capsys)["changes"] == []
     inv = json.loads((real / "state/inventory.json").read_text())
     assert inv["objects"]["web"]["issuer_ski"] == inv["objects"]["root"]["ski"]
+
+
+# --- what a reviewer sees besides the changes: the expiry outlook, --at too far ahead ----------
+
+def test_expiring_lists_live_objects_the_plan_leaves_alone_that_expire_within_90_days():
+    w, desired = world_at()  # web: 90d, renewed 30d before; inter 5y; root 10y
+    p = w.plan(desired, T0 + days(1))
+    assert p.empty and p.expiring == (("certificate.web", format_time(w.records["web"].not_after)),)
+    assert Plan.from_json(p.to_json()).expiring == p.expiring
+    assert w.plan(desired, T0 + days(70)).expiring == ()  # web is renewed: the plan changes it
+    short = load(BASE.replace('validity = "5y"', 'validity = "100d"\nrenew_before = "5d"'))
+    w2 = World()
+    w2.converge(short, T0)
+    p = w2.plan(short, T0 + days(30))
+    assert [n for n, _ in p.expiring] == ["certificate.web", "authority.inter"]  # soonest first
+
+
+def test_creation_diff_of_a_csr_entry_has_no_exportable_and_not_after_is_capped():
+    text = BASE.replace('validity = "90d"', 'validity = "20y"') + (
+        '\n[certificate.partner]\nissuer = "inter"\ncommon_name = "p"\ncsr = "p.csr"\n')
+    p = make_plan(load(text), Observed.empty(), now=T0)
+    assert "exportable" not in diff(only(p, "partner"))
+    assert diff(only(p, "inter"))["not_after"] == (None, "2034-12-31T12:00:00Z")  # 5y of 365 days
+    assert diff(only(p, "web"))["not_after"] == (None, "2034-12-31T12:00:00Z")  # 20y, capped at inter's
+    assert diff(only(p, "inter"))["chain"] == (None, ["root"])
+    assert "chain" not in diff(only(p, "root"))
+
+
+def test_at_past_the_renewal_window_of_a_fresh_certificate_warns_that_every_run_renews():
+    w, desired = world_at()  # web: validity 90d, renew_before 30d: a fresh one is due after 60 days
+    quiet = w.plan(desired, T0 + days(59), issue_time=T0)
+    assert not [x for x in quiet.warnings if "every run" in x]
+    p = w.plan(desired, T0 + days(61), issue_time=T0)
+    (warning,) = [x for x in p.warnings if "every run" in x]
+    assert warning.startswith("--at 61d ahead reaches past") and "renews certificate.web;" in warning
+    assert "authority" not in warning
+    assert p.issued_at == T0 and Plan.from_json(p.to_json()).issued_at == T0
+    assert w.plan(desired, T0 + days(61)).issued_at is None  # signed when planned: nothing to record

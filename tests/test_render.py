@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import textwrap
@@ -140,15 +141,20 @@ PR = Plan(changes=(
     C(Action.CREATE, Kind.AUTHORITY, "partner", ("not in state",),
       {"key": (None, "ecdsa-p384 (vault)"), "issuer": (None, "root"), "subject": (None, "O=Review, CN=Partner CA"),
        "usages": (None, ["cert sign", "crl sign"]), "validity": (None, "5y"), "path_length": (None, 0),
-       "name_constraints": (None, {"permitted": ["partner.test", "10.1.0.0/16"], "excluded": []})}, new_key=True),
+       "name_constraints": (None, {"permitted": ["partner.test", "10.1.0.0/16"], "excluded": []}),
+       "exportable": (None, False), "chain": (None, ["root"]), "not_after": (None, "2034-12-31T12:00:00Z")},
+      new_key=True),
     C(Action.CREATE, Kind.CERTIFICATE, "api", ("not in state",),
       {"key": (None, "ecdsa-p256 (local)"), "issuer": (None, "inter"), "subject": (None, "O=Review, CN=api.example.test"),
        "hosts": (None, ["api.example.test", "10.0.0.7", "api@example.test", "https://api.example.test/"]),
-       "usages": (None, ["digital signature", "server auth"]), "validity": (None, "90d")}, new_key=True),
+       "usages": (None, ["digital signature", "server auth"]), "validity": (None, "90d"),
+       "exportable": (None, True), "chain": (None, ["inter", "root"]), "not_after": (None, "2030-02-01T00:00:00Z")},
+      new_key=True),
     C(Action.UPDATE_CRL, Kind.AUTHORITY, "inter", ("new revocations: certificate.old (superseded)",),
       {"crl_number": (1, 2)}),
 ), warnings=("certificate.api: validity 90d is capped at the expiry of authority.inter (2030-02-01T00:00:00Z): "
-             "a certificate may not outlive its issuer",), at=AT)
+             "a certificate may not outlive its issuer",), at=AT,
+    expiring=(("authority.inter", "2030-02-01T00:00:00Z"), ("certificate.cache", "2030-03-20T12:00:00Z")))
 
 
 def test_markdown_of_a_pull_request_is_pinned():
@@ -174,6 +180,13 @@ def test_markdown_of_a_pull_request_is_pinned():
         **Keys to be deleted** once apply's commit is on the upstream branch (right away without one):
 
         - the old key of `certificate.db` (rekey)
+
+        **Expiry outlook** (next 90 days after 2030-01-01, besides the changes above)
+
+        | object | not after | days left |
+        |---|---|---|
+        | `authority.inter` | `2030-02-01T00:00:00Z` | 30 |
+        | `certificate.cache` | `2030-03-20T12:00:00Z` | 78 |
 
         ---
 
@@ -212,9 +225,12 @@ def test_markdown_of_a_pull_request_is_pinned():
         |---|---|
         | subject | `O=Review, CN=Partner CA` |
         | issuer | `root` |
+        | issuer chain | `root` |
         | key | `ecdsa-p384 (vault)` |
+        | exportable | `false` |
         | usages | `cert sign`, `crl sign` |
         | validity | `5y` |
+        | not after | `2034-12-31T12:00:00Z` |
         | path length | `0` |
         | name constraints | permitted `partner.test`, `10.1.0.0/16`; excluded (none) |
 
@@ -227,9 +243,12 @@ def test_markdown_of_a_pull_request_is_pinned():
         | subject | `O=Review, CN=api.example.test` |
         | SANs | DNS: `api.example.test`; IP: `10.0.0.7`; email: `api@example.test`; URI: `https://api.example.test/` |
         | issuer | `inter` |
+        | issuer chain | `inter` → `root` |
         | key | `ecdsa-p256 (local)` |
+        | exportable | `true` |
         | usages | `digital signature`, `server auth` |
         | validity | `90d` |
+        | not after | `2030-02-01T00:00:00Z` |
 
         #### `~` update_crl `authority.inter`
 
@@ -292,25 +311,26 @@ def test_offline_plan_says_so_in_every_format():
 
 
 def test_markdown_lint_findings_and_expiry_outlook():
-    import dataclasses
+    from pkiascode.plan import Finding
 
-    from pkiascode import plan as plan_mod
-
-    @dataclasses.dataclass(frozen=True)
-    class WithOutlook(Plan):  # the plan's expiry outlook: (object, not_after) due within 90 days
-        expiring: tuple[tuple[str, str], ...] = ()
-
-    plan = WithOutlook(changes=(CREATE,), warnings=(), at=AT,
-                       expiring=(("certificate.web", "2030-02-15T12:00:00Z"),))
+    plan = Plan(changes=(CREATE,), warnings=(), at=AT, expiring=(("certificate.web", "2030-02-15T12:00:00Z"),))
     md = render_markdown(plan)
     assert "**Expiry outlook** (next 90 days after 2030-01-01" in md
     assert "| `certificate.web` | `2030-02-15T12:00:00Z` | 45 |" in md
-    assert "Nothing else falls due" in render_markdown(WithOutlook(changes=(), warnings=(), at=AT))
-    if hasattr(plan_mod, "Finding"):
-        finding = plan_mod.Finding("pkix.certificate_key_usage_missing", "ERROR", "api", "certificate",
-                                   "key usage <missing>")
-        md = render_markdown(dataclasses.replace(TWO, findings=(finding,)))
-        assert "| ERROR | `api` (certificate) | `pkix.certificate_key_usage_missing` | key usage &lt;missing&gt; |" in md
+    assert json.loads(render_json(plan))["expiring"] == [{"name": "certificate.web",
+                                                          "not_after": "2030-02-15T12:00:00Z"}]
+    assert "Nothing else falls due" in render_markdown(Plan(changes=(CREATE,), warnings=(), at=AT))
+    empty = Plan(changes=(), warnings=(), at=AT, expiring=(("authority.root", "2030-03-01T00:00:00Z"),))
+    assert "| `authority.root` | `2030-03-01T00:00:00Z` | 58 |" in render_markdown(empty)
+    finding = Finding("pkix.certificate_key_usage_missing", "ERROR", "api", "certificate", "key usage <missing>")
+    crl = Finding("pkix.crl_x", "WARNING", "root", "crl", "m")
+    md = render_markdown(dataclasses.replace(TWO, findings=(finding, crl)))
+    assert ("| ERROR | `certificate.api` (certificate) | `pkix.certificate_key_usage_missing` | "
+            "key usage &lt;missing&gt; |") in md
+    assert "| WARNING | `authority.root` (crl) | `pkix.crl_x` | m |" in md
+    text = render_text(dataclasses.replace(TWO, findings=(finding, crl)))
+    assert "  ERROR certificate.api (certificate): pkix.certificate_key_usage_missing: key usage <missing>\n" in text
+    assert "  WARNING authority.root (crl): pkix.crl_x: m\n" in text
 
 
 # --- JSON ---------------------------------------------------------------------------------------

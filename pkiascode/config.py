@@ -87,6 +87,13 @@ class _Checker:
 
     def __init__(self) -> None:
         self.issues: list[ConfigIssue] = []
+        self.suggestions = 0
+
+    def suggest(self, word: str, choices: Iterable[str]) -> str:
+        """`did_you_mean` among names the file defines, for its first mistakes only: each compares the
+        word with every name, and thousands of mistakes among thousands of names took minutes."""
+        self.suggestions += 1
+        return did_you_mean(word, choices) if self.suggestions <= 20 else ""
 
     def add(self, path: tuple[str, ...], message: str, where: tuple[str, ...] | None = None) -> None:
         issue = ConfigIssue(path, message)
@@ -311,7 +318,7 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
         "crl_validity": c.duration(d, "crl_validity", ("defaults",)),
     }
     if defaults["backend"] and defaults["backend"] not in stores:
-        c.add(("defaults", "backend"), _unknown_store(defaults["backend"], stores))
+        c.add(("defaults", "backend"), _unknown_store(c, defaults["backend"], stores))
 
     # [profile.*]
     profiles: dict[str, dict[str, Any]] = {}
@@ -391,8 +398,8 @@ def _state_dir(c: _Checker, value: str) -> str | None:
     return None
 
 
-def _unknown_store(name: str, stores: Mapping[str, StoreSpec]) -> str:
-    return (f"unknown backend {name!r}{did_you_mean(name, stores)}; define it as [backend.{name}] "
+def _unknown_store(c: _Checker, name: str, stores: Mapping[str, StoreSpec]) -> str:
+    return (f"unknown backend {name!r}{c.suggest(name, stores)}; define it as [backend.{name}] "
             f"(known: {', '.join(sorted(stores)) or 'none'})")
 
 
@@ -409,8 +416,8 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
         if issuer == name:
             c.add(path + ("issuer",), "an entry cannot issue itself; leave issuer out for a self-signed root")
         elif issuer not in raw:
-            auths = [n for n, (k, _) in raw.items() if k is Kind.AUTHORITY]
-            c.add(path + ("issuer",), f"unknown issuer {issuer!r}{did_you_mean(issuer, auths)}")
+            auths = (n for n, (k, _) in raw.items() if k is Kind.AUTHORITY)
+            c.add(path + ("issuer",), f"unknown issuer {issuer!r}{c.suggest(issuer, auths)}")
         elif raw[issuer][0] is not Kind.AUTHORITY:
             c.add(path + ("issuer",), f"issuer {issuer!r} is a certificate, not an authority")
     elif not is_auth:
@@ -422,7 +429,7 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
         profile_name = c.typed(t, "profile", str, path)
         if profile_name is not None:
             if profile_name not in profiles:
-                c.add(path + ("profile",), f"unknown profile {profile_name!r}{did_you_mean(profile_name, profiles)}")
+                c.add(path + ("profile",), f"unknown profile {profile_name!r}{c.suggest(profile_name, profiles)}")
             else:
                 profile = profiles[profile_name]
 
@@ -483,9 +490,9 @@ def _entry(c: _Checker, kind: Kind, name: str, t: dict[str, Any], raw: Mapping[s
     backend = c.typed(t, "backend", str, path) or defaults["backend"] or IMPLICIT_STORE
     if backend not in stores:
         if "backend" in t:
-            c.add(path + ("backend",), _unknown_store(backend, stores))
+            c.add(path + ("backend",), _unknown_store(c, backend, stores))
         elif not defaults["backend"]:  # an unknown defaults.backend is reported once, above
-            c.add(path, _unknown_store(backend, stores))
+            c.add(path, _unknown_store(c, backend, stores))
 
     rotate_key = c.typed(t, "rotate_key", bool, path, not is_auth)
     exportable = c.typed(t, "exportable", bool, path, not is_auth)

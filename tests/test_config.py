@@ -943,3 +943,24 @@ def test_lines_of_many_mistakes_are_found_in_one_reading(tmp_path, monkeypatch):
     assert found == [f"pki.toml:{5 + 3 * i}: certificate.c{i}.hosts: bad host 'bad host {i}': not an IP address, "
                      "email, URI or DNS name" for i in range(n)]
     assert len(calls) <= len(text.splitlines())
+
+
+def test_suggestions_among_the_files_own_names_stop_after_the_first_mistakes(tmp_path, monkeypatch):
+    """Each suggestion compares a word with every name the file defines: thousands of unknown issuers
+    among thousands of authorities took minutes. The first 20 mistakes get one; counted, not timed."""
+    from pkiascode import config
+
+    n = 200
+    text = "".join(f'[authority.auth-{i}]\ncommon_name = "A{i}"\n' for i in range(n))
+    text += "".join(f'[certificate.c{i}]\nissuer = "auth-x{i}"\n' for i in range(n))
+    path = write(tmp_path, text)
+    calls = []
+    real = config.did_you_mean
+    monkeypatch.setattr(config, "did_you_mean", lambda word, choices: calls.append(word) or real(word, choices))
+    with pytest.raises(ConfigError) as e:
+        load_config(path, options_for=options_for, display_name="pki.toml")
+    found = [str(x) for x in e.value.all_errors]
+    assert len(found) == n
+    assert found[0] == f"pki.toml:{2 * n + 2}: certificate.c0.issuer: unknown issuer 'auth-x0' (did you mean 'auth-0'?)"
+    assert found[-1] == f"pki.toml:{4 * n}: certificate.c{n - 1}.issuer: unknown issuer 'auth-x{n - 1}'"
+    assert len(calls) == 20

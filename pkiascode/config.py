@@ -552,7 +552,7 @@ def _host(value: str) -> tuple[str, str]:
     if kind == "ip" and "%" in host:
         raise ValueError(f"bad host {value!r}: an IP address in a certificate has no zone (%...)")
     if kind == "uri":
-        why = " " in host and "it has a space" or _uri_error(host)
+        why = "it has a space" if " " in host else _uri_error(host)
         if why:
             raise ValueError(f"bad URI {value!r}: {why}")
     return kind, host
@@ -818,8 +818,11 @@ def _file_issues(desired: Desired, base: Path) -> list[ConfigIssue]:
 
 def open_inside(base: Path, rel: str, *, max_bytes: int) -> int:
     """A read-only descriptor of the regular file ``rel`` below ``base``, reached through no symbolic
-    link (each directory is opened with O_NOFOLLOW below the last, so a link swapped in meanwhile is
-    refused too) and no bigger than ``max_bytes``. ValueError says why not, in words for a user."""
+    link and no bigger than ``max_bytes``. ValueError says why not, in words for a user.
+
+    Each step is looked at (lstat) and then opened relative to the one before with O_NOFOLLOW, so a
+    link swapped in between is refused too; the file is opened non-blocking (a FIFO swapped in is
+    not waited on) and checked again with fstat."""
     parts = PurePosixPath(rel).parts
     if not parts or PurePosixPath(rel).is_absolute() or ".." in parts:
         raise ValueError(f"{rel} is not a path inside the repository")
@@ -914,8 +917,9 @@ def load_config(path: Path, *, options_for: OptionsLookup, display_name: str | N
         msg = msg[: m.start()].strip() if m else msg
         raise ConfigError(file, line, "syntax", msg[0].lower() + msg[1:]) from None
     except RecursionError as e:  # tomli's limits on nesting and on the parts of a key
-        raise ConfigError(file, _nesting_line(text, 100), "syntax",
-                          str(e).replace("TOML ", "", 1) or "nested too deeply") from None
+        msg = str(e).replace("TOML ", "", 1) or "nested too deeply"
+        limit = re.search(r"\d+", msg)
+        raise ConfigError(file, _nesting_line(text, int(limit.group()) if limit else 100), "syntax", msg) from None
     try:
         desired = parse_config(data, digest=digest, options_for=options_for)
         issues = _file_issues(desired, path.parent)

@@ -7,6 +7,8 @@ import time
 
 import pytest
 
+import re
+
 from helpers import Pki, clean_env, inventory
 
 pytestmark = pytest.mark.vault
@@ -38,9 +40,11 @@ def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
     pki.apply()
     objects = inventory(root_dir)
     refs = {name: obj["key"]["ref"] for name, obj in objects.items()}
-    assert refs["root"].startswith(f"transit:{prefix}-root-") and refs["root"].endswith("@1")
-    assert refs["example"].startswith(f"kv:{prefix}/keys/example-")
-    assert refs["secret-svc"].startswith(f"transit:{prefix}-secret-svc-")
+    # `pki init` wrote a [pki] id: the keys and the lock are in this PKI's namespace
+    pki_id = re.search(r'^id = "([a-z0-9]+)"', toml, re.M).group(1)
+    assert refs["root"].startswith(f"transit:{prefix}.{pki_id}.root-") and refs["root"].endswith("@1")
+    assert refs["example"].startswith(f"kv:{prefix}/{pki_id}/keys/example-")
+    assert refs["secret-svc"].startswith(f"transit:{prefix}.{pki_id}.secret-svc-")
     assert objects["root"]["key"]["origin"] == "imported" and not objects["root"]["key"]["exportable"]
     assert not list((root_dir / ".pki" / "keys").iterdir())  # the local copies are gone
     assert pki("plan", "--detailed-exitcode").returncode == 0
@@ -54,9 +58,9 @@ def test_move_local_keys_to_vault_then_lock_and_faults(project, vault_env):
     assert (root_dir / "out" / "example-key.pem").read_text().startswith("-----BEGIN PRIVATE KEY-----")
 
     # another machine holds the Vault lock: apply says who, and stops
-    _, listing = vault_env.api("LIST", f"secret/metadata/{prefix}/locks")
+    _, listing = vault_env.api("LIST", f"secret/metadata/{prefix}/{pki_id}/locks")
     (lock_name,) = listing["data"]["keys"]
-    path = f"secret/data/{prefix}/locks/{lock_name}"
+    path = f"secret/data/{prefix}/{pki_id}/locks/{lock_name}"
     version = vault_env.api("GET", path)[1]["data"]["metadata"]["version"]
     vault_env.api("POST", path, {"options": {"cas": version}, "data": {
         "state": "held", "user": "deploy", "host": "runner-12", "pid": "777", "since": "2026-01-01T00:00:00Z",

@@ -84,6 +84,9 @@ class LocalKeyStore(KeyStore):
         if _outside(path):
             return [("path", f"{path!r} is outside the repository: key files live in a directory below "
                              "pki.toml (default \".pki/keys\"), which must be git-ignored")]
+        if not _below(path):
+            return [("path", f"{path!r} is the directory of pki.toml: key files live in a directory below it "
+                             "(default \".pki/keys\"), which must be git-ignored")]
         return []
 
     def local_key_dirs(self) -> list[Path]:
@@ -110,9 +113,9 @@ class LocalKeyStore(KeyStore):
         with self._mkdir_lock:
             if self._dir_fd is not None:  # another thread got here first (and may be writing a .tmp already)
                 return self._dir_fd
-            if _outside(str(self._rel)):
-                raise self._err(BackendError, f"path {str(self._rel)!r} is outside the repository; key files "
-                                              "must live below pki.toml")
+            if _outside(str(self._rel)) or not _below(str(self._rel)):
+                raise self._err(BackendError, f"path {str(self._rel)!r} is not below pki.toml's directory; key "
+                                              "files must live in a directory below it")
             fd = os.open(self._base, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 for part in self._rel.parts:
@@ -313,6 +316,11 @@ def _outside(path: str) -> bool:
     """Whether ``path`` (from pki.toml) could lead outside the directory of pki.toml."""
     pure = PurePosixPath(path)
     return pure.is_absolute() or path.startswith("~") or ".." in pure.parts
+
+
+def _below(path: str) -> bool:
+    """Whether ``path`` names a directory below pki.toml's (not that directory itself)."""
+    return any(part != "." for part in PurePosixPath(path).parts)
 
 
 @hookimpl

@@ -48,6 +48,15 @@ def test_a_path_outside_the_repository_is_a_config_error(path):
     assert problems["path"].startswith(f"{path!r} is outside the repository")
 
 
+@pytest.mark.parametrize("path", [".", "./", "./."])
+def test_the_repository_itself_is_not_a_key_directory(tmp_path, path):
+    assert dict(LocalKeyStore.validate({"path": path}))["path"].startswith(f"{path!r} is the directory of pki.toml")
+    os.chmod(tmp_path, 0o755)
+    with pytest.raises(BackendError, match="not below pki.toml's directory"):
+        store_in(tmp_path, path=path).generate(leaf())
+    assert mode(tmp_path) == 0o755
+
+
 def test_pki_validate_refuses_it_and_touches_nothing_there(tmp_path, env):
     outside = tmp_path / "keys"
     outside.mkdir(mode=0o755)

@@ -15,12 +15,10 @@ address (anything else is refused before a connection is made), and the store se
 
 from __future__ import annotations
 
-import ipaddress
 import re
 import threading
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 from hvac.adapters import RawAdapter
 from requests import exceptions as rx
@@ -28,8 +26,9 @@ from requests import exceptions as rx
 from pkiascode.errors import BackendError, BackendUnavailable
 
 from .auth import Auth
+from .store import is_loopback
 
-__all__ = ["VaultClient", "Reply", "server_errors", "is_loopback"]
+__all__ = ["VaultClient", "Reply", "server_errors"]
 
 
 class Reply:
@@ -248,16 +247,3 @@ class VaultClient:
         return self._fail(BackendError, f"permission denied: {where}: the token's policies do not allow it "
                                         "(grant the policy in pki-apply.hcl shipped with pkiascode_vault)")
 
-
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` (a URL) names this machine: 127.0.0.0/8, ::1 or ``localhost``."""
-    try:
-        host = urlsplit(address).hostname or ""
-    except ValueError:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False

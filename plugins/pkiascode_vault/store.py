@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import ipaddress
 import os
 import re
 import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from pkiascode.backend import ENTRY_NAME, KeyRef, KeyRequest, KeyStore, Option
 from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound, UnsupportedKeyType
@@ -58,7 +60,7 @@ if TYPE_CHECKING:
 
     from .client import VaultClient
 
-__all__ = ["VaultKeyStore"]
+__all__ = ["VaultKeyStore", "is_loopback"]
 
 log = get_logger("pkiascode.vault")
 
@@ -81,6 +83,20 @@ _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
 _SUFFIX = re.compile(r"[0-9a-f]{8}")
 _NAME_TRIES = 5
 _GONE = re.compile(r"not found|no existing key|could not be found")
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address`` (a URL) names this machine: 127.0.0.0/8, ::1 or ``localhost``."""
+    try:
+        host = urlsplit(address).hostname or ""
+    except ValueError:
+        return False
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
 
 
 def _mount(value: Any, default: str) -> str:
@@ -153,6 +169,9 @@ class VaultKeyStore(KeyStore):
         address = settings.get("address")
         if address is not None and not re.match(r"https?://[^/\s]+", str(address)):
             problems.append(("address", "must be an http:// or https:// URL, e.g. \"https://vault.example:8200\""))
+        elif address is not None and str(address).startswith("http://") and not is_loopback(str(address)):
+            problems.append(("address", "plain http:// only to a loopback address (credentials would cross the "
+                                        "network unencrypted): use https://"))
         for option in ("kv_mount", "transit_mount"):
             value = settings.get(option)
             if value is not None and not all(_SEGMENT.fullmatch(p) and p not in (".", "..")

@@ -126,6 +126,9 @@ def test_plain_http_only_to_a_loopback_address(vault_env, make_store, monkeypatc
     for loopback in (vault_env.address, vault_env.address.replace("127.0.0.1", "localhost")):
         monkeypatch.setenv("VAULT_ADDR", loopback)
         make_store().check()
+    # in pki.toml it is a config error
+    assert dict(type(store).validate({"address": address}))["address"].startswith("plain http:// only to a loopback")
+    assert type(store).validate({"address": "http://127.0.0.1:8200"}) == []
 
 
 # -- the lock: a lease, never a PID -------------------------------------------------------------------

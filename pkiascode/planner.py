@@ -23,6 +23,11 @@ _SPEC_FIELD_ORDER = ("issuer", "subject", "hosts", "usages", "validity", "profil
                      "name_constraints", "crl_distribution_point")
 
 
+#: the capabilities of a store `plan` is told nothing about: (holds exportable keys, holds
+#: non-exportable ones, hands non-exportable ones over to move them)
+_FILES = (True, False, False)
+
+
 @dataclasses.dataclass
 class _Projection:
     """What an entry will look like after apply, as far as what it issues is concerned."""
@@ -54,7 +59,7 @@ def plan(
     replace: Iterable[str] = (),
     csr_keys: Mapping[str, str] | None = None,
     issue_time: dt.datetime | None = None,
-    store_caps: Mapping[str, tuple[bool, bool]] | None = None,
+    store_caps: Mapping[str, tuple[bool, bool, bool]] | None = None,
     csr_key_types: Mapping[str, KeyType] | None = None,
     rekey_missing: bool = False,
 ) -> Plan:
@@ -63,7 +68,8 @@ def plan(
     ``issue_time`` is when apply will sign (default ``now``): ``pki plan --at +30d`` decides what is
     due as of then, but certificates are always signed as of the moment apply runs, and the diffs
     show the ``not_after`` they will really get. ``store_caps`` says, per key store, whether it can
-    hold exportable and non-exportable keys (default: exportable only, like files). ``csr_key_types``
+    hold exportable and non-exportable keys, and whether it hands a non-exportable key over to move
+    it into another store (default: exportable only, like files). ``csr_key_types``
     is the key type of each committed CSR: it decides, like an entry's ``key``, which usages its
     certificate can have.
 
@@ -194,7 +200,7 @@ def plan(
         if store_changes:
             if rec.store == CSR_STORE or entry.csr:
                 pass  # switching to/from a CSR changes the key: caught above via the digest
-            elif not rec.key_exportable:
+            elif not rec.key_exportable and not (store_caps or {}).get(rec.store, _FILES)[2]:
                 raise PlanError(f"{entry.qualified}: cannot move its key from backend {rec.store!r} to "
                                 f"{entry.backend!r}: the key was made non-exportable and never leaves "
                                 f"{rec.store!r}; keep backend = \"{rec.store}\" or --replace {name}")
@@ -202,7 +208,7 @@ def plan(
                 moving = True
         move_reason = f"backend changes {rec.store} → {entry.backend}"
         if not store_changes and not entry.csr and rec.store != CSR_STORE:
-            holds_exportable, holds_sealed = (store_caps or {}).get(entry.backend, (True, False))
+            holds_exportable, holds_sealed, _ = (store_caps or {}).get(entry.backend, _FILES)
             if rec.key_exportable and not entry.exportable and holds_sealed:
                 moving = True  # within the store, to where keys cannot leave (Vault: KV → Transit)
                 move_reason = (f"exportable changes true → false: the key moves where it cannot leave "

@@ -302,7 +302,8 @@ class Project:
         for name, spec in desired.stores.items():
             factory = self.plugins.factory(spec.plugin)
             if factory is not None:
-                caps[name] = (factory.holds_exportable, factory.holds_non_exportable)
+                caps[name] = (factory.holds_exportable, factory.holds_non_exportable,
+                              factory.releases_non_exportable)
         result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
                            store_caps=caps, csr_key_types={n: i.key_type for n, i in csrs.items()},
                            rekey_missing=rekey_missing)

@@ -898,3 +898,15 @@ def test_at_past_the_renewal_window_of_a_fresh_certificate_warns_that_every_run_
     assert "authority" not in warning
     assert p.issued_at == T0 and Plan.from_json(p.to_json()).issued_at == T0
     assert w.plan(desired, T0 + days(61)).issued_at is None  # signed when planned: nothing to record
+
+
+def test_a_non_exportable_key_moves_out_of_a_store_that_hands_such_keys_over():
+    # the local store keeps an authority's key from `pki export`, but a file can move into an HSM
+    w, desired = world_at(MOVE)
+    w.records["inter"] = dataclasses.replace(w.records["inter"], key_exportable=False)
+    moved = load(MOVE.replace('validity = "5y"', 'validity = "5y"\nbackend = "hsm"'))
+    with pytest.raises(PlanError, match="never leaves 'local'"):
+        w.plan(moved, T0)
+    caps = {"local": (True, True, True), "hsm": (False, True, False)}
+    inter = only(w.plan(moved, T0, store_caps=caps), "inter")
+    assert inter.action is Action.MOVE_KEY and inter.reasons == ("backend changes local → hsm",)

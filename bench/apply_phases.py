@@ -37,6 +37,7 @@ PHASES = [
     ("pkiascode.project", "Project._remembered_noop", "  no-op memo check"),
     ("pkiascode.project", "Project.observe", "  observe state + key stores"),
     ("pkiascode.planner", "plan", "  planner.plan"),
+    ("pkiascode.lint", "lint_plan", "  lint (pkilint over what the plan signs)"),
     ("pkiascode.render", "render_text", "render_text"),
     ("pkiascode.apply", "execute", "execute"),
     ("pkiascode.apply", "_Run.__init__", "  _Run.__init__"),

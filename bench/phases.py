@@ -27,6 +27,7 @@ PHASES = [
     ("pkiascode.state", "StateDir.observe", "    state/: inventory + file drift"),
     ("pkiascode.project", "Project.missing_keys", "    key stores: missing keys"),
     ("pkiascode.planner", "plan", "  planner.plan"),
+    ("pkiascode.lint", "lint_plan", "  lint (pkilint over what the plan signs)"),
     ("pkiascode.project", "Project._remember_noop", "  remember the no-op (write noop.json)"),
     ("pkiascode.render", "render_text", "render_text"),
     ("pkiascode.project", "Project.close", "Project.close"),

@@ -371,6 +371,8 @@ class Bench:
 
         def setup() -> tuple[Path, float]:
             d = new_project(self.work, f"plan{n}", toml_text)
+            run(["git", "add", "pki.toml", ".gitignore"], cwd=d)  # (committed, so that a clone has them)
+            run(["git", "commit", "-q", "-m", "pki.toml"], cwd=d)
             say(f"  setting up: pki apply of {n + 1} objects (once; not a target)")
             el, _ = run([PKI, "apply", "--auto-approve"], cwd=d, log=self.logs / f"plan{n}-setup.log")
             os.sync()

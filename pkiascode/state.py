@@ -513,6 +513,8 @@ class StateDir:
             return "is not a PEM file"
         if digest != expected:
             return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
+        if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in data:
+            return "has text lines that do not describe its certificate"
         return None
 
     # -- transactions ---------------------------------------------------------------------------

@@ -637,7 +637,8 @@ def test_show_one_object_in_full(project, pki):
 def _garble(path: Path) -> None:
     """Change one base64 character in the middle of the PEM body: still PEM, another DER."""
     data = bytearray(path.read_bytes())
-    i = len(data) // 2
+    begin = data.index(b"-----BEGIN")  # (the text lines before it are not the certificate)
+    i = begin + (len(data) - begin) // 2
     while data[i] in b"\r\n=-":
         i += 1
     data[i] = ord("A") if data[i] != ord("A") else ord("B")
@@ -1111,3 +1112,14 @@ def test_state_of_an_earlier_version_converts_on_the_next_apply(project, pki):
         assert inv[name]["public_key_sha256"] == hashlib.sha256(spki_der(state_cert(project, name))).hexdigest()
     assert (project / "state/inventory.json").read_text().startswith("{\n  \"audit_head\"")
     assert_consistent(project, pki)
+
+
+def test_text_lines_that_do_not_describe_the_certificate_are_drift(project, pki):
+    pki.apply()
+    path = project / "state/certs/server.pem"
+    text = path.read_text()
+    sha = inventory(project)["server"]["sha256"]
+    path.write_text(text.replace(f"SHA-256: {sha}", f"SHA-256: {'0' * 64}"))
+    plan = pki.plan_json()
+    assert [(c["action"], c["name"]) for c in plan["changes"]] == [("reissue", "server")]
+    assert "text lines that do not describe its certificate" in " ".join(plan["changes"][0]["reasons"])

@@ -82,19 +82,24 @@ def test_an_edited_certificate_file_is_drift_even_with_its_mtime_put_back(applie
     cert = applied / "state" / "certs" / "web.pem"
     st = cert.stat()
     data = bytearray(cert.read_bytes())
-    data[100] = ord("A") if data[100] != ord("A") else ord("B")
+    at = data.index(b"-----BEGIN CERTIFICATE-----\n") + 100  # in the base64 of the certificate
+    data[at] = ord("A") if data[at] != ord("A") else ord("B")
     cert.write_bytes(bytes(data))
     os.utime(cert, ns=(st.st_atime_ns, st.st_mtime_ns))
     p, _ = plan(applied)
     assert [(c.action.value, c.name) for c in p.changes] == [("reissue", "web")]
 
 
-def test_a_deleted_key_is_drift(applied):
+def test_a_deleted_key_is_not_hidden_by_the_memo(applied):
+    """The memo asks the key stores every time: a key deleted since is a plan error (rekeyed only
+    when asked for), not a remembered "nothing to do"."""
+    from pkiascode.errors import PlanError
+
     plan(applied)
     for key in (applied / ".pki" / "keys").glob("web-*.pem"):
         key.unlink()
-    p, _ = plan(applied)
-    assert [(c.action.value, c.name) for c in p.changes] == [("rekey", "web")]
+    with pytest.raises(PlanError, match="certificate.web: its key web-.* is missing"):
+        plan(applied)
 
 
 def test_planning_past_the_horizon_is_planned_again(applied):

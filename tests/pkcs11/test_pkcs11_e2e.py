@@ -680,7 +680,12 @@ def test_a_key_deleted_from_the_token_is_drift_and_apply_repairs_it(private_hsm,
                    env=hsm.env(), check=True)
     assert pairs_on_token(hsm) == {refs["root"]}
 
-    plan_run = pki(repo, hsm, "plan", "--format", "json", "--detailed-exitcode", expect=2)
+    # a missing key is a plan error naming it, not a plan to replace it (issue 11.5) ...
+    refused = pki(repo, hsm, "plan", expect=1)
+    assert f"its key {refs['intermediate']} is missing from backend hsm" in refused.stderr
+    assert "--rekey-missing" in refused.stderr and len(refused.stderr.strip().splitlines()) == 1
+    # ... unless asked for
+    plan_run = pki(repo, hsm, "plan", "--rekey-missing", "--format", "json", "--detailed-exitcode", expect=2)
     changes = {c["name"]: c for c in json.loads(plan_run.stdout)["changes"]}
     assert set(changes) == {"intermediate", "svc", "web"}  # the root is fine
     assert changes["intermediate"]["action"] == "rekey"
@@ -689,10 +694,10 @@ def test_a_key_deleted_from_the_token_is_drift_and_apply_repairs_it(private_hsm,
     assert f"its key {refs['svc']} is missing from backend hsm" in changes["svc"]["reasons"]
     assert changes["web"]["action"] == "reissue"
     assert changes["web"]["reasons"] == ["issuer key changed (authority.intermediate gets a new key)"]
-    text = pki(repo, hsm, "plan").stdout
+    text = pki(repo, hsm, "plan", "--rekey-missing").stdout
     assert f"because its key {refs['intermediate']} is missing from backend hsm" in text
 
-    applied = pki(repo, hsm, "apply", "--auto-approve")
+    applied = pki(repo, hsm, "apply", "--auto-approve", "--rekey-missing")
     assert "Apply complete: 1 reissued, 2 rekeyed." in applied.stdout
     assert f"rekey authority.intermediate: its key {refs['intermediate']} is missing from backend hsm" in \
         git(repo, "log", "-1", "--format=%B")

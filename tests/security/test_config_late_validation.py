@@ -382,3 +382,25 @@ def test_every_pki_error_is_printable():
     assert str(PkiError("plain text, unicode é ü 日本")) == "plain text, unicode é ü 日本"
     assert printable("zero\u200bwidth, soft\u00adhyphen, tag \U000e0041") == \
         "zero\\u200bwidth, soft\\xadhyphen, tag \\U000e0041"
+
+
+def test_read_inside_reads_regular_files_below_its_base_only(tmp_path, outside):
+    """The reader for files pki.toml names (a CSR): what validate checks is what is read."""
+    from pkiascode.config import read_inside
+
+    base = tmp_path / "repo"
+    (base / "csrs").mkdir(parents=True)
+    (base / "csrs" / "a.csr").write_bytes(b"x" * 10)
+    assert read_inside(base, "csrs/a.csr", max_bytes=10) == b"x" * 10
+    assert read_inside(base, "./csrs//a.csr", max_bytes=10) == b"x" * 10
+    os.symlink(outside / "gw.csr", base / "csrs" / "link.csr")
+    os.symlink(outside, base / "linked")
+    for rel, why in [("csrs/a.csr", "csrs/a.csr is 10 bytes; at most 9 are read"),
+                     ("csrs/link.csr", "csrs/link.csr is a symbolic link: pkiascode does not follow them"),
+                     ("linked/gw.csr", "linked is a symbolic link: pkiascode does not follow them"),
+                     ("csrs", "csrs is a directory"),
+                     ("../outside/gw.csr", "../outside/gw.csr is not a path inside the repository"),
+                     (str(outside / "gw.csr"), f"{outside / 'gw.csr'} is not a path inside the repository")]:
+        with pytest.raises(ValueError) as e:
+            read_inside(base, rel, max_bytes=9 if rel == "csrs/a.csr" else 100)
+        assert str(e.value) == why

@@ -38,6 +38,11 @@ _BASE_STATE_FILE = re.compile(r"inventory\.json|audit\.jsonl|README\.md|certs/[A
                               r"|crl/[A-Za-z0-9][A-Za-z0-9_.-]*\.crl")
 
 
+#: the note of a plan made while an interrupted apply is pending (which `pki apply` completes first)
+_PENDING_NOTE = ("an interrupted apply is pending; this plan assumes it completed, and the next `pki apply` "
+                 "completes it")
+
+
 class Project:
     def __init__(self, config_path: Path, *, plugins: Plugins | None = None) -> None:
         self.config_path = config_path.resolve()
@@ -314,8 +319,7 @@ class Project:
         if offline:
             notes.append(OFFLINE_WARNING)
         if pending:
-            notes.append("an interrupted apply is pending; this plan assumes it completed, and the next "
-                         "`pki apply` completes it")
+            notes.append(_PENDING_NOTE)
         if notes:
             result = dataclasses.replace(result, warnings=result.warnings + tuple(notes))
         if offline:
@@ -338,6 +342,9 @@ class Project:
         fresh = self.plan(at=inputs.at, now=inputs.issued_at or inputs.at, replace=inputs.replace,
                           rekey_missing=inputs.rekey_missing)
         again = json.loads(fresh.dumps())
+        # made while an interrupted apply was pending, which apply has completed since: the same plan
+        if isinstance(saved.get("warnings"), list) and _PENDING_NOTE in saved["warnings"]:
+            saved = dict(saved, warnings=[w for w in saved["warnings"] if w != _PENDING_NOTE])
         if again == saved:
             return fresh
         rerun = "run `pki plan --out` again"

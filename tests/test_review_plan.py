@@ -5,11 +5,10 @@ markdown plan a reviewer can approve from, `pki plan --base` for a branch behind
 
 from __future__ import annotations
 
-import json
+import re
 import socket
 import threading
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -118,6 +117,11 @@ def test_markdown_plan_of_a_pull_request(tmp_path, env):
     assert "| subject | `O=pkiascode tests, CN=api` |" in md
     assert "| SANs | DNS: `api.test`; IP: `10.0.0.1`; email: `ops@api.test` |" in md
     assert "| issuer | `inter` |" in md and "| key | `ecdsa-p384 (local)` |" in md
+    assert "| issuer chain | `inter` → `root` |" in md and "| exportable | `true` |" in md
+    api = md.split("create `certificate.api`")[1]
+    assert re.search(r"\| validity \| `90d` \|\n\| not after \| `\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ` \|", api)
+    # the expiry outlook: the 90-day leaves are changed by this plan, nothing else is due
+    assert "**Expiry outlook** (next 90 days after " in md and "Nothing else falls due in the next 90 days." in md
     assert "<details" not in md and len(md) < 65536
 
 
@@ -201,8 +205,6 @@ def test_show_file_prints_a_certificate_and_a_crl(tmp_path, env):
 
 @pytest.mark.parametrize("example", [(), ("--example", "kubernetes-the-hard-way")], ids=["minimal", "kthw"])
 def test_init_writes_a_random_pki_id(tmp_path, env, example):
-    import re
-
     Pki(tmp_path).ok("init", "p", *example)
     text = (tmp_path / "p/pki.toml").read_text()
     (pki_id,) = re.findall(r'^id = "([a-z0-9]{12})"', text, flags=re.M)

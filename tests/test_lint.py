@@ -287,5 +287,8 @@ def test_apply_refuses_an_error_finding_unless_lint_ignore_lists_it(tmp_path):
     assert refused.stderr.strip().count("\n") == 0 and "pkix.invalid_domain_name_syntax" in refused.stderr
     assert not (repo.path / "state").exists()
     edit_toml(repo.path, 'hosts = ["db.123"]', 'hosts = ["db.123"]\nlint_ignore = ["pkix.invalid_domain_name_syntax"]')
-    repo.apply()
+    saved = tmp_path / "plan.json"
+    text = repo.pki("plan", "--out", str(saved)).stdout
+    assert "  ERROR certificate.db (certificate): pkix.invalid_domain_name_syntax: " in text  # shown, not blocking
+    repo.pki("apply", str(saved))  # planned again with its findings: identical, so applied
     assert repo.plan_exit() == 0

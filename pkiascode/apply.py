@@ -155,13 +155,12 @@ def complete(project: Project, txn: Mapping[str, Any], *, commit: bool) -> str |
     state = project.state
     state.begin(txn)
     _crash_point("after-txn")
-    sha = _finish(project, state, txn, commit=commit)
-    return sha
+    return _finish(project, state, txn, commit=commit)
 
 
 def abandon(project: Project) -> None:
     """After a failure before `complete`: nothing reached state/; delete the keys made so far (a
-    key store that fails now is asked again by the next run) and the files written ahead."""
+    key store that fails now is asked again by the next run) and any temporary state files."""
     try:
         project.state.remove_temporaries()
         _cleanup_orphans(project, project.state)
@@ -409,7 +408,7 @@ class _Run:
         for change in moves:
             entry, rec = self.entry(change.name), self.records[change.name]
             old_store, new_store = self.project.store(rec.store), self.project.store(entry.backend)
-            key = old_store.export(_ref(rec))
+            key = old_store.release(_ref(rec))  # (to move it: a key kept from `pki export` may still move)
             request = _request(entry)
             self.state.journal_intents([(entry.backend, request.to_json())])
             try:

@@ -15,6 +15,8 @@ must hash exactly the bytes that were checked.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 import re
@@ -22,6 +24,8 @@ import stat
 import subprocess
 from collections.abc import Iterable, Mapping
 from pathlib import Path
+
+from cryptography import x509
 
 from .errors import GitError
 from .x509 import holds_private_key
@@ -46,11 +50,6 @@ def refuse_reason(data: bytes) -> str | None:
         data.decode("utf-8")
     except UnicodeDecodeError:
         return "is a binary file (a DER key or PKCS#12 file?), not state pkiascode writes"
-    import base64
-    import binascii
-
-    from cryptography import x509
-
     for label, body in _PEM_BLOCK.findall(data):
         if label not in _STATE_LABELS:
             return f"holds a PEM block {label.decode()!r}, not a certificate or CRL"
@@ -78,13 +77,14 @@ class Repository:
         return "0" * (64 if self.object_format == "sha256" else 40)
 
     def close(self) -> None:
-        pass
+        """Nothing to let go of: every git call is a process of its own."""
 
     def _git(self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
         run_env = dict(os.environ, **env) if env else None
         proc = subprocess.run(["git", *args], cwd=self.top, input=stdin, capture_output=True, env=run_env)
         if proc.returncode != 0:
-            raise GitError(f"git {args[0]} failed: {_first_reason(proc.stderr.decode(errors='replace'))}")
+            command = next(a for a in args if not a.startswith("-") and "=" not in a)  # (after any -c k=v)
+            raise GitError(f"git {command} failed: {_first_reason(proc.stderr.decode(errors='replace'))}")
         return proc.stdout.decode().strip()
 
     def blob_id(self, data: bytes) -> str:

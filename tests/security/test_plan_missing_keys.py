@@ -135,8 +135,6 @@ def test_the_move_to_vault_planned_in_a_fresh_clone_is_a_move_it_refuses_to_appl
 
 
 @pytest.mark.vault
-@pytest.mark.xfail(strict=True, reason="apply's move_keys asks the old store to export, which the local store "
-                                       "refuses for an authority (exportable = false); it must ask release")
 def test_the_machine_that_holds_the_keys_moves_them_to_vault(tmp_path, bao):
     origin, holder, _ = _moving_to_vault(tmp_path, bao)
     moved = holder.plan_json()

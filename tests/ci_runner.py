@@ -271,18 +271,19 @@ class GitHubRunner:
         self.runs = 0
 
     def run(self, path: Path, event: str, *, ref: str = "main", base: str | None = None,
-            actor: str = "octo-merger") -> list[Job]:
+            actor: str = "octo-merger", before_step: Callable[[str], None] | None = None) -> list[Job]:
         """Every job of workflow ``path`` for ``event`` on branch ``ref`` (a pull request: from
-        ``ref`` into ``base``), one after the other."""
+        ``ref`` into ``base``), one after the other. ``before_step(label)`` is called before each
+        step runs (to let something else happen meanwhile)."""
         workflow = load(path)
         assert event in triggers(workflow), f"{path.name} does not run on {event}"
         assert workflow.get("defaults", {}).get("run", {}).get("shell") == "bash", \
             f"{path.name}: this runner knows `defaults: run: shell: bash` only"
-        return [self._job(workflow, path.name, name, spec, event, ref, base, actor)
+        return [self._job(workflow, path.name, name, spec, event, ref, base, actor, before_step)
                 for name, spec in workflow["jobs"].items()]
 
     def _job(self, workflow: dict[Any, Any], file: str, name: str, spec: dict[str, Any], event: str,
-             ref: str, base: str | None, actor: str) -> Job:
+             ref: str, base: str | None, actor: str, before_step: Callable[[str], None] | None) -> Job:
         self.runs += 1
         root = self.workdir / f"gh{self.runs}-{name}"
         workspace, temp = root / "work", root / "temp"
@@ -319,6 +320,8 @@ class GitHubRunner:
             if "if" in step and not truthy(evaluate(unwrap(str(step["if"])), context)):
                 job.skipped.append(label)
                 continue
+            if before_step is not None:
+                before_step(label)
             if "uses" in step:
                 self._action(step, job, env, context, event, ref, base)
             else:

@@ -260,6 +260,35 @@ def test_github_nightly_applies_what_is_due_and_the_look_ahead_warns(tmp_path, b
         runner.run(github / "pki-look-ahead.yml", "schedule")
 
 
+def test_an_apply_that_lost_the_race_is_re_run(tmp_path, bao, issuer, ci_server):
+    """Two apply runs: while one still sets up, another merge's run applies and pushes. The first one's
+    `pki apply --push` exits 1 ("state is behind"), leaving nothing behind; re-run, as the README
+    says, it applies what is still to do on the new tip."""
+    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
+                      audience="https://github.com/example", user_claim="actor",
+                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
+    origin, dev, _ = make_origin(tmp_path, mount)
+    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    apply = EXAMPLES / "github" / "pki-apply.yml"
+    runner.run(apply, "push")
+    git(dev, "pull", "-q", "--ff-only", "origin", "main")
+
+    def another_merge_lands(label: str) -> None:
+        if label == "Apply and push":
+            open_pull_request(dev)
+            merge_pull_request(dev)
+            runner.run(apply, "push", actor="second-merger")
+
+    with pytest.raises(StepFailed, match=r"(?s)step 'Apply and push' exited 1:.*state is behind origin/main"):
+        runner.run(apply, "push", before_step=another_merge_lands)
+    tip = git(origin, "rev-parse", "main").strip()
+    clone = assert_converged(tmp_path, origin, bao, "after-race", main_jwt(issuer, GITHUB_MAIN))
+    assert "api" in inventory(clone)
+    [job] = runner.run(apply, "push")  # the re-run: nothing left to do, nothing pushed
+    assert job.ran[-1] == "Apply and push", job.log
+    assert git(origin, "rev-parse", "main").strip() == tip
+
+
 def test_a_wrong_command_fails_its_step(tmp_path, bao, issuer, ci_server, monkeypatch):
     """The runner is no rubber stamp: a step whose command fails stops the job, naming the step."""
     import ci_runner

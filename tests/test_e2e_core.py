@@ -200,22 +200,26 @@ def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, 
     (out / "server-key.pem").write_text("stale\n")
     os.chmod(out / "server-key.pem", 0o644)
     for name in ("root", "inter", "server", "client"):
-        pki.ok("export", name, "--dir", str(out))
-        for suffix in ("", "-key", "-ca"):
+        authority = name in ("root", "inter")  # (an authority's key is not exportable by default)
+        pki.ok("export", name, "--dir", str(out), *(["--no-key"] if authority else []))
+        for suffix in ("", "-ca") if authority else ("", "-key", "-ca"):
             assert (out / f"{name}{suffix}.pem").exists(), f"{name}{suffix}.pem"
+        assert load_cert(out / f"{name}.pem") == state_cert(project, name)
+        if authority:
+            assert not (out / f"{name}-key.pem").exists()
+            continue
         key = out / f"{name}-key.pem"
         assert stat.S_IMODE(key.stat().st_mode) == 0o600, name
         assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
         assert spki_der(load_key(key)) == spki_der(load_cert(out / f"{name}.pem")), name
-        assert (out / f"{name}.pem").read_bytes() == (project / f"state/certs/{name}.pem").read_bytes()
 
     root = project / "state/certs/root.pem"
     inter = project / "state/certs/inter.pem"
     # NAME-ca.pem is the issuer chain up to the root, nearest issuer first
     chain = split_chain(out / "server-ca.pem", tmp_path)
-    assert [c.read_bytes() for c in chain] == [inter.read_bytes(), root.read_bytes()]
-    assert (out / "inter-ca.pem").read_bytes() == root.read_bytes()
-    assert (out / "root-ca.pem").read_bytes() == root.read_bytes()
+    assert [load_cert(c) for c in chain] == [load_cert(inter), load_cert(root)]
+    assert load_cert(out / "inter-ca.pem") == load_cert(root) and len(pem_blocks((out / "inter-ca.pem").read_bytes())) == 1
+    assert load_cert(out / "root-ca.pem") == load_cert(root) and len(pem_blocks((out / "root-ca.pem").read_bytes())) == 1
 
     for leaf, purpose in (("server", "sslserver"), ("client", "sslclient")):
         r = openssl("verify", "-x509_strict", "-purpose", purpose, "-CAfile", str(root),
@@ -681,11 +685,12 @@ def test_missing_leaf_key_is_rekeyed(project, pki):
     pki.apply()
     old = key_ref(project, "client")
     (project / ".pki/keys" / old).unlink()
-    plan = pki.plan_json()
+    assert "client" in pki("plan", expect=1).stderr  # replaced only when asked for
+    plan = pki.plan_json("--rekey-missing")
     assert [(c["action"], c["name"]) for c in plan["changes"]] == [("rekey", "client")]
     reasons = " ".join(plan["changes"][0]["reasons"])
     assert "key" in reasons and "missing" in reasons and old in reasons
-    pki.apply()
+    pki.apply("--rekey-missing")
     assert key_ref(project, "client") != old
     assert_consistent(project, pki)
 
@@ -694,7 +699,7 @@ def test_missing_authority_key_cascades_to_everything_it_signed(project, pki):
     pki.apply()
     old_server = (project / "state/certs/server.pem").read_bytes()
     (project / ".pki/keys" / key_ref(project, "inter")).unlink()
-    plan = pki.plan_json()
+    plan = pki.plan_json("--rekey-missing")
     actions = {c["name"]: c for c in plan["changes"]}
     assert actions["inter"]["action"] == "rekey"
     assert "missing" in " ".join(actions["inter"]["reasons"])
@@ -704,7 +709,7 @@ def test_missing_authority_key_cascades_to_everything_it_signed(project, pki):
     assert "root" not in actions or actions["root"]["action"] == "update_crl"
     names = [c["name"] for c in plan["changes"]]
     assert names.index("inter") < names.index("server") and names.index("inter") < names.index("client")
-    pki.apply()
+    pki.apply("--rekey-missing")
     root, inter = project / "state/certs/root.pem", project / "state/certs/inter.pem"
     for child in ("server", "client"):
         openssl("verify", "-x509_strict", "-CAfile", str(root), "-untrusted", str(inter),

@@ -289,6 +289,42 @@ def test_an_apply_that_lost_the_race_is_re_run(tmp_path, bao, issuer, ci_server)
     assert git(origin, "rev-parse", "main").strip() == tip
 
 
+def test_a_rejected_push_leaves_nothing_and_the_re_run_applies(tmp_path, bao, issuer, ci_server):
+    """The origin refuses the apply job's push once (a pre-receive hook): the job fails, the origin is
+    untouched and Vault holds no key that state/ does not name; the re-run applies and pushes."""
+    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
+                      audience="https://github.com/example", user_claim="actor",
+                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
+    origin, dev, _ = make_origin(tmp_path, mount)
+    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    apply = EXAMPLES / "github" / "pki-apply.yml"
+    runner.run(apply, "push")
+    open_pull_request(dev)
+    merge_pull_request(dev)
+    merged = git(origin, "rev-parse", "main").strip()
+    marker = tmp_path / "reject-once"
+    marker.touch()
+    hook = origin / "hooks" / "pre-receive"
+    hook.write_text(f'#!/bin/sh\nif [ -e "{marker}" ]; then rm "{marker}"; echo "refused once" >&2; exit 1; fi\n')
+    hook.chmod(0o755)
+
+    with pytest.raises(StepFailed, match=r"(?s)step 'Apply and push' exited 1:.*another apply landed first"):
+        runner.run(apply, "push")
+    assert git(origin, "rev-parse", "main").strip() == merged
+    jwt = main_jwt(issuer, GITHUB_MAIN)
+    clone = fresh_clone(tmp_path, origin, "after-rejection")
+    keys = Pki(clone, clean_env(VAULT_ADDR=bao.address, VAULT_JWT=jwt))("keys", "--format", "json", expect=0).json()
+    assert sorted(k["entry"] for k in keys) == ["authority.inter", "authority.root", "certificate.server"], keys
+    assert {k["status"] for k in keys} == {"in use"}, keys
+
+    [job] = runner.run(apply, "push")
+    assert job.ran[-1] == "Apply and push", job.log
+    assert git(origin, "rev-parse", "main~1").strip() == merged
+    clone = assert_converged(tmp_path, origin, bao, "after-re-run", jwt)
+    keys = Pki(clone, clean_env(VAULT_ADDR=bao.address, VAULT_JWT=jwt))("keys", "--format", "json", expect=0).json()
+    assert "certificate.api" in {k["entry"] for k in keys} and {k["status"] for k in keys} == {"in use"}, keys
+
+
 def test_a_wrong_command_fails_its_step(tmp_path, bao, issuer, ci_server, monkeypatch):
     """The runner is no rubber stamp: a step whose command fails stops the job, naming the step."""
     import ci_runner

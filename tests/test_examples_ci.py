@@ -223,6 +223,8 @@ def test_github_pull_request_merge_apply_and_nightly(tmp_path, bao, issuer, ci_s
     clone = assert_converged(tmp_path, origin, bao, "after-merge", main_jwt(issuer, GITHUB_MAIN))
     assert "api" in inventory(clone)
     assert "octo-merger" in audit_lines(clone)[-1]["actor"]  # who merged, not root@runner
+    message = git(origin, "log", "-1", "--format=%B", "main")
+    assert "https://github.com/example/pki/actions/runs/" in message and "Pki-Plan:" in message, message
 
     # the nightly renewal: nothing is due, the apply step is skipped; the weekly look-ahead passes
     tip = git(origin, "rev-parse", "main").strip()
@@ -401,6 +403,8 @@ def test_gitlab_merge_request_merge_apply_and_schedules(tmp_path, bao, issuer, c
                             main_jwt(issuer, {**GITLAB_MAIN, "aud": gitlab_audience()}))
     assert "api" in inventory(clone)
     assert "gl-merger" in audit_lines(clone)[-1]["actor"]
+    message = git(origin, "log", "-1", "--format=%B", "main")
+    assert "https://gitlab.example.com/example/pki/-/jobs/" in message and "Pki-Plan:" in message, message
 
     tip = git(origin, "rev-parse", "main").strip()
     jobs = runner.pipeline("schedule", branch="main", variables={"PKI_SCHEDULE": "nightly"})

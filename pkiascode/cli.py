@@ -450,7 +450,10 @@ def audit() -> None:
 @audit.command()
 @pass_ctx
 def verify(c: Ctx) -> None:
-    """Check the hash chain of state/audit.jsonl and its agreement with the inventory."""
+    """Check state/audit.jsonl: its hash chain, every signed head against the pinned audit key(s),
+    that its last line is a signed head, and that the inventory and every certificate and CRL file
+    agree with it. A log without signed heads passes with a warning (see the README)."""
+    from . import auditsign
     from .audit import read_lines
     from .audit import verify as verify_lines
 
@@ -458,12 +461,22 @@ def verify(c: Ctx) -> None:
     lines = read_lines(state.audit_path)
     inv = state.parse_inventory(state.read_inventory_bytes())
     problems = verify_lines(lines, inv)
+    warnings: list[str] = []
+    if not problems:
+        sigs = auditsign.load(state)
+        signed, warnings = auditsign.verify(lines, sigs)
+        problems = auditsign.check_history(c.project, sigs) + signed + auditsign.verify_files(state, inv)
+    for p in warnings:
+        click.echo(f"warning: {state.rel}/{p}", err=True)
     if problems:
         for p in problems:
-            click.echo(f"{state.rel}/{p}" if p.startswith("audit.jsonl") else p, err=True)
+            click.echo(f"{state.rel}/{p}" if p.startswith(("audit.jsonl", auditsign.FILE)) else p, err=True)
         sys.exit(EXIT_ERROR)
-    click.echo(f"{state.rel}/audit.jsonl: {len(lines)} entries, hash chain intact, agrees with the inventory "
-               f"({len(inv['objects'])} objects)")
+    sigs = auditsign.load(state)
+    signed_text = (f"{len(sigs['heads'])} signed heads, the last at the last line, by the pinned key "
+                   f"{sigs['keys'][-1]['fingerprint'][:16]}…" if sigs and sigs["heads"] else "NOT signed")
+    click.echo(f"{state.rel}/audit.jsonl: {len(lines)} entries, hash chain intact, {signed_text}; the inventory "
+               f"and every certificate and CRL file agree with it ({len(inv['objects'])} objects)")
 
 
 # -- entry point ---------------------------------------------------------------------------------

@@ -1,0 +1,459 @@
+"""``state/audit-signatures.json``: signed heads of the audit log, and the pinned keys that signed them.
+
+The hash chain of ``audit.jsonl`` shows a changed line only to someone who knows a hash from before
+the change: re-hashing every line gives a chain that is intact again. So each apply signs the log's
+new head (``seq`` and ``hash`` of its last line) with a key held in the PKI's key store, and
+``pki audit verify`` checks every signature against the key pinned in this file.
+
+The file (schema-checked on every read: it is committed, so it is input)::
+
+    {"format_version": 1,
+     "keys":  [{"fingerprint", "public_key", "algorithm", "backend", "ref", "since_seq", "time",
+                "endorsement"}],
+     "heads": [{"seq", "hash", "time", "key", "signature"}]}
+
+- ``keys`` is the chain of pins. The first is pinned on first use (the first apply that signs). A
+  later one comes only from a rekey (`rekey`), and its ``endorsement`` is the previous key's
+  signature over the new pin, so the chain of pins verifies from the first. ``public_key`` is the
+  base64 DER SubjectPublicKeyInfo, ``fingerprint`` its SHA-256; ``backend``/``ref`` say where the
+  private key is (never key material).
+- ``heads`` is append-only: one per apply, signed by the key pinned last when it was made.
+
+Where the key is: the store of the first root authority in pki.toml (the PKI's best-kept key
+store), made non-exportable (Vault Transit, a PKCS#11 token; the local store marks it
+``.noexport``), ed25519 where the store makes such keys, else ecdsa-p256.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import re
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from . import audit
+from .backend import ENTRY_NAME, KeyRef, KeyRequest, KeyStore
+from .errors import BackendError, StateError, UnsupportedKeyType
+from .keytypes import KeyType
+
+if TYPE_CHECKING:
+    from .project import Project
+    from .state import StateDir
+
+__all__ = ["FILE", "KEY_NAME", "load", "render", "seal", "rekey", "verify", "verify_files", "key_refs",
+           "head_message", "pin_message", "check_history", "check_ready"]
+
+FILE = "audit-signatures.json"
+FORMAT = 1
+#: the name the audit key is requested under (stores add a unique part); `pki plan --replace` word
+KEY_NAME = "audit-log"
+_HEX64 = re.compile(r"[0-9a-f]{64}")
+_B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
+_KEY_FIELDS = {"fingerprint", "public_key", "algorithm", "backend", "ref", "since_seq", "time", "endorsement"}
+_HEAD_FIELDS = {"seq", "hash", "time", "key", "signature"}
+_ALGORITHMS = ("ed25519", "ecdsa-p256")
+_MAX_BYTES = 64 * 1024 * 1024
+
+
+# -- the signed messages -------------------------------------------------------------------------
+
+def head_message(head: Mapping[str, Any]) -> bytes:
+    """What a head's signature covers: a domain tag, then seq, hash, time and key in canonical JSON."""
+    return b"pkiascode audit head 1\n" + audit.canonical({k: head[k] for k in ("seq", "hash", "time", "key")})
+
+
+def pin_message(pin: Mapping[str, Any], previous: str) -> bytes:
+    """What an endorsement covers: the new pin (its key, from which seq, when) and the previous key."""
+    fields = {k: pin[k] for k in ("fingerprint", "public_key", "algorithm", "since_seq", "time")}
+    return b"pkiascode audit key 1\n" + audit.canonical(dict(fields, previous=previous))
+
+
+def _sign(signer: Any, data: bytes) -> str:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    if isinstance(signer, ed25519.Ed25519PrivateKey):
+        sig = signer.sign(data)
+    elif isinstance(signer, ec.EllipticCurvePrivateKey):
+        sig = signer.sign(data, ec.ECDSA(hashes.SHA256()))
+    else:
+        raise StateError(f"the audit key is a {type(signer).__name__}, not ed25519 or ecdsa-p256")
+    return base64.b64encode(sig).decode()
+
+
+def _check_signature(public_der: bytes, algorithm: str, signature: str, data: bytes) -> bool:
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    try:
+        key = serialization.load_der_public_key(public_der)
+        sig = base64.b64decode(signature, validate=True)
+        if algorithm == "ed25519" and isinstance(key, ed25519.Ed25519PublicKey):
+            key.verify(sig, data)
+        elif (algorithm == "ecdsa-p256" and isinstance(key, ec.EllipticCurvePublicKey)
+              and isinstance(key.curve, ec.SECP256R1)):
+            key.verify(sig, data, ec.ECDSA(hashes.SHA256()))
+        else:
+            return False
+    except (InvalidSignature, ValueError, TypeError):
+        return False
+    return True
+
+
+def _spki(public_key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+# -- the file ------------------------------------------------------------------------------------
+
+def _empty() -> dict[str, Any]:
+    return {"format_version": FORMAT, "keys": [], "heads": []}
+
+
+def _problem_with_key(k: object) -> str | None:
+    if not isinstance(k, dict) or set(k) != _KEY_FIELDS:
+        return f"fields must be {', '.join(sorted(_KEY_FIELDS))}"
+    if not (isinstance(k["fingerprint"], str) and _HEX64.fullmatch(k["fingerprint"])):
+        return "fingerprint must be 64 hex digits"
+    if not (isinstance(k["public_key"], str) and _B64.fullmatch(k["public_key"])):
+        return "public_key must be base64"
+    if hashlib.sha256(base64.b64decode(k["public_key"])).hexdigest() != k["fingerprint"]:
+        return "fingerprint is not the SHA-256 of public_key"
+    if k["algorithm"] not in _ALGORITHMS:
+        return f"algorithm must be one of {', '.join(_ALGORITHMS)}"
+    if not (isinstance(k["backend"], str) and ENTRY_NAME.fullmatch(k["backend"])):
+        return "backend must be a pki.toml backend name"
+    if not (isinstance(k["ref"], str) and 0 < len(k["ref"]) <= 512 and k["ref"].isprintable()):
+        return "ref must be a printable key reference"
+    if not (isinstance(k["since_seq"], int) and not isinstance(k["since_seq"], bool) and k["since_seq"] >= 1):
+        return "since_seq must be a positive integer"
+    if not (isinstance(k["time"], str) and _TIME.fullmatch(k["time"])):
+        return "time must be YYYY-MM-DDTHH:MM:SSZ"
+    if k["endorsement"] is not None and not (isinstance(k["endorsement"], str) and _B64.fullmatch(k["endorsement"])):
+        return "endorsement must be base64 or null"
+    return None
+
+
+def _problem_with_head(h: object) -> str | None:
+    if not isinstance(h, dict) or set(h) != _HEAD_FIELDS:
+        return f"fields must be {', '.join(sorted(_HEAD_FIELDS))}"
+    if not (isinstance(h["seq"], int) and not isinstance(h["seq"], bool) and h["seq"] >= 1):
+        return "seq must be a positive integer"
+    if not (isinstance(h["hash"], str) and _HEX64.fullmatch(h["hash"])):
+        return "hash must be 64 hex digits"
+    if not (isinstance(h["key"], str) and _HEX64.fullmatch(h["key"])):
+        return "key must be a key fingerprint (64 hex digits)"
+    if not (isinstance(h["time"], str) and _TIME.fullmatch(h["time"])):
+        return "time must be YYYY-MM-DDTHH:MM:SSZ"
+    if not (isinstance(h["signature"], str) and _B64.fullmatch(h["signature"])):
+        return "signature must be base64"
+    return None
+
+
+def parse(data: bytes, where: str) -> dict[str, Any]:
+    """The file's content checked against its schema; `StateError` naming ``where`` otherwise."""
+    try:
+        obj = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise StateError(f"{where}: not JSON") from None
+    if not isinstance(obj, dict) or set(obj) != {"format_version", "keys", "heads"}:
+        raise StateError(f"{where}: must have exactly format_version, keys and heads")
+    if obj["format_version"] != FORMAT:
+        raise StateError(f"{where}: format_version {obj['format_version']!r} is not {FORMAT} "
+                         "(written by another pkiascode version?)")
+    if not isinstance(obj["keys"], list) or not isinstance(obj["heads"], list):
+        raise StateError(f"{where}: keys and heads must be lists")
+    for n, k in enumerate(obj["keys"]):
+        why = _problem_with_key(k)
+        if why:
+            raise StateError(f"{where}: keys[{n}]: {why}")
+    for n, h in enumerate(obj["heads"]):
+        why = _problem_with_head(h)
+        if why:
+            raise StateError(f"{where}: heads[{n}]: {why}")
+    if obj["heads"] and not obj["keys"]:
+        raise StateError(f"{where}: heads without a pinned key")
+    return obj
+
+
+def load(state: StateDir) -> dict[str, Any] | None:
+    """The parsed file, or None when there is none (a log from before signed heads, or no apply yet)."""
+    from .state import read_file
+
+    data = read_file(state.root / FILE, limit=_MAX_BYTES)
+    if data is None:
+        return None
+    return parse(data, f"{state.rel}/{FILE}")
+
+
+def render(sigs: Mapping[str, Any]) -> bytes:
+    """One field per line, keys sorted: a new head is a few added lines in a diff."""
+    return (json.dumps(sigs, indent=2, sort_keys=True) + "\n").encode()
+
+
+def key_refs(state: StateDir) -> set[tuple[str, str]]:
+    """(backend, ref) of every pinned audit key: keys `pki keys`/`pki prune` must count as used."""
+    sigs = load(state)
+    return {(k["backend"], k["ref"]) for k in sigs["keys"]} if sigs else set()
+
+
+# -- signing (apply) -----------------------------------------------------------------------------
+
+def audit_backend(project: Project) -> str:
+    """The store the audit key is made in: the first root authority's (pki.toml order), else the
+    first certificate's."""
+    entries = list(project.desired().entries.values())
+    roots = [e for e in entries if e.issuer is None and not e.csr]
+    if roots or entries:
+        return (roots or entries)[0].backend
+    raise StateError("pki.toml has no entries: no key store for the audit key")
+
+
+def _new_key(store: KeyStore, time: str, since_seq: int) -> tuple[dict[str, Any], KeyRef]:
+    """A new non-exportable audit key in ``store`` and its pin (without endorsement)."""
+    key_type = KeyType.ED25519
+    try:
+        store.require(key_type, generate=True)
+    except UnsupportedKeyType:
+        key_type = KeyType.ECDSA_P256
+        store.require(key_type, generate=True)
+    ref = store.generate(KeyRequest(KEY_NAME, key_type, True, False).with_suffix())
+    der = _spki(store.public_key(ref))
+    pin = {"fingerprint": hashlib.sha256(der).hexdigest(), "public_key": base64.b64encode(der).decode(),
+           "algorithm": key_type.value, "backend": ref.store, "ref": ref.id, "since_seq": since_seq,
+           "time": time, "endorsement": None}
+    return pin, ref
+
+
+def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
+    """The pinned key's signer, after proving the store's key is the pinned one."""
+    if pin["backend"] not in project.desired().stores:
+        raise StateError(f"the audit key is in backend {pin['backend']}, which pki.toml no longer defines; "
+                         f"define it again (the pinned key is in {state_rel}/{FILE})")
+    store = project.store(pin["backend"])
+    ref = KeyRef(pin["backend"], pin["ref"])
+    if hashlib.sha256(_spki(store.public_key(ref))).hexdigest() != pin["fingerprint"]:
+        raise StateError(f"backend {pin['backend']}: key {pin['ref']} is not the audit key pinned in "
+                         f"{state_rel}/{FILE} (fingerprint {pin['fingerprint'][:16]}…)")
+    return store.signer(ref)
+
+
+def seal(project: Project, *, now: str | None = None) -> dict[str, bytes]:
+    """Sign the audit log's head, as it is in state/ now, unless it is signed already; pin a key on
+    first use. Idempotent (apply calls it after writing state/, and again when it completes an
+    interrupted apply). Returns ``{FILE: content}`` for the commit ({} when the log is empty)."""
+    from .model import format_time, utc_now
+    from .state import atomic_write
+
+    state = project.state
+    last, seq = audit.tail_hash(state.audit_path)
+    if seq == 0:
+        return {}
+    sigs = load(state) or _empty()
+    heads = sigs["heads"]
+    if heads and (heads[-1]["seq"], heads[-1]["hash"]) == (seq, last):
+        return {FILE: render(sigs)}
+    if heads and heads[-1]["seq"] >= seq:
+        raise StateError(f"{state.rel}/{FILE} has a head at line {heads[-1]['seq']} but {state.rel}/audit.jsonl "
+                         f"ends at line {seq}; run `pki audit verify`")
+    time = now or format_time(utc_now())
+    if not sigs["keys"]:  # first use: pin a new key
+        pin, _ = _new_key(project.store(audit_backend(project)), time, seq)
+        sigs["keys"].append(pin)
+    pin = sigs["keys"][-1]
+    head = {"seq": seq, "hash": last, "time": time, "key": pin["fingerprint"]}
+    head["signature"] = _sign(_signer(project, pin, state.rel), head_message(head))
+    heads.append(head)
+    data = render(sigs)
+    atomic_write(state.root / FILE, data)
+    return {FILE: data}
+
+
+def rekey(project: Project, *, now: str | None = None) -> dict[str, Any]:
+    """Pin a new audit key, endorsed by the current one (which must still sign), from the next head
+    on. Writes state/audit-signatures.json and returns the new pin; the caller commits it (a
+    reviewed change: the diff shows the new pin). The old key is not deleted."""
+    from .model import format_time, utc_now
+    from .state import atomic_write
+
+    state = project.state
+    sigs = load(state)
+    if not sigs or not sigs["keys"]:
+        raise StateError(f"no audit key is pinned yet in {state.rel}/{FILE}: the next apply pins one")
+    old = sigs["keys"][-1]
+    signer = _signer(project, old, state.rel)
+    _, seq = audit.tail_hash(state.audit_path)
+    time = now or format_time(utc_now())
+    pin, _ = _new_key(project.store(audit_backend(project)), time, seq + 1)
+    pin["endorsement"] = _sign(signer, pin_message(pin, old["fingerprint"]))
+    sigs["keys"].append(pin)
+    atomic_write(state.root / FILE, render(sigs))
+    return pin
+
+
+# -- verifying -----------------------------------------------------------------------------------
+
+def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of the signed heads against the log's lines (whose chain `audit.verify`
+    checked): every pin endorsed by the one before, every head signed by the key pinned for it and
+    naming a line of the log with that hash, and the log's last line a signed head."""
+    problems: list[str] = []
+    if sigs is None or not sigs["heads"]:
+        if lines:
+            return [], [f"{FILE}: no signed heads (a log written before pkiascode signed them, or the file was "
+                        "removed): only the hash chain was checked, and a rewritten chain would pass; the next "
+                        "apply pins a key and signs"]
+        return [], []
+    keys = sigs["keys"]
+    for n, k in enumerate(keys[1:], 1):
+        prev = keys[n - 1]
+        if k["since_seq"] <= prev["since_seq"]:
+            problems.append(f"{FILE}: keys[{n}] since_seq {k['since_seq']} does not follow keys[{n - 1}]")
+        elif k["endorsement"] is None or not _check_signature(
+                base64.b64decode(prev["public_key"]), prev["algorithm"], k["endorsement"],
+                pin_message(k, prev["fingerprint"])):
+            problems.append(f"{FILE}: keys[{n}] (fingerprint {k['fingerprint'][:16]}…) is not endorsed by "
+                            f"keys[{n - 1}] (fingerprint {prev['fingerprint'][:16]}…): the pinned key was replaced")
+    if problems:
+        return problems, []
+    if keys[0]["endorsement"] is not None:
+        problems.append(f"{FILE}: keys[0] has an endorsement but nothing before it to make one")
+    hashes: dict[int, str] = {}
+    for text in lines:
+        obj = json.loads(text)  # (audit.verify parsed every line before this is called)
+        hashes[obj["seq"]] = obj["hash"]
+    previous = 0
+    for n, head in enumerate(sigs["heads"]):
+        where = f"{FILE}: heads[{n}] (line {head['seq']})"
+        if head["seq"] <= previous:
+            problems.append(f"{where}: does not follow the head before it")
+            continue
+        previous = head["seq"]
+        # the key pinned last at or before this seq
+        pin = next((k for k in reversed(keys) if k["since_seq"] <= head["seq"]), None)
+        if pin is None or pin["fingerprint"] != head["key"]:
+            problems.append(f"{where}: signed by key {head['key'][:16]}…, not the key pinned for it")
+            continue
+        if not _check_signature(base64.b64decode(pin["public_key"]), pin["algorithm"], head["signature"],
+                                head_message(head)):
+            problems.append(f"{where}: the signature does not verify with the pinned key {pin['fingerprint'][:16]}…")
+            continue
+        if hashes.get(head["seq"]) != head["hash"]:
+            problems.append(f"{where}: audit.jsonl's line {head['seq']} is not the line that was signed "
+                            "(the log was rewritten)" if head["seq"] in hashes else
+                            f"{where}: audit.jsonl has no line {head['seq']} (lines were removed)")
+    if not problems and lines:
+        last = sigs["heads"][-1]["seq"]
+        if last != len(lines):
+            problems.append(f"{FILE}: the last signed head is line {last} but audit.jsonl has {len(lines)} lines: "
+                            "lines after the last signature were not written by an apply")
+    return problems, []
+
+
+def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
+    """The pins in the file start with the key that the first commit of the file pinned (git's
+    history, not the file, says which key was pinned on first use). Empty when not in git or the
+    file was never committed."""
+    import subprocess
+
+    state = project.state
+    repo = project.repository()
+    if repo is None:
+        return []
+    rel = repo.rel(state.root / FILE)
+    where = f"{state.rel}/{FILE}"
+
+    def git(*args: str) -> bytes:
+        return subprocess.run(["git", "-C", str(repo.top), *args], capture_output=True, check=True).stdout
+
+    try:
+        added = git("log", "--diff-filter=A", "--format=%H", "--", rel).split()
+        if not added:
+            return []
+        first = parse(git("show", f"{added[-1].decode()}:{rel}"), f"{where} as first committed")
+    except subprocess.CalledProcessError:
+        return []  # no commit yet
+    if not first["keys"]:
+        return []
+    pinned = first["keys"][0]["fingerprint"]
+    if not sigs or not sigs["keys"]:
+        return [f"{where}: missing or without keys, but commit {added[-1].decode()[:12]} pinned audit key "
+                f"{pinned[:16]}…"]
+    if sigs["keys"][0]["fingerprint"] != pinned:
+        return [f"{where}: keys[0] is {sigs['keys'][0]['fingerprint'][:16]}…, but commit {added[-1].decode()[:12]} "
+                f"pinned {pinned[:16]}…: the pinned key was swapped"]
+    return []
+
+
+def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:
+    """Every certificate and CRL file is the one the inventory records (SHA-256 of its DER), and no
+    such file is there that the inventory does not list."""
+    import os
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives.serialization import Encoding
+
+    from .state import read_file
+
+    problems: list[str] = []
+    objects = inventory.get("objects", {})
+    crls = {n: o["crl"] for n, o in objects.items() if isinstance(o.get("crl"), dict)}
+    for name, obj in sorted(objects.items()):
+        rel = f"{state.rel}/certs/{name}.pem"
+        data = read_file(state.cert_path(name))
+        if data is None:
+            problems.append(f"{rel}: missing ({obj.get('kind')}.{name} is in the inventory)")
+            continue
+        try:
+            der = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
+        except ValueError:
+            problems.append(f"{rel}: not a PEM certificate")
+            continue
+        if hashlib.sha256(der).hexdigest() != obj.get("sha256"):
+            problems.append(f"{rel}: SHA-256 {hashlib.sha256(der).hexdigest()[:16]}… is not the inventory's "
+                            f"{str(obj.get('sha256'))[:16]}… for {obj.get('kind')}.{name}")
+    for name, info in sorted(crls.items()):
+        rel = f"{state.rel}/crl/{name}.crl"
+        data = read_file(state.crl_path(name))
+        if data is None:
+            problems.append(f"{rel}: missing (the inventory records a CRL of authority.{name})")
+            continue
+        try:
+            der = x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
+        except ValueError:
+            problems.append(f"{rel}: not a PEM CRL")
+            continue
+        if hashlib.sha256(der).hexdigest() != info.get("sha256"):
+            problems.append(f"{rel}: SHA-256 {hashlib.sha256(der).hexdigest()[:16]}… is not the inventory's "
+                            f"{str(info.get('sha256'))[:16]}… for authority.{name}'s CRL")
+    for directory, suffix, known in ((state.certs, ".pem", objects), (state.crls, ".crl", crls)):
+        try:
+            names = sorted(os.listdir(directory))
+        except FileNotFoundError:
+            continue
+        for file in names:
+            if file.startswith(".") or (file.endswith(suffix) and file[:-len(suffix)] in known):
+                continue
+            problems.append(f"{state.rel}/{directory.name}/{file}: not in the inventory")
+    return problems
+
+
+def check_ready(project: Project) -> None:
+    """Before an apply changes anything: the pinned audit key (or, on first use, the store that will
+    make one) can sign. Raises `BackendError`/`StateError` with one line."""
+    state = project.state
+    sigs = load(state)
+    if sigs and sigs["keys"]:
+        _signer(project, sigs["keys"][-1], state.rel)
+        return
+    try:
+        store = project.store(audit_backend(project))
+        store.require(KeyType.ECDSA_P256, generate=True)
+    except UnsupportedKeyType as e:
+        raise BackendError(f"the audit key cannot be made: {e}") from None

@@ -138,13 +138,21 @@ revoked = { reason = "key_compromise" }
 
 @pytest.fixture
 def linted(monkeypatch) -> list[tuple[str, str]]:
-    """(what, entry) of each certificate and CRL linted."""
+    """(what, entry) of each certificate and CRL linted (walked whole, or in the parts where it differs
+    from the first of its shape)."""
     seen: list[tuple[str, str]] = []
-    for what, func in (("certificate", lint.lint_certificate), ("crl", lint.lint_crl)):
-        def spy(der, *, entry="", unfiltered=False, _what=what, _func=func):
-            seen.append((_what, entry))
-            return _func(der, entry=entry, unfiltered=unfiltered)
-        monkeypatch.setattr(lint, f"lint_{what}", spy)
+    real_cert, real_crl = lint._lint_certificate, lint.lint_crl
+
+    def spy_cert(der, entry, unfiltered, like):
+        seen.append(("certificate", entry))
+        return real_cert(der, entry, unfiltered, like)
+
+    def spy_crl(der, *, entry="", unfiltered=False):
+        seen.append(("crl", entry))
+        return real_crl(der, entry=entry, unfiltered=unfiltered)
+
+    monkeypatch.setattr(lint, "_lint_certificate", spy_cert)
+    monkeypatch.setattr(lint, "lint_crl", spy_crl)
     return seen
 
 
@@ -200,6 +208,82 @@ def test_lint_crl_reports_crl_findings():
     ours = build_crl(root, KEY, [{"serial": "1f", "date": "2030-01-01T00:00:00Z", "reason": "key_compromise"}],
                      number=1, this_update=T0, next_update=T0 + dt.timedelta(days=1))
     assert _ids(lint_crl(ours.public_bytes(serialization.Encoding.DER))) == []
+
+
+# --- one whole walk per shape: the same findings as a whole walk of each ------------------------------
+
+def _leaves(n: int, hosts: dict[int, str] | None = None) -> str:
+    """An authority and ``n`` leaves alike but for their names; ``hosts``: leaf index → a SAN to add."""
+    out = ['[defaults]\nkey = "ecdsa-p256"\n[authority.ca]\ncommon_name = "CA"\n']
+    for i in range(n):
+        extra = f', "{hosts[i]}"' if hosts and i in hosts else ""
+        out.append(f'[certificate.leaf-{i:04d}]\nissuer = "ca"\ncommon_name = "leaf-{i}.example.com"\n'
+                   f'hosts = ["leaf-{i}.example.com", "10.0.{i // 256}.{i % 256}"{extra}]\n')
+    return "\n".join(out)
+
+
+def test_a_bad_value_in_the_500th_of_1000_alike_leaves_is_found(linted):
+    desired = load(_leaves(1000, {499: "db.123"}))  # a numeric top-level label: pkilint's ERROR
+    findings = lint_plan(desired, World().plan(desired, T0))
+    assert [(f.id, f.severity, f.entry) for f in findings if f.severity in ("FATAL", "ERROR")] == [
+        ("pkix.invalid_domain_name_syntax", "ERROR", "leaf-0499")]
+    assert len([e for w, e in linted if w == "certificate"]) == 1001  # every certificate went through pkilint
+
+
+def _whole_and_shaped(ders: list[bytes]) -> tuple[list[list[tuple[str, str, str]]], list[list[tuple[str, str, str]]]]:
+    def key(found):
+        return sorted((f.id, f.severity, f.message) for _, f in found)
+
+    first = lint._Linted(tuple(lint._lint_certificate(ders[0], "x", False, None)))
+    whole = [key(lint._lint_certificate(der, "x", False, None)) for der in ders]
+    shaped = [key(lint._lint_certificate(der, "x", False, first)) for der in ders]
+    return whole, shaped
+
+
+def test_the_parts_walk_finds_what_a_whole_walk_finds():
+    """Leaves of one shape with good and bad subject and SAN values, and a first one with a finding of
+    its own value: each gets exactly a whole walk's findings."""
+    from pkiascode.x509 import build_certificate
+
+    desired = load(_leaves(1))
+    ca_entry, leaf = desired.entries["ca"], desired.entries["leaf-0000"]
+    ca = build_certificate(ca_entry, public_key=KEY.public_key(), signer=KEY, issuer_cert=None, now=T0,
+                           not_after=T0 + dt.timedelta(days=30))
+    # (organization, DNS name, mailbox) of each: one value or none bad in each, the first one too
+    values = [("good", "a..example.com", "ops@example.com"), ("x" * 65, "ok.example.com", "ops@example.com"),
+              ("good", "ok.example.com", "not-a-mailbox"), ("good", "-bad-.example.com", "ops@example.com"),
+              ("good", "ok.example.com", "ops@example.com")]
+    ders, shapes = [], set()
+    for org, dns, mailbox in values:
+        subject = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, org, _validate=False)])
+        cert = build_certificate(leaf, public_key=KEY.public_key(), signer=KEY, issuer_cert=ca, now=T0,
+                                 not_after=T0 + dt.timedelta(days=1), subject=subject,
+                                 hosts=[("dns", dns), ("email", mailbox)])
+        ders.append(cert.public_bytes(serialization.Encoding.DER))
+        shapes.add(lint._shape(cert))
+    assert len(shapes) == 1
+    whole, shaped = _whole_and_shaped(ders)
+    assert shaped == whole
+    assert [bool(w) for w in whole] == [True, True, True, True, False]  # (else the test shows nothing)
+    assert len({tuple(w) for w in whole}) == len(whole)
+
+
+def test_a_different_shape_is_walked_whole(linted):
+    desired = load(_leaves(3).replace('[certificate.leaf-0002]\nissuer = "ca"',
+                                      '[certificate.leaf-0002]\nissuer = "ca"\nusages = ["digital signature"]'))
+    lint_plan(desired, World().plan(desired, T0))
+    wholes = [e for w, e in linted if w == "certificate"]
+    assert sorted(wholes) == ["ca", "leaf-0000", "leaf-0001", "leaf-0002"]
+
+
+def test_an_rsa_4096_authority_is_linted_without_making_an_rsa_4096_key(monkeypatch):
+    made: list[KeyType] = []
+    real = lint._throwaway_key.__wrapped__
+    monkeypatch.setattr(lint, "_throwaway_key", lambda key_type: made.append(key_type) or real(key_type))
+    desired = load('[authority.ca]\ncommon_name = "CA"\nkey = "rsa-4096"\n'
+                   '[certificate.web]\nissuer = "ca"\nkey = "rsa-3072"\nhosts = ["web.example.com"]\n')
+    assert lint_plan(desired, World().plan(desired, T0)) == ()
+    assert set(made) == {KeyType.RSA_2048}
 
 
 # --- in the plan model ------------------------------------------------------------------------------

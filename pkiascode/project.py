@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import config_digest, find_line, load_config
-from .errors import BackendError, ConfigError, PlanError, StalePlanError, first_of
+from .errors import BackendError, ConfigError, PkiError, PlanError, StalePlanError, first_of
 from .memo import NoopMemo
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Action, Plan
@@ -213,23 +213,26 @@ class Project:
         public key; no two live objects sharing one key reference. Raises `PlanError` naming the object.
 
         A missing or unreadable file is drift (the plan reissues it); a well-formed certificate that is
-        not the inventory's, or an inventory that misdescribes its file, is not repaired silently."""
-        records = observed.records
-        loaded: dict[str, Any] = {}
+        not the inventory's, or an inventory that misdescribes its file, is not repaired silently.
 
-        def cert_of(name: str) -> Any:
+        Each file is read and parsed once: its DER is hashed and compared with the inventory's SHA-256
+        first, then only the fields the inventory records are taken from it (`x509.recorded_facts`)."""
+        records = observed.records
+        loaded: dict[str, tuple[Any, Any, str] | None] = {}  # name → (certificate, its facts, DER SHA-256)
+
+        def cert_of(name: str) -> tuple[Any, Any, str] | None:
             if name not in loaded:
-                loaded[name] = _read_certificate(state.cert_path(name))
+                loaded[name] = _read_certificate_facts(state.cert_path(name))
             return loaded[name]
 
         owners: dict[tuple[str, str], str] = {}
         for name, rec in records.items():
             where = f"{rec.qualified} ({state.rel}/certs/{name}.pem)"
-            cert = cert_of(name)
-            issuer_cert = cert_of(rec.issuer) if rec.issuer in records else None
-            if cert is not None:
+            got = cert_of(name)
+            issuer = cert_of(rec.issuer) if rec.issuer in records else None
+            if got is not None:
                 obj = inv["objects"].get(name, {})
-                problem = _check_recorded(cert, rec, issuer_cert, obj.get("public_key_sha256"))
+                problem = _check_recorded(got, rec, issuer, obj.get("public_key_sha256"))
                 if problem:
                     raise PlanError(f"{where}: {problem}; state/ is not what pkiascode wrote: restore it from git "
                                     f"(`git checkout -- {state.rel}`) before planning")
@@ -510,6 +513,34 @@ def _read_certificate(path: Path) -> Any:
         return None
 
 
+def _read_certificate_facts(path: Path) -> tuple[Any, Any, str] | None:
+    """The certificate in ``path`` (read once, never through a link), its `x509.RecordedFacts` and the
+    SHA-256 of its DER; None when it is missing or not a certificate (drift: the plan reissues)."""
+    from cryptography import x509 as cx509
+
+    from .state import read_file
+    from .x509 import load_certificate, pem_to_der, recorded_facts
+
+    try:
+        data = read_file(path)
+    except PkiError:
+        return None
+    if data is None:
+        return None
+    try:
+        der = pem_to_der(data)
+        if der is not None:
+            cert = cx509.load_der_x509_certificate(der)
+            return cert, recorded_facts(cert), hashlib.sha256(der).hexdigest()
+        # not the one PEM block pkiascode writes (drift): is it still a certificate, put in place of one?
+        cert = load_certificate(data)
+        from .x509 import fingerprint
+
+        return cert, recorded_facts(cert), fingerprint(cert)
+    except ValueError:
+        return None
+
+
 def _public_key_sha256(state: StateDir, rec: Record) -> str | None:
     """SHA-256 of the public key in ``rec``'s certificate file (None if it cannot be read)."""
     from .x509 import public_key_der
@@ -518,47 +549,37 @@ def _public_key_sha256(state: StateDir, rec: Record) -> str | None:
     return None if cert is None else hashlib.sha256(public_key_der(cert.public_key())).hexdigest()
 
 
-def _subject_parts(cert: Any) -> list[str]:
-    return sorted(f"{a.rfc4514_attribute_name}={a.value}" for a in cert.subject)
-
-
-def _check_recorded(cert: Any, rec: Record, issuer_cert: Any, public_key_sha256: str | None) -> str | None:
-    """What in ``rec`` (an inventory object) disagrees with its certificate file ``cert``, or None.
-    ``issuer_cert``: the issuer's certificate file, when readable."""
-    from cryptography import x509
-
-    from .x509 import fingerprint, public_key_der, ski_of
-
-    digest = fingerprint(cert)
+def _check_recorded(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, Any, str] | None,
+                    public_key_sha256: str | None) -> str | None:
+    """What in ``rec`` (an inventory object) disagrees with its certificate file, or None. ``got`` and
+    ``issuer``: (certificate, facts, DER SHA-256) of the file and of the issuer's file, when readable."""
+    cert, facts, digest = got
     if digest != rec.sha256:
+        issuer_cert = issuer[0] if issuer is not None else cert
         try:  # a well-formed certificate, signed by its issuer, put in place of the recorded one
-            cert.verify_directly_issued_by(issuer_cert if issuer_cert is not None else cert)
+            cert.verify_directly_issued_by(issuer_cert)
         except Exception:  # noqa: BLE001 - bad signature, wrong issuer, unreadable key: damage, not a swap
             return None  # damaged: drift, which the plan repairs by reissuing
-        return (f"the file holds another certificate (serial {format(cert.serial_number, 'x')}, sha256 "
+        return (f"the file holds another certificate (serial {format(facts.serial, 'x')}, sha256 "
                 f"{digest[:12]}…) than the inventory records (serial {rec.serial}, sha256 {rec.sha256[:12]}…)")
-    if _hex_int(rec.serial) != cert.serial_number:
-        return f"the inventory records serial {rec.serial}, the certificate has {format(cert.serial_number, 'x')}"
-    if sorted(rec.subject.split(", ")) != sorted(", ".join(_subject_parts(cert)).split(", ")):
-        return f"the inventory records subject {rec.subject!r}, the certificate has {cert.subject.rfc4514_string()!r}"
-    if ski_of(cert).hex() != rec.ski:
+    if _hex_int(rec.serial) != facts.serial:
+        return f"the inventory records serial {rec.serial}, the certificate has {format(facts.serial, 'x')}"
+    if tuple(sorted(rec.subject.split(", "))) != tuple(sorted(", ".join(facts.subject_parts).split(", "))):
+        return f"the inventory records subject {rec.subject!r}, the certificate has {facts.subject.rfc4514_string()!r}"
+    if facts.ski.hex() != rec.ski:
         return "the inventory records another subject key identifier than the certificate's"
-    if public_key_sha256 is not None:
-        if hashlib.sha256(public_key_der(cert.public_key())).hexdigest() != public_key_sha256:
-            return "the inventory records another public key than the certificate's"
+    if public_key_sha256 is not None and facts.public_key_sha256 != public_key_sha256:
+        return "the inventory records another public key than the certificate's"
     if rec.issuer is None:
-        if cert.issuer != cert.subject:
+        if facts.issuer != facts.subject:
             return "the inventory records a self-signed root, the certificate is issued by " \
-                   f"{cert.issuer.rfc4514_string()!r}"
-    elif issuer_cert is not None:
-        if cert.issuer != issuer_cert.subject:
-            return (f"the certificate is issued by {cert.issuer.rfc4514_string()!r}, not by authority.{rec.issuer} "
-                    f"({issuer_cert.subject.rfc4514_string()!r}) as the inventory records")
-        try:
-            aki = cert.extensions.get_extension_for_class(x509.AuthorityKeyIdentifier).value.key_identifier
-        except x509.ExtensionNotFound:
-            aki = None
-        if rec.issuer_ski and aki is not None and aki.hex() != rec.issuer_ski:
+                   f"{facts.issuer.rfc4514_string()!r}"
+    elif issuer is not None:
+        issuer_facts = issuer[1]
+        if facts.issuer != issuer_facts.subject:
+            return (f"the certificate is issued by {facts.issuer.rfc4514_string()!r}, not by authority.{rec.issuer} "
+                    f"({issuer_facts.subject.rfc4514_string()!r}) as the inventory records")
+        if rec.issuer_ski and facts.aki is not None and facts.aki.hex() != rec.issuer_ski:
             return "the inventory records another issuer key identifier than the certificate's"
     return None
 

@@ -27,7 +27,8 @@ from .names import EXTENDED_USAGES, KEY_USAGES, Host, certificate_usages, classi
 __all__ = [
     "build_certificate", "build_crl", "load_certificate", "pem", "crl_pem", "fingerprint",
     "ski_hex", "ski_of", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
-    "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl",
+    "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl", "pem_to_der",
+    "RecordedFacts", "recorded_facts",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
@@ -286,6 +287,60 @@ def read_crl(data: bytes, issuer_cert: x509.Certificate) -> tuple[int, list[dict
 
 def load_certificate(data: bytes) -> x509.Certificate:
     return x509.load_pem_x509_certificate(data)
+
+
+def pem_to_der(data: bytes, label: bytes = b"CERTIFICATE") -> bytes | None:
+    """The DER of the one ``label`` PEM block in ``data`` (text before its BEGIN line allowed, as RFC
+    7468 says), or None when ``data`` is not exactly that: the bytes a SHA-256 binding is checked on."""
+    import base64
+    import binascii
+
+    begin = b"-----BEGIN " + label + b"-----"
+    start = data.find(begin)
+    if start < 0 or (start and data[start - 1:start] != b"\n") or data.count(b"-----BEGIN ") != 1:
+        return None
+    lines = data[start:].strip().splitlines()
+    if len(lines) < 3 or lines[-1] != b"-----END " + label + b"-----":
+        return None
+    try:
+        return base64.b64decode(b"".join(lines[1:-1]), validate=True)
+    except (binascii.Error, ValueError):
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class RecordedFacts:
+    """What an inventory object says of its certificate, as read from the certificate itself."""
+
+    serial: int
+    subject_parts: tuple[str, ...]  # sorted "LABEL=value"
+    subject: x509.Name
+    issuer: x509.Name
+    ski: bytes
+    aki: bytes | None
+    public_key_sha256: str
+
+
+#: RFC 4514 labels of the attributes pki.toml writes; others by their dotted OID, as cryptography does
+_LABELS = {NameOID.COUNTRY_NAME: "C", NameOID.STATE_OR_PROVINCE_NAME: "ST", NameOID.LOCALITY_NAME: "L",
+           NameOID.ORGANIZATION_NAME: "O", NameOID.ORGANIZATIONAL_UNIT_NAME: "OU", NameOID.COMMON_NAME: "CN"}
+
+
+def recorded_facts(cert: x509.Certificate) -> RecordedFacts:
+    """The fields of ``cert`` an inventory object records, each parsed once (`Project.verify_state`)."""
+    subject = cert.subject
+    ski = aki = None
+    for ext in cert.extensions:
+        if isinstance(ext.value, x509.SubjectKeyIdentifier):
+            ski = ext.value.digest
+        elif isinstance(ext.value, x509.AuthorityKeyIdentifier):
+            aki = ext.value.key_identifier
+    public_key = cert.public_key()
+    if ski is None:
+        ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest  # type: ignore[arg-type]
+    parts = tuple(sorted(f"{_LABELS.get(a.oid) or a.rfc4514_attribute_name}={a.value}" for a in subject))
+    return RecordedFacts(cert.serial_number, parts, subject, cert.issuer, ski, aki,
+                         hashlib.sha256(public_key_der(public_key)).hexdigest())  # type: ignore[arg-type]
 
 
 def pem(cert: x509.Certificate) -> bytes:

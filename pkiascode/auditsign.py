@@ -13,8 +13,10 @@ The file (schema-checked on every read: it is committed, so it is input)::
      "heads": [{"seq", "hash", "time", "key", "signature"}]}
 
 - ``keys`` is the chain of pins. The first is pinned on first use (the first apply that signs). A
-  later one comes only from a rekey (`rekey`), and its ``endorsement`` is the previous key's
-  signature over the new pin, so the chain of pins verifies from the first. ``public_key`` is the
+  later one comes only from a reviewed rekey: ``pki plan --replace @audit`` plans it, apply records
+  it as an audit line (`plan_events`) and `seal` pins the new key from that line on, with the
+  previous key's signature over the new pin as its ``endorsement``, so the chain of pins verifies
+  from the first. ``public_key`` is the
   base64 DER SubjectPublicKeyInfo, ``fingerprint`` its SHA-256; ``backend``/``ref`` say where the
   private key is (never key material).
 - ``heads`` is append-only: one per apply, signed by the key pinned last when it was made.
@@ -39,16 +41,19 @@ from .errors import BackendError, StateError, UnsupportedKeyType
 from .keytypes import KeyType
 
 if TYPE_CHECKING:
+    from .plan import Plan
     from .project import Project
     from .state import StateDir
 
-__all__ = ["FILE", "KEY_NAME", "load", "render", "seal", "rekey", "verify", "verify_files", "key_refs",
+__all__ = ["FILE", "KEY_NAME", "REKEY_ACTION", "load", "render", "seal", "plan_events", "verify", "verify_files", "key_refs",
            "head_message", "pin_message", "check_history", "check_ready"]
 
 FILE = "audit-signatures.json"
 FORMAT = 1
 #: the name the audit key is requested under (stores add a unique part); `pki plan --replace` word
 KEY_NAME = "audit-log"
+#: the audit log's action for a rekey of the audit key (``pki plan --replace @audit``)
+REKEY_ACTION = "rekey_audit_key"
 _HEX64 = re.compile(r"[0-9a-f]{64}")
 _B64 = re.compile(r"[A-Za-z0-9+/]+={0,2}")
 _TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\dZ")
@@ -215,7 +220,7 @@ def audit_backend(project: Project) -> str:
     raise StateError("pki.toml has no entries: no key store for the audit key")
 
 
-def _new_key(store: KeyStore, time: str, since_seq: int) -> tuple[dict[str, Any], KeyRef]:
+def _new_key(store: KeyStore, time: str, since_seq: int) -> dict[str, Any]:
     """A new non-exportable audit key in ``store`` and its pin (without endorsement)."""
     key_type = KeyType.ED25519
     try:
@@ -228,7 +233,7 @@ def _new_key(store: KeyStore, time: str, since_seq: int) -> tuple[dict[str, Any]
     pin = {"fingerprint": hashlib.sha256(der).hexdigest(), "public_key": base64.b64encode(der).decode(),
            "algorithm": key_type.value, "backend": ref.store, "ref": ref.id, "since_seq": since_seq,
            "time": time, "endorsement": None}
-    return pin, ref
+    return pin
 
 
 def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
@@ -244,10 +249,44 @@ def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
     return store.signer(ref)
 
 
-def seal(project: Project, *, now: str | None = None) -> dict[str, bytes]:
-    """Sign the audit log's head, as it is in state/ now, unless it is signed already; pin a key on
-    first use. Idempotent (apply calls it after writing state/, and again when it completes an
-    interrupted apply). Returns ``{FILE: content}`` for the commit ({} when the log is empty)."""
+def plan_events(project: Project, plan: Plan, *, time: str, actor: str, digest: str) -> list[dict[str, Any]]:
+    """The audit events apply adds for ``plan`` (`audit.event` lines): one for a rekey of the audit
+    key (``--replace @audit``), which `seal` then carries out. Names the key it replaces."""
+    from .plan import Action
+
+    if not any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes):
+        return []
+    sigs = load(project.state)
+    current = sigs["keys"][-1]["fingerprint"] if sigs and sigs["keys"] else None
+    return [audit.event(REKEY_ACTION, "audit", KEY_NAME, time=time, actor=actor, serial=None, sha256=None,
+                        not_after=None, backend=audit_backend(project), plan=digest, replaces=current)]
+
+
+def _rekey_seq(appended: str) -> int | None:
+    """The seq of the last rekey event among the lines apply just appended (its own text, from the
+    transaction: parsed with care all the same)."""
+    found = None
+    for text in appended.splitlines():
+        try:
+            obj = json.loads(text)
+        except ValueError:
+            raise StateError("the audit lines of the transaction are not JSON") from None
+        if isinstance(obj, dict) and obj.get("action") == REKEY_ACTION:
+            seq = obj.get("seq")
+            if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
+                raise StateError("a rekey line of the transaction has no seq")
+            found = seq
+    return found
+
+
+def seal(project: Project, appended: str = "", *, now: str | None = None) -> dict[str, bytes]:
+    """Sign the audit log's head, as it is in state/ now, unless it is signed already. ``appended``:
+    the lines this apply appended (the transaction's ``audit``). The first signature pins a new key;
+    a rekey line among ``appended`` pins a new key endorsed by the current one, from that line on.
+
+    Idempotent: apply calls it after writing state/, and again when it completes an interrupted
+    apply (a key made by a run killed before it wrote the file is left unused in its store).
+    Returns ``{FILE: content}`` for the commit ({} while the log is empty)."""
     from .model import format_time, utc_now
     from .state import atomic_write
 
@@ -256,45 +295,28 @@ def seal(project: Project, *, now: str | None = None) -> dict[str, bytes]:
     if seq == 0:
         return {}
     sigs = load(state) or _empty()
-    heads = sigs["heads"]
+    heads, keys = sigs["heads"], sigs["keys"]
     if heads and (heads[-1]["seq"], heads[-1]["hash"]) == (seq, last):
         return {FILE: render(sigs)}
     if heads and heads[-1]["seq"] >= seq:
         raise StateError(f"{state.rel}/{FILE} has a head at line {heads[-1]['seq']} but {state.rel}/audit.jsonl "
                          f"ends at line {seq}; run `pki audit verify`")
     time = now or format_time(utc_now())
-    if not sigs["keys"]:  # first use: pin a new key
-        pin, _ = _new_key(project.store(audit_backend(project)), time, seq)
-        sigs["keys"].append(pin)
-    pin = sigs["keys"][-1]
+    rekey_at = _rekey_seq(appended)
+    if not keys:  # first use: pin a new key
+        keys.append(_new_key(project.store(audit_backend(project)), time, seq))
+    elif rekey_at is not None and keys[-1]["since_seq"] < rekey_at <= seq:
+        old = keys[-1]
+        pin = _new_key(project.store(audit_backend(project)), time, rekey_at)
+        pin["endorsement"] = _sign(_signer(project, old, state.rel), pin_message(pin, old["fingerprint"]))
+        keys.append(pin)
+    pin = keys[-1]
     head = {"seq": seq, "hash": last, "time": time, "key": pin["fingerprint"]}
     head["signature"] = _sign(_signer(project, pin, state.rel), head_message(head))
     heads.append(head)
     data = render(sigs)
     atomic_write(state.root / FILE, data)
     return {FILE: data}
-
-
-def rekey(project: Project, *, now: str | None = None) -> dict[str, Any]:
-    """Pin a new audit key, endorsed by the current one (which must still sign), from the next head
-    on. Writes state/audit-signatures.json and returns the new pin; the caller commits it (a
-    reviewed change: the diff shows the new pin). The old key is not deleted."""
-    from .model import format_time, utc_now
-    from .state import atomic_write
-
-    state = project.state
-    sigs = load(state)
-    if not sigs or not sigs["keys"]:
-        raise StateError(f"no audit key is pinned yet in {state.rel}/{FILE}: the next apply pins one")
-    old = sigs["keys"][-1]
-    signer = _signer(project, old, state.rel)
-    _, seq = audit.tail_hash(state.audit_path)
-    time = now or format_time(utc_now())
-    pin, _ = _new_key(project.store(audit_backend(project)), time, seq + 1)
-    pin["endorsement"] = _sign(signer, pin_message(pin, old["fingerprint"]))
-    sigs["keys"].append(pin)
-    atomic_write(state.root / FILE, render(sigs))
-    return pin
 
 
 # -- verifying -----------------------------------------------------------------------------------

@@ -22,6 +22,10 @@ Actions and what apply does for each:
 ``update_crl``  the authority's CRL is re-signed (new revocations below it, or ``next_update`` is
                 near). Apply also re-signs the CRL of any authority that gets a new certificate or
                 has a revocation below it in the same plan.
+``rekey_audit_key``  (``--replace @audit``) a new audit key (`pkiascode.auditsign`): apply records the
+                rekey in the audit log, and the current key endorses the new one, which signs
+                from that line on. Its ``name`` is ``audit-log`` and its ``kind`` authority (the key
+                vouches for the log); it touches no certificate.
 
 A saved plan (``pki plan --out``) is checked, not trusted: apply plans again, under the lock, from
 pki.toml, ``state/`` and the inputs the saved plan records (``at``, ``issued_at``, ``replace``,
@@ -41,7 +45,7 @@ from typing import Any
 from .model import Desired, Kind, digest_json, format_time, parse_time
 
 __all__ = ["Action", "FieldChange", "Change", "Finding", "Plan", "PLAN_FORMAT_VERSION", "BLOCKING_SEVERITIES",
-           "OUTLOOK_DAYS"]
+           "OUTLOOK_DAYS", "AUDIT_KEY", "AUDIT_LOG"]
 
 PLAN_FORMAT_VERSION = 1
 #: how far ahead of ``at`` a plan's expiry outlook (`Plan.expiring`) looks
@@ -56,6 +60,7 @@ class Action(str, enum.Enum):
     MOVE_KEY = "move_key"
     REVOKE = "revoke"
     UPDATE_CRL = "update_crl"
+    REKEY_AUDIT_KEY = "rekey_audit_key"
 
     @property
     def glyph(self) -> str:
@@ -67,11 +72,15 @@ class Action(str, enum.Enum):
 
 
 _GLYPHS = {Action.CREATE: "+", Action.REISSUE: "~", Action.RENEW: "~", Action.REKEY: "-/+",
-           Action.MOVE_KEY: ">", Action.REVOKE: "-", Action.UPDATE_CRL: "~"}
+           Action.MOVE_KEY: ">", Action.REVOKE: "-", Action.UPDATE_CRL: "~", Action.REKEY_AUDIT_KEY: "-/+"}
 _PAST = {Action.CREATE: "created", Action.REISSUE: "reissued", Action.RENEW: "renewed",
          Action.REKEY: "rekeyed", Action.MOVE_KEY: "moved", Action.REVOKE: "revoked",
-         Action.UPDATE_CRL: "CRL updated"}
+         Action.UPDATE_CRL: "CRL updated", Action.REKEY_AUDIT_KEY: "audit key rekeyed"}
 ACTION_ORDER = list(Action)
+#: the ``--replace`` word for the audit key (not a pki.toml name: never an entry's)
+AUDIT_KEY = "@audit"
+#: the `Change.name` of the audit key's rekey
+AUDIT_LOG = "audit-log"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,6 +107,8 @@ class Change:
 
     @property
     def qualified(self) -> str:
+        if self.action is Action.REKEY_AUDIT_KEY:
+            return "the audit log's key"
         return f"{self.kind.value}.{self.name}"
 
     @property

@@ -15,7 +15,7 @@ from .errors import PlanError
 from .model import CSR_STORE, Desired, Entry, Kind, Observed, Record, format_time, parse_time
 from .keytypes import KeyType
 from .names import certificate_usages, constraint_note, format_duration
-from .plan import OUTLOOK_DAYS, Action, Change, FieldChange, Plan
+from .plan import AUDIT_KEY, AUDIT_LOG, OUTLOOK_DAYS, Action, Change, FieldChange, Plan
 
 __all__ = ["plan", "quiet_until"]
 
@@ -90,6 +90,8 @@ def plan(
     csr_keys = csr_keys or {}
     issued = issue_time or now
     for name in replace:
+        if name == AUDIT_KEY:
+            continue  # the audit key: see the end
         if name not in desired.entries:
             raise PlanError(f"--replace {name}: no authority or certificate is named {name!r} in pki.toml")
         if desired.entries[name].csr:
@@ -326,6 +328,12 @@ def plan(
             changes.append(Change(Action.UPDATE_CRL, Kind.AUTHORITY, name, tuple(reasons),
                                   (("crl_number", FieldChange(crl.get("number"),
                                                               (crl.get("number") or 0) + 1)),)))
+
+    if AUDIT_KEY in replace:
+        changes.append(Change(Action.REKEY_AUDIT_KEY, Kind.AUTHORITY, AUDIT_LOG, (
+            f"--replace {AUDIT_KEY}: a new key signs the audit log's heads from this apply on; the current key "
+            "endorses it (if none is pinned yet, this apply pins the first)",),
+            (("key", FieldChange("the pinned audit key", "a new key in the store of the first root authority")),)))
 
     if missing_errors:
         more = f" (and {len(missing_errors) - 1} more missing keys)" if len(missing_errors) > 1 else ""

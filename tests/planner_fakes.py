@@ -144,6 +144,8 @@ class World:
         for change in plan.changes:
             name = change.name
             old = self.records.get(name)
+            if change.action is Action.REKEY_AUDIT_KEY:
+                continue  # the audit key is not in the inventory (apply pins it in audit-signatures.json)
             if change.action is Action.MOVE_KEY:
                 entry = desired.entries[name]
                 plugin = desired.stores[entry.backend].plugin

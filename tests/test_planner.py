@@ -437,6 +437,27 @@ def test_replace_of_an_unknown_name_is_a_plan_error(name, message):
     assert str(e.value) == message
 
 
+def test_replace_at_audit_rekeys_the_audit_key_and_nothing_else():
+    """``--replace @audit``: one change, on no entry (``@`` is in no pki.toml name); planned again
+    identically (a saved plan), and gone once applied."""
+    w, desired = world_at()
+    p = w.plan(desired, T0, replace=["@audit"])
+    assert [(c.action, c.name, c.qualified) for c in p.changes] == [
+        (Action.REKEY_AUDIT_KEY, "audit-log", "the audit log's key")]
+    change = p.changes[0]
+    assert not change.makes_key and not change.makes_certificate and not p.empty
+    assert change.reasons[0].startswith("--replace @audit: a new key signs the audit log's heads")
+    assert p.summary() == {"rekey_audit_key": 1} and p.replace == ("@audit",)
+    assert Plan.from_json(p.to_json()) == p
+    assert w.plan(desired, T0, replace=["@audit"]) == p
+    w.apply(desired, p, T0)
+    assert w.plan(desired, T0).empty
+    # with other changes: the rekey comes last, after what the apply signs
+    both = w.plan(desired, T0, replace=["web", "@audit"])
+    assert [c.action for c in both.changes][-1] is Action.REKEY_AUDIT_KEY
+    assert {c.name for c in both.changes} == {"web", "inter", "audit-log"}
+
+
 def test_replace_of_a_revoked_entry_is_a_plan_error():
     text = BASE.replace('renew_before = "30d"', 'renew_before = "30d"\nrevoked = { reason = "superseded" }')
     with pytest.raises(PlanError, match=r"^--replace web: it is revoked in pki.toml$"):

@@ -361,6 +361,26 @@ def test_json_format_per_spec():
     assert data["at"] == "2030-01-01T12:00:00Z"
 
 
+def test_the_audit_keys_rekey_in_every_format():
+    """``--replace @audit`` (see test_planner): a reviewer sees the audit key's rekey as a change."""
+    rekey = C(Action.REKEY_AUDIT_KEY, Kind.AUTHORITY, "audit-log",
+              ("--replace @audit: a new key signs the audit log's heads from this apply on",),
+              {"key": ("the pinned audit key", "a new key in the store of the first root authority")})
+    p = Plan(changes=(REISSUE, rekey), warnings=(), at=AT, replace=("web", "@audit"))
+    text = render_text(p).splitlines()
+    assert "-/+ the audit log's key will be replaced by a new key it endorses" in text
+    assert "      because --replace @audit: a new key signs the audit log's heads from this apply on" in text
+    assert text[-1] == "Plan: 1 to reissue, 1 audit key to rekey."
+    md = render_markdown(p)
+    assert "| `-/+` | rekey_audit_key | `the audit log's key` | --replace @audit: a new key signs" in md
+    assert "#### `-/+` rekey_audit_key `the audit log's key`" in md
+    assert "| key | `the pinned audit key` | `a new key in the store of the first root authority` |" in md
+    data = json.loads(render_json(p))
+    assert data["changes"][1]["action"] == "rekey_audit_key" and data["changes"][1]["name"] == "audit-log"
+    assert data["summary"] == {"reissue": 1, "rekey_audit_key": 1}
+    assert Plan.from_json(data) == p
+
+
 def test_json_of_an_empty_plan():
     data = json.loads(render_json(EMPTY))
     assert (data["format_version"], data["changes"], data["summary"]) == (1, [], {})
@@ -388,7 +408,7 @@ def test_change_properties():
     assert not MOVE.makes_certificate and not MOVE.makes_key
     assert not REVOKE.makes_certificate and not CRL.makes_certificate
     assert CRL.qualified == "authority.inter"
-    assert [a.glyph for a in Action] == ["+", "~", "~", "-/+", ">", "-", "~"]
+    assert [a.glyph for a in Action] == ["+", "~", "~", "-/+", ">", "-", "~", "-/+"]
 
 
 def dataclass_replace(obj, **kw):

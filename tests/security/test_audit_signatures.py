@@ -28,6 +28,8 @@ from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git,
 
 from pkiascode import audit, auditsign
 from pkiascode.errors import StateError
+from pkiascode.model import Kind, utc_now
+from pkiascode.plan import AUDIT_KEY, AUDIT_LOG, Action, Change, Plan
 from pkiascode.project import Project
 
 SIGS = "state/audit-signatures.json"
@@ -256,29 +258,61 @@ def test_a_head_naming_a_key_that_is_not_the_fingerprint_of_its_public_key_is_re
     assert "fingerprint is not the SHA-256 of public_key" in assert_one_line(r.stderr.strip())
 
 
-def test_rekey_pins_a_new_key_endorsed_by_the_old_and_later_heads_verify(signed):
-    repo, pki = signed
+def rekey_as_apply_does(repo: Path) -> None:
+    """What `pki apply --replace @audit` does once the seam is wired: the plan's rekey becomes an audit
+    line (`auditsign.plan_events`) in apply's transaction, and `seal` pins the new key from it."""
     project = Project(repo / "pki.toml")
+    state = project.state
+    inv, _ = state.load()
+    plan = Plan(changes=(Change(Action.REKEY_AUDIT_KEY, Kind.AUTHORITY, AUDIT_LOG, ("--replace @audit",)),),
+                warnings=(), at=utc_now(), replace=(AUDIT_KEY,))
+    events = auditsign.plan_events(project, plan, time="2030-01-01T00:00:00Z", actor="pki-test@ci",
+                                   digest=plan.digest())
+    txn = state.transaction(objects=inv["objects"], revocations=inv["revocations"], files={}, events=events,
+                            message="pki apply: 1 audit key rekeyed\n", commit=False)
+    state.roll_forward(txn)
+    auditsign.seal(project, txn["audit"])
+    commit_all(repo, "pki apply: 1 audit key rekeyed")
+
+
+def test_a_rekey_pins_a_new_key_endorsed_by_the_old_one_and_later_heads_verify(signed):
+    repo, pki = signed
     old = json.loads((repo / SIGS).read_text())["keys"][0]
-    new = auditsign.rekey(project)
-    commit_all(repo, "rekey the audit log")
-    assert new["fingerprint"] != old["fingerprint"] and new["endorsement"]
+    rekey_as_apply_does(repo)
+    sigs = json.loads((repo / SIGS).read_text())
+    new = sigs["keys"][1]
+    last = json.loads((repo / "state/audit.jsonl").read_text().splitlines()[-1])
+    assert (last["action"], last["name"], last["replaces"]) == ("rekey_audit_key", "audit-log", old["fingerprint"])
+    assert new["fingerprint"] != old["fingerprint"] and new["endorsement"] and new["since_seq"] == last["seq"]
+    assert sigs["heads"][-1]["key"] == new["fingerprint"] and sigs["heads"][0]["key"] == old["fingerprint"]
+    assert (repo / ".pki/keys" / old["ref"]).exists()  # kept: nothing needs it, but deleting is not verify's
+    # a later head is signed by the new key
     edit_toml(repo, 'common_name = "client-1"', 'common_name = "client-2"')
     commit_all(repo)
     pki.apply()
     sigs = seal(repo)
     assert [k["fingerprint"] for k in sigs["keys"]] == [old["fingerprint"], new["fingerprint"]]
-    assert sigs["heads"][-1]["key"] == new["fingerprint"] and sigs["heads"][0]["key"] == old["fingerprint"]
+    assert [h["key"] for h in sigs["heads"]] == [old["fingerprint"], new["fingerprint"], new["fingerprint"]]
     r = pki.ok("audit", "verify")
-    assert "2 signed heads" in r.stdout and new["fingerprint"][:16] in r.stdout
+    assert "3 signed heads" in r.stdout and new["fingerprint"][:16] in r.stdout
     # a head after the rekey signed by the old key is refused
-    resign_last = json.loads((repo / SIGS).read_text())
+    forged = json.loads((repo / SIGS).read_text())
     key = serialization.load_pem_private_key((repo / ".pki/keys" / old["ref"]).read_bytes(), None)
-    head = resign_last["heads"][-1]
+    head = forged["heads"][-1]
     head["key"] = old["fingerprint"]
     head["signature"] = base64.b64encode(key.sign(auditsign.head_message(head))).decode()
-    (repo / SIGS).write_text(json.dumps(resign_last))
+    (repo / SIGS).write_text(json.dumps(forged))
     verify_fails(pki, "not the key pinned for it")
+
+
+def test_a_pin_whose_endorsement_was_made_for_another_key_fails_verify(signed):
+    repo, pki = signed
+    rekey_as_apply_does(repo)
+    sigs = json.loads((repo / SIGS).read_text())
+    _, pin = attacker_key()
+    sigs["keys"][1].update(pin)  # the old key's endorsement kept, the key swapped
+    (repo / SIGS).write_text(json.dumps(sigs))
+    verify_fails(pki, "is not endorsed by keys[0]")
 
 
 @pytest.mark.xfail(strict=True, reason="apply signs the audit head once apply.py calls auditsign.seal "
@@ -296,3 +330,14 @@ def test_apply_itself_signs_every_new_head(tmp_path, env):
     sigs = json.loads((repo / SIGS).read_text())
     assert len(sigs["heads"]) == 2 and git(repo, "status", "--porcelain") == ""
     assert "2 signed heads" in pki.ok("audit", "verify").stdout
+    # the reviewed rekey: planned, applied, recorded, endorsed
+    r = pki.ok("plan", "--replace", "@audit")
+    assert "-/+ the audit log's key will be replaced by a new key it endorses" in r.stdout
+    assert "Plan: 1 audit key to rekey." in r.stdout
+    assert "1 audit key rekeyed" in pki.apply("--replace", "@audit").stdout
+    assert git(repo, "log", "-1", "--format=%s").strip() == "pki apply: 1 audit key rekeyed"
+    sigs = json.loads((repo / SIGS).read_text())
+    assert len(sigs["keys"]) == 2 and sigs["keys"][1]["endorsement"] and sigs["heads"][-1]["key"] == \
+        sigs["keys"][1]["fingerprint"]
+    assert "3 signed heads" in pki.ok("audit", "verify").stdout
+    assert pki.plan_exit() == 0

@@ -38,6 +38,8 @@ PHASES = [
     ("pkiascode.project", "Project.observe", "  observe state + key stores"),
     ("pkiascode.planner", "plan", "  planner.plan"),
     ("pkiascode.lint", "lint_plan", "  lint (pkilint over what the plan signs)"),
+    ("pkiascode.lint", "_lint_certificate", "    pkilint, per certificate (whole or in parts)"),
+    ("pkiascode.lint", "_throwaway_key", "    throwaway keys"),
     ("pkiascode.render", "render_text", "render_text"),
     ("pkiascode.apply", "execute", "execute"),
     ("pkiascode.apply", "_Run.__init__", "  _Run.__init__"),

@@ -25,6 +25,7 @@ PHASES = [
     ("pkiascode.project", "Project.csrs", "  CSRs"),
     ("pkiascode.project", "Project.observe", "  observe"),
     ("pkiascode.state", "StateDir.observe", "    state/: inventory + file drift"),
+    ("pkiascode.project", "Project.verify_state", "    verify_state (certificate files against the inventory)"),
     ("pkiascode.project", "Project.missing_keys", "    key stores: missing keys"),
     ("pkiascode.planner", "plan", "  planner.plan"),
     ("pkiascode.lint", "lint_plan", "  lint (pkilint over what the plan signs)"),

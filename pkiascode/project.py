@@ -571,13 +571,13 @@ def _check_recorded(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, A
     if public_key_sha256 is not None and facts.public_key_sha256 != public_key_sha256:
         return "the inventory records another public key than the certificate's"
     if rec.issuer is None:
-        if facts.issuer != facts.subject:
+        if cert.issuer != facts.subject:
             return "the inventory records a self-signed root, the certificate is issued by " \
-                   f"{facts.issuer.rfc4514_string()!r}"
+                   f"{cert.issuer.rfc4514_string()!r}"
     elif issuer is not None:
         issuer_facts = issuer[1]
-        if facts.issuer != issuer_facts.subject:
-            return (f"the certificate is issued by {facts.issuer.rfc4514_string()!r}, not by authority.{rec.issuer} "
+        if cert.issuer != issuer_facts.subject:
+            return (f"the certificate is issued by {cert.issuer.rfc4514_string()!r}, not by authority.{rec.issuer} "
                     f"({issuer_facts.subject.rfc4514_string()!r}) as the inventory records")
         if rec.issuer_ski and facts.aki is not None and facts.aki.hex() != rec.issuer_ski:
             return "the inventory records another issuer key identifier than the certificate's"

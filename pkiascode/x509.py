@@ -315,7 +315,6 @@ class RecordedFacts:
     serial: int
     subject_parts: tuple[str, ...]  # sorted "LABEL=value"
     subject: x509.Name
-    issuer: x509.Name
     ski: bytes
     aki: bytes | None
     public_key_sha256: str
@@ -339,7 +338,7 @@ def recorded_facts(cert: x509.Certificate) -> RecordedFacts:
     if ski is None:
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest  # type: ignore[arg-type]
     parts = tuple(sorted(f"{_LABELS.get(a.oid) or a.rfc4514_attribute_name}={a.value}" for a in subject))
-    return RecordedFacts(cert.serial_number, parts, subject, cert.issuer, ski, aki,
+    return RecordedFacts(cert.serial_number, parts, subject, ski, aki,
                          hashlib.sha256(public_key_der(public_key)).hexdigest())  # type: ignore[arg-type]
 
 

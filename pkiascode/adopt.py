@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import audit
+from . import audit, ci
 from .apply import NullProgress, abandon, complete, preflight, recover
 from .backend import KeyRequest
 from .errors import ConfigError, PkiError
@@ -336,6 +336,14 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
 
     state = project.state
     lines: list[str] = list(skipped)
+    new_id = None
+    if desired.settings.id is None:
+        # pki.toml gets a [pki] id with the imported tables; the keys imported now are already in its namespace
+        from .scaffold import new_pki_id
+
+        new_id = new_pki_id()
+        for spec in desired.stores.values():
+            project.store(spec.name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=new_id)
     stores = project.used_stores()
     with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
                     desired.settings.state_dir) as still_locked:
@@ -378,6 +386,10 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
             table.comment(f"imported from {cand.cert_path.name}")
             section[cand.name] = table
         new_text = text.rstrip("\n") + "\n\n" + tomlkit.dumps(added) if text.strip() else tomlkit.dumps(added)
+        if new_id is not None:
+            from .scaffold import with_pki_id
+
+            new_text = with_pki_id(new_text, new_id)
         try:
             new_desired = load_config(project.config_path, options_for=project.plugins.options,
                                       data=new_text.encode("utf-8"))
@@ -385,7 +397,7 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
             raise PkiError(f"the imported tables would not be valid: {e.where}: {e.message}") from None
 
         now = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
-        actor = audit.actor()
+        actor = ci.actor()
         objects = dict(inv["objects"])
         revocations = list(inv["revocations"])
         files: dict[str, str | None] = {}

@@ -9,7 +9,11 @@ Order of work:
    the store is asked and each answer after;
 5. sign certificates in plan order (parents before children), then the CRLs that changed;
 6. write the whole outcome to a transaction file, roll it into ``state/``, commit ``state/``;
-7. only then delete the keys nobody needs any more.
+7. only then delete the keys nobody needs any more: right away when the branch has no upstream;
+   else they are recorded in the commit (``pending_deletes`` in ``inventory.json``) and deleted once
+   that commit is on the upstream (`finish_deletes`, which any later run from any clone does).
+   ``pki apply --push`` pushes first, deletes after, and on a rejected push `undo` puts everything
+   back as it was.
 
 Killed anywhere before 6, nothing in ``state/`` changed and the journaled keys are deleted by the next
 run; killed after, the next run completes the transaction. A committed certificate never loses its key.
@@ -27,10 +31,10 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from . import audit
+from . import audit, ci
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, PkiError, StalePlanError
-from .gitops import check_ignored
+from .errors import BackendError, PkiError
+from .gitops import Upstream, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
@@ -38,8 +42,8 @@ from .project import Project
 from .state import StateDir, certificate_file, has_text_header, read_file
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
-__all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "check_plan_fresh", "preflight",
-           "complete", "abandon"]
+__all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
+           "finish_deletes", "undo", "inventory_at", "keys_in", "needs_id"]
 
 
 class Progress(Protocol):
@@ -92,6 +96,12 @@ def _request(entry: Entry) -> KeyRequest:
     return KeyRequest(entry.name, entry.key, entry.kind is Kind.AUTHORITY, entry.exportable).with_suffix()
 
 
+def needs_id(desired: Any) -> bool:
+    """Whether an apply gives pki.toml a ``[pki] id``: it has none, and it defines a key store that
+    other repositories may share (any but ``local``), which the id scopes keys and the lock in."""
+    return desired.settings.id is None and any(spec.plugin != "local" for spec in desired.stores.values())
+
+
 def preflight(project: Project, commit: bool) -> None:
     """Refuse to start if a local key directory is not git-ignored, or committing is impossible."""
     repo = project.repository()
@@ -106,26 +116,19 @@ def preflight(project: Project, commit: bool) -> None:
                        "or apply with --no-commit")
 
 
-def check_plan_fresh(project: Project, plan: Plan) -> None:
-    desired = project.desired()
-    if plan.config_digest != desired.digest:
-        raise StalePlanError("the saved plan is stale: pki.toml changed since it was made; run `pki plan` again")
-    observed, _ = project.observe()
-    if plan.state_digest != observed.digest:
-        raise StalePlanError("the saved plan is stale: state changed since it was made; run `pki plan` again")
-
-
 # -- recovery ------------------------------------------------------------------------------------
 
-def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
-    """Finish an interrupted apply and clean up after one. Returns notes for the user."""
+def recover(project: Project, *, commit: bool, progress: Progress, upstream: Upstream | None = None,
+            confirm: Callable[[], None] | None = None) -> list[str]:
+    """Finish an interrupted apply and clean up after one, and delete the retired keys whose commit
+    is now on ``upstream`` (`finish_deletes`). Returns notes for the user."""
     state = project.state
     notes: list[str] = []
     state.remove_temporaries()
     txn = state.pending_txn()
     if txn is not None:
         progress.note("completing an interrupted apply")
-        _finish(project, state, txn, commit=commit and txn["commit"])
+        _finish(project, state, txn, commit=commit and txn["commit"], confirm=confirm)
         notes.append("completed an interrupted apply: " + txn["message"].splitlines()[0])
         project.reload()  # it may have written pki.toml (an import); plan from what is there now
         state = project.state
@@ -142,20 +145,23 @@ def recover(project: Project, *, commit: bool, progress: Progress) -> list[str]:
             notes.append(f"committed the state an earlier `pki apply --no-commit` wrote ({sha[:12]})")
         state.set_pending_deletes(state.pending_deletes() + deferred)
         state.clear_deferred_deletes()
-    notes.extend(_process_deletes(project, state))
+    notes.extend(_process_deletes(project, state, confirm=confirm))
+    notes.extend(finish_deletes(project, upstream=upstream, confirm=confirm))
     return notes
 
 
 # -- the transaction: the one way a change reaches state/ (apply and import) ----------------------
 
-def complete(project: Project, txn: Mapping[str, Any], *, commit: bool) -> str | None:
+def complete(project: Project, txn: Mapping[str, Any], *, commit: bool,
+             confirm: Callable[[], None] | None = None) -> str | None:
     """Make ``txn`` (`StateDir.transaction`) durable, write it into state/, commit it, then delete
     the keys nobody uses any more. From the first step on, a killed run is completed by the next
-    one (`recover`). Returns the commit made, if any."""
+    one (`recover`). Returns the commit made, if any. ``confirm``: the apply lock's check, called
+    before the commit and before deleting keys."""
     state = project.state
     state.begin(txn)
     _crash_point("after-txn")
-    return _finish(project, state, txn, commit=commit)
+    return _finish(project, state, txn, commit=commit, confirm=confirm)
 
 
 def abandon(project: Project) -> None:
@@ -168,9 +174,87 @@ def abandon(project: Project) -> None:
         pass
 
 
-def _keys_in(objects: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
+def keys_in(objects: Mapping[str, Mapping[str, Any]]) -> set[tuple[str, str]]:
     """(store, key id) of every key the inventory's objects use."""
     return {(o["key"]["backend"], o["key"]["ref"]) for o in objects.values()}
+
+
+_keys_in = keys_in
+
+
+def inventory_at(project: Project, commit: str) -> dict[str, Any]:
+    """The inventory as git commit ``commit`` has it (checked like the work tree's)."""
+    repo = project.repository()
+    state = project.state
+    return state.parse_inventory(repo.show(commit, repo.rel(state.inventory_path)) or b"")
+
+
+def finish_deletes(project: Project, *, upstream: Upstream | None,
+                   confirm: Callable[[], None] | None = None) -> list[str]:
+    """Delete the keys ``state/`` records as pending deletion whose retiring commit is on ``upstream``
+    (as last fetched): those the upstream's state lists as pending too, or all of them when HEAD is
+    on the upstream. With no upstream (or no git), right away. Never a key that the work tree's
+    state, HEAD's or the upstream's names. Returns notes for the user."""
+    state = project.state
+    inv = state.load()[0]
+    pending = [(str(a), str(b)) for a, b in inv["pending_deletes"]]
+    if not pending:
+        return []
+    keep = keys_in(inv["objects"])
+    repo = project.repository()
+    head = repo.head() if repo is not None else None
+    ready = pending
+    if head is not None:
+        keep |= keys_in(inventory_at(project, head)["objects"])
+        if upstream is not None:
+            tip = repo.tip(upstream)
+            if tip is None:
+                return [f"{len(pending)} retired key(s) wait until {upstream} exists and holds the commit that "
+                        "retired them"]
+            theirs = inventory_at(project, tip)
+            keep |= keys_in(theirs["objects"])
+            on_upstream = repo.is_ancestor(head, tip)
+            retired_there = {(str(a), str(b)) for a, b in theirs["pending_deletes"]}
+            ready = [k for k in pending if on_upstream or k in retired_there]
+    ready = [k for k in ready if k not in keep]
+    notes = []
+    waiting = len(pending) - len(ready)
+    if waiting and upstream is not None:
+        notes.append(f"{waiting} retired key(s) are kept until the commit that retired them is on {upstream}; "
+                     "the first `pki apply` after that deletes them")
+    stores = project.desired().stores
+    if ready and confirm is not None:
+        confirm()
+    for store_name, key_id in ready:
+        if store_name not in stores:
+            continue  # (dropped from the list by the next apply, with a note)
+        try:
+            project.store(store_name).delete(KeyRef(store_name, key_id))
+        except BackendError as e:
+            notes.append(f"old key {key_id} could not be deleted yet ({e}); the next apply retries")
+    return notes
+
+
+def undo(project: Project, *, before: str, after: str) -> list[str]:
+    """After a rejected push: HEAD (and its branch) back at ``before``, ``state/`` and pki.toml as
+    ``before`` has them, then the keys ``after``'s state uses and ``before``'s does not deleted (the
+    keys this run made; a key it retired is ``before``'s and stays). Returns notes."""
+    repo = project.repository()
+    made = keys_in(inventory_at(project, after)["objects"]) - keys_in(inventory_at(project, before)["objects"])
+    repo.move_head(before, after)
+    repo.restore_paths(before, after, [repo.rel(project.state.root), repo.rel(project.config_path)])
+    project.reload()
+    notes = []
+    left = 0
+    for store_name, key_id in sorted(made):
+        try:
+            project.store(store_name).delete(KeyRef(store_name, key_id))
+        except BackendError as e:
+            left += 1
+            notes.append(f"key {key_id} in backend {store_name} could not be deleted ({e})")
+    if left:
+        notes.append(f"{left} key(s) this run made are left as orphans: `pki prune` deletes them")
+    return notes
 
 
 def _referenced(state: StateDir) -> set[tuple[str, str]]:
@@ -212,12 +296,17 @@ def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str
     return count
 
 
-def _process_deletes(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> list[str]:
+def _process_deletes(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None, *,
+                     confirm: Callable[[], None] | None = None) -> list[str]:
+    """The keys `.pki/journal/deletes.json` lists (retired with no upstream to wait for, or a
+    deletion that failed): deleted now, unless the state uses them."""
     pending = state.pending_deletes()
     if not pending:
         return []
     if used is None:
         used = _referenced(state)
+    if confirm is not None:
+        confirm()
     left: list[tuple[str, str]] = []
     notes = []
     for store_name, key_id in pending:
@@ -244,7 +333,8 @@ def _state_files(txn: Mapping[str, Any], audit_log: bytes) -> dict[str, bytes | 
     return files
 
 
-def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool) -> str | None:
+def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
+            confirm: Callable[[], None] | None = None) -> str | None:
     """Write the transaction into state/ and commit it; then retire old keys and forget the journal."""
     state.roll_forward(txn)
     _crash_point("after-state")
@@ -253,8 +343,14 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
         repo = project.repository()
         if repo is None:
             raise PkiError(f"{project.base_dir} is not in a git repository; state was written but not committed")
+        also = {}
+        if txn.get("config_commit"):
+            config = txn["config"]
+            also[repo.rel(project.base_dir / config["path"])] = config["content"].encode("utf-8")
+        if confirm is not None:
+            confirm()
         try:
-            sha = repo.commit_state(state.root, _state_files(txn, state.read_audit()), txn["message"])
+            sha = repo.commit_state(state.root, _state_files(txn, state.read_audit()), txn["message"], also=also)
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
@@ -272,8 +368,12 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
 # -- execution -----------------------------------------------------------------------------------
 
 class _Run:
-    def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool) -> None:
+    def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool,
+                 upstream: Upstream | None = None) -> None:
         self.project = project
+        self.commit = commit
+        #: retired keys wait in the commit for the upstream (else: deleted right after the commit)
+        self.retire_in_commit = commit and upstream is not None
         self.plan = plan
         self.now = now
         self.progress = progress
@@ -283,6 +383,7 @@ class _Run:
         self.records: dict[str, Record] = records
         self.objects: dict[str, Any] = dict(inv["objects"])
         self.revocations: list[dict[str, Any]] = list(inv["revocations"])
+        self.pending: list[tuple[str, str]] = [(str(a), str(b)) for a, b in inv["pending_deletes"]]
         self.files: dict[str, str | None] = {}
         self.events: list[dict[str, Any]] = []
         self.retire: list[tuple[str, str]] = []
@@ -293,7 +394,8 @@ class _Run:
         self.skis: dict[str, tuple[Any, str]] = {}
         self.requests: dict[str, KeyRequest] = {}
         self.plan_digest = plan.digest()
-        self.actor = audit.actor()
+        self.plan_notes: list[str] = []
+        self.actor = ci.actor()
         self.now_text = format_time(now)
 
     # helpers
@@ -612,26 +714,80 @@ class _Run:
                        not_after=info["next_update"], backend=rec.store, crl_number=number)
             self.progress.advance()
 
-    def message(self) -> str:
+    def message(self, config: bytes | None) -> str:
+        """The commit message: a summary line, a line per change, and the trailers (``Pki-Plan:``,
+        ``Pki-Config:`` the blob id of pki.toml as applied, who applied and from which CI run)."""
         counts = self.plan.summary()
         head = "pki apply: " + ", ".join(f"{n} {Action(a).past}" for a, n in counts.items())
         body = [f"{c.action.value} {c.qualified}: {'; '.join(c.reasons)}" for c in self.plan.changes]
-        return head + "\n\n" + "\n".join(body) + "\n"
+        repo = self.project.repository()
+        blob = repo.blob_id(config) if repo is not None and config is not None else None
+        return head + "\n\n" + "\n".join(body) + "\n\n" + ci.trailers(plan_digest=self.plan_digest, config_blob=blob)
+
+    def still_pending(self) -> list[tuple[str, str]]:
+        """The committed pending deletions that are still to do: those whose key its store still has
+        (one query per store). A store no longer in pki.toml: dropped, with a warning."""
+        by_store: dict[str, list[KeyRef]] = {}
+        for store_name, key_id in self.pending:
+            if store_name not in self.desired.stores:
+                self.plan_notes.append(f"old key {key_id} in backend {store_name} was not deleted: the backend is "
+                                       "no longer defined")
+                continue
+            by_store.setdefault(store_name, []).append(KeyRef(store_name, key_id))
+        left = []
+        for store_name, refs in by_store.items():
+            try:
+                gone = self.project.store(store_name).missing(refs)
+            except BackendError:
+                gone = set()
+            left += [(r.store, r.id) for r in refs if r not in gone]
+        return left
+
+    def new_config(self) -> tuple[dict[str, str] | None, bool, bytes | None]:
+        """(the txn's ``config``, whether the commit takes it, pki.toml's bytes as applied): a
+        pki.toml that `needs_id` gets one (`scaffold.with_pki_id`); the commit takes it when
+        pki.toml is HEAD's, unedited."""
+        path = self.project.config_path
+        try:
+            text = path.read_bytes()
+        except OSError:
+            return None, False, None
+        if not needs_id(self.desired):
+            return None, False, text
+        from .scaffold import new_pki_id, with_pki_id
+
+        new_text = with_pki_id(text.decode("utf-8"), new_pki_id())
+        config = {"path": path.relative_to(self.project.base_dir).as_posix(), "content": new_text}
+        repo = self.project.repository()
+        head = repo.head() if repo is not None else None
+        in_head = head is not None and repo.show(head, repo.rel(path)) == text
+        self.plan_notes.append("pki.toml had no [pki] id: this apply added one" + (
+            " (committed with state/)" if self.commit and in_head else "; commit pki.toml"))
+        return config, self.commit and in_head, new_text.encode("utf-8")
 
     def transaction(self, commit: bool) -> dict[str, Any]:
         self.convert()
+        config, config_commit, config_bytes = self.new_config()
+        pending = self.still_pending() + (self.retire if self.retire_in_commit else [])
         return self.state.transaction(objects=self.objects, revocations=self.revocations, files=self.files,
-                                      events=self.events, message=self.message(), retire_keys=self.retire,
-                                      commit=commit)
+                                      events=self.events, message=self.message(config_bytes),
+                                      retire_keys=[] if self.retire_in_commit else self.retire,
+                                      commit=commit, config=config, config_commit=config_commit,
+                                      pending_deletes=pending)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
-            now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None) -> ApplyResult:
-    """Apply ``plan``. The caller holds the apply lock and has run `recover`."""
+            now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None,
+            upstream: Upstream | None = None, delete_retired: bool = True) -> ApplyResult:
+    """Apply ``plan``. The caller holds the apply lock and has run `recover`.
+
+    ``upstream``: the remote branch the commit is for (retired keys wait for it, recorded in the
+    commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
+    push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting."""
     if plan.empty:
         return ApplyResult({}, None, [], "")
     progress = progress or NullProgress()
-    run = _Run(project, plan, now or utc_now(), progress, commit)
+    run = _Run(project, plan, now or utc_now(), progress, commit, upstream)
     run.check_stores()
     try:
         run.move_keys()
@@ -645,10 +801,16 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     except BaseException:
         abandon(project)  # nothing reached state/: the keys made so far are orphans
         raise
-    txn = run.transaction(commit)
+    try:
+        txn = run.transaction(commit)
+    except BaseException:
+        abandon(project)
+        raise
     progress.phase("writing and committing state" if commit else "writing state", 1)
-    sha = complete(project, txn, commit=commit)
+    sha = complete(project, txn, commit=commit, confirm=still_locked)
     progress.advance()
-    notes = _process_deletes(project, run.state, _keys_in(run.objects))
+    notes = run.plan_notes + _process_deletes(project, run.state, _keys_in(run.objects), confirm=still_locked)
+    if delete_retired:
+        notes += finish_deletes(project, upstream=upstream, confirm=still_locked)
     progress.done()
     return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])

@@ -1,7 +1,9 @@
 """The ``pki`` command. Parses options, calls the core, renders. Nothing more.
 
 Exit codes are decided in `exit_code` and in `main`: 0 success (or no changes), 1 any error,
-2 changes present (``pki plan --detailed-exitcode`` only).
+2 changes present (``pki plan --detailed-exitcode`` only). ``pki apply --push`` exits 0 once its
+commit is on the remote branch (or there was nothing to do), 1 on any error: among them a HEAD that
+is not the upstream's tip and a rejected push, after which everything is as it was.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .errors import ConfigError, PkiError, PlanError
+from .errors import ConfigError, LockError, PkiError, PlanError
 from .model import parse_time, utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
@@ -197,6 +199,7 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
         click.echo(render_markdown(the_plan), nl=False)
     else:
         click.echo(render_text(the_plan, color=c.color()), nl=False)
+        _id_note(c.project, the_plan)
     if out:
         from .state import atomic_write
 
@@ -214,17 +217,27 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
 @click.option("--no-commit", is_flag=True, help="Write state/ but do not commit it.")
 @click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
               help="How long to wait for another apply to finish.")
+@click.option("--push", is_flag=True,
+              help="Fetch the upstream first (HEAD must be its tip), commit, push; undo all if the push is rejected.")
+@click.option("--push-to", "push_to", metavar="REMOTE/BRANCH",
+              help="The remote branch for --push (default: the branch's upstream); needed on a detached HEAD.")
 @at_option
 @replace_option
 @pass_ctx
-def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, lock_timeout: str,
-          at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
+def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, lock_timeout: str, push: bool,
+          push_to: str | None, at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
     """Make the planned changes, then commit state/ to git.
 
     A saved plan (PLANFILE) is planned again under the lock from the inputs it records, and applied
-    only if that fresh plan is identical to it."""
-    from .apply import execute, preflight, recover
-    from .audit import actor
+    only if that fresh plan is identical to it.
+
+    With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
+    push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
+    the keys this run made are deleted, the branch and state/ are put back; exit 1."""
+    from .apply import execute, finish_deletes, preflight, recover, undo
+    from .ci import actor
+    from .errors import GitError
+    from .gitops import PushRejected
     from .lock import apply_lock, holder_info
     from .names import parse_duration
     from .plan import Plan
@@ -233,9 +246,19 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     if planfile and (at or replace or rekey_missing):
         raise PkiError("a saved plan already fixes --at, --replace and --rekey-missing; pass them to `pki plan` "
                        "instead")
+    if push_to and not push:
+        raise PkiError("--push-to names where --push pushes: add --push")
     project = c.project
     desired = project.desired()
     commit = desired.settings.commit and not no_commit
+    if push and not commit:
+        raise PkiError("--push pushes the apply's commit: drop --no-commit (and set [pki] commit = true)")
+    repo = project.repository()
+    upstream = None
+    if repo is not None and commit:
+        upstream = repo.upstream(push_to)
+        if push and upstream is None:
+            raise PkiError("--push: this branch has no upstream (a detached HEAD?): pass --push-to REMOTE/BRANCH")
     try:
         timeout = parse_duration(lock_timeout, allow_zero=True)
     except ValueError as e:
@@ -259,8 +282,26 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir,
                     timeout=timeout) as still_locked:
         interrupted = _pending_plan_digest(project)
-        for note in recover(project, commit=commit, progress=progress):
+        if push:
+            repo.fetch(upstream)
+        elif upstream is not None and _has_committed_pending(project):
+            try:  # (only to finish deletions: a stale view of the upstream only makes them wait)
+                repo.fetch(upstream)
+            except GitError as e:
+                click.echo(f"warning: {e}; retired keys wait for the next run", err=True)
+        for note in recover(project, commit=commit, progress=progress, upstream=upstream, confirm=still_locked):
             click.echo(note, err=True)
+        before = repo.head() if push else None
+        if push:
+            tip = repo.tip(upstream)
+            if tip is None:
+                raise PkiError(f"{upstream} does not exist on the remote: push the branch first")
+            if before != tip:
+                if before is None or repo.is_ancestor(before, tip):
+                    raise PkiError(f"state is behind {upstream}: re-plan on the new tip")
+                raise PkiError(f"HEAD is not {upstream}'s tip (a commit that is not on {upstream}: an apply whose "
+                               f"push did not happen?): check out {upstream} and apply there")
+            _check_clean(repo, project)
         if saved is not None:
             if interrupted is not None and interrupted == saved.digest():
                 click.echo(f"{planfile} was already applied: the interrupted apply of it is now complete.")
@@ -272,6 +313,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
         click.echo(render_text(the_plan, color=c.color()), nl=False)
         if the_plan.empty:
             return
+        _id_note(project, the_plan)
         refused = project.refusal(the_plan)
         if refused:
             raise PlanError(refused)
@@ -281,7 +323,20 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                                   show_default=False)
             if answer.strip() != "yes":
                 raise PkiError("apply cancelled; nothing changed")
-        result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked)
+        result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked,
+                         upstream=upstream, delete_retired=not push)
+        if push and result.commit:
+            try:
+                still_locked()
+                repo.push(upstream, result.commit)
+            except (PushRejected, LockError) as e:
+                for note in undo(project, before=before, after=result.commit):
+                    click.echo(note, err=True)
+                raise PkiError(f"{e}; another apply landed first (or the push was refused): undone, nothing is left "
+                               f"behind (HEAD and state/ are back at {before[:12]}); re-plan on the new tip of "
+                               f"{upstream}") from None
+            click.echo(f"Pushed {result.commit[:12]} to {upstream}.")
+            result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
     for w in result.warnings:
         if w not in the_plan.warnings:
             click.echo(f"warning: {w}", err=True)
@@ -289,6 +344,32 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     tail = f" Committed {result.commit[:12]}." if result.commit else (" State written, not committed." if not commit
                                                                           else "")
     click.echo(f"\nApply complete: {done}.{tail}")
+
+
+def _id_note(project: Any, the_plan: Any) -> None:
+    from .apply import needs_id
+
+    if not the_plan.empty and needs_id(project.desired()):
+        click.echo("Note: pki.toml has no [pki] id; this apply adds a random one, which scopes the keys and the "
+                   "lock of later applies in shared key stores.")
+
+
+def _has_committed_pending(project: Any) -> bool:
+    """Whether state/ records keys waiting for their retiring commit to reach the upstream."""
+    return bool(project.state.load()[0]["pending_deletes"])
+
+
+def _check_clean(repo: Any, project: Any) -> None:
+    """For --push: state/ and pki.toml are exactly HEAD's (an undo puts back HEAD's)."""
+    import subprocess
+
+    paths = [repo.rel(project.state.root), repo.rel(project.config_path)]
+    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *paths], cwd=repo.top,
+                          capture_output=True)
+    dirty = [line[3:] for line in proc.stdout.decode(errors="replace").splitlines() if line.strip()]
+    if proc.returncode != 0 or dirty:
+        shown = ", ".join(dirty[:3]) or "git status failed"
+        raise PkiError(f"--push applies a clean checkout: {shown} differ from HEAD; commit or restore them")
 
 
 def _pending_plan_digest(project: Any) -> str | None:
@@ -428,6 +509,74 @@ def export(c: Ctx, name: str, directory: str, no_key: bool) -> None:
 
     for path in do_export(c.project, name, Path(directory), no_key=no_key):
         click.echo(f"wrote {path}")
+
+
+@cli.command()
+@click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@pass_ctx
+def keys(c: Ctx, fmt: str) -> None:
+    """Every key in this PKI's namespace of each key store: in use (by which entry), pending deletion, or orphan."""
+    from .keys import key_rows
+
+    rows = key_rows(c.project)
+    if fmt == "json":
+        click.echo(json.dumps(rows, indent=2))
+        return
+    if not rows:
+        click.echo("No keys in this PKI's key stores.")
+        return
+    table = [[r["backend"], r["key"], r["entry"] or r["status"]] for r in rows]
+    widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(["BACKEND", "KEY", "USED BY"])]
+    click.echo("  ".join(h.ljust(w) for h, w in zip(["BACKEND", "KEY", "USED BY"], widths)).rstrip())
+    for row in table:
+        click.echo("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+
+
+@cli.command()
+@click.option("--auto-approve", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--upstream", "upstream_name", metavar="REMOTE/BRANCH",
+              help="The remote branch to compare with (default: the branch's upstream).")
+@click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
+              help="How long to wait for an apply to finish.")
+@pass_ctx
+def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: str) -> None:
+    """Delete orphan keys (no state names them), only when HEAD is the upstream's tip (fetched under the lock)."""
+    from .ci import actor
+    from .keys import orphans, upstream_tip
+    from .lock import apply_lock, holder_info
+    from .names import parse_duration
+
+    project = c.project
+    desired = project.desired()
+    try:
+        timeout = parse_duration(lock_timeout, allow_zero=True)
+    except ValueError as e:
+        raise PkiError(f"--lock-timeout: {e}") from None
+    if not auto_approve and not sys.stdin.isatty():
+        raise PkiError("not on a terminal: pass --auto-approve")
+    repo = project.repository()
+    upstream = repo.upstream(upstream_name) if repo is not None else None
+    if repo is not None and upstream is None and repo.remotes():
+        raise PkiError("this branch has no upstream (a detached HEAD?): pass --upstream REMOTE/BRANCH")
+    stores = [project.store(n) for n in sorted(desired.stores)]
+    with apply_lock(project.work_dir / "lock", stores, holder_info(actor()), desired.settings.state_dir,
+                    timeout=timeout) as confirm:
+        head, tip = upstream_tip(project, upstream)
+        found = orphans(project, head=head, tip=tip)
+        if not found:
+            click.echo("No orphan keys.")
+            return
+        click.echo(f"{len(found)} orphan key(s) to delete:")
+        for ref in found:
+            click.echo(f"  {ref.store}  {ref.id}")
+        if not auto_approve:
+            answer = click.prompt("Delete them? Only 'yes' will be accepted", default="", show_default=False)
+            if answer.strip() != "yes":
+                raise PkiError("prune cancelled; nothing deleted")
+        confirm()
+        for ref in found:
+            project.store(ref.store).delete(ref)
+    click.echo(f"Deleted {len(found)} orphan key(s).")
 
 
 @cli.command(name="import")

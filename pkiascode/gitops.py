@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import hashlib
 import os
 import re
@@ -30,7 +31,7 @@ from cryptography import x509
 from .errors import GitError
 from .x509 import holds_private_key
 
-__all__ = ["Repository", "find_repository", "check_ignored", "refuse_reason"]
+__all__ = ["Repository", "Upstream", "find_repository", "check_ignored", "refuse_reason", "PushRejected"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
 _STATE_LABELS = (b"CERTIFICATE", b"X509 CRL")
@@ -63,6 +64,28 @@ def refuse_reason(data: bytes) -> str | None:
             # (a certificate or CRL block that holds something else: a PKCS#12 file, a key)
             return f"holds a PEM block {label.decode()!r} that is not one"
     return None
+
+
+class PushRejected(GitError):
+    """`Repository.push` failed and the remote branch does not hold the commit."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Upstream:
+    """The remote branch the state's truth is on: ``remote``'s ``branch``, tracked locally at `ref`."""
+
+    remote: str
+    branch: str
+
+    @property
+    def ref(self) -> str:
+        return f"refs/remotes/{self.remote}/{self.branch}"
+
+    def __str__(self) -> str:
+        return f"{self.remote}/{self.branch}"
+
+
+_REF_PART = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*\Z")
 
 
 class Repository:
@@ -131,13 +154,15 @@ class Repository:
         return [(p, os.path.lexists(self.top / p)) for p in sorted(paths) if _is_state_file(root, p)]
 
     def commit_state(self, state_root: Path, files: Mapping[str, bytes | None], message: str, *,
-                     everything: bool = False) -> str | None:
+                     everything: bool = False, also: Mapping[str, bytes] | None = None) -> str | None:
         """Commit ``files`` (paths relative to ``state_root``, already written there; None: deleted)
         and the state files git does not know yet (with ``everything``, every state file that
-        differs from HEAD), and nothing else. None when there was nothing to commit."""
+        differs from HEAD), and nothing else but ``also`` (paths relative to the top: pki.toml when an
+        apply gave it its ``[pki] id``). None when there was nothing to commit."""
         head, head_tree = self._head_and_tree()
         root = self.rel(state_root)
         changes: dict[str, bytes | None] = {f"{root}/{rel}": data for rel, data in files.items()}
+        changes.update(also or {})
         for path, exists in self._loose_state_files(state_root, since=head if everything else None):
             if path not in changes:
                 changes[path] = _read_state_file(self.top / path) if exists else None
@@ -220,6 +245,118 @@ class Repository:
                               cwd=self.top, capture_output=True)
         ids = proc.stdout.decode().split() if proc.returncode == 0 else []
         return (ids[0], ids[1]) if len(ids) == 2 else (None, None)
+
+    # -- the remote branch (`pki apply --push`, deletions that wait for the upstream) ---------------
+    def head(self) -> str | None:
+        """HEAD's commit, or None on an unborn branch."""
+        return self._head_and_tree()[0]
+
+    def remotes(self) -> list[str]:
+        return self._git("remote").split()
+
+    def upstream(self, push_to: str | None = None) -> Upstream | None:
+        """``push_to`` (``REMOTE/BRANCH``, REMOTE a configured remote) or else the current branch's
+        upstream; None when there is none (a detached HEAD, a branch that tracks nothing)."""
+        if push_to is not None:
+            remotes = self.remotes()
+            remote, _, branch = push_to.partition("/")
+            if remote not in remotes or not _REF_PART.match(branch) or ".." in branch or branch.endswith(("/", ".lock")):
+                known = ", ".join(remotes) or "none"
+                raise GitError(f"--push-to {push_to}: use REMOTE/BRANCH with a configured remote (remotes: {known})")
+            return Upstream(remote, branch)
+        proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=self.top, capture_output=True)
+        branch_ref = proc.stdout.decode().strip()
+        if proc.returncode != 0 or not branch_ref:
+            return None  # detached
+        out = self._git("for-each-ref", "--format=%(upstream:remotename)%00%(upstream:remoteref)", branch_ref)
+        remote, _, merge = out.partition("\0")
+        if not remote or remote == "." or not merge.startswith("refs/heads/"):
+            return None  # no upstream, or a local branch as upstream
+        return Upstream(remote, merge[len("refs/heads/"):])
+
+    def fetch(self, upstream: Upstream) -> str | None:
+        """Fetch ``upstream`` into its remote-tracking ref; its tip (None: the branch does not exist there)."""
+        try:
+            self._git("fetch", "--quiet", "--no-tags", "--no-recurse-submodules", "--", upstream.remote,
+                      f"+refs/heads/{upstream.branch}:{upstream.ref}")
+        except GitError as e:
+            if "couldn't find remote ref" in str(e):
+                return None
+            raise GitError(f"cannot fetch {upstream}: {e}") from None
+        return self.tip(upstream)
+
+    def tip(self, upstream: Upstream) -> str | None:
+        """The tip of ``upstream`` as last fetched (None if never)."""
+        proc = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{upstream.ref}^{{commit}}"], cwd=self.top,
+                              capture_output=True)
+        return (proc.stdout.decode().strip() or None) if proc.returncode == 0 else None
+
+    def is_ancestor(self, commit: str, of: str) -> bool:
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, of], cwd=self.top, capture_output=True)
+        return proc.returncode == 0
+
+    def push(self, upstream: Upstream, commit: str) -> None:
+        """Push ``commit`` to ``upstream``'s branch, never forced. On failure, fetch: if the remote
+        branch holds ``commit`` after all, that is success; else `PushRejected` (nothing landed), or
+        `GitError` when the remote cannot be asked (unknown whether it landed)."""
+        proc = subprocess.run(["git", "push", "--quiet", "--", upstream.remote,
+                               f"{commit}:refs/heads/{upstream.branch}"], cwd=self.top, capture_output=True)
+        if proc.returncode == 0:
+            self._git("update-ref", "-m", "pki apply --push", upstream.ref, commit)
+            return
+        reason = _first_reason(proc.stderr.decode(errors="replace"))
+        try:
+            tip = self.fetch(upstream)
+        except GitError as e:
+            raise GitError(f"git push to {upstream} failed ({reason}) and the remote cannot be checked ({e}): "
+                           "it is not known whether the commit landed") from None
+        if tip is not None and self.is_ancestor(commit, tip):
+            return  # it landed (the answer was lost on the way back)
+        raise PushRejected(f"git push to {upstream} was rejected: {reason}")
+
+    def show(self, commit: str, path: str) -> bytes | None:
+        """The bytes of ``path`` (relative to the repository's top) at ``commit``; None if not a file there."""
+        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top, capture_output=True)
+        return proc.stdout if proc.returncode == 0 else None
+
+    def move_head(self, to: str, expected: str) -> None:
+        """Point HEAD (its branch, or a detached HEAD) back at ``to``, only if it still is ``expected``."""
+        self._git("update-ref", "-m", "pki apply --push: undo", "HEAD", to, expected)
+
+    def restore_paths(self, commit: str, since: str, paths: Iterable[str]) -> None:
+        """The files under ``paths`` (relative to the top) that differ between ``commit`` and ``since``
+        are put back as ``commit`` has them, in the work tree and the index (added ones removed)."""
+        out = self._git("diff", "--no-renames", "--name-only", "-z", commit, since, "--", *paths)
+        changed = [p for p in out.split("\0") if p]
+        if not changed:
+            return
+        listing = self._git("ls-tree", "-z", "--full-tree", commit, "--", *changed)
+        blobs: dict[str, tuple[str, str]] = {}
+        for item in filter(None, listing.split("\0")):
+            meta, _, path = item.partition("\t")
+            mode, kind, oid = meta.split()
+            if kind == "blob":
+                blobs[path] = (mode, oid)
+        _check_dirs(self.top, {p.rpartition("/")[0] for p in changed})
+        index_info = b""
+        for path in sorted(changed):
+            target = self.top / path
+            if path in blobs:
+                mode, oid = blobs[path]
+                data = subprocess.run(["git", "cat-file", "blob", oid], cwd=self.top, capture_output=True,
+                                      check=True).stdout
+                target.parent.mkdir(parents=True, exist_ok=True)
+                tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+                tmp.unlink(missing_ok=True)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+                with os.fdopen(fd, "wb") as f:
+                    f.write(data)
+                os.replace(tmp, target)
+                index_info += f"{mode} {oid}\t{path}".encode() + b"\0"
+            else:
+                target.unlink(missing_ok=True)
+                index_info += f"0 {self.zero_id}\t{path}".encode() + b"\0"
+        self._git("update-index", "-z", "--index-info", stdin=index_info)
 
 
 def _check_dirs(top: Path, folders: Iterable[str]) -> None:

@@ -66,8 +66,9 @@ def apply_lock(path: Path, stores: Sequence[KeyStore], holder: Mapping[str, str]
                timeout: float = 0.0) -> Iterator[Callable[[], None]]:
     """The local lock, then every store's shared lock, released in reverse order.
 
-    Yields a function that raises `LockError` if a store's lock was lost meanwhile (a lease that ran
-    out while the store was unreachable): apply calls it before it writes anything."""
+    Yields ``confirm``: a function that raises `LockError` unless every store's lock is still this
+    holder's (each lease lock's ``confirm()``, a check-and-set write that renews it). Apply calls it
+    before it writes state, before every commit and push, and before deleting keys."""
     with contextlib.ExitStack() as stack:
         stack.enter_context(local_lock(path, holder, timeout=timeout))
         checks = []
@@ -75,11 +76,12 @@ def apply_lock(path: Path, stores: Sequence[KeyStore], holder: Mapping[str, str]
             cm = store.lock(lock_id, holder, timeout=timeout)
             if cm is not None:
                 stack.enter_context(cm)
-                if callable(getattr(cm, "check", None)):
-                    checks.append(cm.check)
+                check = getattr(cm, "confirm", None) or getattr(cm, "check", None)
+                if callable(check):
+                    checks.append(check)
 
-        def still_held() -> None:
+        def confirm() -> None:
             for check in checks:
                 check()
 
-        yield still_held
+        yield confirm

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from .errors import PkiError
 
-__all__ = ["EXAMPLES", "init_project", "example_text", "new_pki_id", "GITATTRIBUTES"]
+__all__ = ["EXAMPLES", "init_project", "example_text", "new_pki_id", "with_pki_id", "GITATTRIBUTES"]
 
 #: CRLs are DER-in-PEM: git shows them through ``pki show --file`` once the driver is configured
 #: (``git config diff.pki-crl.textconv "pki show --file"``; git never runs commands a repository names)
@@ -63,6 +63,23 @@ def new_pki_id() -> str:
     """A short random id for ``[pki] id``: 12 lowercase letters and digits."""
     alphabet = string.ascii_lowercase + string.digits
     return "".join(secrets.choice(alphabet) for _ in range(12))
+
+
+def with_pki_id(text: str, pki_id: str) -> str:
+    """pki.toml ``text`` with ``id = pki_id`` in its ``[pki]`` table (a table added at the end when
+    there is none), everything else (comments, order, spacing) kept as it was."""
+    import tomlkit
+
+    doc = tomlkit.parse(text)
+    table = doc.get("pki")
+    if table is None:
+        table = tomlkit.table()
+        table["id"] = pki_id
+        table["id"].comment("scopes this PKI's keys and locks in shared key stores; never change it")
+        sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
+        return text + sep + tomlkit.dumps(tomlkit.document().add("pki", table))
+    table["id"] = pki_id
+    return tomlkit.dumps(doc)
 
 
 def _with_id(text: str) -> str:

@@ -253,7 +253,7 @@ def load_txn(data: bytes) -> dict[str, Any]:
         raise ValueError("not a pkiascode transaction")
     end = data.index(b"\n", len(_TXN_MAGIC))
     txn = json.loads(data[len(_TXN_MAGIC):end])
-    if not isinstance(txn, dict) or not _TXN_KEYS <= set(txn) <= _TXN_KEYS | {"config"}:
+    if not isinstance(txn, dict) or not _TXN_KEYS <= set(txn) <= _TXN_KEYS | {"config", "config_commit"}:
         raise ValueError("not a pkiascode transaction")
     pos = end + 1
 
@@ -296,6 +296,8 @@ def _check_txn(txn: Mapping[str, Any]) -> None:
     if not isinstance(retire, list) or not all(
             isinstance(r, list) and len(r) == 2 and valid_key_ref(r[0], r[1]) for r in retire):
         raise ValueError("retire_keys")
+    if txn.get("config_commit", False) is not True and "config_commit" in txn:
+        raise ValueError("config_commit")
     config = txn.get("config")
     if config is not None:
         if not (isinstance(config, dict) and set(config) == {"path", "content"} and isinstance(config["content"], str)
@@ -353,6 +355,9 @@ def _check_object(name: object, obj: object) -> str | None:
 def render_inventory(inv: Mapping[str, Any]) -> bytes:
     """inventory.json: one field per line, keys sorted, so that a changed field is a one-line diff."""
     out = {"format_version": INVENTORY_FORMAT, "objects": inv["objects"], "revocations": list(inv["revocations"])}
+    if inv.get("pending_deletes"):
+        # keys no object uses any more, deleted once the commit that retired them is on the upstream
+        out["pending_deletes"] = [list(r) for r in sorted({tuple(r) for r in inv["pending_deletes"]})]
     if inv.get("audit_head"):
         # the audit log's last line when this was written: removing lines from its end shows
         out["audit_head"] = inv["audit_head"]
@@ -429,7 +434,7 @@ class StateDir:
 
     def parse_inventory(self, data: bytes) -> dict[str, Any]:
         if not data.strip():
-            return {"format_version": INVENTORY_FORMAT, "objects": {}, "revocations": []}
+            return {"format_version": INVENTORY_FORMAT, "objects": {}, "revocations": [], "pending_deletes": []}
         where = f"{self.rel}/inventory.json"
         restore = f"restore it with `git checkout -- {where}`"
         try:
@@ -446,6 +451,10 @@ class StateDir:
             problem = _check_object(name, obj)
             if problem:
                 raise StateError(f"{where}: {problem}; {restore}")
+        pending = inv.setdefault("pending_deletes", [])
+        if not isinstance(pending, list) or not all(isinstance(p, list) and len(p) == 2 and valid_key_ref(*p)
+                                                    for p in pending):
+            raise StateError(f"{where}: pending_deletes must be a list of [backend, key] pairs; {restore}")
         for r in inv["revocations"]:
             if not (isinstance(r.get("issuer"), str) and NAME_RE.match(r["issuer"])):
                 raise StateError(f"{where}: a revocation's issuer {r.get('issuer')!r} is not a pki.toml name; "
@@ -531,20 +540,28 @@ class StateDir:
     def transaction(self, *, objects: Mapping[str, Any], revocations: Sequence[Mapping[str, Any]],
                     files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
                     retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
-                    config: Mapping[str, str] | None = None) -> dict[str, Any]:
+                    config: Mapping[str, str] | None = None, config_commit: bool = False,
+                    pending_deletes: Iterable[tuple[str, str]] | None = None) -> dict[str, Any]:
         """Everything a change writes, as one record for `begin`/`roll_forward`: the new inventory
-        (with the audit log's new head), the files, the audit lines chained onto the log as it is."""
+        (with the audit log's new head and ``pending_deletes``: None keeps the inventory's), the
+        files, the audit lines chained onto the log as it is. ``retire_keys``: the keys to delete
+        right after the commit; ``config_commit``: the commit takes the new pki.toml too."""
         self._check_state_dirs()
+        if pending_deletes is None:
+            pending_deletes = [tuple(p) for p in self.load()[0]["pending_deletes"]]
         prev, seq = audit.tail_hash(self.audit_path)
         audit_lines = audit.chain(events, prev=prev, seq=seq)
         inventory = render_inventory({"objects": objects, "revocations": revocations,
-                                      "audit_head": audit.head(audit_lines, prev, seq)})
+                                      "audit_head": audit.head(audit_lines, prev, seq),
+                                      "pending_deletes": list(pending_deletes)})
         txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
                                "audit": audit.render_lines(audit_lines).decode(), "audit_size": self.audit_size(),
                                "plan": audit_lines[0].get("plan") if audit_lines else None, "message": message,
                                "retire_keys": [list(r) for r in sorted(set(retire_keys))], "commit": commit}
         if config is not None:
             txn["config"] = dict(config)
+            if config_commit:
+                txn["config_commit"] = True
         _check_txn(txn)  # what the next run will accept back
         return txn
 

@@ -108,8 +108,11 @@ def test_kubernetes_example_init_plan_apply_change_one_host(tmp_path, env):
     msg = commit_message(repo)
     assert msg[0] == "pki apply: 9 created"
     assert msg[1] == ""
-    body = [line for line in msg[2:] if line.strip()]
+    body = [line for line in msg[2:] if line.strip() and not line.startswith("Pki-")]
     assert len(body) == 9
+    trailers = git(repo, "log", "-1", "--format=%(trailers:only,unfold)").split("\n")
+    assert [t.split(":")[0] for t in trailers if t] == ["Pki-Plan", "Pki-Config", "Pki-Actor"]
+    assert f"Pki-Config: {git(repo, 'hash-object', 'pki.toml').strip()}" in trailers
     assert all(line.startswith("create ") for line in body)
     assert any(line.startswith("create authority.ca") for line in body)
     assert any(line.startswith("create certificate.node-0") for line in body)

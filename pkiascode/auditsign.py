@@ -326,6 +326,8 @@ def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None) -> tuple[list[s
     checked): every pin endorsed by the one before, every head signed by the key pinned for it and
     naming a line of the log with that hash, and the log's last line a signed head."""
     problems: list[str] = []
+    if sigs is not None and sigs["keys"] and not sigs["heads"] and lines:
+        return [f"{FILE}: a key is pinned but no head is signed: the signed heads were removed"], []
     if sigs is None or not sigs["heads"]:
         if lines:
             return [], [f"{FILE}: no signed heads (a log written before pkiascode signed them, or the file was "

@@ -211,6 +211,14 @@ def test_a_certificate_file_the_inventory_does_not_list_fails_verify(signed):
     verify_fails(pki, "state/certs/extra.pem: not in the inventory")
 
 
+def test_signed_heads_removed_with_the_key_left_pinned_fail_verify(signed):
+    repo, pki = signed
+    sigs = json.loads((repo / SIGS).read_text())
+    sigs["heads"] = []
+    (repo / SIGS).write_text(json.dumps(sigs))
+    verify_fails(pki, "a key is pinned but no head is signed")
+
+
 def test_a_removed_signatures_file_fails_verify_once_committed(signed):
     repo, pki = signed
     (repo / SIGS).unlink()

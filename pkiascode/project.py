@@ -230,6 +230,9 @@ class Project:
             where = f"{rec.qualified} ({state.rel}/certs/{name}.pem)"
             got = cert_of(name)
             issuer = cert_of(rec.issuer) if rec.issuer in records else None
+            if got is None and name not in observed.cert_drift:  # its SHA-256 is the inventory's
+                raise PlanError(f"{where}: the file has the SHA-256 the inventory records but cannot be read as a "
+                                f"certificate; restore it from git (`git checkout -- {state.rel}`) before planning")
             if got is not None:
                 obj = inv["objects"].get(name, {})
                 problem = _check_recorded(got, rec, issuer, obj.get("public_key_sha256"))

@@ -98,6 +98,21 @@ def test_a_public_key_recorded_in_the_inventory_is_compared(applied):
     assert "certificate.server" in line and "public key" in line
 
 
+def test_a_file_with_the_recorded_sha256_that_is_no_certificate_fails_the_plan(applied):
+    """The inventory's SHA-256 made to match a file that is not a certificate: its other fields cannot
+    be checked, so the plan fails rather than trust them."""
+    import base64
+    import hashlib
+
+    repo, pki = applied
+    der = b"\x30\x03\x02\x01\x01"  # DER, but not a certificate
+    body = base64.encodebytes(der).decode().strip()
+    (repo / "state/certs/server.pem").write_text(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----\n")
+    edit_inventory(repo, lambda objs: objs["server"].update(sha256=hashlib.sha256(der).hexdigest()))
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "certificate.server" in line and "cannot be read as a certificate" in line
+
+
 def _commit_state_with(repo: Path, make) -> str:
     """A branch 'evil' whose state/ has what ``make(repo)`` put there; back on main."""
     git(repo, "checkout", "-q", "-b", "evil")

@@ -291,16 +291,22 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                 click.echo(f"warning: {e}; retired keys wait for the next run", err=True)
         for note in recover(project, commit=commit, progress=progress, upstream=upstream, confirm=still_locked):
             click.echo(note, err=True)
-        before = repo.head() if push else None
+        head = tip = None
         if push:
-            tip = repo.tip(upstream)
+            head, tip = repo.head(), repo.tip(upstream)
             if tip is None:
                 raise PkiError(f"{upstream} does not exist on the remote: push the branch first")
-            if before != tip:
-                if before is None or repo.is_ancestor(before, tip):
+            if head != tip:
+                if head is None or repo.is_ancestor(head, tip):
                     raise PkiError(f"state is behind {upstream}: re-plan on the new tip")
-                raise PkiError(f"HEAD is not {upstream}'s tip (a commit that is not on {upstream}: an apply whose "
-                               f"push did not happen?): check out {upstream} and apply there")
+                paths = [repo.rel(project.state.root), repo.rel(project.config_path)]
+                unpushed = repo.apply_commits(tip, head, paths) if repo.is_ancestor(tip, head) else None
+                if unpushed is None:
+                    raise PkiError(f"HEAD is not {upstream}'s tip and not an apply on it: check out {upstream} "
+                                   "and apply there")
+                # an earlier apply here committed and was killed before its push: this run pushes it too
+                click.echo(f"{unpushed} apply commit(s) on {upstream}'s tip were not pushed: this apply pushes "
+                           "them", err=True)
             _check_clean(repo, project)
         if saved is not None:
             if interrupted is not None and interrupted == saved.digest():
@@ -311,13 +317,13 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             now = utc_now()
             the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now, rekey_missing=rekey_missing)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
-        if the_plan.empty:
+        if the_plan.empty and head == tip:
             return
         _id_note(project, the_plan)
         refused = project.refusal(the_plan)
         if refused:
             raise PlanError(refused)
-        if saved is None and not auto_approve:
+        if saved is None and not auto_approve and not the_plan.empty:
             click.echo()
             answer = click.prompt("Apply these changes? Only 'yes' will be accepted", default="",
                                   show_default=False)
@@ -325,18 +331,21 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                 raise PkiError("apply cancelled; nothing changed")
         result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked,
                          upstream=upstream, delete_retired=not push)
-        if push and result.commit:
+        landing = result.commit or head
+        if push and landing != tip:
             try:
                 still_locked()
-                repo.push(upstream, result.commit)
+                repo.push(upstream, landing)
             except (PushRejected, LockError) as e:
-                for note in undo(project, before=before, after=result.commit):
+                for note in undo(project, before=tip, after=landing):
                     click.echo(note, err=True)
                 raise PkiError(f"{e}; another apply landed first (or the push was refused): undone, nothing is left "
-                               f"behind (HEAD and state/ are back at {before[:12]}); re-plan on the new tip of "
+                               f"behind (HEAD and state/ are back at {tip[:12]}); re-plan on the new tip of "
                                f"{upstream}") from None
-            click.echo(f"Pushed {result.commit[:12]} to {upstream}.")
+            click.echo(f"Pushed {landing[:12]} to {upstream}.")
             result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
+    if the_plan.empty:
+        return
     for w in result.warnings:
         if w not in the_plan.warnings:
             click.echo(f"warning: {w}", err=True)

@@ -304,7 +304,7 @@ class Repository:
         if proc.returncode == 0:
             self._git("update-ref", "-m", "pki apply --push", upstream.ref, commit)
             return
-        reason = _first_reason(proc.stderr.decode(errors="replace"))
+        reason = _push_reason(proc.stderr.decode(errors="replace"))
         try:
             tip = self.fetch(upstream)
         except GitError as e:
@@ -313,6 +313,20 @@ class Repository:
         if tip is not None and self.is_ancestor(commit, tip):
             return  # it landed (the answer was lost on the way back)
         raise PushRejected(f"git push to {upstream} was rejected: {reason}")
+
+    def apply_commits(self, since: str, until: str, paths: Iterable[str]) -> int | None:
+        """How many commits ``since..until`` has, when each is an apply's (a ``Pki-Plan:`` trailer)
+        and together they change nothing but ``paths``; else None."""
+        out = self._git("log", "--no-show-signature", "--format=%H %(trailers:key=Pki-Plan,valueonly,separator=,)",
+                        f"{since}..{until}")
+        lines = out.splitlines()
+        if not lines or any(len(line.split()) != 2 for line in lines):
+            return None
+        changed = self._git("diff", "--no-renames", "--name-only", "-z", since, until).split("\0")
+        tops = tuple(f"{p}/" for p in paths)
+        if any(c and c not in paths and not c.startswith(tops) for c in changed):
+            return None
+        return len(lines)
 
     def show(self, commit: str, path: str) -> bytes | None:
         """The bytes of ``path`` (relative to the repository's top) at ``commit``; None if not a file there."""
@@ -405,6 +419,15 @@ def _is_state_file(root: str, path: str) -> bool:
     if name.startswith("."):
         return False
     return rel in ("inventory.json", "audit.jsonl", "README.md") or rel.startswith(("certs/", "crl/"))
+
+
+def _push_reason(text: str) -> str:
+    """Why ``git push`` failed, in one line: the ref's ``[rejected]`` reason and what the remote said."""
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    said = [ln[len("remote:"):].strip() for ln in lines if ln.startswith("remote:") and ln[len("remote:"):].strip()]
+    refs = [ln.lstrip("! ").strip() for ln in lines if "[rejected]" in ln or "[remote rejected]" in ln]
+    reason = "; ".join(refs[:1] + said[:3]) or _first_reason(text)
+    return _CONTROL.sub("?", reason)[:400]
 
 
 def _first_reason(text: str) -> str:

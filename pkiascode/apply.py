@@ -139,6 +139,8 @@ def recover(project: Project, *, commit: bool, progress: Progress, upstream: Ups
     deferred = state.deferred_deletes()
     repo = project.repository()
     if deferred is not None and commit and repo is not None:
+        if confirm is not None:
+            confirm()
         sha = repo.commit_state(state.root, {}, "pki apply: commit state written by `pki apply --no-commit`\n",
                                 everything=True)
         if sha:
@@ -193,7 +195,8 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
                    confirm: Callable[[], None] | None = None) -> list[str]:
     """Delete the keys ``state/`` records as pending deletion whose retiring commit is on ``upstream``
     (as last fetched): those the upstream's state lists as pending too, or all of them when HEAD is
-    on the upstream. With no upstream (or no git), right away. Never a key that the work tree's
+    on the upstream (``upstream`` None: the branch's own upstream, if it has one). With no upstream
+    (or no git), right away. Never a key that the work tree's
     state, HEAD's or the upstream's names. Returns notes for the user."""
     state = project.state
     inv = state.load()[0]
@@ -203,6 +206,8 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     keep = keys_in(inv["objects"])
     repo = project.repository()
     head = repo.head() if repo is not None else None
+    if upstream is None and head is not None:
+        upstream = repo.upstream()  # (the branch's own; None on a detached HEAD or a branch tracking nothing)
     ready = pending
     if head is not None:
         keep |= keys_in(inventory_at(project, head)["objects"])
@@ -787,6 +792,9 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     if plan.empty:
         return ApplyResult({}, None, [], "")
     progress = progress or NullProgress()
+    repo = project.repository()
+    if upstream is None and commit and repo is not None:
+        upstream = repo.upstream()
     run = _Run(project, plan, now or utc_now(), progress, commit, upstream)
     run.check_stores()
     try:

@@ -220,3 +220,17 @@ def test_the_actor_and_trailers_come_from_the_pipeline(tmp_path, env, origin, ci
     pki.apply("--auto-approve", "--replace", "client")
     assert json.loads((a / "state" / "audit.jsonl").read_text().splitlines()[-1])["actor"] == env["PKI_ACTOR"]
     assert f"Pki-Actor: {env['PKI_ACTOR']}" in git(a, "log", "-1", "--format=%B")
+
+
+@pytest.mark.parametrize("forged", [[["files", "../../etc/passwd"]], [["no such/store", "k"]], [["files"]], "x"])
+def test_a_forged_pending_deletion_is_an_error_naming_the_inventory(tmp_path, env, origin, forged):
+    a, pki = _clone(tmp_path, origin, "a", env)
+    pki.apply("--push")
+    path = a / "state" / "inventory.json"
+    inv = json.loads(path.read_text())
+    inv["pending_deletes"] = forged
+    path.write_text(json.dumps(inv))
+    keys = key_files(a)
+    r = pki("apply", "--auto-approve")
+    assert r.returncode == 1 and "state/inventory.json: pending_deletes must be a list of [backend, key] pairs" in r.stderr, r
+    assert key_files(a) == keys

@@ -129,6 +129,9 @@ def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[st
         except json.JSONDecodeError:
             problems.append(f"audit.jsonl:{n}: not JSON")
             return problems
+        if not isinstance(obj, dict):
+            problems.append(f"audit.jsonl:{n}: not a JSON object")
+            return problems
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
             problems.append(f"audit.jsonl:{n}: missing {', '.join(missing)}")
@@ -141,7 +144,7 @@ def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[st
                             "(a line was removed, inserted or reordered)" if n > 1 else
                             "audit.jsonl:1: prev is not the genesis hash (lines before it were removed)")
             return problems
-        if obj["seq"] != seq + 1:
+        if type(obj["seq"]) is not int or obj["seq"] != seq + 1:
             problems.append(f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}")
             return problems
         prev, seq = obj["hash"], obj["seq"]

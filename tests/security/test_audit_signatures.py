@@ -257,6 +257,18 @@ def test_a_malformed_signatures_file_is_one_line_naming_it(signed, content, says
     assert "state/audit-signatures.json" in line and says in line
 
 
+@pytest.mark.parametrize("line, says", [
+    ('["seq", "hash", "prev"]', "audit.jsonl:1: not a JSON object"),
+    ("not json", "audit.jsonl:1: not JSON"),
+])
+def test_a_malformed_audit_line_is_one_line_naming_it(signed, line, says):
+    repo, pki = signed
+    path = repo / "state/audit.jsonl"
+    path.write_text(line + "\n" + path.read_text().split("\n", 1)[1])
+    r = pki("audit", "verify", expect=1)
+    assert assert_one_line(r.stderr.strip()) == f"state/{says}"
+
+
 def test_a_head_naming_a_key_that_is_not_the_fingerprint_of_its_public_key_is_refused(signed):
     repo, pki = signed
     sigs = json.loads((repo / SIGS).read_text())

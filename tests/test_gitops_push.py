@@ -234,3 +234,31 @@ def test_a_forged_pending_deletion_is_an_error_naming_the_inventory(tmp_path, en
     r = pki("apply", "--auto-approve")
     assert r.returncode == 1 and "state/inventory.json: pending_deletes must be a list of [backend, key] pairs" in r.stderr, r
     assert key_files(a) == keys
+
+
+def test_the_next_apply_gives_a_pki_toml_with_a_shared_store_its_id(tmp_path, env):
+    """A pki.toml without [pki] id that defines a store other repositories may share: the next apply
+    adds a random id (a note in the plan), keeping comments, in its own commit; later applies keep it."""
+    toml = ("# the PKI of the test\n[backend.shared]  # not used by any entry yet\nplugin = \"vault\"\n"
+            "address = \"http://127.0.0.1:9\"\n\n" + SMALL_PKI)
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    seed = new_repo(tmp_path / "seed", toml, commit=True)
+    git(seed, "push", "-q", str(origin), "HEAD:refs/heads/main")
+    a, pki = _clone(tmp_path, origin, "a", env)
+    assert "Note: pki.toml has no [pki] id" in pki("plan").stdout
+    pki.apply("--push")
+    text = (a / "pki.toml").read_text()
+    assert text.startswith(toml) and "# not used by any entry yet" in text
+    added = text[len(toml):]
+    assert added.startswith("\n[pki]\nid = \"") and len(added.splitlines()) == 3, added
+    assert git(a, "show", "origin/main:pki.toml") == text  # committed with state/, pushed
+    assert git(a, "status", "--porcelain").strip() == ""
+    assert "Note: pki.toml has no [pki] id" not in pki("plan", "--replace", "server").stdout
+    pki.apply("--push", "--replace", "server")
+    assert (a / "pki.toml").read_text() == text
+    # a local-only pki.toml is left alone
+    (tmp_path / "local").mkdir()
+    b, pki_b = _clone(tmp_path, _origin(tmp_path / "local", env), "b", env)
+    pki_b.apply("--push")
+    assert (b / "pki.toml").read_text() == SMALL_PKI

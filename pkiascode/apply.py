@@ -750,8 +750,8 @@ class _Run:
 
     def new_config(self) -> tuple[dict[str, str] | None, bool, bytes | None]:
         """(the txn's ``config``, whether the commit takes it, pki.toml's bytes as applied): a
-        pki.toml that `needs_id` gets one (`scaffold.with_pki_id`); the commit takes it when
-        pki.toml is HEAD's, unedited."""
+        pki.toml that `needs_id` gets one (`scaffold.with_pki_id`) when the apply commits and
+        pki.toml is HEAD's, unedited, so the commit takes it along; else a note says how."""
         path = self.project.config_path
         try:
             text = path.read_bytes()
@@ -761,14 +761,17 @@ class _Run:
             return None, False, text
         from .scaffold import new_pki_id, with_pki_id
 
+        repo = self.project.repository()
+        head = repo.head() if repo is not None and self.commit else None
+        if head is None or repo.show(head, repo.rel(path)) != text:
+            # only with a commit that takes it along: pki.toml as this checkout has it is not the branch's
+            self.plan_notes.append(f"pki.toml has no [pki] id; add one to its [pki] table (id = \"{new_pki_id()}\"), "
+                                   "or commit pki.toml and the next apply adds one")
+            return None, False, text
         new_text = with_pki_id(text.decode("utf-8"), new_pki_id())
         config = {"path": path.relative_to(self.project.base_dir).as_posix(), "content": new_text}
-        repo = self.project.repository()
-        head = repo.head() if repo is not None else None
-        in_head = head is not None and repo.show(head, repo.rel(path)) == text
-        self.plan_notes.append("pki.toml had no [pki] id: this apply added one" + (
-            " (committed with state/)" if self.commit and in_head else "; commit pki.toml"))
-        return config, self.commit and in_head, new_text.encode("utf-8")
+        self.plan_notes.append("pki.toml had no [pki] id: this apply added one, committed with state/")
+        return config, True, new_text.encode("utf-8")
 
     def transaction(self, commit: bool) -> dict[str, Any]:
         self.convert()

@@ -359,8 +359,8 @@ def _id_note(project: Any, the_plan: Any) -> None:
     from .apply import needs_id
 
     if not the_plan.empty and needs_id(project.desired()):
-        click.echo("Note: pki.toml has no [pki] id; this apply adds a random one, which scopes the keys and the "
-                   "lock of later applies in shared key stores.")
+        click.echo("Note: pki.toml has no [pki] id; an apply that commits a committed, unedited pki.toml adds a "
+                   "random one, which scopes the keys and the lock of later applies in shared key stores.")
 
 
 def _has_committed_pending(project: Any) -> bool:

@@ -43,7 +43,7 @@ from .state import StateDir, certificate_file, has_text_header, read_file
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
-           "finish_deletes", "undo", "inventory_at", "keys_in", "needs_id"]
+           "finish_deletes", "undo", "inventory_at", "keys_in", "needs_id", "id_to_add"]
 
 
 class Progress(Protocol):
@@ -100,6 +100,33 @@ def needs_id(desired: Any) -> bool:
     """Whether an apply gives pki.toml a ``[pki] id``: it has none, and it defines a key store that
     other repositories may share (any but ``local``), which the id scopes keys and the lock in."""
     return desired.settings.id is None and any(spec.plugin != "local" for spec in desired.stores.values())
+
+
+def id_to_add(project: Project, commit: bool) -> str | None:
+    """The ``[pki] id`` this apply gives pki.toml (`needs_id`), or None. Only when the apply's commit
+    can take pki.toml along (HEAD's, unedited) and no object's key is in a shared store yet (keys made
+    without an id stay outside the namespace). Decided before any key store is made: the stores are
+    made here with the new id, so this apply's keys and its lock are already in the namespace."""
+    desired = project.desired()
+    if not commit or not needs_id(desired) or project.txn_pending():
+        return None
+    repo = project.repository()
+    head = repo.head() if repo is not None else None
+    path = project.config_path
+    try:
+        if head is None or repo.show(head, repo.rel(path)) != path.read_bytes():
+            return None
+    except OSError:
+        return None
+    shared = {name for name, spec in desired.stores.items() if spec.plugin != "local"}
+    if any(obj["key"]["backend"] in shared for obj in project.state.load()[0]["objects"].values()):
+        return None
+    from .scaffold import new_pki_id
+
+    pki_id = new_pki_id()
+    for spec in desired.stores.values():
+        project.store(spec.name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=pki_id)
+    return pki_id
 
 
 def preflight(project: Project, commit: bool) -> None:
@@ -374,9 +401,10 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
 
 class _Run:
     def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool,
-                 upstream: Upstream | None = None) -> None:
+                 upstream: Upstream | None = None, new_id: str | None = None) -> None:
         self.project = project
         self.commit = commit
+        self.new_id = new_id
         #: retired keys wait in the commit for the upstream (else: deleted right after the commit)
         self.retire_in_commit = commit and upstream is not None
         self.plan = plan
@@ -761,14 +789,13 @@ class _Run:
             return None, False, text
         from .scaffold import new_pki_id, with_pki_id
 
-        repo = self.project.repository()
-        head = repo.head() if repo is not None and self.commit else None
-        if head is None or repo.show(head, repo.rel(path)) != text:
-            # only with a commit that takes it along: pki.toml as this checkout has it is not the branch's
-            self.plan_notes.append(f"pki.toml has no [pki] id; add one to its [pki] table (id = \"{new_pki_id()}\"), "
-                                   "or commit pki.toml and the next apply adds one")
+        if self.new_id is None:
+            self.plan_notes.append(f"pki.toml has no [pki] id; add one to its [pki] table (id = \"{new_pki_id()}\"; "
+                                   "keys made before keep their names: see the README, 'Several PKIs on one Vault'), "
+                                   "or commit pki.toml and the next apply of a PKI without keys in shared stores "
+                                   "adds one")
             return None, False, text
-        new_text = with_pki_id(text.decode("utf-8"), new_pki_id())
+        new_text = with_pki_id(text.decode("utf-8"), self.new_id)
         config = {"path": path.relative_to(self.project.base_dir).as_posix(), "content": new_text}
         self.plan_notes.append("pki.toml had no [pki] id: this apply added one, committed with state/")
         return config, True, new_text.encode("utf-8")
@@ -786,19 +813,21 @@ class _Run:
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
             now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None,
-            upstream: Upstream | None = None, delete_retired: bool = True) -> ApplyResult:
+            upstream: Upstream | None = None, delete_retired: bool = True,
+            new_id: str | None = None) -> ApplyResult:
     """Apply ``plan``. The caller holds the apply lock and has run `recover`.
 
     ``upstream``: the remote branch the commit is for (retired keys wait for it, recorded in the
     commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
-    push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting."""
+    push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting.
+    ``new_id``: the ``[pki] id`` to write into pki.toml with this commit (`id_to_add`)."""
     if plan.empty:
         return ApplyResult({}, None, [], "")
     progress = progress or NullProgress()
     repo = project.repository()
     if upstream is None and commit and repo is not None:
         upstream = repo.upstream()
-    run = _Run(project, plan, now or utc_now(), progress, commit, upstream)
+    run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)
     run.check_stores()
     try:
         run.move_keys()

@@ -234,7 +234,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
     push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
     the keys this run made are deleted, the branch and state/ are put back; exit 1."""
-    from .apply import execute, finish_deletes, preflight, recover, undo
+    from .apply import execute, finish_deletes, id_to_add, preflight, recover, undo
     from .ci import actor
     from .errors import GitError
     from .gitops import PushRejected
@@ -275,6 +275,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     elif not auto_approve and not sys.stdin.isatty():
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
 
+    new_id = id_to_add(project, commit)  # (before any key store is made: they are made in its namespace)
     preflight(project, commit)
     progress = _progress()
     stores = project.used_stores()
@@ -330,7 +331,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             if answer.strip() != "yes":
                 raise PkiError("apply cancelled; nothing changed")
         result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked,
-                         upstream=upstream, delete_retired=not push)
+                         upstream=upstream, delete_retired=not push, new_id=new_id)
         landing = result.commit or head
         if push and landing != tip:
             try:
@@ -359,8 +360,8 @@ def _id_note(project: Any, the_plan: Any) -> None:
     from .apply import needs_id
 
     if not the_plan.empty and needs_id(project.desired()):
-        click.echo("Note: pki.toml has no [pki] id; an apply that commits a committed, unedited pki.toml adds a "
-                   "random one, which scopes the keys and the lock of later applies in shared key stores.")
+        click.echo("Note: pki.toml has no [pki] id, which scopes keys and the lock in shared key stores; apply adds "
+                   "a random one when no key is in a shared store yet and its commit can take pki.toml along.")
 
 
 def _has_committed_pending(project: Any) -> bool:

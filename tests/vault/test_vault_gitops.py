@@ -124,3 +124,25 @@ def test_a_push_beaten_between_fetch_and_push_is_undone_in_vault(tmp_path, setup
     assert "Pushed" in again.pki.apply("--push", "--push-to", "origin/main").stdout
     fresh = _check_remote(tmp_path, origin, env, "fresh2", plan_exit=0)
     assert "certificate.web" in {r["entry"] for r in fresh.keys()}
+
+
+def test_the_first_apply_of_a_pki_without_id_makes_its_keys_and_lock_in_the_new_namespace(tmp_path, vault_env):
+    env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
+    prefix = f"gitops-{secrets.token_hex(4)}"
+    toml = _toml(prefix, "x").replace('[pki]\nid = "x"\n\n', "")
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    seed = tmp_path / "seed"
+    git(tmp_path, "init", "-q", "-b", "main", str(seed))
+    write_project(seed, toml)
+    git(seed, "add", "-A")
+    git(seed, "commit", "-q", "-m", "pki.toml")
+    git(seed, "push", "-q", str(origin), "HEAD:refs/heads/main")
+    job = Pipeline(tmp_path, origin, "job", env)
+    job.pki.apply("--push", "--push-to", "origin/main")
+    text = git(job.dir, "show", "origin/main:pki.toml")
+    pki_id = text.split('[pki]\nid = "', 1)[1].split('"', 1)[0]
+    refs = [o["key"]["ref"] for o in json.loads((job.dir / "state" / "inventory.json").read_text())["objects"].values()]
+    assert refs and all(f".{pki_id}." in r or f"/{pki_id}/keys/" in r for r in refs), (pki_id, refs)
+    fresh = _check_remote(tmp_path, origin, env, "fresh", plan_exit=0)
+    assert len(fresh.keys()) == len(refs)

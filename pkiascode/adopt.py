@@ -327,6 +327,14 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         raise PkiError(f"--backend {backend}: no [backend.{backend}] in pki.toml (known: "
                        f"{', '.join(sorted(desired.stores))})")
     commit = desired.settings.commit
+    new_id = None
+    if desired.settings.id is None:
+        # pki.toml gets a [pki] id with the imported tables; the keys imported now are already in its namespace
+        from .scaffold import new_pki_id
+
+        new_id = new_pki_id()
+        for spec in desired.stores.values():
+            project.store(spec.name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=new_id)
     preflight(project, commit)
     skipped: list[str] = []
     cands = _load(directory, skipped)
@@ -336,14 +344,6 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
 
     state = project.state
     lines: list[str] = list(skipped)
-    new_id = None
-    if desired.settings.id is None:
-        # pki.toml gets a [pki] id with the imported tables; the keys imported now are already in its namespace
-        from .scaffold import new_pki_id
-
-        new_id = new_pki_id()
-        for spec in desired.stores.values():
-            project.store(spec.name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=new_id)
     stores = project.used_stores()
     with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
                     desired.settings.state_dir) as still_locked:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import re
 import stat
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -403,6 +404,8 @@ hosts = ["web.example.test"]   # one host
         assert line in text.splitlines(), f"lost: {line!r}\n{text}"
     comments = [line for line in toml.splitlines() if "#" in line]
     assert [line for line in text.splitlines() if line in comments] == comments, "comments kept in order"
+    # a pki.toml without [pki] id gets one (issue 11.4)
+    assert "id =" not in toml and re.fullmatch(r"[a-z0-9]{12}", tomllib.loads(text)["pki"]["id"]), text
     # the managed entries are untouched, the imported ones adopted: nothing to do
     plan = repo.plan_json()
     assert plan["changes"] == [], plan

@@ -254,6 +254,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     if push and not commit:
         raise PkiError("--push pushes the apply's commit: drop --no-commit (and set [pki] commit = true)")
     repo = project.repository()
+    if push and repo is None:
+        raise PkiError(f"--push: {project.base_dir} is not in a git repository")
     upstream = None
     if repo is not None and commit:
         upstream = repo.upstream(push_to)
@@ -345,11 +347,11 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                                f"{upstream}") from None
             click.echo(f"Pushed {landing[:12]} to {upstream}.")
             result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
-    if the_plan.empty:
-        return
     for w in result.warnings:
         if w not in the_plan.warnings:
             click.echo(f"warning: {w}", err=True)
+    if the_plan.empty:
+        return
     done = result.message.splitlines()[0].replace("pki apply: ", "")
     tail = f" Committed {result.commit[:12]}." if result.commit else (" State written, not committed." if not commit
                                                                           else "")
@@ -371,15 +373,10 @@ def _has_committed_pending(project: Any) -> bool:
 
 def _check_clean(repo: Any, project: Any) -> None:
     """For --push: state/ and pki.toml are exactly HEAD's (an undo puts back HEAD's)."""
-    import subprocess
-
-    paths = [repo.rel(project.state.root), repo.rel(project.config_path)]
-    proc = subprocess.run(["git", "status", "--porcelain", "--untracked-files=all", "--", *paths], cwd=repo.top,
-                          capture_output=True)
-    dirty = [line[3:] for line in proc.stdout.decode(errors="replace").splitlines() if line.strip()]
-    if proc.returncode != 0 or dirty:
-        shown = ", ".join(dirty[:3]) or "git status failed"
-        raise PkiError(f"--push applies a clean checkout: {shown} differ from HEAD; commit or restore them")
+    dirty = repo.changed_paths([repo.rel(project.state.root), repo.rel(project.config_path)])
+    if dirty:
+        raise PkiError(f"--push applies a clean checkout: {', '.join(dirty[:3])} differ from HEAD; commit or "
+                       "restore them")
 
 
 def _pending_plan_digest(project: Any) -> str | None:

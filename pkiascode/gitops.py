@@ -328,6 +328,16 @@ class Repository:
             return None
         return len(lines)
 
+    def changed_paths(self, paths: Iterable[str]) -> list[str]:
+        """The files under ``paths`` that differ from HEAD (staged, unstaged or untracked)."""
+        proc = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
+                              cwd=self.top, capture_output=True)
+        if proc.returncode != 0:
+            raise GitError(f"git status failed: {_first_reason(proc.stderr.decode(errors='replace'))}")
+        # entries "XY path" (a rename adds its source as one more entry, which is skipped)
+        entries = proc.stdout.decode(errors="replace").split("\0")
+        return [e[3:] for e in entries if len(e) > 3 and e[2] == " "]
+
     def show(self, commit: str, path: str) -> bytes | None:
         """The bytes of ``path`` (relative to the repository's top) at ``commit``; None if not a file there."""
         proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top, capture_output=True)

@@ -262,3 +262,13 @@ def test_the_next_apply_gives_a_pki_toml_with_a_shared_store_its_id(tmp_path, en
     b, pki_b = _clone(tmp_path, _origin(tmp_path / "local", env), "b", env)
     pki_b.apply("--push")
     assert (b / "pki.toml").read_text() == SMALL_PKI
+
+
+def test_push_refuses_a_checkout_whose_state_or_pki_toml_is_not_heads(tmp_path, env, origin):
+    a, pki = _clone(tmp_path, origin, "a", env)
+    pki.apply("--push")
+    (a / "state" / "certs" / "stray.pem").write_text("not pkiascode's\n")
+    keys, head = key_files(a), git(a, "rev-parse", "HEAD").strip()
+    r = pki("apply", "--auto-approve", "--push", "--replace", "server")
+    assert r.returncode == 1 and "state/certs/stray.pem differ from HEAD" in r.stderr, r
+    assert key_files(a) == keys and git(a, "rev-parse", "HEAD").strip() == head

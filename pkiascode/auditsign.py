@@ -211,13 +211,18 @@ def key_refs(state: StateDir) -> set[tuple[str, str]]:
 # -- signing (apply) -----------------------------------------------------------------------------
 
 def audit_backend(project: Project) -> str:
-    """The store the audit key is made in: the first root authority's (pki.toml order), else the
-    first certificate's."""
-    entries = list(project.desired().entries.values())
-    roots = [e for e in entries if e.issuer is None and not e.csr]
-    if roots or entries:
-        return (roots or entries)[0].backend
-    raise StateError("pki.toml has no entries: no key store for the audit key")
+    """The store the audit key is made in: the first root authority's (pki.toml order; for `pki
+    import`, whose pki.toml is written by the transaction, the inventory's), else the first entry's."""
+    desired = project.desired()
+    entries = list(desired.entries.values())
+    objects = list(project.state.load()[0]["objects"].values())
+    candidates = ([e.backend for e in entries if e.issuer is None and not e.csr]
+                  + [o["key"]["backend"] for o in objects if o["kind"] == "authority" and o.get("issuer") is None]
+                  + [e.backend for e in entries] + [o["key"]["backend"] for o in objects])
+    for backend in candidates:
+        if backend in desired.stores:
+            return backend
+    raise StateError("no key store for the audit key: pki.toml defines no entry in a backend it defines")
 
 
 def _new_key(store: KeyStore, time: str, since_seq: int) -> dict[str, Any]:
@@ -249,22 +254,33 @@ def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
     return store.signer(ref)
 
 
+def _pinned_key_missing(project: Project, pin: Mapping[str, Any]) -> bool:
+    if pin["backend"] not in project.desired().stores:
+        return True
+    return bool(project.store(pin["backend"]).missing([KeyRef(pin["backend"], pin["ref"])]))
+
+
 def plan_events(project: Project, plan: Plan, *, time: str, actor: str, digest: str) -> list[dict[str, Any]]:
     """The audit events apply adds for ``plan`` (`audit.event` lines): one for a rekey of the audit
-    key (``--replace @audit``), which `seal` then carries out. Names the key it replaces."""
+    key, which `seal` then carries out: asked for (``--replace @audit``), or the pinned key is
+    missing from its store and the plan replaces missing keys (``--rekey-missing``). Names the key
+    it replaces, and whether that key can endorse the new one (``endorsed``: false when it is lost)."""
     from .plan import Action
 
-    if not any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes):
-        return []
     sigs = load(project.state)
-    current = sigs["keys"][-1]["fingerprint"] if sigs and sigs["keys"] else None
+    pin = sigs["keys"][-1] if sigs and sigs["keys"] else None
+    asked = any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes)
+    lost = pin is not None and (asked or plan.rekey_missing) and _pinned_key_missing(project, pin)
+    if not (asked or lost):
+        return []
     return [audit.event(REKEY_ACTION, "audit", KEY_NAME, time=time, actor=actor, serial=None, sha256=None,
-                        not_after=None, backend=audit_backend(project), plan=digest, replaces=current)]
+                        not_after=None, backend=audit_backend(project), plan=digest,
+                        replaces=pin["fingerprint"] if pin else None, endorsed=pin is not None and not lost)]
 
 
-def _rekey_seq(appended: str) -> int | None:
-    """The seq of the last rekey event among the lines apply just appended (its own text, from the
-    transaction: parsed with care all the same)."""
+def _rekey(appended: str) -> tuple[int, bool] | None:
+    """(seq, endorsed) of the last rekey event among the lines apply just appended (its own text,
+    from the transaction: parsed with care all the same)."""
     found = None
     for text in appended.splitlines():
         try:
@@ -275,7 +291,7 @@ def _rekey_seq(appended: str) -> int | None:
             seq = obj.get("seq")
             if not isinstance(seq, int) or isinstance(seq, bool) or seq < 1:
                 raise StateError("a rekey line of the transaction has no seq")
-            found = seq
+            found = (seq, obj.get("endorsed") is not False)
     return found
 
 
@@ -302,13 +318,14 @@ def seal(project: Project, appended: str = "", *, now: str | None = None) -> dic
         raise StateError(f"{state.rel}/{FILE} has a head at line {heads[-1]['seq']} but {state.rel}/audit.jsonl "
                          f"ends at line {seq}; run `pki audit verify`")
     time = now or format_time(utc_now())
-    rekey_at = _rekey_seq(appended)
+    rekey = _rekey(appended)
     if not keys:  # first use: pin a new key
         keys.append(_new_key(project.store(audit_backend(project)), time, seq))
-    elif rekey_at is not None and keys[-1]["since_seq"] < rekey_at <= seq:
+    elif rekey is not None and keys[-1]["since_seq"] < rekey[0] <= seq:
         old = keys[-1]
-        pin = _new_key(project.store(audit_backend(project)), time, rekey_at)
-        pin["endorsement"] = _sign(_signer(project, old, state.rel), pin_message(pin, old["fingerprint"]))
+        pin = _new_key(project.store(audit_backend(project)), time, rekey[0])
+        if rekey[1]:  # else the old key is lost: an unendorsed pin, which verify refuses unless trusted
+            pin["endorsement"] = _sign(_signer(project, old, state.rel), pin_message(pin, old["fingerprint"]))
         keys.append(pin)
     pin = keys[-1]
     head = {"seq": seq, "hash": last, "time": time, "key": pin["fingerprint"]}
@@ -321,7 +338,8 @@ def seal(project: Project, appended: str = "", *, now: str | None = None) -> dic
 
 # -- verifying -----------------------------------------------------------------------------------
 
-def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None) -> tuple[list[str], list[str]]:
+def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None,
+           trusted: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the signed heads against the log's lines (whose chain `audit.verify`
     checked): every pin endorsed by the one before, every head signed by the key pinned for it and
     naming a line of the log with that hash, and the log's last line a signed head."""
@@ -335,17 +353,26 @@ def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None) -> tuple[list[s
                         "apply pins a key and signs"]
         return [], []
     keys = sigs["keys"]
+    warnings: list[str] = []
     for n, k in enumerate(keys[1:], 1):
         prev = keys[n - 1]
         if k["since_seq"] <= prev["since_seq"]:
             problems.append(f"{FILE}: keys[{n}] since_seq {k['since_seq']} does not follow keys[{n - 1}]")
-        elif k["endorsement"] is None or not _check_signature(
+        elif k["endorsement"] is None and k["fingerprint"] in trusted:
+            warnings.append(f"{FILE}: keys[{n}] (fingerprint {k['fingerprint'][:16]}…) is not endorsed by "
+                            f"keys[{n - 1}] (its key was lost); trusted as --trust-pin says")
+        elif k["endorsement"] is None:
+            problems.append(f"{FILE}: keys[{n}] (fingerprint {k['fingerprint'][:16]}…) is not endorsed by "
+                            f"keys[{n - 1}]: pinned without the previous key (lost, or the pinned key was "
+                            "replaced); if a reviewed rekey made it, verify with --trust-pin "
+                            f"{k['fingerprint']}")
+        elif not _check_signature(
                 base64.b64decode(prev["public_key"]), prev["algorithm"], k["endorsement"],
                 pin_message(k, prev["fingerprint"])):
             problems.append(f"{FILE}: keys[{n}] (fingerprint {k['fingerprint'][:16]}…) is not endorsed by "
                             f"keys[{n - 1}] (fingerprint {prev['fingerprint'][:16]}…): the pinned key was replaced")
     if problems:
-        return problems, []
+        return problems, warnings
     if keys[0]["endorsement"] is not None:
         problems.append(f"{FILE}: keys[0] has an endorsement but nothing before it to make one")
     hashes: dict[int, str] = {}
@@ -377,7 +404,7 @@ def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None) -> tuple[list[s
         if last != len(lines):
             problems.append(f"{FILE}: the last signed head is line {last} but audit.jsonl has {len(lines)} lines: "
                             "lines after the last signature were not written by an apply")
-    return problems, []
+    return problems, warnings
 
 
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
@@ -468,16 +495,25 @@ def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:
     return problems
 
 
-def check_ready(project: Project) -> None:
-    """Before an apply changes anything: the pinned audit key (or, on first use, the store that will
-    make one) can sign. Raises `BackendError`/`StateError` with one line."""
+def check_ready(project: Project, plan: Plan) -> None:
+    """Before an apply changes anything: the pinned audit key can sign (or, on first use, the store
+    that will make one can make it). A pinned key missing from its store is an error unless the
+    plan replaces it (``--replace @audit``, or ``--rekey-missing``). Raises one-line errors."""
+    from .plan import Action
+
     state = project.state
     sigs = load(state)
     if sigs and sigs["keys"]:
-        _signer(project, sigs["keys"][-1], state.rel)
+        pin = sigs["keys"][-1]
+        if _pinned_key_missing(project, pin):
+            if plan.rekey_missing or any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes):
+                return  # replaced, unendorsed (`plan_events`)
+            raise StateError(f"the audit key {pin['ref']} is missing from backend {pin['backend']} (a fresh "
+                             "clone?): apply where it is, or pin a new one with --replace @audit (`pki audit "
+                             "verify` then needs --trust-pin for it: the lost key cannot endorse it)")
+        _signer(project, pin, state.rel)
         return
     try:
-        store = project.store(audit_backend(project))
-        store.require(KeyType.ECDSA_P256, generate=True)
+        project.store(audit_backend(project)).require(KeyType.ECDSA_P256, generate=True)
     except UnsupportedKeyType as e:
         raise BackendError(f"the audit key cannot be made: {e}") from None

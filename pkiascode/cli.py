@@ -604,8 +604,11 @@ def audit() -> None:
 
 
 @audit.command()
+@click.option("--trust-pin", "trust_pins", multiple=True, metavar="FINGERPRINT",
+              help="Accept this audit key's pin without its predecessor's endorsement (a reviewed rekey "
+                   "after the old key was lost).")
 @pass_ctx
-def verify(c: Ctx) -> None:
+def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
     """Check state/audit.jsonl: its hash chain, every signed head against the pinned audit key(s),
     that its last line is a signed head, and that the inventory and every certificate and CRL file
     agree with it. A log without signed heads passes with a warning (see the README)."""
@@ -620,7 +623,7 @@ def verify(c: Ctx) -> None:
     warnings: list[str] = []
     if not problems:
         sigs = auditsign.load(state)
-        signed, warnings = auditsign.verify(lines, sigs)
+        signed, warnings = auditsign.verify(lines, sigs, trust_pins)
         problems = auditsign.check_history(c.project, sigs) + signed + auditsign.verify_files(state, inv)
     for p in warnings:
         click.echo(f"warning: {state.rel}/{p}", err=True)

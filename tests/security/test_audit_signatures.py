@@ -33,6 +33,7 @@ from pkiascode.plan import AUDIT_KEY, AUDIT_LOG, Action, Change, Plan
 from pkiascode.project import Project
 
 SIGS = "state/audit-signatures.json"
+NO_CHANGES = Plan(changes=(), warnings=(), at=utc_now())
 
 
 def seal(repo: Path) -> dict:
@@ -173,7 +174,7 @@ def test_a_swapped_pinned_key_fails_verify_and_apply(signed):
     verify_fails(pki, "the pinned key was swapped")
     # and the next apply stops before any change: the store's key is not the swapped pin
     with pytest.raises(StateError, match="is not the audit key pinned"):
-        auditsign.check_ready(Project(repo / "pki.toml"))
+        auditsign.check_ready(Project(repo / "pki.toml"), NO_CHANGES)
 
 
 def test_an_added_pin_without_the_old_keys_endorsement_fails_verify(signed):
@@ -323,6 +324,29 @@ def test_a_rekey_pins_a_new_key_endorsed_by_the_old_one_and_later_heads_verify(s
     head["signature"] = base64.b64encode(key.sign(auditsign.head_message(head))).decode()
     (repo / SIGS).write_text(json.dumps(forged))
     verify_fails(pki, "not the key pinned for it")
+
+
+def test_a_lost_audit_key_stops_apply_and_a_rekey_without_it_needs_trust_pin(signed):
+    """A fresh clone without the local key: apply stops before any change unless the plan replaces the
+    key; the new pin cannot be endorsed, so verify refuses it until told to trust it."""
+    repo, pki = signed
+    old = json.loads((repo / SIGS).read_text())["keys"][0]
+    (repo / ".pki/keys" / old["ref"]).unlink()
+    with pytest.raises(StateError, match=r"the audit key .* is missing from backend local .*--replace @audit"):
+        auditsign.check_ready(Project(repo / "pki.toml"), NO_CHANGES)
+    rekey_as_apply_does(repo)
+    last = json.loads((repo / "state/audit.jsonl").read_text().splitlines()[-1])
+    assert (last["action"], last["endorsed"], last["replaces"]) == ("rekey_audit_key", False, old["fingerprint"])
+    new = json.loads((repo / SIGS).read_text())["keys"][1]
+    assert new["endorsement"] is None
+    err = verify_fails(pki, "is not endorsed by keys[0]", f"--trust-pin {new['fingerprint']}")
+    assert "Traceback" not in err
+    r = pki.ok("audit", "verify", "--trust-pin", new["fingerprint"])
+    assert "2 signed heads" in r.stdout
+    assert "warning: state/audit-signatures.json: keys[1]" in r.stderr and "trusted as --trust-pin says" in r.stderr
+    # trusting another fingerprint does not help
+    verify_fails_with = pki("audit", "verify", "--trust-pin", old["fingerprint"], expect=1)
+    assert "is not endorsed by keys[0]" in verify_fails_with.stderr
 
 
 def test_a_pin_whose_endorsement_was_made_for_another_key_fails_verify(signed):

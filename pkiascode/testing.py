@@ -21,6 +21,7 @@ version fails here.
 from __future__ import annotations
 
 import concurrent.futures
+import dataclasses
 import datetime
 from typing import Any, ClassVar
 
@@ -77,6 +78,9 @@ class KeyStoreConformance:
 
     #: key types the store refuses with UnsupportedKeyType
     unsupported: ClassVar[set[KeyType]] = set()
+    #: whether several PKIs (each its ``[pki] id``) can keep keys in one backing store, as in one Vault
+    #: or on one token: then the store must refuse every reference outside its own PKI's namespace
+    shared_between_pkis: ClassVar[bool] = False
 
     @pytest.fixture
     def store(self) -> KeyStore:  # pragma: no cover - provided by subclasses
@@ -206,6 +210,25 @@ class KeyStoreConformance:
         assert store.missing(refs) == set()
         for ref in refs:
             store.delete(ref)
+
+    def test_another_pkis_reference_is_refused(self, store: KeyStore) -> None:
+        """A reference a pull request could write into state (pending deletions, the inventory, the key
+        journal) naming another PKI's key in the same backing store is refused by every method that
+        takes one, and the key stays."""
+        if not self.shared_between_pkis:
+            pytest.skip("the store's keys are not shared between PKIs")
+        other = type(store)(store.name, store.settings, dataclasses.replace(store.context, pki_id="otherpki0conf"))
+        ref = other.generate(self._request(KeyType.ECDSA_P256))
+        try:
+            for action in (store.delete, store.signer, store.public_key, store.export, store.release,
+                           lambda r: store.missing([r])):
+                with pytest.raises(BackendError) as info:
+                    action(ref)
+                assert "is not a key of this PKI" in str(info.value) and "\n" not in str(info.value)
+            assert other.missing([ref]) == set()
+        finally:
+            other.delete(ref)
+            other.close()
 
     def test_errors_are_backend_errors(self, store: KeyStore) -> None:
         ghost = KeyRef(store.name, "no-such-key-0000")

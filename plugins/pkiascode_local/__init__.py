@@ -21,7 +21,9 @@ Vault Transit or an HSM, through `LocalKeyStore.release`).
 Every name that becomes a path (a key reference from the inventory, a request from the key journal)
 must have exactly that shape, and every file is opened relative to the key directory without
 following symbolic links. The key directory must lie inside the directory of pki.toml: a `path`
-outside it is refused before anything there is created, changed or removed.
+outside it is refused before anything there is created, changed or removed, and so is one that passes
+through the directory of another pki.toml (a PKI nested in this one keeps its own keys). A key
+reference is a bare file name in that directory, so no reference reaches another directory.
 """
 
 from __future__ import annotations
@@ -135,6 +137,10 @@ class LocalKeyStore(KeyStore):
                     fd = child
                     if made:
                         os.fchmod(fd, 0o700)  # whatever the umask
+                    elif _has_pki_toml(fd):  # a nested PKI's directory: its keys are not ours to touch
+                        raise self._err(BackendUnavailable, f"key directory {self.path}: {part!r} holds another "
+                                                            "PKI's pki.toml; key files live in a directory of this "
+                                                            "PKI's own (default \".pki/keys\")")
                 info = os.fstat(fd)
                 if info.st_uid != os.geteuid():
                     raise self._err(BackendUnavailable, f"key directory {self.path} belongs to another user")
@@ -310,6 +316,16 @@ class LocalKeyStore(KeyStore):
             os.unlink(file_name, dir_fd=self._dir())  # unlink never follows a link: it removes the name
         except FileNotFoundError:
             pass
+
+
+def _has_pki_toml(dir_fd: int) -> bool:
+    try:
+        os.stat("pki.toml", dir_fd=dir_fd, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    except OSError:
+        return True  # unreadable: assume the worst
+    return True
 
 
 def _outside(path: str) -> bool:

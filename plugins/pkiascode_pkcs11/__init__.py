@@ -14,7 +14,12 @@ outside the repository (resolved, symbolic links and all): a module committed to
 a pull request could, is refused before it is loaded.
 
 With a ``[pki] id`` the labels carry it (``pki.<id>.root-3f9a1c2e``), so PKIs sharing a token never
-see each other's keys; without one they are ``pki-root-3f9a1c2e`` as in earlier versions.
+see each other's keys; without one they are ``pki-root-3f9a1c2e`` as in earlier versions. Every
+method that takes a key reference (signer, public key, missing, delete) refuses one whose label is
+not of this PKI's namespace (``pki.<id>.<entry>-<8 hex>``, or without an id ``pki-<entry>-<8 hex>``)
+with a `BackendError` "... is not a key of this PKI (namespace ...)" before the token is asked, so a
+forged inventory, pending deletion or journal cannot reach another PKI's key, or any other object on
+the token. A PKI given an id after it made keys keeps using them only with ``legacy_keys = true``.
 
 Keys are generated on the token with the private half ``CKA_TOKEN``, ``CKA_PRIVATE``,
 ``CKA_SENSITIVE`` and not ``CKA_EXTRACTABLE``, usable for signing only. Each key pair carries a label
@@ -79,6 +84,8 @@ class Pkcs11KeyStore(KeyStore):
         "module_env": Option(str, None, "environment variable holding the module's absolute path"),
         "token": Option(str, None, "label of the token holding the keys (required)"),
         "pin_env": Option(str, DEFAULT_PIN_ENV, "environment variable holding the token's user PIN"),
+        "legacy_keys": Option(bool, False, "with a [pki] id: also use keys made before the id (labels pki-..., "
+                                           "shared by every PKI without an id on the token)"),
     }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -140,6 +147,26 @@ class Pkcs11KeyStore(KeyStore):
                     "in an environment variable with module_env)")
         return module
 
+    def _scopes(self) -> list[str | None]:
+        scope = self.context.pki_id
+        return [scope, None] if scope and self.settings.get("legacy_keys") is True else [scope]
+
+    def _own(self, ref_id: str, label: str) -> None:
+        """Raise unless ``label`` is one this store makes in this PKI's namespace."""
+        if any(_label_pattern(scope).fullmatch(label) for scope in self._scopes()):
+            return
+        spaces = " or ".join(f"pki.{scope}.*" if scope else "pki-*" for scope in self._scopes())
+        hint = ""
+        if self.context.pki_id and _label_pattern(None).fullmatch(label) and len(self._scopes()) == 1:
+            hint = ("; it is labelled as keys made before this PKI had a [pki] id: if this PKI made it, set "
+                    f"legacy_keys = true in [backend.{self.name}]")
+        raise BackendError(f"backend {self.name}: {ref_id!r} is not a key of this PKI (namespace {spaces}){hint}")
+
+    def _handle(self, ref: KeyRef) -> Any:
+        handle = _impl(self.name).KeyHandle.parse(self.name, ref.id)
+        self._own(ref.id, handle.label)
+        return handle
+
     def _conn(self) -> "_token.Connection":
         return _impl(self.name).connect(self.name, self.module, self.token, self.pin_env)
 
@@ -178,12 +205,12 @@ class Pkcs11KeyStore(KeyStore):
         return sorted((KeyRef(self.name, h.ref_id) for h in handles), key=lambda r: r.id)
 
     def public_key(self, ref: KeyRef) -> Any:
-        return self._conn().public_key(self.name, _impl(self.name).KeyHandle.parse(self.name, ref.id))
+        return self._conn().public_key(self.name, self._handle(ref))
 
     def signer(self, ref: KeyRef) -> Any:
         from pkiascode.signers import external_key
 
-        handle = _impl(self.name).KeyHandle.parse(self.name, ref.id)
+        handle = self._handle(ref)
         conn = self._conn()
         public = conn.public_key(self.name, handle)  # KeyNotFound now rather than at signing time
 
@@ -197,6 +224,9 @@ class Pkcs11KeyStore(KeyStore):
         if not refs:
             return set()
         parsed = {ref: _impl(self.name).KeyHandle.parse_or_none(ref.id) for ref in refs}
+        for ref, h in parsed.items():
+            if h is not None:
+                self._own(ref.id, h.label)  # before the token is asked
         present = self._conn().present(self.name, [h for h in parsed.values() if h is not None])
         return {ref for ref, h in parsed.items() if h is None or h not in present}
 
@@ -204,6 +234,9 @@ class Pkcs11KeyStore(KeyStore):
         return False
 
     def export(self, ref: KeyRef) -> Any:
+        handle = _impl(self.name).KeyHandle.parse_or_none(ref.id)
+        if handle is not None:
+            self._own(ref.id, handle.label)
         raise KeyNotExportable(
             f"backend {self.name}: key {ref.id} is kept non-extractable on PKCS#11 token {self.token!r} "
             "and can never be exported (pki export --no-key writes the certificate alone)")
@@ -211,12 +244,19 @@ class Pkcs11KeyStore(KeyStore):
     def delete(self, ref: KeyRef) -> None:
         handle = _impl(self.name).KeyHandle.parse_or_none(ref.id)
         if handle is not None:
+            self._own(ref.id, handle.label)
             self._conn().delete(self.name, handle)
 
     def close(self) -> None:
         # The login and session are per process and shared with other stores on the same token
         # (see _token.connect); they end with the process.
         pass
+
+
+def _label_pattern(scope: str | None) -> re.Pattern[str]:
+    """The labels this store makes in ``scope`` (as `_token.label_pattern`, without loading python-pkcs11)."""
+    head = rf"pki\.{re.escape(scope)}\." if scope else "pki-"
+    return re.compile(rf"{head}[a-z0-9][a-z0-9._-]{{0,63}}-[0-9a-f]{{8}}")
 
 
 def _repository(base_dir: Path) -> Path:

@@ -155,9 +155,9 @@ class VaultClient:
             adapter = self._adapter() if authenticated else self._adapter_without_token()
             response = adapter.request(method, f"/v1/{path}", json=body, raise_exception=False)
         except rx.SSLError:
-            raise self._fail(BackendUnavailable, f"TLS verification failed for {self.address}: set `ca_cert` to the "
-                                                 "CA that signed Vault's certificate (or `tls_verify = false` "
-                                                 "for a test server)") from None
+            raise self._fail(BackendUnavailable, f"TLS verification failed for {self.address}: set $VAULT_CACERT "
+                                                 "(or `ca_cert`, a file outside the repository) to the CA that "
+                                                 "signed Vault's certificate") from None
         except rx.Timeout:
             raise self._fail(BackendUnavailable, f"Vault at {self.address} did not answer within "
                                                  f"{self.timeout:g}s") from None

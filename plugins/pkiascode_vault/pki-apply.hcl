@@ -4,8 +4,12 @@
 #   kv_mount = "secret", transit_mount = "transit", prefix = "pki".
 # With other settings, replace "secret/", "transit/", "pki/", "pki-" and "pki." below accordingly.
 # Each rule comes twice: for a PKI with a `[pki] id` (paths pki/<id>/..., Transit names pki.<id>.*)
-# and for one without (pki/keys/..., pki-*). To confine a token to one PKI, replace "+" by its id
-# (and "pki.*" by "pki.<id>.*") and drop the unscoped rules.
+# and for one without (pki/keys/..., pki-*).
+#
+# This policy covers EVERY PKI on the Vault: a token with it can delete any PKI's keys. On a Vault
+# that several PKIs share, give each PKI's apply pipeline pki-apply-scoped.hcl instead, rendered for
+# its [pki] id (sed "s/PKI_ID/<id>/g", or pkiascode_vault.scoped_policy): pkiascode itself refuses a
+# key reference outside the PKI's namespace, and that policy makes Vault refuse it as well.
 #
 #   vault policy write pki-apply pki-apply.hcl
 #   vault token create -policy=pki-apply -ttl=1h      # or bind it to your CI's auth role (README)

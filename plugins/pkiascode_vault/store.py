@@ -19,8 +19,22 @@ KV paths ``<prefix>/<id>/keys/...`` and the lock ``<prefix>/<id>/locks/...``, Tr
 unscoped listing of an older repository never takes in another PKI's keys). Without an id the
 paths of earlier versions stay: ``<prefix>/keys/...``, ``<prefix>/locks/...``, ``<prefix>-<entry>-...``.
 
+Every method that takes a key reference (signer, public key, export, release, missing, delete) first
+checks that it lies in this PKI's namespace: with an id, a Transit name starting ``<prefix>.<id>.``
+or a KV path in ``<prefix>/<id>/keys/``; without one, ``<prefix>-`` and ``<prefix>/keys/`` only, so
+no reference carrying an id segment. Anything else (another PKI's root, put in a forged inventory,
+pending deletion or journal) is a `BackendError` "... is not a key of this PKI (namespace ...)",
+raised before Vault is asked. A PKI that was given an id after it made keys keeps using those
+(unscoped) keys only with ``legacy_keys = true``: they share the unscoped namespace with every PKI
+without an id on that Vault, which is why it is not the default.
+
 Credentials: the token (or the login's secrets) go only to ``$VAULT_ADDR`` when it is set; an
 ``address`` in pki.toml that differs is an error naming both, raised before anything is sent.
+TLS trust comes from the environment as well (`VaultKeyStore._tls`): ``$VAULT_CACERT``,
+``$VAULT_CAPATH`` and ``$VAULT_SKIP_VERIFY`` decide when set, and a ``ca_cert`` or ``tls_verify`` in
+pki.toml that says otherwise is an error naming both; without them, pki.toml may turn verification
+off only for a loopback address, and may name a ``ca_cert`` for any other address only if the file
+lies outside the repository (a committed CA file would let a pull request vouch for an impostor).
 """
 
 from __future__ import annotations
@@ -99,6 +113,36 @@ def is_loopback(address: str) -> bool:
         return False
 
 
+_BOOL_TEXT = {"1": True, "t": True, "true": True, "yes": True, "on": True,
+              "0": False, "f": False, "false": False, "no": False, "off": False}
+
+
+def _repository(base_dir: Any) -> str:
+    """The git work tree holding pki.toml (the nearest directory up with a ``.git``), else its directory."""
+    base = os.path.realpath(str(base_dir))
+    directory = base
+    while True:
+        if os.path.lexists(os.path.join(directory, ".git")):
+            return directory
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            return base
+        directory = parent
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether ``path`` lies in ``root``, as written or with every link resolved."""
+    for p, r in ((os.path.normpath(os.path.abspath(path)), os.path.normpath(os.path.abspath(root))),
+                 (os.path.realpath(path), os.path.realpath(root))):
+        if os.path.commonpath([p, r]) == r:
+            return True
+    return False
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
 def _mount(value: Any, default: str) -> str:
     return str(value if value is not None else default).strip("/")
 
@@ -128,14 +172,18 @@ class VaultKeyStore(KeyStore):
         "kv_mount": Option(str, "secret", "mount path of the KV v2 engine holding exportable keys and the lock"),
         "transit_mount": Option(str, "transit", "mount path of the Transit engine holding non-exportable keys"),
         "prefix": Option(str, "pki", "path prefix in KV and name prefix in Transit for everything pkiascode writes"),
-        "ca_cert": Option(str, None, "PEM file of the CA that signed Vault's TLS certificate (default $VAULT_CACERT)"),
-        "tls_verify": Option(bool, True, "verify Vault's TLS certificate (turn off only for a test server)"),
+        "ca_cert": Option(str, None, "PEM file of the CA that signed Vault's TLS certificate (default "
+                                     "$VAULT_CACERT; outside the repository unless Vault is on loopback)"),
+        "tls_verify": Option(bool, True, "verify Vault's TLS certificate (false only for a loopback address; "
+                                         "$VAULT_SKIP_VERIFY decides when set)"),
         "client_cert": Option(str, None, "PEM client certificate for TLS client authentication"),
         "client_key": Option(str, None, "PEM key of client_cert"),
         "timeout": Option((int, float), 10, "seconds to wait for one answer from Vault"),
         "lock_ttl": Option((int, str), "300s",
                            "lease of the apply lock; a holder that stops renewing loses it after this"),
         "lock_timeout": Option((int, str), "0s", "how long apply waits for another apply's lock (0: fail at once)"),
+        "legacy_keys": Option(bool, False, "with a [pki] id: also use keys made before the id (the unscoped "
+                                           "pki-*/pki/keys/ layout every PKI without an id shares)"),
         "auth": Option(dict, None, 'how to log in: { method = "token" | "approle" | "jwt" | "kubernetes", ... } '
                                    "(default: $VAULT_TOKEN, then ~/.vault-token)"),
     }
@@ -194,6 +242,10 @@ class VaultKeyStore(KeyStore):
         if timeout is not None and (isinstance(timeout, bool) or not isinstance(timeout, (int, float))
                                     or timeout <= 0):
             problems.append(("timeout", "must be a positive number of seconds"))
+        if settings.get("tls_verify") is False and address is not None and not is_loopback(str(address)):
+            problems.append(("tls_verify", "false only for a loopback address: a token sent over an unverified "
+                                           "connection goes to whoever answers (set $VAULT_SKIP_VERIFY in the "
+                                           "job's environment if you really mean it)"))
         if bool(settings.get("client_cert")) != bool(settings.get("client_key")):
             problems.append(("client_cert", "client_cert and client_key go together"))
         problems.extend(("auth", problem) for problem in auth_problems(settings.get("auth")))
@@ -221,13 +273,7 @@ class VaultKeyStore(KeyStore):
                                                             f"but $VAULT_ADDR is {env_address!r}: credentials go "
                                                             "only to $VAULT_ADDR; remove address from pki.toml or "
                                                             "make the two agree")
-                    ca_cert = self._path(s.get("ca_cert")) or os.environ.get("VAULT_CACERT") or None
-                    if ca_cert and not os.path.isfile(ca_cert):
-                        raise self._err(BackendUnavailable, f"ca_cert {ca_cert} is not a file")
-                    verify: bool | str = ca_cert or True
-                    if s.get("tls_verify") is False:
-                        verify = False
-                        log.warning("backend %s: TLS verification of %s is turned off", self.name, self.address)
+                    verify = self._tls()
                     cert = None
                     if s.get("client_cert") and s.get("client_key"):
                         cert = (self._path(s["client_cert"]) or "", self._path(s["client_key"]) or "")
@@ -237,6 +283,71 @@ class VaultKeyStore(KeyStore):
                                                    verify=verify, cert=cert, timeout=float(s.get("timeout") or 10),
                                                    mount_hints=hints, auth=self.auth)
         return self._client_obj
+
+    def _tls(self) -> bool | str:
+        """How Vault's TLS certificate is verified: True (the default trust store), a CA file or
+        directory, or False. Raises `BackendUnavailable` before anything is sent when pki.toml (which a
+        pull request controls) would decide trust for the connection that carries the token:
+
+        - ``$VAULT_CACERT``, ``$VAULT_CAPATH`` or ``$VAULT_SKIP_VERIFY`` set: the environment decides,
+          and a ``ca_cert`` or ``tls_verify`` in pki.toml that says something else is an error naming both;
+        - otherwise ``tls_verify = false`` only for a loopback address, and a ``ca_cert`` for any other
+          address only outside the repository (checked before and after resolving links)."""
+        s = self.settings
+        env_cacert = os.environ.get("VAULT_CACERT") or None
+        env_capath = os.environ.get("VAULT_CAPATH") or None
+        env_skip_text = os.environ.get("VAULT_SKIP_VERIFY") or None
+        env_skip = False
+        if env_skip_text is not None:
+            flag = env_skip_text.strip().lower()
+            if flag not in _BOOL_TEXT:
+                raise self._err(BackendUnavailable, f"$VAULT_SKIP_VERIFY is {env_skip_text!r}: use true or false")
+            env_skip = _BOOL_TEXT[flag]
+        toml_verify = s.get("tls_verify")  # None: not in pki.toml
+        toml_ca = self._path(s.get("ca_cert"))
+        if env_cacert or env_capath or env_skip_text is not None:
+            env_ca = env_cacert or env_capath
+            ca_said = f"${'VAULT_CACERT' if env_cacert else 'VAULT_CAPATH'} is {env_ca!r}"
+            skip_said = f"$VAULT_SKIP_VERIFY is {env_skip_text!r}"
+            if toml_verify is not None and bool(toml_verify) == env_skip:
+                said = skip_said if env_skip_text is not None else ca_said
+                raise self._err(BackendUnavailable, f"pki.toml says tls_verify = {str(bool(toml_verify)).lower()} but "
+                                                    f"{said}: the environment decides TLS trust; remove tls_verify "
+                                                    "from pki.toml or make the two agree")
+            if toml_ca and (env_skip or not env_ca or not _same_file(toml_ca, env_ca)):
+                said = skip_said if env_skip or not env_ca else ca_said
+                raise self._err(BackendUnavailable, f"pki.toml says ca_cert = {s.get('ca_cert')!r} but {said}: the "
+                                                    "environment decides TLS trust; remove ca_cert from pki.toml or "
+                                                    "make the two agree")
+            if env_skip:
+                log.warning("backend %s: TLS verification of %s is turned off ($VAULT_SKIP_VERIFY)",
+                            self.name, self.address)
+                return False
+            if env_ca and not os.path.exists(env_ca):
+                raise self._err(BackendUnavailable, f"${'VAULT_CACERT' if env_cacert else 'VAULT_CAPATH'} "
+                                                    f"{env_ca} does not exist")
+            return env_ca or True
+        loopback = is_loopback(self.address)
+        if toml_verify is False:
+            if not loopback:
+                raise self._err(BackendUnavailable, f"tls_verify = false is refused for {self.address}: it is allowed "
+                                                    "only for a loopback address (a token sent over an unverified "
+                                                    "connection goes to whoever answers); set $VAULT_CACERT, or "
+                                                    "$VAULT_SKIP_VERIFY in the job's environment if you really mean it")
+            log.warning("backend %s: TLS verification of %s is turned off", self.name, self.address)
+            return False
+        if toml_ca:
+            if not loopback:
+                repo = _repository(self.context.base_dir)
+                if _inside(toml_ca, repo):
+                    raise self._err(BackendUnavailable, f"refusing ca_cert {s.get('ca_cert')!r} for {self.address}: it "
+                                                        f"is inside the repository {repo}, where a commit could replace "
+                                                        "it and vouch for an impostor; set $VAULT_CACERT in the job's "
+                                                        "environment, or name a file outside the repository")
+            if not os.path.isfile(toml_ca):
+                raise self._err(BackendUnavailable, f"ca_cert {toml_ca} is not a file")
+            return toml_ca
+        return True
 
     def close(self) -> None:
         if self._client_obj is not None:
@@ -263,6 +374,35 @@ class VaultKeyStore(KeyStore):
     def _kv_path(self, entry: str, suffix: str | None = None) -> str:
         return f"{self._folder('keys')}/{entry}-{suffix or secrets.token_hex(4)}"
 
+    def _namespaces(self) -> list[tuple[str, str]]:
+        """(Transit name head, KV keys folder) of every namespace whose keys this store may touch: this
+        PKI's own, and with ``legacy_keys`` and an id, the unscoped one of keys made before the id."""
+        spaces = [(self._transit_head(), self._folder("keys"))]
+        if self.pki_id and self.settings.get("legacy_keys") is True:
+            head = self.prefix.replace("/", "-")
+            spaces.append((f"{head}-" if head else "", "/".join(p for p in (self.prefix, "keys") if p)))
+        return spaces
+
+    def _owns(self, kind: str, name: str) -> bool:
+        for head, folder in self._namespaces():
+            if kind == "transit" and name.startswith(head) and len(name) > len(head):
+                return True
+            if kind == "kv" and name.rpartition("/")[0] == folder:
+                return True
+        return False
+
+    def _foreign(self, ref_id: str) -> BackendError:
+        spaces = " or ".join(f"transit {head}*, kv {folder}/*" for head, folder in self._namespaces())
+        hint = ""
+        if self.pki_id and self.settings.get("legacy_keys") is not True:
+            head = self.prefix.replace("/", "-")
+            legacy = "/".join(p for p in (self.prefix, "keys") if p)
+            if (ref_id.startswith(f"transit:{head}-") if head else ref_id.startswith("transit:")) or (
+                    ref_id.startswith(f"kv:{legacy}/") and ref_id.count("/") == legacy.count("/") + 1):
+                hint = ("; it is named as keys made before this PKI had a [pki] id: if this PKI made it, set "
+                        f"legacy_keys = true in [backend.{self.name}]")
+        return self._err(BackendError, f"{ref_id!r} is not a key of this PKI (namespace {spaces}){hint}")
+
     @staticmethod
     def _parse(ref_id: str) -> tuple[str, str, int]:
         m = _TRANSIT_ID.fullmatch(ref_id)
@@ -274,11 +414,15 @@ class VaultKeyStore(KeyStore):
         raise ValueError(ref_id)
 
     def _parse_ref(self, ref: KeyRef) -> tuple[str, str, int]:
+        """``ref`` parsed, if it is a key of this PKI's namespace; a `BackendError` otherwise."""
         try:
-            return self._parse(ref.id)
+            kind, name, version = self._parse(ref.id)
         except ValueError:
             raise self._err(BackendError, f"{ref.id!r} is not a Vault key reference "
                                           "(expected transit:NAME@VERSION or kv:PATH)") from None
+        if not self._owns(kind, name):
+            raise self._foreign(ref.id)
+        return kind, name, version
 
     @staticmethod
     def _check_request(request: KeyRequest) -> None:
@@ -532,8 +676,10 @@ class VaultKeyStore(KeyStore):
             try:
                 kind, name, _ = self._parse(ref.id)
             except ValueError:
-                gone.add(ref)
+                gone.add(ref)  # not a reference this store makes: it has no such key
                 continue
+            if not self._owns(kind, name):
+                raise self._foreign(ref.id)  # before anything is asked of Vault
             if kind == "transit":
                 transit.append((ref, name))
             else:

@@ -94,6 +94,7 @@ def pkcs11_tool_access(softhsm, label: str) -> str:
 class TestPkcs11Conformance(KeyStoreConformance):
     # SoftHSM 2.6 has CKM_EC_EDWARDS_KEY_PAIR_GEN and CKM_EDDSA: every key type works on it.
     unsupported: set[KeyType] = set()
+    shared_between_pkis = True
 
     @pytest.fixture
     def store(self, tmp_path, softhsm):
@@ -299,7 +300,7 @@ def test_signing_from_threads(store):
 # -- configuration --------------------------------------------------------------------------------
 
 def test_options_and_validation():
-    assert set(Pkcs11KeyStore.options) == {"module", "module_env", "token", "pin_env"}
+    assert set(Pkcs11KeyStore.options) == {"module", "module_env", "token", "pin_env", "legacy_keys"}
     assert Pkcs11KeyStore.options["pin_env"].default == "PKI_PKCS11_PIN"
     assert Pkcs11KeyStore.validate({"token": "pki-ca"}) == []
     problems = dict(Pkcs11KeyStore.validate({"module": "", "pin_env": "NOT A NAME"}))
@@ -399,7 +400,8 @@ def test_wrong_pin(tmp_path, softhsm, monkeypatch):
 def test_pin_env_unset(tmp_path, softhsm, monkeypatch):
     monkeypatch.delenv(softhsm.fault_pin_env, raising=False)
     store = make_store(tmp_path, softhsm.settings(token=softhsm.fault_token, pin_env=softhsm.fault_pin_env))
-    for call in (store.check, lambda: store.generate(request("root")), lambda: store.missing([KeyRef("hsm", "a/00")])):
+    for call in (store.check, lambda: store.generate(request("root")),
+                 lambda: store.missing([KeyRef("hsm", "pki-a-00000000/00")])):
         with pytest.raises(BackendUnavailable) as info:
             call()
         assert str(info.value) == ("backend hsm: set $PKI_TEST_FAULT_PIN to the user PIN of PKCS#11 token "

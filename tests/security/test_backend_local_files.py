@@ -210,3 +210,31 @@ def test_exportability_is_in_the_reference_and_cannot_be_asked_away(tmp_path):
         fresh.export(root)
     # it may still move to a store that keeps it inside (move_key)
     assert spki_der(fresh.release(root)) == spki_der(store.public_key(root))
+
+
+def test_another_pkis_key_files_are_out_of_reach(tmp_path):
+    """Review finding F3 for the local store: a reference is a bare file name in this PKI's own key
+    directory, so no reference, in any spelling, reaches a key of another PKI beside or inside it."""
+    a, b = tmp_path / "a", tmp_path / "a" / "nested"
+    b.mkdir(parents=True)
+    (b / "pki.toml").write_text("")
+    theirs = store_in(b).generate(leaf("root"))
+    path = b / ".pki" / "keys" / theirs.id
+    mine = store_in(a)
+    mine.generate(leaf())
+    for key_id in (f"nested/.pki/keys/{theirs.id}", f"../a/nested/.pki/keys/{theirs.id}", str(path)):
+        ref = KeyRef("files", key_id)
+        for action in (mine.signer, mine.export, mine.release, mine.public_key, mine.delete):
+            with pytest.raises(BackendError, match="invalid key reference"):
+                action(ref)
+        assert mine.missing([ref]) == {ref}
+    assert mine.missing([theirs]) == {theirs}  # the bare name: looked for in a's own directory only
+    mine.delete(theirs)
+    assert path.exists()
+    # a key directory of a's that passes through the nested PKI's directory is refused
+    into = store_in(a, path="nested/.pki/keys")
+    with pytest.raises(BackendUnavailable, match="holds another PKI's pki.toml"):
+        into.delete(KeyRef("files", theirs.id))
+    with pytest.raises(BackendUnavailable, match="holds another PKI's pki.toml"):
+        into.generate(leaf())
+    assert path.exists()

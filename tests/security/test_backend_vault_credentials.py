@@ -167,11 +167,13 @@ def test_an_apply_in_another_pid_namespace_cannot_take_the_lock(vault_env, tmp_p
     prefix = f"pidns{os.getpid()}"
     env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
     repo = vault_repo(tmp_path / "repo", prefix)
+    pki_id = "pidns0test0id"
+    (repo / "pki.toml").write_text(f'[pki]\nid = "{pki_id}"\n\n' + (repo / "pki.toml").read_text())
     commit_all(repo, "pki.toml")
 
-    # the first apply: this process, holding the lock the CLI takes for state "state"
-    # (vault_env points this process at the server)
-    first = VaultKeyStore("vault", {"prefix": prefix}, StoreContext(repo, repo / ".pki"))
+    # the first apply: this process, holding the lock the CLI takes for state "state" in the PKI's
+    # namespace (vault_env points this process at the server)
+    first = VaultKeyStore("vault", {"prefix": prefix}, StoreContext(repo, repo / ".pki", pki_id))
     try:
         held = first.lock("state", holder_info("first-apply"))
         with held:

@@ -248,7 +248,8 @@ def vault_env(bao_server: BaoServer, monkeypatch: pytest.MonkeyPatch) -> BaoServ
     monkeypatch.setenv("VAULT_ADDR", bao_server.address)
     monkeypatch.setenv("VAULT_TOKEN", bao_server.token)
     monkeypatch.delenv("VAULT_NAMESPACE", raising=False)
-    monkeypatch.delenv("VAULT_CACERT", raising=False)
+    for name in ("VAULT_CACERT", "VAULT_CAPATH", "VAULT_SKIP_VERIFY"):  # TLS trust: the test's own
+        monkeypatch.delenv(name, raising=False)
     return bao_server
 
 

@@ -66,6 +66,7 @@ class Calls:
 
 # -- conformance --------------------------------------------------------------------------------------
 class TestVaultConformance(KeyStoreConformance):
+    shared_between_pkis = True
 
     @pytest.fixture
     def store(self, vault_env, make_store):
@@ -347,7 +348,7 @@ def test_unreachable_address(vault_env, make_store, monkeypatch):
     monkeypatch.setenv("VAULT_ADDR", f"http://127.0.0.1:{free_port()}")
     store = make_store(timeout=2)
     for action in (store.check, lambda: store.generate(authority()), lambda: store.public_key(
-            KeyRef("vault", "transit:pki-root-00000000@1"))):
+            KeyRef("vault", f"transit:{store.prefix}-root-00000000@1"))):
         with pytest.raises(BackendUnavailable) as error:
             action()
         text = one_line_without(error.value, vault_env.token)

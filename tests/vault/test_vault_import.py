@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -38,9 +39,11 @@ def test_import_into_vault_then_nothing_to_do(tmp_path, vault_env):
     assert "imported authority.ca" in out and "non-exportable" in out
 
     objects = inventory(repo)
-    assert objects["ca"]["key"]["ref"].startswith(f"transit:{prefix}-ca-")
+    # pki import gave pki.toml an id, and the keys are in its namespace
+    (pki_id,) = re.findall(r'^id = "([a-z0-9]+)"', (repo / "pki.toml").read_text(), flags=re.M)
+    assert objects["ca"]["key"]["ref"].startswith(f"transit:{prefix}.{pki_id}.ca-")
     assert objects["ca"]["key"]["origin"] == "imported" and not objects["ca"]["key"]["exportable"]
-    assert objects["web"]["key"]["ref"].startswith(f"kv:{prefix}/keys/web-")
+    assert objects["web"]["key"]["ref"].startswith(f"kv:{prefix}/{pki_id}/keys/web-")
     # the same certificate (state/certs/ files start with a plain-text summary before the PEM block)
     assert [pem_der(b) for b in pem_blocks((repo / "state/certs/ca.pem").read_bytes())] == \
         [pem_der(b) for b in pem_blocks((tmp_path / "old/ca.crt").read_bytes())]

@@ -142,7 +142,7 @@ def test_kubernetes_example_init_plan_apply_change_one_host(tmp_path, env):
     pki.apply()
     assert commit_count(repo) == 2
     assert commit_message(repo)[0] == "pki apply: 1 reissued"
-    body = [line for line in commit_message(repo)[2:] if line]
+    body = [line for line in commit_message(repo)[2:] if line and not line.startswith("Pki-")]
     assert len(body) == 1 and body[0].startswith("reissue certificate.node-0: ") and "hosts" in body[0]
     assert sorted(commit_files(repo)) == ["state/audit.jsonl", "state/certs/node-0.pem", "state/inventory.json"]
     assert key_ref(repo, "node-0") == before_ref

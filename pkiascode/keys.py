@@ -17,7 +17,7 @@ from .errors import BackendError, PkiError
 from .gitops import Upstream
 from .project import Project
 
-__all__ = ["key_rows", "orphans"]
+__all__ = ["key_rows", "orphans", "upstream_tip"]
 
 
 def _users(objects: dict[str, Any]) -> dict[tuple[str, str], str]:

@@ -230,7 +230,9 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     pending = [(str(a), str(b)) for a, b in inv["pending_deletes"]]
     if not pending:
         return []
-    keep = keys_in(inv["objects"])
+    from . import auditsign
+
+    keep = keys_in(inv["objects"]) | auditsign.key_refs(state)
     repo = project.repository()
     head = repo.head() if repo is not None else None
     if upstream is None and head is not None:

@@ -1,6 +1,6 @@
 """``pki keys`` and ``pki prune``: the keys in this PKI's namespace of each key store, and what each is.
 
-A key is *in use* when an object of ``state/`` names it, *pending deletion* when ``state/`` (or
+A key is *in use* when an object of ``state/`` names it (or it signs the audit log's heads), *pending deletion* when ``state/`` (or
 ``.pki/``'s list of deletions to retry) records that an apply retired it, and an *orphan* otherwise:
 left by an apply that was killed between its commit and its push, or undone without reaching its
 key store. `orphans` is what ``pki prune`` deletes: the keys that none of the work tree's state,
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from . import auditsign
 from .apply import inventory_at, keys_in
 from .backend import KeyRef
 from .errors import BackendError, PkiError
@@ -41,6 +42,7 @@ def key_rows(project: Project) -> list[dict[str, Any]]:
     state = project.state
     inv = state.load()[0]
     users = _users(inv["objects"])
+    users.update({key: "the audit log" for key in auditsign.key_refs(state)})
     pending = {(str(a), str(b)) for a, b in inv["pending_deletes"]} | set(state.pending_deletes()) \
         | set(state.deferred_deletes() or [])
     rows = []
@@ -60,6 +62,12 @@ def orphans(project: Project, *, head: str | None, tip: str | None) -> list[KeyR
     inventories += [inventory_at(project, c) for c in (head, tip) if c is not None]
     for inv in inventories:
         known |= keys_in(inv["objects"]) | {(str(a), str(b)) for a, b in inv["pending_deletes"]}
+    known |= auditsign.key_refs(state)  # the audit log's signing keys (work tree, HEAD, upstream)
+    repo = project.repository()
+    for commit in (head, tip):
+        data = repo.show(commit, repo.rel(state.root / auditsign.FILE)) if commit is not None else None
+        if data is not None:
+            known |= {(k["backend"], k["ref"]) for k in auditsign.parse(data, f"{commit[:12]}:{auditsign.FILE}")["keys"]}
     known |= set(state.pending_deletes()) | set(state.deferred_deletes() or [])
     journaled, unanswered = state.key_journal()
     if unanswered or state.pending_txn() is not None:

@@ -20,7 +20,9 @@ findings are those, plus the first one's findings on every other node. That is t
 whole walk because pkilint's PKIX validators outside those subtrees read nothing inside them but
 whether the subject equals the issuer (`is_self_issued`, for the AKI rule; in the shape) and
 whether the subject is empty (in the shape); the validators that compare the subject with the SAN
-(criticality, e-mail in SAN) sit on those subtrees and run for each certificate. tests/test_lint.py
+(criticality, e-mail in SAN) sit on those subtrees and run for each certificate. The signature value
+is read only to verify a self-issued certificate's own signature, which every certificate of a
+shape makes with the same throwaway key over its own TBS, so it answers alike. tests/test_lint.py
 checks that the findings equal a whole walk's, and that a bad value in the 500th of 1,000
 otherwise identical leaves is found.
 

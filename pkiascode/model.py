@@ -259,6 +259,8 @@ class Observed:
     crl_drift: Mapping[str, str] = dataclasses.field(default_factory=dict)
     missing_keys: Mapping[str, str] = dataclasses.field(default_factory=dict)
     digest: str = ""
+    # Keys a committed apply retired, deleted once its commit is on the upstream: (store, ref).
+    pending_deletes: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def empty(cls) -> Observed:

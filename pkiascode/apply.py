@@ -269,12 +269,25 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     return notes
 
 
+def _keys_at(project: Project, commit: str) -> set[tuple[str, str]]:
+    """The keys the state of ``commit`` uses: its objects' and the audit log's signing keys."""
+    from . import auditsign
+
+    repo = project.repository()
+    keys = keys_in(inventory_at(project, commit)["objects"])
+    data = repo.show(commit, repo.rel(project.state.root / auditsign.FILE))
+    if data is not None:
+        keys |= {(k["backend"], k["ref"]) for k in auditsign.parse(data, f"{commit[:12]}:{auditsign.FILE}")["keys"]}
+    return keys
+
+
 def undo(project: Project, *, before: str, after: str) -> list[str]:
     """After a rejected push: HEAD (and its branch) back at ``before``, ``state/`` and pki.toml as
     ``before`` has them, then the keys ``after``'s state uses and ``before``'s does not deleted (the
-    keys this run made; a key it retired is ``before``'s and stays). Returns notes."""
+    keys this run made, an audit key it pinned too; a key it retired is ``before``'s and stays).
+    Returns notes."""
     repo = project.repository()
-    made = keys_in(inventory_at(project, after)["objects"]) - keys_in(inventory_at(project, before)["objects"])
+    made = _keys_at(project, after) - _keys_at(project, before)
     repo.move_head(before, after)
     repo.restore_paths(before, after, [repo.rel(project.state.root), repo.rel(project.config_path)])
     project.reload()

@@ -31,7 +31,7 @@ from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
-from . import audit, ci
+from . import audit, auditsign, ci
 from .backend import KeyRef, KeyRequest
 from .errors import BackendError, PkiError
 from .gitops import Upstream, check_ignored
@@ -384,6 +384,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
             confirm: Callable[[], None] | None = None) -> str | None:
     """Write the transaction into state/ and commit it; then retire old keys and forget the journal."""
     state.roll_forward(txn)
+    sealed = auditsign.seal(project, txn["audit"])  # sign the log's new head (recovery: if not yet signed)
     _crash_point("after-state")
     sha = None
     if commit:
@@ -397,7 +398,8 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
         if confirm is not None:
             confirm()
         try:
-            sha = repo.commit_state(state.root, _state_files(txn, state.read_audit()), txn["message"], also=also)
+            sha = repo.commit_state(state.root, {**_state_files(txn, state.read_audit()), **sealed}, txn["message"],
+                                    also=also)
         except PkiError as e:
             raise type(e)(f"{e}; state/ is written and the next `pki apply` commits it") from None
     _crash_point("after-commit")
@@ -844,6 +846,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         upstream = repo.upstream()
     run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)
     run.check_stores()
+    auditsign.check_ready(project, plan)  # the audit key can sign (before any change)
     try:
         run.move_keys()
         run.generate_keys()
@@ -857,6 +860,8 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         abandon(project)  # nothing reached state/: the keys made so far are orphans
         raise
     try:
+        run.events += auditsign.plan_events(project, plan, time=run.now_text, actor=run.actor,
+                                            digest=run.plan_digest)
         txn = run.transaction(commit)
     except BaseException:
         abandon(project)

@@ -422,13 +422,14 @@ def _refuse_file(path: Path) -> str | None:
 
 
 def _is_state_file(root: str, path: str) -> bool:
-    """What pkiascode writes under the state directory: certs/, crl/, the inventory, the audit log,
-    its README; never a dot-file (temporary files of a killed write) or anything else put there."""
+    """What pkiascode writes under the state directory: certs/, crl/, the inventory, the audit log
+    and its signed heads, its README; never a dot-file (temporary files of a killed write) or anything else put there."""
     rel = path[len(root) + 1:] if root not in ("", ".") else path
     name = rel.rsplit("/", 1)[-1]
     if name.startswith("."):
         return False
-    return rel in ("inventory.json", "audit.jsonl", "README.md") or rel.startswith(("certs/", "crl/"))
+    return rel in ("inventory.json", "audit.jsonl", "audit-signatures.json", "README.md") \
+        or rel.startswith(("certs/", "crl/"))
 
 
 def _push_reason(text: str) -> str:

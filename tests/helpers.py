@@ -371,9 +371,16 @@ def audit_lines(directory: Path, state: str = "state") -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def audit_key_refs(directory: Path, state: str = "state") -> set[str]:
+    """The key references pinned in state/audit-signatures.json (the audit log's keys)."""
+    path = directory / state / "audit-signatures.json"
+    return {k["ref"] for k in json.loads(path.read_text())["keys"]} if path.exists() else set()
+
+
 def key_files(directory: Path) -> set[str]:
+    """The key files of the local store, but for the audit log's pinned keys (no inventory object's)."""
     keys = directory / ".pki" / "keys"
-    return {p.name for p in keys.iterdir()} if keys.exists() else set()
+    return ({p.name for p in keys.iterdir()} if keys.exists() else set()) - audit_key_refs(directory)
 
 
 def key_ref(directory: Path, name: str) -> str:

@@ -6,9 +6,8 @@ follows the last signed head, that the pinned key is the one first committed, an
 certificate and CRL file is the one the inventory records. Real git repositories, the real local key
 store, the real `pki` command.
 
-Until apply calls `auditsign.seal` (the seam in apply.py the coordinator adds), the fixture signs the
-head the way apply will, in this process, through the same function; the end-to-end test that
-needs apply itself is marked xfail(strict=True) until then.
+Apply calls `auditsign.seal` itself; the fixture calls the same function again (a no-op on a head
+already signed) so the module's own tests also cover a head signed outside apply.
 """
 
 from __future__ import annotations
@@ -359,8 +358,6 @@ def test_a_pin_whose_endorsement_was_made_for_another_key_fails_verify(signed):
     verify_fails(pki, "is not endorsed by keys[0]")
 
 
-@pytest.mark.xfail(strict=True, reason="apply signs the audit head once apply.py calls auditsign.seal "
-                                       "(the seam the coordinator wires; see the H8 report)")
 def test_apply_itself_signs_every_new_head(tmp_path, env):
     repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
     pki = Pki(repo)

@@ -441,6 +441,8 @@ class _Run:
         self.new_keys: dict[str, KeyRef] = {}
         self.crl_due: set[str] = set()
         self.signers: dict[tuple[str, str], Any] = {}
+        #: the authorities whose certificate this run signed (their key needs no proof)
+        self.made: set[str] = set()
         self.skis: dict[str, tuple[Any, str]] = {}
         self.requests: dict[str, KeyRequest] = {}
         self.plan_digest = plan.digest()
@@ -490,6 +492,15 @@ class _Run:
                                "to see the repair") from None
         return self.certs[name]
 
+    def check_kept_key(self, name: str, public_key: Any) -> None:
+        """A certificate made again for the key its record names: that key must be the one of the
+        certificate it replaces (the inventory's ``public_key_sha256``, checked against the file)."""
+        want = self.objects.get(name, {}).get("public_key_sha256")
+        if want is not None and hashlib.sha256(public_key_der(public_key)).hexdigest() != want:
+            rec = self.records[name]
+            raise PkiError(f"refusing to sign: {self.state.rel}/inventory.json names key {rec.key_id} (backend "
+                           f"{rec.store}) for {name}, which is not the key of {self.state.rel}/certs/{name}.pem")
+
     def ski_of(self, name: str) -> str:
         """The key identifier of authority ``name``'s current certificate (cached per certificate)."""
         cert = self.cert(name)
@@ -500,10 +511,17 @@ class _Run:
         return cached[1]
 
     def signer(self, name: str) -> Any:
+        """Authority ``name``'s signer; a key this run did not just certify is first proven to be the
+        one its certificate names (`prove_key`): a key reference edited in state never signs."""
         rec = self.records[name]
         key = (rec.store, rec.key_id)
         if key not in self.signers:
-            self.signers[key] = self.project.store(rec.store).signer(_ref(rec))
+            signer = self.project.store(rec.store).signer(_ref(rec))
+            if name not in self.made:
+                prove_key(signer, self.cert(name).public_key(),
+                          what=f"refusing to sign: {self.state.rel}/inventory.json names key {rec.key_id} "
+                               f"(backend {rec.store}) for {name}, against {self.state.rel}/certs/{name}.pem")
+            self.signers[key] = signer
         return self.signers[key]
 
     def event(self, change: Change | None, action: str, kind: Kind, name: str, *, serial: str | None,
@@ -548,6 +566,26 @@ class _Run:
             rec = self.records.get(name)
             if rec is not None and rec.store in self.desired.stores and not self.plan_moves(name):
                 self.project.store(rec.store).require(KeyType(rec.key_type), generate=False)
+
+    def prove_issuers(self) -> None:
+        """Before any key is made: each existing authority key that will sign in this run (an issuer
+        of a new certificate, an authority whose CRL is signed again) proves it is its certificate's."""
+        names: set[str] = set()
+        for change in self.plan.changes:
+            entry = self.desired.entries.get(change.name)
+            rec = self.records.get(change.name)
+            if change.makes_certificate and entry is not None and entry.issuer is not None:
+                names.add(entry.issuer)
+            if change.action is Action.UPDATE_CRL:
+                names.add(change.name)
+            if change.action is Action.REVOKE and rec is not None and rec.issuer is not None:
+                names.add(rec.issuer)
+        for name in sorted(names):
+            rec = self.records.get(name)
+            if rec is None or rec.store not in self.desired.stores or self.plan_moves(name) \
+                    or any(c.name == name and c.makes_certificate for c in self.plan.changes):
+                continue  # made or moved in this run (`move_keys` proves a moved key itself)
+            self.signer(name)
 
     def plan_moves(self, name: str) -> bool:
         return any(c.name == name and (c.makes_key or c.action is Action.MOVE_KEY) for c in self.plan.changes)
@@ -651,6 +689,8 @@ class _Run:
             assert ref is not None
             store = self.project.store(ref.store)
             public_key = store.public_key(ref)
+            if not change.makes_key:
+                self.check_kept_key(change.name, public_key)
             key_id, origin, exportable, plugin = ref.id, ref.origin, store.is_exportable(ref), store.plugin
             store_name = ref.store
         if entry.issuer is None:
@@ -687,6 +727,7 @@ class _Run:
         self.records[entry.name] = rec
         self.put(rec, public_key_sha256=hashlib.sha256(public_key_der(public_key)).hexdigest())
         self.certs[entry.name] = cert
+        self.made.add(entry.name)
         self.signers.pop((rec.store, rec.key_id), None)
         self.files[f"certs/{entry.name}.pem"] = certificate_file(cert, der).decode()
         if entry.kind is Kind.AUTHORITY:
@@ -847,6 +888,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)
     run.check_stores()
     auditsign.check_ready(project, plan)  # the audit key can sign (before any change)
+    run.prove_issuers()  # an issuer key that is not its certificate's stops us before any change
     try:
         run.move_keys()
         run.generate_keys()

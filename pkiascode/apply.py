@@ -43,7 +43,7 @@ from .state import StateDir, certificate_file, has_text_header, read_file
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
-           "finish_deletes", "undo", "inventory_at", "keys_in", "needs_id", "id_to_add"]
+           "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "id_to_add"]
 
 
 class Progress(Protocol):
@@ -174,9 +174,47 @@ def recover(project: Project, *, commit: bool, progress: Progress, upstream: Ups
             notes.append(f"committed the state an earlier `pki apply --no-commit` wrote ({sha[:12]})")
         state.set_pending_deletes(state.pending_deletes() + deferred)
         state.clear_deferred_deletes()
-    notes.extend(_process_deletes(project, state, confirm=confirm))
-    notes.extend(finish_deletes(project, upstream=upstream, confirm=confirm))
+    # (no key is deleted here: only after the plan was made and state verified, `delete_old_keys`)
     return notes
+
+
+def delete_old_keys(project: Project, *, upstream: Upstream | None,
+                   confirm: Callable[[], None] | None = None, used: set[tuple[str, str]] | None = None) -> list[str]:
+    """Delete the keys retired earlier: `.pki/journal/deletes.json`'s and the committed pending
+    deletions whose commit is on ``upstream`` (`finish_deletes`). Only after `Project.plan` verified
+    state (``execute`` calls it, also for an empty plan); never a key that a certificate in state
+    names (`_certified_keys`). Returns notes."""
+    notes = _process_deletes(project, project.state, used, confirm=confirm)
+    return notes + finish_deletes(project, upstream=upstream, confirm=confirm)
+
+
+def _certified_digests(state: StateDir) -> set[str]:
+    """The SHA-256 (of the SubjectPublicKeyInfo DER) of the public key of every certificate in state:
+    the inventory's records and the certificate files themselves."""
+    inv = state.load()[0]
+    digests = {str(o["public_key_sha256"]) for o in inv["objects"].values() if o.get("public_key_sha256")}
+    for name in inv["objects"]:
+        try:
+            data = read_file(state.cert_path(name))
+            cert = load_certificate(data) if data is not None else None
+        except (ValueError, PkiError):
+            continue
+        if cert is not None:
+            digests.add(hashlib.sha256(public_key_der(cert.public_key())).hexdigest())
+    return digests
+
+
+def _certified(project: Project, store_name: str, key_id: str, digests: set[str]) -> bool:
+    """Whether the key ``key_id`` in ``store_name`` is the key of a certificate in state, where the
+    store can tell (its ``public_key_digest``, else its public key): such a key is never deleted."""
+    store = project.store(store_name)
+    ref = KeyRef(store_name, key_id)
+    try:
+        tell = getattr(store, "public_key_digest", None)
+        digest = tell(ref) if tell is not None else hashlib.sha256(public_key_der(store.public_key(ref))).hexdigest()
+    except (BackendError, PkiError, ValueError):
+        return False  # (a key already gone, or one the store cannot show: nothing to compare)
+    return digest is not None and digest in digests
 
 
 # -- the transaction: the one way a change reaches state/ (apply and import) ----------------------
@@ -259,9 +297,14 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     stores = project.desired().stores
     if ready and confirm is not None:
         confirm()
+    digests = _certified_digests(state) if ready else set()
     for store_name, key_id in ready:
         if store_name not in stores:
             continue  # (dropped from the list by the next apply, with a note)
+        if _certified(project, store_name, key_id, digests):
+            notes.append(f"{state.rel}/inventory.json lists key {key_id} (backend {store_name}) for deletion, but "
+                         "it is the key of a certificate in state: kept")
+            continue
         try:
             project.store(store_name).delete(KeyRef(store_name, key_id))
         except BackendError as e:
@@ -356,12 +399,16 @@ def _process_deletes(project: Project, state: StateDir, used: set[tuple[str, str
         confirm()
     left: list[tuple[str, str]] = []
     notes = []
+    digests = _certified_digests(state)
     for store_name, key_id in pending:
         if (store_name, key_id) in used:
             continue  # never delete a key the state still needs
         if store_name not in project.desired().stores:
             notes.append(f"old key {key_id} in backend {store_name} was not deleted: the backend is no "
                          "longer defined")
+            continue
+        if _certified(project, store_name, key_id, digests):
+            notes.append(f"old key {key_id} (backend {store_name}) is the key of a certificate in state: kept")
             continue
         try:
             project.store(store_name).delete(KeyRef(store_name, key_id))
@@ -879,12 +926,15 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
     push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting.
     ``new_id``: the ``[pki] id`` to write into pki.toml with this commit (`id_to_add`)."""
-    if plan.empty:
-        return ApplyResult({}, None, [], "")
-    progress = progress or NullProgress()
     repo = project.repository()
     if upstream is None and commit and repo is not None:
         upstream = repo.upstream()
+    if plan.empty:  # (the caller made the plan: state is verified, retired keys may go now)
+        notes = _process_deletes(project, project.state, confirm=still_locked)
+        if delete_retired:
+            notes += finish_deletes(project, upstream=upstream, confirm=still_locked)
+        return ApplyResult({}, None, notes, "")
+    progress = progress or NullProgress()
     run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)
     run.check_stores()
     auditsign.check_ready(project, plan)  # the audit key can sign (before any change)

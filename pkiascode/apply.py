@@ -33,13 +33,13 @@ from cryptography.hazmat.primitives import serialization
 
 from . import audit, auditsign, ci
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, PkiError
+from .errors import BackendError, PkiError, StateError
 from .gitops import Upstream, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
-from .state import StateDir, certificate_file, has_text_header, read_file
+from .state import StateDir, certificate_file, config_refusal, has_text_header, read_file
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
@@ -146,13 +146,18 @@ def preflight(project: Project, commit: bool) -> None:
 # -- recovery ------------------------------------------------------------------------------------
 
 def recover(project: Project, *, commit: bool, progress: Progress, upstream: Upstream | None = None,
-            confirm: Callable[[], None] | None = None) -> list[str]:
-    """Finish an interrupted apply and clean up after one, and delete the retired keys whose commit
-    is now on ``upstream`` (`finish_deletes`). Returns notes for the user."""
+            confirm: Callable[[], None] | None = None, importing: bool = False) -> list[str]:
+    """Finish an interrupted apply and clean up after one. Returns notes for the user. A pending
+    transaction that rewrites pki.toml beyond adding its ``[pki] id`` is finished only by `pki
+    import` (``importing``): else a one-line error says how (`state.config_refusal`)."""
     state = project.state
     notes: list[str] = []
     state.remove_temporaries()
     txn = state.pending_txn()
+    if txn is not None and not importing:
+        why = config_refusal(txn, project.base_dir, project.config_path)
+        if why:
+            raise StateError(why)
     if txn is not None:
         progress.note("completing an interrupted apply")
         _finish(project, state, txn, commit=commit and txn["commit"], confirm=confirm)
@@ -430,6 +435,10 @@ def _state_files(txn: Mapping[str, Any], audit_log: bytes) -> dict[str, bytes | 
 def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit: bool,
             confirm: Callable[[], None] | None = None) -> str | None:
     """Write the transaction into state/ and commit it; then retire old keys and forget the journal."""
+    config = txn.get("config")
+    if config is not None and (project.base_dir / config["path"]).resolve() != project.config_path.resolve():
+        raise StateError(f".pki/journal/txn.json writes {config['path']}, not {project.config_path.name}: not a "
+                         "transaction pkiascode made; remove .pki/journal/")
     state.roll_forward(txn)
     sealed = auditsign.seal(project, txn["audit"])  # sign the log's new head (recovery: if not yet signed)
     _crash_point("after-state")

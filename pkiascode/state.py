@@ -37,7 +37,7 @@ from .model import Observed, Record
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
-           "INVENTORY_FORMAT", "dump_txn", "load_txn", "txn_file", "valid_key_ref", "safe_relative",
+           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "txn_file", "valid_key_ref", "safe_relative",
            "certificate_file", "has_text_header", "render_inventory"]
 
 INVENTORY_FORMAT = 1
@@ -302,8 +302,42 @@ def _check_txn(txn: Mapping[str, Any]) -> None:
     if config is not None:
         if not (isinstance(config, dict) and set(config) == {"path", "content"} and isinstance(config["content"], str)
                 and isinstance(config["path"], str) and safe_relative(config["path"])
-                and config["path"].endswith(".toml")):
-            raise ValueError("config")
+                and "/" not in config["path"] and config["path"].endswith(".toml")):
+            raise ValueError("config")  # (pki.toml is next to .pki/: a file name, never a path)
+
+
+def config_refusal(txn: Mapping[str, Any], base: Path, config_path: Path) -> str | None:
+    """Why a pending transaction may not be completed silently, or None. Its ``config`` rewrites
+    pki.toml (an interrupted `pki import`, or an apply that added the ``[pki] id``): it must name
+    this project's pki.toml, and be either what pki.toml holds already or that pki.toml with only
+    an id added; anything else is completed only by running `pki import` again (the transaction
+    file is in ``.pki/``, which is not reviewed like the committed pki.toml is)."""
+    config = txn.get("config")
+    if config is None:
+        return None
+    where = ".pki/journal/txn.json"
+    if (base / config["path"]).resolve() != config_path.resolve():
+        return (f"{where} writes {config['path']}, not {config_path.name}: not a transaction pkiascode made; "
+                "remove .pki/journal/ (then `pki prune` deletes keys it may have made)")
+    current = read_file(config_path)
+    content = config["content"].encode("utf-8")
+    if current == content:
+        return None
+    if current is not None:
+        import tomllib
+
+        from .scaffold import with_pki_id
+
+        try:
+            pki_id = tomllib.loads(config["content"]).get("pki", {}).get("id")
+            text = current.decode("utf-8")
+            if isinstance(pki_id, str) and "id" not in tomllib.loads(text).get("pki", {}) \
+                    and with_pki_id(text, pki_id).encode("utf-8") == content:
+                return None  # an apply that gave pki.toml its [pki] id
+        except (ValueError, UnicodeDecodeError, AttributeError):
+            pass
+    return (f"{where} is an interrupted `pki import` that rewrites {config_path.name}: run the same `pki import "
+            f"DIR` again to finish it, or remove .pki/journal/ to drop it (`pki prune` then deletes the keys it made)")
 
 
 def state_file_name(rel: str) -> bool:

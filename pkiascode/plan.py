@@ -180,7 +180,12 @@ class Plan:
     (``pki plan --at +30d`` decides what is due then, the diffs show the not_after of a certificate
     signed now). ``replace`` and ``rekey_missing``: the options it was made with. ``offline``: made
     without asking the key stores. ``expiring``: (qualified name, not_after) of each live object the
-    plan does not change that expires within `OUTLOOK_DAYS` of ``at``, soonest first."""
+    plan does not change that expires within `OUTLOOK_DAYS` of ``at``, soonest first.
+    ``pending_deletes``: (store, ref, entry) of each key an earlier apply retired, which the next apply
+    deletes once the commit that retired it is on the upstream (``entry``: the authority or certificate
+    whose key it was, as far as the reference tells, else None). They are not changes of this plan
+    (an empty plan stays empty, ``--detailed-exitcode`` 0): every format lists them, so that a
+    reviewer sees which keys a merge will let apply delete."""
 
     changes: tuple[Change, ...]
     warnings: tuple[str, ...]
@@ -193,6 +198,7 @@ class Plan:
     rekey_missing: bool = False
     offline: bool = False
     expiring: tuple[tuple[str, str], ...] = ()
+    pending_deletes: tuple[tuple[str, str, str | None], ...] = ()
 
     @property
     def empty(self) -> bool:
@@ -229,6 +235,7 @@ class Plan:
             "state_digest": self.state_digest,
             "findings": [f.to_json() for f in self.findings],
             "expiring": [{"name": n, "not_after": t} for n, t in self.expiring],
+            "pending_deletes": [{"store": s, "ref": r, "entry": e} for s, r, e in self.pending_deletes],
         }
         if self.issued_at is not None:
             d["issued_at"] = format_time(self.issued_at)
@@ -266,6 +273,11 @@ class Plan:
             raise ValueError("rekey_missing and offline are true or false")
         if not isinstance(d["at"], str) or not isinstance(d.get("issued_at", ""), str):
             raise ValueError("at and issued_at are times")
+        pending = d.get("pending_deletes", [])
+        if not isinstance(pending, list) or not all(
+                isinstance(p, Mapping) and isinstance(p.get("store"), str) and isinstance(p.get("ref"), str)
+                and isinstance(p.get("entry"), (str, type(None))) for p in pending):
+            raise ValueError("pending_deletes is not a list of {store, ref, entry}")
         return cls(
             changes=tuple(Change.from_json(c) for c in d["changes"]), warnings=tuple(d.get("warnings", ())),
             at=parse_time(d["at"]), config_digest=d.get("config_digest", ""),
@@ -274,4 +286,5 @@ class Plan:
             issued_at=parse_time(d["issued_at"]) if "issued_at" in d else None,
             rekey_missing=d.get("rekey_missing", False), offline=d.get("offline", False),
             expiring=tuple((str(e["name"]), str(e["not_after"])) for e in d.get("expiring", ())),
+            pending_deletes=tuple((p["store"], p["ref"], p["entry"]) for p in pending),
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import re
 from collections.abc import Iterable, Mapping
 
 from .errors import PlanError
@@ -345,7 +346,31 @@ def plan(
         warnings.extend(_always_due(desired, now, issued))
     return Plan(changes=tuple(changes), warnings=tuple(warnings), at=now, config_digest=desired.digest,
                 state_digest=observed.digest, replace=replace, issued_at=issued if issued != now else None,
-                rekey_missing=rekey_missing, expiring=_expiring(records, changes, now))
+                rekey_missing=rekey_missing, expiring=_expiring(records, changes, now),
+                pending_deletes=_pending_deletes(observed.pending_deletes, [*desired.entries, *records]))
+
+
+#: what every key store puts after the entry's name in a key reference: a random suffix, and the
+#: local store's ``.noexport``/``.pem``, Vault Transit's ``@VERSION``
+_REF_TAIL = r"-[0-9a-f]{8}(?:\.noexport)?(?:\.pem)?(?:@\d+)?\Z"
+#: a name after the last '/' (a key path) or the whole reference (a file name); not after a ':' or a
+#: '.' (Vault Transit and PKCS#11 labels put a prefix and the id first, and names may hold dots)
+_REF_ENTRY = re.compile(rf"(?:\A|/)([a-z0-9][a-z0-9._-]*){_REF_TAIL}")
+
+
+def _pending_deletes(pending: Iterable[tuple[str, str]], names: Iterable[str]) -> tuple[tuple[str, str, str | None], ...]:
+    """(store, ref, entry) of each key waiting for deletion, once each: ``entry`` is the longest
+    name of pki.toml or state the reference ends with (before its random suffix), else the name the
+    reference's last part spells (`_REF_ENTRY`), else None. A hint for the reader; the reference is what counts."""
+    known = sorted(set(names), key=len, reverse=True)
+    out: list[tuple[str, str, str | None]] = []
+    for store, ref in dict.fromkeys((str(s), str(r)) for s, r in pending):
+        entry = next((n for n in known if re.search(rf"(?:\A|[/:.-]){re.escape(n)}{_REF_TAIL}", ref)), None)
+        if entry is None:
+            m = _REF_ENTRY.search(ref)
+            entry = m.group(1) if m else None
+        out.append((store, ref, entry))
+    return tuple(out)
 
 
 def _always_due(desired: Desired, at: dt.datetime, issued: dt.datetime) -> list[str]:

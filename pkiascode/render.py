@@ -1,4 +1,8 @@
-"""Plan renderers: `Plan` in, string out. No I/O, no crypto."""
+"""Plan renderers: `Plan` in, string out. No I/O, no crypto.
+
+What a plan quotes comes from files a pull request can write (names, subjects and SANs from state/
+and CSRs, reasons that quote them): every such text passes through `errors.printable`, so no control,
+bidirectional or invisible format character reaches a terminal or a review comment raw."""
 
 from __future__ import annotations
 
@@ -6,11 +10,12 @@ import json
 import re
 from typing import Any
 
+from .errors import printable
 from .model import Kind
 from .plan import OUTLOOK_DAYS, Action, Change, FieldChange, Finding, Plan
 
 __all__ = ["render_text", "render_markdown", "render_json", "summary_line", "is_offline", "OFFLINE_WARNING",
-           "MARKDOWN_MARKER"]
+           "MARKDOWN_MARKER", "PENDING_DELETES_HEADING"]
 
 #: the warning of every offline plan (``pki plan --offline``), in every format
 OFFLINE_WARNING = ("key stores not checked (--offline): this plan assumes every key state/ names exists; "
@@ -29,13 +34,22 @@ _VERB = {Action.CREATE: "to create", Action.REISSUE: "to reissue", Action.RENEW:
 
 _JSON = json.JSONEncoder(ensure_ascii=False).encode
 
+#: the heading of `Plan.pending_deletes` in the text and markdown plans
+PENDING_DELETES_HEADING = "Keys that will be deleted once the retiring commit is on the upstream"
+
 
 def _fmt(value: Any) -> str:
+    """A value for display, one line, control and format characters escaped."""
     if value is None:
         return "(none)"
     if isinstance(value, str):
-        return value
-    return _JSON(value)
+        return printable(value)
+    return printable(_JSON(value))
+
+
+def _pending_item(store: str, ref: str, entry: str | None) -> str:
+    """``store:ref (entry)``, escaped."""
+    return printable(f"{store}:{ref}" + (f" ({entry})" if entry else ""))
 
 
 def summary_line(plan: Plan) -> str:
@@ -55,16 +69,16 @@ def _style(text: str, code: str, color: bool) -> str:
 def _change_text(change: Change, color: bool) -> list[str]:
     action = change.action
     glyph = _style(f"{action.glyph:>3}", _COLORS[action], color)
-    head = f"{glyph} {_style(change.qualified, '1', color)} {_WILL[action]}"
+    head = f"{glyph} {_style(printable(change.qualified), '1', color)} {_WILL[action]}"
     if change.retire:
         head += " and removed from state"
     lines = [head]
-    lines.extend(f"      because {reason}" for reason in change.reasons)
-    width = max((len(f) for f, _ in change.diff), default=0) + 1
+    lines.extend(f"      because {printable(reason)}" for reason in change.reasons)
+    width = max((len(printable(f)) for f, _ in change.diff), default=0) + 1
     create = action is Action.CREATE
     arrow = _style("→", "2", color)
     for field, fc in change.diff:
-        label = f"{field}:".ljust(width)
+        label = f"{printable(field)}:".ljust(width)
         if fc.before is None and create:
             lines.append(f"      {label} {_fmt(fc.after)}")
         else:
@@ -77,7 +91,7 @@ def _finding_object(plan: Plan, finding: Finding) -> tuple[str, str]:
     certificate or its CRL."""
     kinds = {c.name: c.kind for c in plan.changes}
     kind = kinds.get(finding.entry, Kind.AUTHORITY if finding.what == "crl" else None)
-    return (f"{kind.value}.{finding.entry}" if kind is not None else finding.entry), finding.what
+    return printable(f"{kind.value}.{finding.entry}" if kind is not None else finding.entry), printable(finding.what)
 
 
 def render_text(plan: Plan, *, color: bool = False) -> str:
@@ -94,13 +108,20 @@ def render_text(plan: Plan, *, color: bool = False) -> str:
         if plan.empty:
             out.append("")
         out.append(_style("Warnings:", "33", color))
-        out.extend(f"  ! {w}" for w in plan.warnings)
+        out.extend(f"  ! {printable(w)}" for w in plan.warnings)
+        out.append("")
+    if plan.pending_deletes:
+        if plan.empty and not plan.warnings:
+            out.append("")
+        out.append(_style(f"{PENDING_DELETES_HEADING} (retired by an earlier apply; not a change of this plan):",
+                          "33", color))
+        out.extend(f"  ! {_pending_item(*p)}" for p in plan.pending_deletes)
         out.append("")
     if plan.findings:
         out.append(_style("Lint findings (pkilint, on what apply would sign):", "33", color))
         for f in plan.findings:
             name, what = _finding_object(plan, f)
-            out.append(f"  {f.severity} {name} ({what}): {f.id}: {f.message}")
+            out.append(printable(f"  {f.severity} {name} ({what}): {f.id}: {f.message}"))
         out.append("")
     if not plan.empty:
         out.append(_style(summary_line(plan), "1", color))
@@ -131,7 +152,7 @@ def is_offline(plan: Plan) -> bool:
 def _md_escape(text: str) -> str:
     """Plain text in a table cell or list item: no HTML (a comment or tag from pki.toml would hide what
     follows), no table breaks."""
-    return (text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
+    return (printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
             .replace("\n", " "))
 
 
@@ -174,7 +195,7 @@ def _value(field: str, value: Any) -> str:
 
 
 def _md_change(change: Change) -> list[str]:
-    head = f"#### `{change.action.glyph}` {change.action.value} `{change.qualified}`"
+    head = f"#### `{change.action.glyph}` {change.action.value} {_code(change.qualified)}"
     out = [head, ""]
     out += [f"- because {_md_escape(r)}" for r in change.reasons]
     if change.revoke_reason:
@@ -188,12 +209,12 @@ def _md_change(change: Change) -> list[str]:
             diff["issuer"] = FieldChange(None, None)
         fields = [f for f in _CREATE_ORDER if f in diff] + [f for f in diff if f not in _CREATE_ORDER]
         out += ["| field | value |", "|---|---|"]
-        out += [f"| {_FIELD_LABELS.get(f, _md_escape(f))} | {_value(f, diff[f].after)} |" for f in fields]
+        out += [f"| {_FIELD_LABELS.get(f) or _md_escape(f)} | {_value(f, diff[f].after)} |" for f in fields]
         out.append("")
     elif diff:
         out += ["| field | before | after |", "|---|---|---|"]
         for field, fc in change.diff:
-            out.append(f"| {_FIELD_LABELS.get(field, _md_escape(field))} | {_value(field, fc.before)} | "
+            out.append(f"| {_FIELD_LABELS.get(field) or _md_escape(field)} | {_value(field, fc.before)} | "
                        f"{_value(field, fc.after)} |")
         out.append("")
     return out
@@ -205,13 +226,13 @@ def _key_deletions(plan: Plan) -> list[str]:
     out = []
     for c in plan.changes:
         if c.action is Action.REKEY and c.new_key or c.action is Action.RENEW and c.new_key:
-            out.append(f"- the old key of `{c.qualified}` ({c.action.value})")
+            out.append(f"- the old key of {_code(c.qualified)} ({c.action.value})")
         elif c.action is Action.MOVE_KEY:
             before = dict(c.diff).get("backend")
             where = f" in backend {_code(before.before)}" if before is not None else ""
-            out.append(f"- the old copy{where} of `{c.qualified}`'s key (it moves)")
+            out.append(f"- the old copy{where} of {_code(c.qualified)}'s key (it moves)")
         elif c.action is Action.REVOKE and c.retire:
-            out.append(f"- the key of `{c.qualified}` (it leaves pki.toml; kept with `keep_revoked_keys = true`)")
+            out.append(f"- the key of {_code(c.qualified)} (it leaves pki.toml; kept with `keep_revoked_keys = true`)")
     return out
 
 
@@ -222,7 +243,7 @@ def _outlook(plan: Plan) -> list[str]:
     rows = []
     for name, not_after in plan.expiring:
         days = (parse_time(not_after) - plan.at).total_seconds() / 86400
-        rows.append(f"| `{name}` | {_code(not_after)} | {int(days // 1)} |")
+        rows.append(f"| {_code(name)} | {_code(not_after)} | {int(days // 1)} |")
     if not rows:
         return [f"Nothing else falls due in the next {OUTLOOK_DAYS} days."]
     return ["| object | not after | days left |", "|---|---|---|"] + rows
@@ -239,6 +260,9 @@ def render_markdown(plan: Plan, *, limit: int = COMMENT_LIMIT) -> str:
     warnings = [w for w in plan.warnings if w != OFFLINE_WARNING]  # (said just above)
     if warnings:
         out += ["", "**Warnings**", ""] + [f"- {_md_escape(w)}" for w in warnings]
+    if plan.pending_deletes:
+        out += ["", f"**{PENDING_DELETES_HEADING}** (retired by an earlier apply; not a change of this plan):",
+                ""] + [f"- {_code(f'{s}:{r}')}" + (f" ({_code(e)})" if e else "") for s, r, e in plan.pending_deletes]
     findings = plan.findings
     if findings:
         out += ["", "**Lint findings** (pkilint, on what apply would sign)", "",
@@ -250,7 +274,7 @@ def render_markdown(plan: Plan, *, limit: int = COMMENT_LIMIT) -> str:
     if not plan.empty:
         out += ["", "| | action | object | why |", "|---|---|---|---|"]
         for c in plan.changes:
-            out.append(f"| `{c.action.glyph}` | {c.action.value} | `{c.qualified}` | "
+            out.append(f"| `{c.action.glyph}` | {c.action.value} | {_code(c.qualified)} | "
                        f"{_md_escape('; '.join(c.reasons))} |")
         deletions = _key_deletions(plan)
         if deletions:

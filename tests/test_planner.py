@@ -931,3 +931,24 @@ def test_a_non_exportable_key_moves_out_of_a_store_that_hands_such_keys_over():
     caps = {"local": (True, True, True), "hsm": (False, True, False)}
     inter = only(w.plan(moved, T0, store_caps=caps), "inter")
     assert inter.action is Action.MOVE_KEY and inter.reasons == ("backend changes local → hsm",)
+
+
+# --- keys waiting for deletion (review F3/F5) -----------------------------------------------------
+
+def test_pending_deletions_reach_the_plan_with_their_entry_and_are_no_change():
+    """Keys an earlier apply retired are listed in the plan (so a reviewer sees what a merge lets apply
+    delete), with the entry the reference names; they are not changes: the plan stays empty."""
+    w, desired = world_at()
+    observed = dataclasses.replace(w.observed(), pending_deletes=(
+        ("local", "web-0123abcd.noexport.pem"), ("vault", "transit:pki.3s2x6p7su53t.root-462646ed@1"),
+        ("vault", "kv:pki/3s2x6p7su53t/keys/gone.one-89abcdef"), ("vault", "transit:pki.3s2x6p7su53t.a.b-89abcdef@2"),
+        ("local", "gone.two-0123abcd.pem"), ("x", "no suffix"), ("local", "web-0123abcd.noexport.pem")))
+    p = make_plan(desired, observed, now=T0)
+    assert p.empty
+    assert p.pending_deletes == (("local", "web-0123abcd.noexport.pem", "web"),
+                                 ("vault", "transit:pki.3s2x6p7su53t.root-462646ed@1", "root"),
+                                 ("vault", "kv:pki/3s2x6p7su53t/keys/gone.one-89abcdef", "gone.one"),
+                                 ("vault", "transit:pki.3s2x6p7su53t.a.b-89abcdef@2", None),
+                                 ("local", "gone.two-0123abcd.pem", "gone.two"), ("x", "no suffix", None))
+    assert Plan.from_json(json.loads(p.dumps())).pending_deletes == p.pending_deletes
+    assert make_plan(desired, w.observed(), now=T0).pending_deletes == ()

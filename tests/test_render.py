@@ -530,3 +530,95 @@ def test_exit_code_is_decided_in_one_place():
     assert exit_code(False, True) == 0
     assert exit_code(True, True) == 2
     assert (cli_mod.EXIT_OK, cli_mod.EXIT_ERROR, cli_mod.EXIT_CHANGES) == (0, 1, 2)
+
+
+# --- keys waiting for deletion (review F3/F5) and escaping (review F12) -----------------------------
+
+PENDING = (("vault", "transit:pki.3s2x6p7su53t.root-462646ed@1", "root"), ("local", "x-0123abcd.pem", None))
+
+
+def test_pending_deletions_are_shown_by_every_format_and_are_no_change():
+    plan = dataclasses.replace(EMPTY, pending_deletes=PENDING)
+    text = render_text(plan)
+    assert text.startswith("No changes.")
+    assert ("Keys that will be deleted once the retiring commit is on the upstream (retired by an earlier apply; "
+            "not a change of this plan):\n  ! vault:transit:pki.3s2x6p7su53t.root-462646ed@1 (root)\n"
+            "  ! local:x-0123abcd.pem\n") in text
+    md = render_markdown(plan)
+    assert "**Keys that will be deleted once the retiring commit is on the upstream**" in md
+    assert "- `vault:transit:pki.3s2x6p7su53t.root-462646ed@1` (`root`)\n- `local:x-0123abcd.pem`" in md
+    data = json.loads(render_json(plan))
+    assert data["pending_deletes"] == [
+        {"store": "vault", "ref": "transit:pki.3s2x6p7su53t.root-462646ed@1", "entry": "root"},
+        {"store": "local", "ref": "x-0123abcd.pem", "entry": None}]
+    assert data["changes"] == [] and data["summary"] == {}
+    # not a change: --detailed-exitcode stays 0 (the CLI decides by plan.empty)
+    assert plan.empty and exit_code(not plan.empty, True) == 0
+    assert json.loads(render_json(EMPTY))["pending_deletes"] == []
+    assert "retiring commit" not in render_text(EMPTY) + render_markdown(EMPTY)
+
+
+HOSTILE = "ok\x1b]0;TITLE\x07\x1b[31mRED\u202eevil\u009b2J\u200b"
+
+
+def _no_raw_controls(text: str) -> None:
+    from pkiascode.errors import control_character
+
+    assert all(control_character(line) is None for line in text.split("\n")), [
+        line for line in text.split("\n") if control_character(line)]
+
+
+def test_values_from_state_are_escaped_in_text_and_markdown():
+    """A subject, SAN, reason, warning or name read from state/ or a CSR carries ESC, BEL, RLO, C1 CSI,
+    ZWSP: the text and markdown plans print them as escapes, never raw (review F12)."""
+    change = C(Action.REISSUE, Kind.CERTIFICATE, "web", (f"certificate file says CN={HOSTILE}",),
+               {"subject": (f"CN={HOSTILE}", "CN=web"), "hosts": ([HOSTILE, "a.example"], ["a.example"]),
+                HOSTILE: ("a", "b")})
+    plan = Plan(changes=(change,), warnings=(f"w {HOSTILE}",), at=AT, expiring=((f"certificate.{HOSTILE}", "2030-02-01T00:00:00Z"),),
+                pending_deletes=(("local", HOSTILE, HOSTILE),))
+    for color in (False, True):
+        text = render_text(plan, color=color)
+        _no_raw_controls(text.replace("\x1b[", "").replace("\x1b", "") if color else text)
+        assert "\\x1b]0;TITLE\\x07\\x1b[31mRED\\u202eevil\\x9b2J\\u200b" in text
+    assert "\x1b" not in render_text(plan)
+    md = render_markdown(plan)
+    _no_raw_controls(md)
+    assert "\\u202e" in md and "\\x1b" in md
+    # JSON keeps the values (its own escapes make them inert)
+    assert HOSTILE in json.loads(render_json(plan))["changes"][0]["diff"]["subject"]["before"]
+
+
+def test_the_update_crl_change_in_json_has_the_shape_the_ci_look_ahead_reads():
+    """examples/ci's weekly look-ahead filters `pki plan --at +30d --format json` (where every CRL is due)
+    by action, kind and name: run its own filter on a plan with a CRL update and a renewal."""
+    import re
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    filters = set()
+    for workflow in ("github/pki-look-ahead.yml", "gitlab/.gitlab-ci.yml"):
+        m = re.search(r"python3 -c '([^']*update_crl[^']*)'", (root / "examples/ci" / workflow).read_text())
+        assert m, workflow
+        filters.add(m.group(1))
+    plan = Plan(changes=(RENEW, CRL), warnings=(), at=AT)
+    data = json.loads(render_json(plan))
+    assert data["changes"][1] == {"action": "update_crl", "kind": "authority", "name": "inter",
+                                  "reasons": list(CRL.reasons),
+                                  "diff": {"crl_number": {"before": 3, "after": 4}}}
+    for code in filters:
+        out = subprocess.run([sys.executable, "-c", code], cwd=_write(data), capture_output=True, text=True)
+        assert (out.returncode, out.stdout) == (0, "authority.inter\n"), out.stderr
+    only_crls = dataclasses.replace(plan, changes=(CRL,))
+    for code in filters:
+        out = subprocess.run([sys.executable, "-c", code], cwd=_write(json.loads(render_json(only_crls))),
+                             capture_output=True, text=True)
+        assert (out.returncode, out.stdout) == (0, "\n"), out.stderr
+
+
+def _write(data: dict) -> Path:
+    import tempfile
+
+    d = Path(tempfile.mkdtemp())
+    (d / "look-ahead.json").write_text(json.dumps(data))
+    return d

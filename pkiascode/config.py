@@ -626,8 +626,16 @@ def _revocation(c: _Checker, t: Mapping[str, Any], path: tuple[str, ...]) -> Rev
     except ValueError:
         c.add(p + ("date",), f"revocation date {date!r} is not an ISO date (YYYY-MM-DD)")
         return None
-    if when < _EARLIEST_TIME:
+    try:
+        in_utc = when.astimezone(dt.timezone.utc)  # an offset can take 9999-12-31 past what a date holds
+    except OverflowError:
+        in_utc = None
+    if in_utc is not None and in_utc < _EARLIEST_TIME or when < _EARLIEST_TIME:
         c.add(p + ("date",), f"revocation date {date} is before 1950, which a CRL cannot hold (RFC 5280 UTCTime)")
+        return None
+    if in_utc is None:
+        c.add(p + ("date",), f"revocation date {date} is after 9999-12-31T23:59:59Z in UTC, which a CRL cannot hold "
+                             "(RFC 5280 GeneralizedTime)")
         return None
     return Revocation(reason, date)
 

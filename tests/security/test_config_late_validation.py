@@ -167,6 +167,15 @@ CASES: dict[str, tuple[str, str | re.Pattern[str]]] = {
         leaf('lint_ignore = ["pkix.ok", "rm -rf"]'),
         "pki.toml:5: certificate.w.lint_ignore: bad lint finding id 'rm -rf': write pkilint's id, like "
         "'pkix.invalid_domain_name_syntax'"),
+    # a date that its offset takes past year 9999 in UTC: apply failed with "unexpected OverflowError" (review F10)
+    "revocation date past 9999 in UTC": (
+        leaf('revoked = { reason = "superseded", date = 9999-12-31T23:00:00-05:00 }'),
+        "pki.toml:5: certificate.w.revoked: revocation date 9999-12-31T23:00:00-05:00 is after "
+        "9999-12-31T23:59:59Z in UTC, which a CRL cannot hold (RFC 5280 GeneralizedTime)"),
+    "revocation date before 1950 in UTC": (
+        leaf('revoked = { reason = "superseded", date = 1950-01-01T00:30:00+01:00 }'),
+        "pki.toml:5: certificate.w.revoked: revocation date 1950-01-01T00:30:00+01:00 is before 1950, which a "
+        "CRL cannot hold (RFC 5280 UTCTime)"),
     # TOML that would exhaust the parser's recursion
     "arrays nested 5,000 deep": (
         ROOT + "[defaults]\nx = " + "[" * 5000 + "]" * 5000 + "\n",
@@ -345,7 +354,8 @@ def test_state_dir_is_normalised_to_a_plain_path(tmp_path, env, capsys, monkeypa
     code, out, err = run_main(capsys, "apply", "--auto-approve")
     assert code == 0, err
     assert (repo / "pki-state" / "inventory.json").is_file()
-    assert git(repo, "ls-files").split() == ["pki-state/audit.jsonl", "pki-state/certs/root.pem",
+    assert git(repo, "ls-files").split() == ["pki-state/audit-signatures.json", "pki-state/audit.jsonl",
+                                             "pki-state/certs/root.pem",
                                              "pki-state/crl/root.crl", "pki-state/inventory.json"]
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import datetime as dt
 import hashlib
 import json
 import os
@@ -33,7 +34,7 @@ from typing import Any
 from . import audit
 from .backend import KeyRequest
 from .errors import StateError
-from .model import Observed, Record
+from .model import REVOCATION_REASONS, Observed, Record, parse_time
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
@@ -47,6 +48,7 @@ _STATE_FILE = re.compile(r"(certs/(?P<cert>[^/]+)\.pem|crl/(?P<crl>[^/]+)\.crl)\
 #: a key store's reference to a key (files, Vault paths, PKCS#11 labels); the store checks its own form
 _KEY_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,511}\Z")
 _HEX = re.compile(r"[0-9a-f]+\Z")
+_ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[0-9T:.+Z -]*\Z")  # (then read by parse_time)
 _SUFFIX = re.compile(r"[0-9a-f]{8}\Z")
 
 
@@ -383,6 +385,60 @@ def _check_object(name: object, obj: object) -> str | None:
     pub = obj.get("public_key_sha256")
     if pub is not None and not (isinstance(pub, str) and len(pub) == 64 and _HEX.match(pub)):
         return f"{name}: public_key_sha256 must be 64 hex digits"
+    return _check_crl(name, obj.get("crl"))
+
+
+def _is_time(value: object) -> bool:
+    """An ISO 8601 date or time (as pkiascode writes them, or a pki.toml revocation date) that can be
+    read and stated in UTC."""
+    if not isinstance(value, str) or not _ISO_TIME.match(value) or len(value) > 40:
+        return False
+    try:
+        parse_time(value).astimezone(dt.timezone.utc)
+    except (ValueError, OverflowError):
+        return False
+    return True
+
+
+def _is_count(value: object, limit: int = 2**63) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < limit
+
+
+def _check_revocation(r: Mapping[str, Any]) -> str | None:
+    """What is wrong with one entry of the inventory's ``revocations`` (its issuer is checked)."""
+    serial = r.get("serial")
+    if not (isinstance(serial, str) and 0 < len(serial) <= 40 and _HEX.fullmatch(serial)):
+        return f"serial {serial!r} must be lowercase hex (at most 20 bytes)"
+    if not _is_time(r.get("date")):
+        return f"serial {serial}: date {r.get('date')!r} must be a UTC time like 2026-01-02T03:04:05Z"
+    if r.get("reason", "unspecified") not in REVOCATION_REASONS:
+        return f"serial {serial}: reason {r.get('reason')!r} is not a revocation reason"
+    if r.get("not_after") is not None and not _is_time(r["not_after"]):
+        return f"serial {serial}: not_after {r['not_after']!r} must be a UTC time"
+    if r.get("name") is not None and not (isinstance(r["name"], str) and NAME_RE.match(r["name"])):
+        return f"serial {serial}: name {r['name']!r} is not a pki.toml name"
+    return None
+
+
+def _check_crl(name: str, crl: object) -> str | None:
+    """What is wrong with an object's ``crl`` record (None, or what `x509.sign_crl` returned)."""
+    if crl is None:
+        return None
+    if not isinstance(crl, dict):
+        return f"{name}: crl must be an object"
+    if not _is_count(crl.get("number") or 0):
+        return f"{name}: crl number {crl.get('number')!r} must be a non-negative integer"
+    for field in ("this_update", "next_update"):
+        if field in crl or field == "next_update":
+            if not _is_time(crl.get(field)):
+                return f"{name}: crl {field} {crl.get(field)!r} must be a UTC time like 2026-01-02T03:04:05Z"
+    if "validity" in crl and not (_is_count(crl["validity"], 100 * 366 * 86400) and crl["validity"] > 0):
+        return f"{name}: crl validity {crl['validity']!r} must be a number of seconds"
+    if "sha256" in crl and not (isinstance(crl["sha256"], str) and len(crl["sha256"]) == 64
+                                and _HEX.fullmatch(crl["sha256"])):
+        return f"{name}: crl sha256 must be 64 hex digits"
+    if "revoked" in crl and not _is_count(crl["revoked"]):
+        return f"{name}: crl revoked must be a count"
     return None
 
 
@@ -493,6 +549,9 @@ class StateDir:
             if not (isinstance(r.get("issuer"), str) and NAME_RE.match(r["issuer"])):
                 raise StateError(f"{where}: a revocation's issuer {r.get('issuer')!r} is not a pki.toml name; "
                                  f"{restore}")
+            problem = _check_revocation(r)
+            if problem:
+                raise StateError(f"{where}: a revocation by {r['issuer']}: {problem}; {restore}")
         return inv
 
     def load(self) -> tuple[dict[str, Any], dict[str, Record]]:
@@ -556,7 +615,8 @@ class StateDir:
             return "is not a PEM file"
         if digest != expected:
             return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
-        if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in data:
+        # (CRLF: a checkout made with `eol=crlf` in a .gitattributes has the same lines)
+        if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in data.replace(b"\r\n", b"\n"):
             return "has text lines that do not describe its certificate"
         return None
 

@@ -39,7 +39,7 @@ from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
 from .plan import Action, Change, Plan
 from .project import Project
-from .state import StateDir, certificate_file, config_refusal, has_text_header, read_file
+from .state import StateDir, certificate_file, config_refusal, has_text_header, id_refusal, read_file
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
@@ -922,7 +922,7 @@ class _Run:
                                       events=self.events, message=self.message(config_bytes),
                                       retire_keys=[] if self.retire_in_commit else self.retire,
                                       commit=commit, config=config, config_commit=config_commit,
-                                      pending_deletes=pending)
+                                      pending_deletes=pending, pki_id=self.new_id or self.desired.settings.id)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
@@ -935,6 +935,9 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
     push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting.
     ``new_id``: the ``[pki] id`` to write into pki.toml with this commit (`id_to_add`)."""
+    why = id_refusal(project.state.load()[0], new_id or project.desired().settings.id, project.state.rel)
+    if why:
+        raise StateError(why)
     repo = project.repository()
     if upstream is None and commit and repo is not None:
         upstream = repo.upstream()

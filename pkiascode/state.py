@@ -38,7 +38,7 @@ from .model import REVOCATION_REASONS, Observed, Record, parse_time
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
-           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "txn_file", "valid_key_ref", "safe_relative",
+           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref", "safe_relative",
            "certificate_file", "has_text_header", "render_inventory"]
 
 INVENTORY_FORMAT = 1
@@ -48,6 +48,7 @@ _STATE_FILE = re.compile(r"(certs/(?P<cert>[^/]+)\.pem|crl/(?P<crl>[^/]+)\.crl)\
 #: a key store's reference to a key (files, Vault paths, PKCS#11 labels); the store checks its own form
 _KEY_REF = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@/+=-]{0,511}\Z")
 _HEX = re.compile(r"[0-9a-f]+\Z")
+_PKI_ID = re.compile(r"[a-z0-9]{8,32}")  # (config's rule for [pki] id)
 _ISO_TIME = re.compile(r"\d{4}-\d\d-\d\d[0-9T:.+Z -]*\Z")  # (then read by parse_time)
 _SUFFIX = re.compile(r"[0-9a-f]{8}\Z")
 
@@ -442,6 +443,19 @@ def _check_crl(name: str, crl: object) -> str | None:
     return None
 
 
+def id_refusal(inv: Mapping[str, Any], configured: str | None, rel: str = "state") -> str | None:
+    """Why pki.toml's ``[pki] id`` (``configured``) may not be used with this inventory, or None:
+    the id the inventory records scopes this PKI's keys and lock in shared key stores, and changing
+    it would make another PKI's keys look like this one's (review F6)."""
+    recorded = inv.get("pki_id")
+    if recorded is None or recorded == configured:
+        return None
+    now = f"to {configured}" if configured else "to none (removed)"
+    return (f"the [pki] id changed from {recorded} {now}: {rel}/inventory.json records {recorded}, and the id "
+            f"names this PKI's keys and lock in shared key stores; never change it: set id = \"{recorded}\" in "
+            "pki.toml's [pki] table")
+
+
 def render_inventory(inv: Mapping[str, Any]) -> bytes:
     """inventory.json: one field per line, keys sorted, so that a changed field is a one-line diff."""
     out = {"format_version": INVENTORY_FORMAT, "objects": inv["objects"], "revocations": list(inv["revocations"])}
@@ -451,6 +465,9 @@ def render_inventory(inv: Mapping[str, Any]) -> bytes:
     if inv.get("audit_head"):
         # the audit log's last line when this was written: removing lines from its end shows
         out["audit_head"] = inv["audit_head"]
+    if inv.get("pki_id"):
+        # pki.toml's [pki] id when this was written: an id changed by a pull request shows (`id_refusal`)
+        out["pki_id"] = inv["pki_id"]
     return (json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
@@ -541,6 +558,9 @@ class StateDir:
             problem = _check_object(name, obj)
             if problem:
                 raise StateError(f"{where}: {problem}; {restore}")
+        pki_id = inv.get("pki_id")
+        if pki_id is not None and not (isinstance(pki_id, str) and _PKI_ID.fullmatch(pki_id)):
+            raise StateError(f"{where}: pki_id must be 8 to 32 lowercase letters and digits; {restore}")
         pending = inv.setdefault("pending_deletes", [])
         if not isinstance(pending, list) or not all(isinstance(p, list) and len(p) == 2 and valid_key_ref(*p)
                                                     for p in pending):
@@ -635,19 +655,23 @@ class StateDir:
                     files: Mapping[str, str | None], events: list[dict[str, Any]], message: str,
                     retire_keys: Iterable[tuple[str, str]] = (), commit: bool,
                     config: Mapping[str, str] | None = None, config_commit: bool = False,
-                    pending_deletes: Iterable[tuple[str, str]] | None = None) -> dict[str, Any]:
+                    pending_deletes: Iterable[tuple[str, str]] | None = None,
+                    pki_id: str | None = None) -> dict[str, Any]:
         """Everything a change writes, as one record for `begin`/`roll_forward`: the new inventory
         (with the audit log's new head and ``pending_deletes``: None keeps the inventory's), the
         files, the audit lines chained onto the log as it is. ``retire_keys``: the keys to delete
-        right after the commit; ``config_commit``: the commit takes the new pki.toml too."""
+        right after the commit; ``config_commit``: the commit takes the new pki.toml too; ``pki_id``:
+        pki.toml's ``[pki] id``, recorded in the inventory (None keeps the one it records)."""
         self._check_state_dirs()
+        current = self.load()[0]
         if pending_deletes is None:
-            pending_deletes = [tuple(p) for p in self.load()[0]["pending_deletes"]]
+            pending_deletes = [tuple(p) for p in current["pending_deletes"]]
         prev, seq = audit.tail_hash(self.audit_path)
         audit_lines = audit.chain(events, prev=prev, seq=seq)
         inventory = render_inventory({"objects": objects, "revocations": revocations,
                                       "audit_head": audit.head(audit_lines, prev, seq),
-                                      "pending_deletes": list(pending_deletes)})
+                                      "pending_deletes": list(pending_deletes),
+                                      "pki_id": pki_id or current.get("pki_id")})
         txn: dict[str, Any] = {"inventory": inventory.decode(), "files": dict(files), "audit_prev": prev,
                                "audit": audit.render_lines(audit_lines).decode(), "audit_size": self.audit_size(),
                                "plan": audit_lines[0].get("plan") if audit_lines else None, "message": message,

@@ -14,8 +14,11 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import errno
 import hashlib
+import os
 import re
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -23,7 +26,7 @@ from typing import Any
 from . import audit, ci
 from .apply import NullProgress, abandon, complete, preflight, recover
 from .backend import KeyRequest
-from .errors import ConfigError, PkiError
+from .errors import ConfigError, PkiError, control_character, printable
 from .keytypes import key_type_of
 from .lock import apply_lock, holder_info
 from .model import Entry, Kind, Record, SUBJECT_ATTRIBUTES, format_time
@@ -53,12 +56,38 @@ def _sanitize(stem: str) -> str:
 
 #: larger files are skipped: a certificate, a key or a CRL of a small PKI is a few KiB
 MAX_FILE = 1024 * 1024
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def _not_regular(path: Path) -> str | None:
+    """Why ``path`` (not followed if a symbolic link) is not a file to read, or None."""
+    try:
+        mode = os.lstat(path).st_mode
+    except OSError:
+        return None
+    if stat.S_ISLNK(mode):
+        return "a symbolic link"
+    if stat.S_ISREG(mode):
+        return None
+    return "a FIFO" if stat.S_ISFIFO(mode) else "a directory" if stat.S_ISDIR(mode) else "not a regular file"
 
 
 def read_input(path: Path) -> bytes:
-    """A file to import, read whole (`MAX_FILE` at most: `PkiError` for a larger one)."""
-    with open(path, "rb") as f:
+    """A file to import, read whole: a regular file only, never through a symbolic link, never
+    waiting on a FIFO or device, `MAX_FILE` at most (`PkiError` otherwise)."""
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0) | getattr(os, "O_NOCTTY", 0)
+    try:
+        fd = os.open(path, flags)
+    except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise PkiError(f"{path}: a symbolic link; pki import reads only regular files in the directory "
+                           "(copy the file there)") from None
+        raise PkiError(f"{path}: {e.strerror}") from None
+    with os.fdopen(fd, "rb") as f:
+        info = os.fstat(f.fileno())
+        if not stat.S_ISREG(info.st_mode):
+            raise PkiError(f"{path}: not a regular file; pki import reads only regular files")
+        if info.st_size > MAX_FILE:
+            raise PkiError(f"{path}: larger than {MAX_FILE // 1024} KiB; not a certificate, key or CRL")
         data = f.read(MAX_FILE + 1)
     if len(data) > MAX_FILE:
         raise PkiError(f"{path}: larger than {MAX_FILE // 1024} KiB; not a certificate, key or CRL")
@@ -67,25 +96,34 @@ def read_input(path: Path) -> bytes:
 
 def find_pairs(directory: Path, notes: list[str] | None = None) -> Iterator[tuple[str, Path, Path | None]]:
     """(name, certificate file, key file or None) for every certificate in ``directory``. A file
-    over `MAX_FILE` is skipped (noted in ``notes``); a name with a control character is refused."""
+    over `MAX_FILE`, a symbolic link, a FIFO or anything else not a regular file is skipped (noted
+    in ``notes``); a name with a control character or an invisible mark is refused."""
+    def note(text: str) -> None:
+        if notes is not None:
+            notes.append(printable(text))
+
     for path in sorted(directory.iterdir()):
-        if _CONTROL.search(path.name):
+        if control_character(path.name) is not None:
             raise PkiError(f"{directory}: the file name {path.name!r} holds a control character; rename it")
-        if not path.is_file():
+        if path.suffix not in (".pem", ".crt", ".cer") or path.name.endswith("-key.pem"):
             continue
-        if path.suffix in (".pem", ".crt", ".cer") and path.stat().st_size > MAX_FILE:
-            if notes is not None:
-                notes.append(f"skipped {path.name}: larger than {MAX_FILE // 1024} KiB, not a certificate")
+        odd = _not_regular(path)
+        if odd is not None:
+            if odd != "a directory":
+                note(f"skipped {path.name}: {odd}, not a regular file")
             continue
-        if path.suffix == ".pem" and not path.name.endswith("-key.pem"):
-            key = path.with_name(path.stem + "-key.pem")
-        elif path.suffix in (".crt", ".cer"):
-            key = path.with_suffix(".key")
-        else:
+        if path.stat().st_size > MAX_FILE:
+            note(f"skipped {path.name}: larger than {MAX_FILE // 1024} KiB, not a certificate")
             continue
+        key = path.with_name(path.stem + "-key.pem") if path.suffix == ".pem" else path.with_suffix(".key")
         if b"-----BEGIN CERTIFICATE-----" not in read_input(path)[:4096]:
             continue  # e.g. a bundle of keys or a CSR named .pem
-        yield _sanitize(path.stem), path, key if key.exists() else None
+        if os.path.lexists(key):
+            odd = _not_regular(key)
+            if odd is not None:  # never read through a link out of the directory, never wait on a FIFO
+                raise PkiError(f"{path}: its key {key.name} is {odd}, not a regular file; pki import reads only "
+                               "regular files in the directory (copy the key there)")
+        yield _sanitize(path.stem), path, key if os.path.lexists(key) else None
 
 
 def _load(directory: Path, notes: list[str]) -> dict[str, Candidate]:
@@ -179,7 +217,7 @@ def _existing_crl(cand: Candidate) -> tuple[int, list[dict[str, Any]]]:
 
     for pattern in CRL_NAMES:
         path = cand.cert_path.with_name(pattern.format(stem=cand.cert_path.stem))
-        if path.is_file():
+        if os.path.lexists(path) and _not_regular(path) is None:  # (a link or FIFO is not the CRL)
             try:
                 return read_crl(read_input(path), cand.cert)
             except ValueError as e:

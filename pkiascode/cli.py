@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .errors import ConfigError, LockError, PkiError, PlanError
+from .errors import ConfigError, LockError, PkiError, PlanError, printable
 from .model import parse_time, utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
@@ -229,7 +229,9 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     """Make the planned changes, then commit state/ to git.
 
     A saved plan (PLANFILE) is planned again under the lock from the inputs it records, and applied
-    only if that fresh plan is identical to it.
+    only if that fresh plan is identical to it. The file is not authenticated: a plan that replaces
+    keys (--replace), rekeys an authority or was made with --rekey-missing is applied only when the
+    same --replace NAME / --rekey-missing are given again here.
 
     With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
     push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
@@ -243,9 +245,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     from .plan import Plan
     from .render import render_text
 
-    if planfile and (at or replace or rekey_missing):
-        raise PkiError("a saved plan already fixes --at, --replace and --rekey-missing; pass them to `pki plan` "
-                       "instead")
+    if planfile and at:
+        raise PkiError("a saved plan already fixes --at; pass it to `pki plan` instead")
     if push_to and not push:
         raise PkiError("--push-to names where --push pushes: add --push")
     project = c.project
@@ -274,6 +275,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             raise PkiError(f"plan file {planfile} not found") from None
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise PkiError(f"{planfile} is not a pkiascode plan ({type(e).__name__}: {e})") from None
+        # (before the lock, from the options the file records; its changes only once planned again)
+        _require_confirmation(saved, planfile, replace, rekey_missing, changes=False)
     elif not auto_approve and not sys.stdin.isatty():
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
 
@@ -293,7 +296,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             except GitError as e:
                 click.echo(f"warning: {e}; retired keys wait for the next run", err=True)
         for note in recover(project, commit=commit, progress=progress, upstream=upstream, confirm=still_locked):
-            click.echo(note, err=True)
+            click.echo(printable(note), err=True)
         head = tip = None
         if push:
             head, tip = repo.head(), repo.tip(upstream)
@@ -316,6 +319,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                 click.echo(f"{planfile} was already applied: the interrupted apply of it is now complete.")
                 return
             the_plan = project.replan(saved_json, source=planfile)  # the fresh plan, never the file's steps
+            _require_confirmation(the_plan, planfile, replace, rekey_missing)
         else:
             now = utc_now()
             the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now, rekey_missing=rekey_missing)
@@ -341,7 +345,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                 repo.push(upstream, landing)
             except (PushRejected, LockError) as e:
                 for note in undo(project, before=tip, after=landing):
-                    click.echo(note, err=True)
+                    click.echo(printable(note), err=True)
                 raise PkiError(f"{e}; another apply landed first (or the push was refused): undone, nothing is left "
                                f"behind (HEAD and state/ are back at {tip[:12]}); re-plan on the new tip of "
                                f"{upstream}") from None
@@ -349,13 +353,52 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
     for w in result.warnings:
         if w not in the_plan.warnings:
-            click.echo(f"warning: {w}", err=True)
+            click.echo(printable(f"warning: {w}"), err=True)
     if the_plan.empty:
         return
     done = result.message.splitlines()[0].replace("pki apply: ", "")
     tail = f" Committed {result.commit[:12]}." if result.commit else (" State written, not committed." if not commit
                                                                           else "")
     click.echo(f"\nApply complete: {done}.{tail}")
+
+
+def _require_confirmation(the_plan: Any, source: str, replace: tuple[str, ...], rekey_missing: bool, *,
+                          changes: bool = True) -> None:
+    """A saved plan is not authenticated (whoever writes the file chooses its ``replace`` and
+    ``rekey_missing``, and planning again takes them as given): what cannot be undone must be asked
+    for again on the command line. Every name the plan replaces needs ``--replace NAME``, every
+    authority it rekeys ``--replace NAME`` too (or, for a plan made with ``--rekey-missing``, that
+    option), and ``--rekey-missing`` only with a plan made with it. Raises `PkiError`: nothing changed.
+    ``changes`` False: only the options the plan records (its changes are not yet known to be the
+    fresh plan's), and a name given that the plan does not replace is left to the second call."""
+    from .plan import Action
+    from .model import Kind
+
+    given = set(replace)
+    rekeyed = sorted({c.name for c in the_plan.changes if c.action is Action.REKEY and c.kind is Kind.AUTHORITY}
+                     if changes else ())
+    wanted = set(the_plan.replace)
+    if not the_plan.rekey_missing:
+        wanted |= set(rekeyed)
+    missing = sorted(wanted - given)
+    rerun = "nothing changed"
+    if missing:
+        what = " and ".join(
+            f"replaces {n}" if n in the_plan.replace else f"rekeys authority.{n}" for n in missing)
+        again = " ".join(f"--replace {n}" for n in missing)
+        raise PkiError(f"{source} {what} (a new key; cannot be undone): a saved plan is not authenticated, so "
+                       f"confirm it with `pki apply {source} {again}`; {rerun}")
+    extra = sorted(given - set(the_plan.replace) - set(rekeyed))
+    if extra and changes:
+        raise PkiError(f"--replace {extra[0]}: {source} does not replace it; run `pki plan --replace "
+                       f"{extra[0]} --out {source}` for that; {rerun}")
+    if the_plan.rekey_missing and not rekey_missing:
+        raise PkiError(f"{source} was made with --rekey-missing (a missing key gets a new one; cannot be undone): a "
+                       f"saved plan is not authenticated, so confirm it with `pki apply {source} --rekey-missing`; "
+                       f"{rerun}")
+    if rekey_missing and not the_plan.rekey_missing:
+        raise PkiError(f"--rekey-missing: {source} was made without it; run `pki plan --rekey-missing --out "
+                       f"{source}` for that; {rerun}")
 
 
 def _id_note(project: Any, the_plan: Any) -> None:
@@ -402,7 +445,7 @@ class _TerminalProgress:
 
     def note(self, message: str) -> None:
         self._end()
-        click.echo(message, err=True)
+        click.echo(printable(message), err=True)
 
     def done(self) -> None:
         self._end()
@@ -445,7 +488,7 @@ def list_(c: Ctx, fmt: str, at: str | None) -> None:
         click.echo("Nothing in state yet: run `pki plan` and `pki apply`.")
         return
     cols = ["name", "kind", "issuer", "subject", "not_after", "days_left", "status", "backend"]
-    table = [[str(r[k] if r[k] is not None else "-") for k in cols] for r in rows]
+    table = [[printable(str(r[k] if r[k] is not None else "-")) for k in cols] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(cols)]
     colors = {"ok": "green", "renew_due": "yellow", "expired": "red", "revoked": "red"}
     click.echo("  ".join(h.upper().ljust(w) for h, w in zip(cols, widths)).rstrip())
@@ -470,8 +513,8 @@ def show(c: Ctx, name: str | None, path: str | None) -> None:
     if (name is None) == (path is None):
         raise PkiError("pass NAME or --file PATH")
     if path is not None:
-        for k, v in describe_file(Path(path)):
-            click.echo(f"{k}: {v}" if k else v)
+        for k, v in describe_file(Path(path)):  # (a certificate's or CRL's text, e.g. a PR's: escaped)
+            click.echo(printable(f"{k}: {v}" if k else v))
         return
     assert name is not None
     i = show_info(c.project, name)
@@ -501,8 +544,8 @@ def show(c: Ctx, name: str | None, path: str | None) -> None:
         fields.append(("Revoked", f"{i['revoked'].get('reason')} on {i['revoked'].get('date')}"))
     fields.append(("File", i["file"]))
     width = max(len(k) for k, _ in fields)
-    for k, v in fields:
-        click.echo(f"{k + ':':<{width + 1}} {v}")
+    for k, v in fields:  # what state's files hold, escaped
+        click.echo(f"{k + ':':<{width + 1}} {printable(str(v))}")
 
 
 @cli.command()
@@ -532,7 +575,7 @@ def keys(c: Ctx, fmt: str) -> None:
     if not rows:
         click.echo("No keys in this PKI's key stores.")
         return
-    table = [[r["backend"], r["key"], r["entry"] or r["status"]] for r in rows]
+    table = [[printable(str(v)) for v in (r["backend"], r["key"], r["entry"] or r["status"])] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in table)) for i, h in enumerate(["BACKEND", "KEY", "USED BY"])]
     click.echo("  ".join(h.ljust(w) for h, w in zip(["BACKEND", "KEY", "USED BY"], widths)).rstrip())
     for row in table:
@@ -575,7 +618,7 @@ def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: s
             return
         click.echo(f"{len(found)} orphan key(s) to delete:")
         for ref in found:
-            click.echo(f"  {ref.store}  {ref.id}")
+            click.echo(printable(f"  {ref.store}  {ref.id}"))
         if not auto_approve:
             answer = click.prompt("Delete them? Only 'yes' will be accepted", default="", show_default=False)
             if answer.strip() != "yes":
@@ -594,8 +637,8 @@ def import_(c: Ctx, directory: str, backend: str | None) -> None:
     """Adopt an existing PKI (CFSSL NAME.pem/NAME-key.pem or NAME.crt/NAME.key) without reissuing."""
     from .adopt import adopt
 
-    for line in adopt(c.project, Path(directory), backend=backend):
-        click.echo(line)
+    for line in adopt(c.project, Path(directory), backend=backend):  # (file names and subjects: escaped)
+        click.echo(printable(line))
 
 
 @cli.group()
@@ -626,10 +669,10 @@ def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
         signed, warnings = auditsign.verify(lines, sigs, trust_pins)
         problems = auditsign.check_history(c.project, sigs) + signed + auditsign.verify_files(state, inv)
     for p in warnings:
-        click.echo(f"warning: {state.rel}/{p}", err=True)
+        click.echo(printable(f"warning: {state.rel}/{p}"), err=True)
     if problems:
         for p in problems:
-            click.echo(f"{state.rel}/{p}" if p.startswith(("audit.jsonl", auditsign.FILE)) else p, err=True)
+            click.echo(printable(f"{state.rel}/{p}" if p.startswith(("audit.jsonl", auditsign.FILE)) else p), err=True)
         sys.exit(EXIT_ERROR)
     sigs = auditsign.load(state)
     signed_text = (f"{len(sigs['heads'])} signed heads, the last at the last line, by the pinned key "
@@ -641,7 +684,7 @@ def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
 # -- entry point ---------------------------------------------------------------------------------
 
 def _fail(message: str) -> NoReturn:
-    click.echo(f"Error: {message}", err=True)
+    click.echo(f"Error: {printable(message)}", err=True)
     sys.exit(EXIT_ERROR)
 
 

@@ -87,7 +87,8 @@ def test_a_saved_plan_made_with_rekey_missing_is_applied_as_made(origin, tmp_pat
     pki = Pki(clone)
     plan_file = tmp_path / "plan.json"
     pki.ok("plan", "--rekey-missing", "--out", str(plan_file))
-    pki("apply", str(plan_file), expect=0)
+    pki("apply", str(plan_file), expect=1)  # a saved plan is not authenticated: confirmed on the command line
+    pki("apply", str(plan_file), "--rekey-missing", expect=0)
     assert_state_sound(clone, pki, exact_keys=True)
 
 

@@ -142,8 +142,79 @@ def test_a_file_that_is_not_a_plan_is_refused_in_one_line(saved, content):
     assert _snapshot(repo) == before
 
 
-def test_options_a_saved_plan_fixes_are_not_taken_again(saved):
+def test_at_is_fixed_by_a_saved_plan_and_not_taken_again(saved):
     repo, pki, plan_file = saved
-    for option in (["--at", "+1d"], ["--replace", "root"], ["--rekey-missing"]):
-        r = pki("apply", str(plan_file), *option, expect=1)
-        assert "a saved plan already fixes" in r.stderr
+    r = pki("apply", str(plan_file), "--at", "+1d", expect=1)
+    assert "a saved plan already fixes --at" in r.stderr
+
+
+@pytest.mark.parametrize("option, says", [
+    (["--replace", "root"], "--replace root: {f} does not replace it"),
+    (["--rekey-missing"], "--rekey-missing: {f} was made without it"),
+])
+def test_a_confirmation_the_saved_plan_does_not_need_is_refused(saved, option, says):
+    repo, pki, plan_file = saved
+    before = _snapshot(repo)
+    r = pki("apply", str(plan_file), *option, expect=1)
+    assert says.format(f=plan_file) in assert_one_line(r.stderr.strip())
+    assert _snapshot(repo) == before
+
+
+# -- review F17: the file is not authenticated, so what cannot be undone is confirmed where apply runs --
+
+def _replace_root_too(d: dict[str, Any]) -> None:
+    d["replace"] = ["root"]
+
+
+@pytest.mark.parametrize("how", ["made with --replace root", "replace edited with the changes"])
+def test_a_saved_plan_that_rekeys_the_root_needs_replace_on_the_apply_command_line(saved, tmp_path, how):
+    repo, pki, plan_file = saved
+    evil = tmp_path / "evil.json"
+    if how == "made with --replace root":
+        pki.ok("plan", "--replace", "root", "--out", str(evil))
+    else:  # the attacker writes replace and the changes planning again gives for it: an identical plan
+        honest = tmp_path / "honest.json"
+        pki.ok("plan", "--replace", "root", "--out", str(honest))
+        data = json.loads(plan_file.read_text())
+        data.update({k: v for k, v in json.loads(honest.read_text()).items() if k in ("replace", "changes", "summary")})
+        evil.write_text(json.dumps(data, indent=2) + "\n")
+    assert json.loads(evil.read_text())["replace"] == ["root"]
+    before = _snapshot(repo)
+    root_key = inventory(repo)["root"]["key"]["ref"]
+    r = pki("apply", str(evil), expect=1)
+    line = assert_one_line(r.stderr.strip())
+    assert line == (f"Error: {evil} replaces root (a new key; cannot be undone): a saved plan is not authenticated, "
+                    f"so confirm it with `pki apply {evil} --replace root`; nothing changed"), line
+    assert _snapshot(repo) == before and inventory(repo)["root"]["key"]["ref"] == root_key
+    if how == "made with --replace root":  # confirmed on the command line: applied as made
+        r = pki("apply", str(evil), "--replace", "root", expect=0)
+        assert inventory(repo)["root"]["key"]["ref"] != root_key
+        assert_state_sound(repo, pki, exact_keys=True)
+
+
+def test_a_saved_plan_with_a_replace_the_apply_command_line_does_not_repeat_is_refused(saved, tmp_path):
+    repo, pki, plan_file = saved
+    both = tmp_path / "both.json"
+    pki.ok("plan", "--replace", "root", "--replace", "server", "--out", str(both))
+    before = _snapshot(repo)
+    r = pki("apply", str(both), "--replace", "server", expect=1)  # root not confirmed
+    assert "replaces root (a new key; cannot be undone)" in assert_one_line(r.stderr.strip())
+    assert _snapshot(repo) == before
+    pki("apply", str(both), "--replace", "server", "--replace", "root", expect=0)
+
+
+def test_a_saved_plan_made_with_rekey_missing_needs_it_on_the_apply_command_line(tmp_path, env):
+    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
+    pki = Pki(repo)
+    pki.apply()
+    ref = inventory(repo)["inter"]["key"]["ref"]
+    (repo / ".pki" / "keys" / ref).unlink()  # an authority's key lost
+    plan_file = tmp_path / "plan.json"
+    pki.ok("plan", "--rekey-missing", "--out", str(plan_file))
+    before = _snapshot(repo)
+    r = pki("apply", str(plan_file), expect=1)
+    assert (f"{plan_file} was made with --rekey-missing (a missing key gets a new one; cannot be undone)"
+            in assert_one_line(r.stderr.strip()))
+    assert _snapshot(repo) == before
+    pki("apply", str(plan_file), "--rekey-missing", expect=0)
+    assert inventory(repo)["inter"]["key"]["ref"] != ref

@@ -11,7 +11,6 @@ import ipaddress
 import re
 from collections.abc import Iterable, Sequence
 from typing import Literal
-from urllib.parse import urlsplit
 
 from .keytypes import KeyType
 
@@ -96,6 +95,9 @@ def classify_host(host: str) -> Host:
         scheme = h.split("://", 1)[0]
         if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*$", scheme) or len(h) == len(scheme) + 3:
             raise ValueError(f"bad URI {host!r}")
+        why = _uri_problem(h)
+        if why:
+            raise ValueError(f"bad URI {host!r}: {why}")
         return ("uri", h)
     if "@" in h:
         local, _, domain = h.rpartition("@")
@@ -105,6 +107,70 @@ def classify_host(host: str) -> Host:
     if not _valid_dns(h):
         raise ValueError(f"bad host {host!r}: not an IP address, email, URI or DNS name")
     return ("dns", h.lower())
+
+
+#: every character RFC 3986 allows in a URI: unreserved, reserved and '%' (of a percent-encoding)
+_NOT_URI_CHAR = re.compile(r"[^A-Za-z0-9\-._~:/?#\[\]@!$&'()*+,;=%]")
+_BAD_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_REG_NAME = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=]*\Z")
+_USERINFO = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:%]*\Z")
+
+
+def _uri_authority(uri: str) -> tuple[str | None, str, str | None]:
+    """(userinfo, host, port) of ``scheme://authority...`` as RFC 3986 reads it: the authority ends
+    at the first '/', '?' or '#'; the userinfo at its last '@'. No authority (``urn:...``): no host."""
+    if "://" not in uri:
+        return None, "", None
+    authority = re.split(r"[/?#]", uri.split("://", 1)[1], maxsplit=1)[0]
+    userinfo, at, hostport = authority.rpartition("@")
+    if hostport.startswith("["):
+        host, close, rest = hostport.partition("]")
+        host += close
+    else:
+        host, colon, port = hostport.partition(":")
+        rest = colon + port
+    return (userinfo if at else None), host, (rest[1:] if rest.startswith(":") else rest or None)
+
+
+def _openssl_uri_host(uri: str) -> str:
+    """The host OpenSSL checks a URI name constraint against (``nc_uri``): after ``://``, up to the
+    first ':' anywhere, else the first '/'. It knows no user part, query or fragment."""
+    rest = uri.split("://", 1)[1] if "://" in uri else ""
+    end = rest.find(":")
+    end = rest.find("/") if end < 0 else end
+    return rest if end < 0 else rest[:end]
+
+
+def _uri_problem(uri: str) -> str | None:
+    """Why ``uri`` (``scheme://...``, ASCII) is not a URI every parser reads alike, or None: a
+    character RFC 3986 does not allow (a backslash, which WHATWG parsers read as '/', a space, a
+    control, ``{}|^`<>"``), a broken percent-encoding, or an authority whose host parsers could find
+    in different places (an '@' or '[' in the userinfo, a percent-encoded host, a port that is not
+    digits)."""
+    bad = _NOT_URI_CHAR.search(uri)
+    if bad:
+        return (f"{bad.group()!r} is not allowed in a URI (RFC 3986); parsers disagree on what it means "
+                "(percent-encode it in a path, never in the host)")
+    if _BAD_PERCENT.search(uri):
+        return "a '%' not followed by two hex digits (RFC 3986 percent-encoding)"
+    userinfo, host, port = _uri_authority(uri)
+    if userinfo is not None and not _USERINFO.match(userinfo):
+        return ("more than one '@' (or a '[' or ']') before its host: parsers disagree on where the host "
+                "starts; percent-encode it in the user part")
+    if "%" in host:
+        return "a percent-encoded host, which some parsers decode and others do not"
+    if host.startswith("["):
+        if not host.endswith("]"):
+            return "an IP literal host without its closing ']'"
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return "an IP literal host that is not an IPv6 address"
+    elif not _REG_NAME.match(host):
+        return "a '[' or ']' outside an IP literal host"
+    if port and not port.isdigit():
+        return f"port {port!r} is not a number, so parsers disagree on where the host ends"
+    return None
 
 
 # --- usages ----------------------------------------------------------------------------------------
@@ -343,7 +409,13 @@ def _unverifiable(host: Host, kinds: set[str]) -> str | None:
         return ("is an IPv4-mapped IPv6 address, which IP range constraints miss but verifiers match to "
                 f"{ipaddress.ip_address(value).ipv4_mapped}: write that instead")  # type: ignore[attr-defined]
     if hkind == "uri":
-        h = urlsplit(value).hostname or ""
+        h = _uri_authority(value)[1].lower()
+        if h.startswith("["):
+            return "has an IP address as host, which URI name constraints cannot be checked against"
+        openssl = _openssl_uri_host(value).lower()
+        if h and openssl != h:
+            return (f"is read with host {openssl!r} by OpenSSL but {h!r} by URI parsers (a user part, or a ':' "
+                    "after the host): verifiers would judge different hosts against URI name constraints")
         if not h:
             return "has no host, which URI name constraints cannot be checked against"
         if h[0].isdigit() or ":" in h:
@@ -373,7 +445,7 @@ def _matches(host: Host, kind: str, value: object, *, excluded: bool) -> bool:
             c_local, _, c_domain = c.rpartition("@")
             return local == c_local and domain.lower() == c_domain
         return _host_matches(domain.lower(), c.lstrip("@"), excluded=excluded)
-    return _host_matches((urlsplit(hvalue).hostname or "").lower(), str(value), excluded=excluded)
+    return _host_matches(_uri_authority(hvalue)[1].lower(), str(value), excluded=excluded)
 
 
 def host_permitted(host: Host, permitted: Iterable[str], excluded: Iterable[str]) -> str | None:

@@ -9,6 +9,7 @@ encoded constraint is pkiascode's), and asks Go's crypto/x509 and ``openssl veri
 from __future__ import annotations
 
 import datetime as dt
+import re
 from pathlib import Path
 
 import pytest
@@ -31,14 +32,16 @@ def _entry(kind: Kind, name: str, issuer: str | None, *, hosts=(), nc=None) -> E
                  backend="local", rotate_key=False, exportable=False, name_constraints=nc)
 
 
-def _chain(tmp_path: Path, host: str, permitted: list[str], excluded: list[str]) -> tuple[Path, Path, Path]:
+def _chain(tmp_path: Path, host: str, permitted: list[str], excluded: list[str], *,
+           raw: tuple[str, str] | None = None) -> tuple[Path, Path, Path]:
+    """root → inter (constrained) → leaf with SAN ``host`` (``raw``: this (kind, value), unchecked)."""
     later = NOW + dt.timedelta(days=1)
     root = build_certificate(_entry(Kind.AUTHORITY, "root", None), public_key=KEY.public_key(), signer=KEY,
                              issuer_cert=None, now=NOW, not_after=later)
     inter = build_certificate(_entry(Kind.AUTHORITY, "inter", "root",
                                      nc=NameConstraints(tuple(permitted), tuple(excluded))),
                               public_key=KEY.public_key(), signer=KEY, issuer_cert=root, now=NOW, not_after=later)
-    leaf = build_certificate(_entry(Kind.CERTIFICATE, "leaf", "inter", hosts=[classify_host(host)]),
+    leaf = build_certificate(_entry(Kind.CERTIFICATE, "leaf", "inter", hosts=[raw or classify_host(host)]),
                              public_key=KEY.public_key(), signer=KEY, issuer_cert=inter, now=NOW, not_after=later)
     paths = tmp_path / "root.pem", tmp_path / "inter.pem", tmp_path / "leaf.pem"
     for path, cert in zip(paths, (root, inter, leaf)):
@@ -77,6 +80,14 @@ CASES = {
                                        True, True, True),
     "a URI below an excluded host": ("https://a.example.org/x", [], ["uri:example.org"], False, False, True),
     "a URI below a permitted host": ("https://a.example.org/x", ["uri:example.org"], [], False, True, False),
+    # OpenSSL reads a URI's host as everything after "://" up to the first ':' (else '/'): a user part or a
+    # ':' after the host makes it judge another host than URI parsers do (review F15)
+    "a user part before a permitted URI host": ("https://evil@good.example/", ["uri:good.example"], [],
+                                                False, True, False),
+    "a ':' in the path of a URI below a permitted host": ("https://good.example/a:b", ["uri:good.example"], [],
+                                                          False, True, False),
+    "a user part before an excluded URI host": ("https://good.example@evil.example/", [], ["uri:evil.example"],
+                                                False, False, True),
 }
 
 
@@ -115,3 +126,59 @@ def test_the_leading_dot_is_encoded_in_rfc_5280_form(tmp_path):
     nc = x509.load_pem_x509_certificate(inter.read_bytes()).extensions.get_extension_for_class(
         x509.NameConstraints).value
     assert [g.value for g in nc.permitted_subtrees] == ["cluster.local", ".cluster.local"]
+
+
+# -- URIs that parsers read differently (review F15) -----------------------------------------------
+
+F15 = "https://evil.com\\@good.example/"
+
+
+def test_a_backslash_uri_is_a_bypass_and_is_refused(tmp_path):
+    """``https://evil.com\\@good.example/``: Python's urlsplit reads host good.example, WHATWG URL (Node,
+    browsers) evil.com, and OpenSSL accepts it under an excluded uri:evil.com. RFC 3986 has no '\\' in a
+    URI: classify_host refuses it, so pki.toml cannot hold it."""
+    import shutil
+    import subprocess
+    from urllib.parse import urlsplit
+
+    root, inter, leaf = _chain(tmp_path, "", [], ["uri:evil.com"], raw=("uri", F15))
+    assert openssl_verify(leaf, roots=[root], intermediates=[inter])[0]  # the bypass is real
+    assert urlsplit(F15).hostname == "good.example"
+    if shutil.which("node"):
+        out = subprocess.run(["node", "-e", "console.log(new URL(process.argv[1]).hostname)", F15],
+                             capture_output=True, text=True, check=True).stdout.strip()
+        assert out == "evil.com"
+    with pytest.raises(ValueError, match=r"'\\\\' is not allowed in a URI \(RFC 3986\)"):
+        classify_host(F15)
+
+
+@pytest.mark.parametrize("uri, why", [
+    (F15, "is not allowed in a URI"),
+    ("https://good.example\\evil.com/", "is not allowed in a URI"),
+    ("https://good.example/a b", "' ' is not allowed in a URI"),
+    ("https://good.example/\tx", "is not allowed in a URI"),
+    ("https://good.example/{x}", "'{' is not allowed in a URI"),
+    ("https://good.example/a|b", "'|' is not allowed in a URI"),
+    ("https://good.example/a^b", "'^' is not allowed in a URI"),
+    ("https://good.example/a`b", "'`' is not allowed in a URI"),
+    ('https://good.example/"', "is not allowed in a URI"),
+    ("https://good.example/<x>", "'<' is not allowed in a URI"),
+    ("https://good.example/%zz", "percent-encoding"),
+    ("https://good.example/%4", "percent-encoding"),
+    ("https://evil.com@x@good.example/", "more than one '@'"),
+    ("https://evil.com%40good.example/", "percent-encoded host"),
+    ("https://%65vil.com/", "percent-encoded host"),
+    ("https://[::1/x", "without its closing ']'"),
+    ("https://[evil.com]/", "not an IPv6 address"),
+    ("https://good.example:80x/", "is not a number"),
+])
+def test_uris_parsers_read_differently_are_refused(uri, why):
+    with pytest.raises(ValueError, match=re.escape(why)):
+        classify_host(uri)
+
+
+@pytest.mark.parametrize("uri", ["https://good.example/", "https://good.example:8443/a/b?c=d#e",
+                                 "spiffe://cluster.local/ns/x/sa/y", "https://u:p@good.example/",
+                                 "https://good.example/%41%7e", "https://[fd00::1]:443/", "file:///etc/x"])
+def test_rfc_3986_uris_stay_accepted(uri):
+    assert classify_host(uri) == ("uri", uri)

@@ -358,7 +358,8 @@ _REF_TAIL = r"-[0-9a-f]{8}(?:\.noexport)?(?:\.pem)?(?:@\d+)?\Z"
 _REF_ENTRY = re.compile(rf"(?:\A|/)([a-z0-9][a-z0-9._-]*){_REF_TAIL}")
 
 
-def _pending_deletes(pending: Iterable[tuple[str, str]], names: Iterable[str]) -> tuple[tuple[str, str, str | None], ...]:
+def _pending_deletes(pending: Iterable[tuple[str, str]],
+                     names: Iterable[str]) -> tuple[tuple[str, str, str | None], ...]:
     """(store, ref, entry) of each key waiting for deletion, once each: ``entry`` is the longest
     name of pki.toml or state the reference ends with (before its random suffix), else the name the
     reference's last part spells (`_REF_ENTRY`), else None. A hint for the reader; the reference is what counts."""

@@ -532,7 +532,7 @@ def test_exit_code_is_decided_in_one_place():
     assert (cli_mod.EXIT_OK, cli_mod.EXIT_ERROR, cli_mod.EXIT_CHANGES) == (0, 1, 2)
 
 
-# --- keys waiting for deletion (review F3/F5) and escaping (review F12) -----------------------------
+# --- keys waiting for deletion (review F3/F5); escaping: tests/security/test_render_untrusted_values.py --
 
 PENDING = (("vault", "transit:pki.3s2x6p7su53t.root-462646ed@1", "root"), ("local", "x-0123abcd.pem", None))
 
@@ -556,36 +556,6 @@ def test_pending_deletions_are_shown_by_every_format_and_are_no_change():
     assert plan.empty and exit_code(not plan.empty, True) == 0
     assert json.loads(render_json(EMPTY))["pending_deletes"] == []
     assert "retiring commit" not in render_text(EMPTY) + render_markdown(EMPTY)
-
-
-HOSTILE = "ok\x1b]0;TITLE\x07\x1b[31mRED\u202eevil\u009b2J\u200b"
-
-
-def _no_raw_controls(text: str) -> None:
-    from pkiascode.errors import control_character
-
-    assert all(control_character(line) is None for line in text.split("\n")), [
-        line for line in text.split("\n") if control_character(line)]
-
-
-def test_values_from_state_are_escaped_in_text_and_markdown():
-    """A subject, SAN, reason, warning or name read from state/ or a CSR carries ESC, BEL, RLO, C1 CSI,
-    ZWSP: the text and markdown plans print them as escapes, never raw (review F12)."""
-    change = C(Action.REISSUE, Kind.CERTIFICATE, "web", (f"certificate file says CN={HOSTILE}",),
-               {"subject": (f"CN={HOSTILE}", "CN=web"), "hosts": ([HOSTILE, "a.example"], ["a.example"]),
-                HOSTILE: ("a", "b")})
-    plan = Plan(changes=(change,), warnings=(f"w {HOSTILE}",), at=AT, expiring=((f"certificate.{HOSTILE}", "2030-02-01T00:00:00Z"),),
-                pending_deletes=(("local", HOSTILE, HOSTILE),))
-    for color in (False, True):
-        text = render_text(plan, color=color)
-        _no_raw_controls(text.replace("\x1b[", "").replace("\x1b", "") if color else text)
-        assert "\\x1b]0;TITLE\\x07\\x1b[31mRED\\u202eevil\\x9b2J\\u200b" in text
-    assert "\x1b" not in render_text(plan)
-    md = render_markdown(plan)
-    _no_raw_controls(md)
-    assert "\\u202e" in md and "\\x1b" in md
-    # JSON keeps the values (its own escapes make them inert)
-    assert HOSTILE in json.loads(render_json(plan))["changes"][0]["diff"]["subject"]["before"]
 
 
 def test_the_update_crl_change_in_json_has_the_shape_the_ci_look_ahead_reads():

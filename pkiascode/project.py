@@ -34,7 +34,7 @@ if TYPE_CHECKING:
 __all__ = ["Project"]
 
 #: what may be below a base revision's state directory (`Project._base_state`)
-_BASE_STATE_FILE = re.compile(r"inventory\.json|audit\.jsonl|README\.md|certs/[A-Za-z0-9][A-Za-z0-9_.-]*\.pem"
+_BASE_STATE_FILE = re.compile(r"inventory\.json|audit\.jsonl|audit-signatures\.json|README\.md|certs/[A-Za-z0-9][A-Za-z0-9_.-]*\.pem"
                               r"|crl/[A-Za-z0-9][A-Za-z0-9_.-]*\.crl")
 
 
@@ -198,6 +198,9 @@ class Project:
         and (unless not ``check_keys``) which keys the stores no longer have."""
         state = state or self.state
         observed, inv = state.observe()
+        pending_deletes = tuple((str(store), str(ref)) for store, ref in inv.get("pending_deletes") or ())
+        if pending_deletes:
+            observed = dataclasses.replace(observed, pending_deletes=pending_deletes)
         if state.pending_txn() is None:  # a pending apply's files are in its transaction, not yet here
             self.verify_state(state, observed, inv)
         if check_keys:
@@ -209,8 +212,11 @@ class Project:
         return observed, inv
 
     def verify_state(self, state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
-        """Each certificate file against the inventory: serial, SHA-256, subject, issuer chain and
-        public key; no two live objects sharing one key reference. Raises `PlanError` naming the object.
+        """Each certificate file against the inventory: serial, SHA-256, subject, validity dates, issuer
+        chain, signature (under its issuer's certificate; a root's under its own) and public key; each
+        authority's CRL file against the inventory: signed under the authority's certificate, its
+        dates, and its revoked serials exactly the inventory's revocations of that issuer; no two live
+        objects sharing one key reference. Raises `PlanError` naming the object.
 
         A missing or unreadable file is drift (the plan reissues it); a well-formed certificate that is
         not the inventory's, or an inventory that misdescribes its file, is not repaired silently.
@@ -219,32 +225,46 @@ class Project:
         first, then only the fields the inventory records are taken from it (`x509.recorded_facts`)."""
         records = observed.records
         loaded: dict[str, tuple[Any, Any, str] | None] = {}  # name → (certificate, its facts, DER SHA-256)
+        restore = f"state/ is not what pkiascode wrote: restore it from git (`git checkout -- {state.rel}`) before planning"
 
         def cert_of(name: str) -> tuple[Any, Any, str] | None:
             if name not in loaded:
                 loaded[name] = _read_certificate_facts(state.cert_path(name))
             return loaded[name]
 
+        revocations = _revocations_by_issuer(inv.get("revocations") or (), state.rel, restore)
         owners: dict[tuple[str, str], str] = {}
         for name, rec in records.items():
             where = f"{rec.qualified} ({state.rel}/certs/{name}.pem)"
             got = cert_of(name)
             issuer = cert_of(rec.issuer) if rec.issuer in records else None
+            if rec.issuer is not None and rec.issuer in observed.cert_drift:
+                issuer = None  # the issuer is reissued: its children are checked against the new one
             if got is None and name not in observed.cert_drift:  # its SHA-256 is the inventory's
                 raise PlanError(f"{where}: the file has the SHA-256 the inventory records but cannot be read as a "
                                 f"certificate; restore it from git (`git checkout -- {state.rel}`) before planning")
             if got is not None:
                 obj = inv["objects"].get(name, {})
                 problem = _check_recorded(got, rec, issuer, obj.get("public_key_sha256"))
+                if problem is None and name not in observed.cert_drift:
+                    problem = _check_signature(got, rec, issuer)
                 if problem:
-                    raise PlanError(f"{where}: {problem}; state/ is not what pkiascode wrote: restore it from git "
-                                    f"(`git checkout -- {state.rel}`) before planning")
+                    raise PlanError(f"{where}: {problem}; {restore}")
+                if rec.crl and name not in observed.crl_drift and name not in observed.cert_drift:
+                    problem = _check_crl(state.crl_path(name), got[0], rec, revocations.pop(name, {}))
+                    if problem:
+                        raise PlanError(f"{rec.qualified} ({state.rel}/crl/{name}.crl): {problem}; {restore}")
             if rec.store != CSR_STORE and not rec.revoked:
                 other = owners.setdefault((rec.store, rec.key_id), name)
                 if other != name:
                     raise PlanError(f"{rec.qualified}: its key reference {rec.store}:{rec.key_id} in "
                                     f"{state.rel}/inventory.json is also {records[other].qualified}'s; a key "
                                     "belongs to one object: restore the inventory from git")
+        for issuer_name, revoked in revocations.items():
+            rec = records.get(issuer_name)
+            if revoked and (rec is None or (not rec.crl and rec.kind.value == "authority")):
+                raise PlanError(f"authority.{issuer_name}: {state.rel}/inventory.json lists revocations by it "
+                                f"(serial {format(min(revoked), 'x')}) but it has no CRL that lists them; {restore}")
 
     def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
         """Per key store, the keys records still need (not CSR entries, not revoked ones)."""
@@ -571,6 +591,11 @@ def _check_recorded(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, A
         return f"the inventory records subject {rec.subject!r}, the certificate has {facts.subject.rfc4514_string()!r}"
     if facts.ski.hex() != rec.ski:
         return "the inventory records another subject key identifier than the certificate's"
+    for field, recorded, actual in (("not_before", rec.not_before, facts.not_before),
+                                    ("not_after", rec.not_after, facts.not_after)):
+        if not _same_time(recorded, actual):
+            return (f"the inventory records {field} {recorded:%Y-%m-%dT%H:%M:%SZ}, the certificate has "
+                    f"{actual:%Y-%m-%dT%H:%M:%SZ}")
     if public_key_sha256 is not None and facts.public_key_sha256 != public_key_sha256:
         return "the inventory records another public key than the certificate's"
     if rec.issuer is None:
@@ -592,3 +617,87 @@ def _hex_int(text: str) -> int | None:
         return int(text, 16)
     except (TypeError, ValueError):
         return None
+
+
+def _revocations_by_issuer(revocations: Iterable[Any], rel: str, restore: str) -> dict[str, dict[int, Mapping[str, Any]]]:
+    """The inventory's revocations per issuer, by serial; a malformed one is a `PlanError`."""
+    out: dict[str, dict[int, Mapping[str, Any]]] = {}
+    for r in revocations:
+        serial = _hex_int(r.get("serial")) if isinstance(r, Mapping) else None
+        if serial is None or not isinstance(r.get("issuer"), str):
+            raise PlanError(f"{rel}/inventory.json: a revocation without an issuer and a hexadecimal serial "
+                            f"({str(r)[:80]!r}); {restore}")
+        out.setdefault(r["issuer"], {})[serial] = r
+    return out
+
+
+def _check_signature(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, Any, str] | None) -> str | None:
+    """Whether ``got``'s certificate is signed by its issuer's certificate (a root: by its own key)."""
+    cert = got[0]
+    if rec.issuer is None:
+        signer, by = cert, "its own public key (a root is self-signed)"
+    elif issuer is not None:
+        signer, by = issuer[0], f"authority.{rec.issuer}'s certificate"
+    else:
+        return None  # the issuer's file is missing or damaged: drift, reissued with its children
+    try:
+        cert.verify_directly_issued_by(signer)
+    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: it is not signed by it
+        return f"its signature does not verify under {by}"
+    return None
+
+
+def _same_time(recorded: Any, actual: Any) -> bool:
+    """An inventory time (text) and a file's time, to the second."""
+    if actual is None:
+        return recorded is None
+    try:
+        from .model import parse_time
+
+        t = recorded if isinstance(recorded, dt.datetime) else parse_time(recorded)
+        return t.replace(microsecond=0) == actual.replace(microsecond=0)
+    except (TypeError, ValueError, AttributeError):
+        return False
+
+
+def _check_crl(path: Path, authority_cert: Any, rec: Record, revoked: Mapping[int, Mapping[str, Any]]) -> str | None:
+    """What in ``rec``'s CRL record, or in the inventory's revocations by it, disagrees with its CRL
+    file (signed under ``authority_cert``), or None. A missing or damaged file is drift (handled by the
+    caller: the plan refreshes it)."""
+    from .state import read_file
+    from .x509 import crl_facts, pem_to_der
+
+    try:
+        data = read_file(path)
+    except PkiError:
+        return None
+    der = pem_to_der(data, b"X509 CRL") if data is not None else None
+    if der is None:
+        return None
+    try:
+        facts = crl_facts(der, authority_cert)
+    except ValueError as e:
+        return f"the CRL file is not this authority's CRL ({e})"
+    crl = rec.crl or {}
+    if not _same_time(crl.get("this_update"), facts.this_update):
+        return (f"the inventory records this_update {crl.get('this_update')}, the CRL file has "
+                f"{facts.this_update:%Y-%m-%dT%H:%M:%SZ}")
+    if not _same_time(crl.get("next_update"), facts.next_update):
+        when = f"{facts.next_update:%Y-%m-%dT%H:%M:%SZ}" if facts.next_update else "none"
+        return f"the inventory records next_update {crl.get('next_update')}, the CRL file has {when}"
+    if set(revoked) != set(facts.revoked):
+        extra = sorted(set(revoked) - set(facts.revoked))
+        gone = sorted(set(facts.revoked) - set(revoked))
+        parts = []
+        if extra:
+            parts.append(f"the inventory revokes serial {format(extra[0], 'x')}, which the CRL file does not list")
+        if gone:
+            parts.append(f"the CRL file revokes serial {format(gone[0], 'x')}, which the inventory's revocations "
+                         f"do not list")
+        return "its revocations differ from the CRL file: " + "; ".join(parts)
+    for serial, r in revoked.items():
+        reason, date = facts.revoked[serial]
+        if r.get("reason", "unspecified") != reason or not _same_time(r.get("date"), date):
+            return (f"the inventory's revocation of serial {format(serial, 'x')} ({r.get('reason')}, {r.get('date')}) "
+                    f"differs from the CRL file's ({reason}, {date:%Y-%m-%dT%H:%M:%SZ})")
+    return None

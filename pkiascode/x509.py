@@ -28,7 +28,7 @@ __all__ = [
     "build_certificate", "build_crl", "load_certificate", "pem", "crl_pem", "fingerprint",
     "ski_hex", "ski_of", "CsrInfo", "load_csr", "describe", "PRIVATE_KEY_RE", "holds_private_key",
     "build_name", "public_key_der", "prove_key", "der_to_pem", "sign_crl", "read_crl", "pem_to_der",
-    "RecordedFacts", "recorded_facts",
+    "RecordedFacts", "recorded_facts", "CrlFacts", "crl_facts",
 ]
 
 #: how far back not_before is set, like CFSSL: tolerates clocks a few minutes behind
@@ -318,6 +318,8 @@ class RecordedFacts:
     ski: bytes
     aki: bytes | None
     public_key_sha256: str
+    not_before: dt.datetime
+    not_after: dt.datetime
 
 
 #: RFC 4514 labels of the attributes pki.toml writes; others by their dotted OID, as cryptography does
@@ -339,7 +341,45 @@ def recorded_facts(cert: x509.Certificate) -> RecordedFacts:
         ski = x509.SubjectKeyIdentifier.from_public_key(public_key).digest  # type: ignore[arg-type]
     parts = tuple(sorted(f"{_LABELS.get(a.oid) or a.rfc4514_attribute_name}={a.value}" for a in subject))
     return RecordedFacts(cert.serial_number, parts, subject, ski, aki,
-                         hashlib.sha256(public_key_der(public_key)).hexdigest())  # type: ignore[arg-type]
+                         hashlib.sha256(public_key_der(public_key)).hexdigest(),  # type: ignore[arg-type]
+                         cert.not_valid_before_utc, cert.not_valid_after_utc)
+
+
+@dataclasses.dataclass(frozen=True)
+class CrlFacts:
+    """What an inventory records of a CRL, as read from the CRL file (`Project.verify_state`)."""
+
+    number: int
+    this_update: dt.datetime
+    next_update: dt.datetime | None
+    revoked: Mapping[int, tuple[str, dt.datetime]]  # serial -> (reason, revocation date)
+
+
+def crl_facts(der: bytes, issuer_cert: x509.Certificate) -> CrlFacts:
+    """The CRL in ``der``, checked to be ``issuer_cert``'s (issuer name, signature under its public
+    key): its number, times and revoked serials. ValueError when it is not that authority's CRL."""
+    crl = x509.load_der_x509_crl(der)
+    if crl.issuer != issuer_cert.subject:
+        raise ValueError(f"it is issued by {crl.issuer.rfc4514_string()!r}, not by the authority")
+    try:
+        valid = crl.is_signature_valid(issuer_cert.public_key())  # type: ignore[arg-type]
+    except Exception:  # noqa: BLE001 - a key type that cannot sign CRLs: not its CRL either
+        valid = False
+    if not valid:
+        raise ValueError("its signature does not verify under the authority's certificate")
+    try:
+        number = int(crl.extensions.get_extension_for_class(x509.CRLNumber).value.crl_number)
+    except x509.ExtensionNotFound:
+        number = 0
+    names = {flag: name for name, flag in _REASON_FLAGS.items()}
+    revoked: dict[int, tuple[str, dt.datetime]] = {}
+    for entry in crl:
+        try:
+            reason = names.get(entry.extensions.get_extension_for_class(x509.CRLReason).value.reason, "unspecified")
+        except x509.ExtensionNotFound:
+            reason = "unspecified"
+        revoked[entry.serial_number] = (reason, entry.revocation_date_utc)
+    return CrlFacts(number, crl.last_update_utc, crl.next_update_utc, revoked)
 
 
 def pem(cert: x509.Certificate) -> bytes:

@@ -350,6 +350,7 @@ def plan(
                 pending_deletes=_pending_deletes(observed.pending_deletes, [*desired.entries, *records]))
 
 
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.timezone.utc)
 #: what every key store puts after the entry's name in a key reference: a random suffix, and the
 #: local store's ``.noexport``/``.pem``, Vault Transit's ``@VERSION``
 _REF_TAIL = r"-[0-9a-f]{8}(?:\.noexport)?(?:\.pem)?(?:@\d+)?\Z"
@@ -468,7 +469,12 @@ def _spec_diff(rec: Record, entry: Entry) -> list[tuple[str, FieldChange]]:
 def quiet_until(desired: Desired, observed: Observed) -> dt.datetime | None:
     """The first moment at which, with nothing else changing, a plan would stop being empty or
     without an expiry outlook: the earliest renewal window, CRL refresh, or `OUTLOOK_DAYS` before an
-    expiry. None when nothing ever falls due (nothing in state)."""
+    expiry. None when nothing ever falls due (nothing in state).
+
+    Keys waiting for deletion (``observed.pending_deletes``) are listed by every plan, which a
+    remembered empty plan would not: such a state is never quiet (the epoch, before any ``at``)."""
+    if observed.pending_deletes:
+        return _EPOCH
     times: list[dt.datetime] = []
     records = observed.records
     for name, entry in desired.entries.items():

@@ -13,7 +13,7 @@ from pkiascode.cli import main
 from pkiascode.errors import PlanError
 from pkiascode.model import Kind, Observed, format_time
 from pkiascode.plan import Action, FieldChange, Plan
-from pkiascode.planner import plan as make_plan
+from pkiascode.planner import plan as make_plan, quiet_until
 
 from helpers import ROOT_AND_WEB
 from planner_fakes import T0, World, by_name, days, load, only, record_for
@@ -952,3 +952,5 @@ def test_pending_deletions_reach_the_plan_with_their_entry_and_are_no_change():
                                  ("local", "gone.two-0123abcd.pem", "gone.two"), ("x", "no suffix", None))
     assert Plan.from_json(json.loads(p.dumps())).pending_deletes == p.pending_deletes
     assert make_plan(desired, w.observed(), now=T0).pending_deletes == ()
+    # never quiet: a remembered empty plan (the no-op memo) would not list them
+    assert quiet_until(desired, observed) <= T0 - days(365 * 50) < quiet_until(desired, w.observed())

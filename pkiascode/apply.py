@@ -179,7 +179,9 @@ def recover(project: Project, *, commit: bool, progress: Progress, upstream: Ups
             notes.append(f"committed the state an earlier `pki apply --no-commit` wrote ({sha[:12]})")
         state.set_pending_deletes(state.pending_deletes() + deferred)
         state.clear_deferred_deletes()
-    # (no key is deleted here: only after the plan was made and state verified, `delete_old_keys`)
+    # no key is deleted here: only after the plan was made and state verified (`delete_old_keys`);
+    # the list is read all the same, so a damaged or forged one is an error naming it now
+    state.pending_deletes()
     return notes
 
 

@@ -5,10 +5,19 @@ A key is *in use* when an object of ``state/`` names it (or it signs the audit l
 left by an apply that was killed between its commit and its push, or undone without reaching its
 key store. `orphans` is what ``pki prune`` deletes: the keys that none of the work tree's state,
 HEAD's and the upstream's names or lists as pending.
+
+Another PKI's keys are never taken for orphans (review F6): a pull request that sets ``[pki] id`` to
+another PKI's id would make that PKI's namespace look like this one's. So `orphans` (and `key_rows`)
+refuse unless pki.toml's id is the one the inventories record (``pki_id`` of the work tree's, HEAD's
+and the upstream's) and the one HEAD's and the upstream's committed pki.toml say; unless every key
+the inventories name is accepted by its store as this PKI's (the stores refuse references outside
+their namespace); and every candidate is checked the same way before it is offered for deletion.
 """
 
 from __future__ import annotations
 
+import tomllib
+from collections.abc import Iterable
 from typing import Any
 
 from . import auditsign
@@ -17,8 +26,9 @@ from .backend import KeyRef
 from .errors import BackendError, PkiError
 from .gitops import Upstream
 from .project import Project
+from .state import id_refusal
 
-__all__ = ["key_rows", "orphans", "upstream_tip"]
+__all__ = ["key_rows", "orphans", "upstream_tip", "check_namespace"]
 
 
 def _users(objects: dict[str, Any]) -> dict[tuple[str, str], str]:
@@ -36,11 +46,73 @@ def _listed(project: Project) -> list[KeyRef]:
     return refs
 
 
+def _committed_id(project: Project, commit: str) -> tuple[bool, str | None]:
+    """(whether ``commit`` has pki.toml, its ``[pki] id``); `PkiError` if it cannot be read."""
+    repo = project.repository()
+    data = repo.show(commit, repo.rel(project.config_path))
+    if data is None:
+        return False, None
+    try:
+        pki = tomllib.loads(data.decode("utf-8")).get("pki", {})
+    except (UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
+        raise PkiError(f"{commit[:12]}:{project.config_path.name} cannot be read ({e}); prune compares the [pki] id "
+                       "with it") from None
+    value = pki.get("id") if isinstance(pki, dict) else None
+    return True, value if isinstance(value, str) else None
+
+
+def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str, Any]]],
+                    commits: Iterable[str | None] = ()) -> None:
+    """Refuse (`PkiError`, one line) unless this PKI's key namespace is the one its state was made
+    in: pki.toml's ``[pki] id`` is the id each inventory records (``(where, inventory)``) and the id
+    of pki.toml in each of ``commits`` (HEAD, the upstream's tip), and every key the inventories'
+    objects name is one its store accepts as this PKI's."""
+    configured = project.desired().settings.id
+    for where, inv in inventories:
+        refused = id_refusal(inv, configured, where)
+        if refused:
+            raise PkiError(f"{refused}; no key is listed as an orphan or deleted")
+    for commit in commits:
+        if commit is None:
+            continue
+        found, committed = _committed_id(project, commit)
+        if found and committed != configured:
+            raise PkiError(f"the [pki] id is {configured or 'unset'} in {project.config_path.name} but "
+                           f"{committed or 'unset'} in commit {commit[:12]}: the id names this PKI's keys in shared "
+                           "key stores, and another id's keys are not this PKI's orphans; no key is listed as an "
+                           "orphan or deleted")
+    stores = project.desired().stores
+    by_store: dict[str, set[KeyRef]] = {}
+    for _, inv in inventories:
+        for store, ref in keys_in(inv["objects"]):
+            if store in stores:
+                by_store.setdefault(store, set()).add(KeyRef(store, ref))
+    for store, refs in sorted(by_store.items()):
+        try:
+            project.store(store).missing(sorted(refs, key=lambda r: r.id))
+        except BackendError as e:  # a reference outside the store's namespace for this id
+            raise PkiError(f"state names a key backend {store} does not take for this PKI's ({e}); no key is "
+                           "listed as an orphan or deleted") from None
+
+
+def _own(project: Project, refs: list[KeyRef]) -> list[KeyRef]:
+    """``refs``, each checked to be a key of this PKI's namespace by its store (`BackendError` from
+    the store otherwise, as a `PkiError`)."""
+    for ref in refs:
+        try:
+            project.store(ref.store).missing([ref])
+        except BackendError as e:
+            raise PkiError(f"backend {ref.store} listed {ref.id}, which it does not take for this PKI's ({e}); "
+                           "nothing deleted") from None
+    return refs
+
+
 def key_rows(project: Project) -> list[dict[str, Any]]:
     """One row per key: backend, key, status (``in use``, ``pending deletion``, ``orphan``) and the
     entry that uses it (None unless in use)."""
     state = project.state
     inv = state.load()[0]
+    check_namespace(project, [(state.rel, inv)])
     users = _users(inv["objects"])
     users.update({key: "the audit log" for key in auditsign.key_refs(state)})
     pending = {(str(a), str(b)) for a, b in inv["pending_deletes"]} | set(state.pending_deletes()) \
@@ -58,8 +130,10 @@ def orphans(project: Project, *, head: str | None, tip: str | None) -> list[KeyR
     (``tip``), nor ``.pki/``'s lists, nor the key journal of an apply in progress."""
     state = project.state
     known: set[tuple[str, str]] = set()
-    inventories = [state.load()[0]]
-    inventories += [inventory_at(project, c) for c in (head, tip) if c is not None]
+    named = [(state.rel, state.load()[0])]
+    named += [(f"{c[:12]}:{state.rel}", inventory_at(project, c)) for c in (head, tip) if c is not None]
+    check_namespace(project, named, (head, tip))
+    inventories = [inv for _, inv in named]
     for inv in inventories:
         known |= keys_in(inv["objects"]) | {(str(a), str(b)) for a, b in inv["pending_deletes"]}
     known |= auditsign.key_refs(state)  # the audit log's signing keys (work tree, HEAD, upstream)
@@ -73,7 +147,7 @@ def orphans(project: Project, *, head: str | None, tip: str | None) -> list[KeyR
     if unanswered or state.pending_txn() is not None:
         raise PkiError("an interrupted apply is pending: run `pki apply` first")
     known |= set(journaled)
-    return [ref for ref in _listed(project) if (ref.store, ref.id) not in known]
+    return _own(project, [ref for ref in _listed(project) if (ref.store, ref.id) not in known])
 
 
 def upstream_tip(project: Project, upstream: Upstream | None) -> tuple[str | None, str | None]:

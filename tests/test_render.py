@@ -592,3 +592,34 @@ def _write(data: dict) -> Path:
     d = Path(tempfile.mkdtemp())
     (d / "look-ahead.json").write_text(json.dumps(data))
     return d
+
+
+def test_pki_plan_lists_the_keys_an_earlier_apply_retired_until_they_are_deleted(tmp_path, env, capsys, monkeypatch):
+    """End to end: a certificate leaves pki.toml, apply retires its key and keeps it until that commit is on
+    the upstream. Until then every `pki plan` (again: never from the no-op memo), in every format, lists
+    it; --detailed-exitcode stays 0."""
+    from helpers import commit_all, git, key_ref, new_repo
+
+    origin = tmp_path / "origin.git"
+    git(tmp_path, "init", "-q", "--bare", "-b", "main", str(origin))
+    toml = PKI_TOML.replace("commit = false", "commit = true")
+    repo = new_repo(tmp_path / "repo", toml, commit=True)
+    git(repo, "remote", "add", "origin", str(origin))
+    git(repo, "push", "-q", "-u", "origin", "main")
+    monkeypatch.chdir(repo)
+    assert run_main(capsys, "apply", "--auto-approve")[0] == 0
+    git(repo, "push", "-q")
+    ref = key_ref(repo, "web")
+    (repo / "pki.toml").write_text(toml.split("[certificate.web]")[0])
+    commit_all(repo, "drop web")
+    code, out, err = run_main(capsys, "apply", "--auto-approve")
+    assert code == 0 and "1 retired key(s) are kept until the commit that retired them is on" in err, (out, err)
+    for _ in range(2):
+        code, out, err = run_main(capsys, "plan", "--detailed-exitcode")
+        assert (code, err) == (0, "")
+        assert out == ("No changes. The PKI matches pki.toml.\n\nKeys that will be deleted once the retiring commit "
+                       "is on the upstream (retired by an earlier apply; not a change of this plan):\n"
+                       f"  ! local:{ref} (web)\n\n")
+    assert f"- `local:{ref}` (`web`)" in run_main(capsys, "plan", "--format", "markdown")[1]
+    data = json.loads(run_main(capsys, "plan", "--format", "json")[1])
+    assert data["pending_deletes"] == [{"store": "local", "ref": ref, "entry": "web"}] and data["changes"] == []

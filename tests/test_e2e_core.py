@@ -22,6 +22,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from helpers import (
     PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, assert_state_sound, audit_lines, clean_env, commit_all,
@@ -144,7 +145,8 @@ def test_kubernetes_example_init_plan_apply_change_one_host(tmp_path, env):
     assert commit_message(repo)[0] == "pki apply: 1 reissued"
     body = [line for line in commit_message(repo)[2:] if line and not line.startswith("Pki-")]
     assert len(body) == 1 and body[0].startswith("reissue certificate.node-0: ") and "hosts" in body[0]
-    assert sorted(commit_files(repo)) == ["state/audit.jsonl", "state/certs/node-0.pem", "state/inventory.json"]
+    assert sorted(commit_files(repo)) == ["state/audit-signatures.json", "state/audit.jsonl", "state/certs/node-0.pem",
+                                          "state/inventory.json"]
     assert key_ref(repo, "node-0") == before_ref
     assert inventory(repo)["node-0"]["serial"] != before_serial
     cert = state_cert(repo, "node-0")
@@ -270,7 +272,12 @@ def test_no_private_key_bytes_in_any_git_object(project, pki, tmp_path):
         for p in (project / ".pki" / "keys").iterdir():
             data = p.read_bytes()
             seen_keys[p.name] = pem_der(pem_blocks(data)[0])
-            numbers = serialization.load_pem_private_key(data, password=None).private_numbers()
+            key = serialization.load_pem_private_key(data, password=None)
+            if isinstance(key, ed25519.Ed25519PrivateKey):  # (the audit log's key)
+                secrets[p.name] = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
+                                                    serialization.NoEncryption())
+                continue
+            numbers = key.private_numbers()
             secret = numbers.private_value if hasattr(numbers, "private_value") else numbers.d
             secrets[p.name] = secret.to_bytes((secret.bit_length() + 7) // 8, "big")
 
@@ -283,7 +290,7 @@ def test_no_private_key_bytes_in_any_git_object(project, pki, tmp_path):
     collect()
     outputs.append(pki.apply("--replace", "inter").output)  # a new authority key: everything below reissued
     collect()
-    assert len(seen_keys) == 6
+    assert len(seen_keys) == 7  # six of the PKI's, and the audit log's
     assert commit_count(project) == 4
 
     objects = list(git_objects(project))
@@ -512,7 +519,7 @@ def test_saved_plan_applies_and_is_refused_when_stale(project, pki, tmp_path):
     git(project, "checkout", "--", "state/certs/root.pem")
 
     r = pki("apply", str(p4), "--replace", "server", expect=1)
-    assert "saved plan" in r.stderr
+    assert "does not replace it" in r.stderr
     r = pki("apply", str(tmp_path / "nope.json"), expect=1)
     assert "not found" in r.stderr
     (tmp_path / "bad.json").write_text("{}")
@@ -956,7 +963,7 @@ def test_keys_encrypted_at_rest_need_the_passphrase(repo, pki, tmp_path):
     with_pass = {"TEST_KEY_PASSPHRASE": PASSPHRASE}
     r = pki.apply(env=with_pass)
     keys = sorted((repo / ".pki/encrypted").iterdir())
-    assert len(keys) == 2
+    assert len(keys) == 3  # the PKI's two, and the audit log's: all encrypted
     for key in keys:
         assert key.read_bytes().startswith(b"-----BEGIN ENCRYPTED PRIVATE KEY-----")
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
@@ -975,7 +982,7 @@ def test_keys_encrypted_at_rest_need_the_passphrase(repo, pki, tmp_path):
     for _, _, content in git_objects(repo):
         assert PASSPHRASE.encode() not in content and not PRIVATE_KEY_MARKER.search(content)
     pki.apply("--replace", "leaf", env=with_pass)
-    assert len(list((repo / ".pki/encrypted").iterdir())) == 2  # the replaced key is gone
+    assert len(list((repo / ".pki/encrypted").iterdir())) == 3  # the replaced key is gone (2 and the audit key)
     pki("audit", "verify", expect=0)
 
 

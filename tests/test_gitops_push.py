@@ -170,7 +170,7 @@ def test_keys_and_prune(tmp_path, env, origin):
     pki.apply("--push", "--auto-approve")
     rows = json.loads(pki.ok("keys", "--format", "json").stdout)
     assert {r["entry"] for r in rows} == {"authority.root", "authority.inter", "certificate.server",
-                                          "certificate.client"}
+                                          "certificate.client", "the audit log"}
     assert {r["status"] for r in rows} == {"in use"}
     old = key_ref(a, "server")
     pki.apply("--auto-approve", "--replace", "server")  # committed, not pushed: the old key waits

@@ -3,9 +3,15 @@ without re-reading them.
 
 When a plan comes out empty (and without warnings), what it was made from is noted in
 ``.pki/cache/noop.json``: the digest of pki.toml and of its CSRs, the stat stamps (mtime, ctime,
-inode, size) of the inventory and of every certificate and CRL file, the key references per key
-store, and the moment the plan stops being empty on its own (the earliest renewal window or CRL
-refresh). The next plan is empty without further work when all of that still holds, the moment it
+inode, size) of the inventory and of every file in the state directory's certs/ and crl/, the key
+references per key store, and the moment the plan stops being empty on its own (the earliest
+renewal window or CRL refresh).
+
+The memo is untrusted input (review F2): it never chooses which files are stamped (they are listed
+from the state directory), nor which CSRs are hashed (pki.toml names them), nor how a key store is
+reached (stores are made from pki.toml's settings, validated); what else it says is compared with
+those, and any mismatch only means planning the long way. Its stamp binds it to this checkout's
+files (inode and ctime included), which whoever prepared a cache elsewhere cannot predict. The next plan is empty without further work when all of that still holds, the moment it
 plans for is before that horizon, there is no ``--replace`` and no interrupted apply, and every key
 store still has every key (asked live, as always: a deleted key is drift).
 """
@@ -15,6 +21,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,23 +30,40 @@ from . import __version__
 from .errors import StateError
 from .state import atomic_write, check_private_dir, file_stamp, make_private_dir, read_file, safe_relative
 
-__all__ = ["NoopMemo", "stamp_files"]
+__all__ = ["NoopMemo", "stamp_files", "state_files"]
+
+
+def state_files(state_root: Path) -> list[str]:
+    """The files a remembered plan is stamped with, taken from the state directory itself (never from
+    the memo): its inventory and every entry of its ``certs/`` and ``crl/`` (links and all, not
+    followed), so that a file added, removed or changed there is a change the memo has not seen."""
+    files = [str(state_root / "inventory.json")]
+    for sub in ("certs", "crl"):
+        try:
+            with os.scandir(state_root / sub) as it:
+                files += sorted(str(state_root / sub / e.name) for e in it)
+        except (FileNotFoundError, NotADirectoryError):
+            files.append(str(state_root / sub))  # stamped as missing (or as the thing that is there)
+    return files
 
 
 def stamp_files(paths: Sequence[str], seen: Mapping[str, tuple[int, ...] | None] | None = None) -> str:
-    """One digest over the stat stamps (`file_stamp`) of ``paths``; a missing file stamps as missing. ``seen`` gives the stamps taken when the files were read, so that a change made after
+    """One digest over the names and stat stamps (`file_stamp`) of ``paths``; a missing file stamps as
+    missing. ``seen`` gives the stamps taken when the files were read, so that a change made after
     they were read is a change the memo has not seen."""
     h = hashlib.sha256()
     for path in paths:
         stamp = seen[path] if seen is not None and path in seen else file_stamp(path)
+        h.update(os.fsencode(path) + b"\0")
         h.update(b"%d %d %d %d\n" % stamp if stamp else b"-\n")
     return h.hexdigest()
 
 
-#: the memo file's layout; a memo of another layout (or another pkiascode) is ignored and rebuilt
-SCHEMA = 1
-_FIELDS = {"schema": int, "version": str, "config_digest": str, "state_digest": str, "files": list, "stamp": str,
-           "csrs": dict, "stores": dict, "refs": dict, "quiet_until": (str, type(None))}
+#: the memo file's layout; a memo of another layout (or another pkiascode) is ignored and rebuilt.
+#: It names no files and no key store settings: those come from state/ and pki.toml every time.
+SCHEMA = 2
+_FIELDS = {"schema": int, "version": str, "config_digest": str, "state_digest": str, "stamp": str,
+           "csrs": dict, "refs": dict, "quiet_until": (str, type(None))}
 
 
 def _valid(memo: object) -> bool:
@@ -50,13 +74,11 @@ def _valid(memo: object) -> bool:
         return False
     if memo["schema"] != SCHEMA or memo["version"] != __version__:
         return False
-    if not all(isinstance(f, str) for f in memo["files"]) or not all(
-            isinstance(k, str) and safe_relative(k) and isinstance(v, str) for k, v in memo["csrs"].items()):
+    if not all(isinstance(k, str) and safe_relative(k) and isinstance(v, (str, type(None)))
+               for k, v in memo["csrs"].items()):
         return False
     for store, refs in memo["refs"].items():
-        spec = memo["stores"].get(store)
-        if not (isinstance(spec, dict) and isinstance(spec.get("plugin"), str)
-                and isinstance(spec.get("settings"), dict) and isinstance(refs, list)):
+        if not isinstance(store, str) or not isinstance(refs, list):
             return False
         if not all(isinstance(r, list) and len(r) == 2 and all(isinstance(x, str) for x in r) for r in refs):
             return False
@@ -88,11 +110,10 @@ class NoopMemo:
         return memo if _valid(memo) else None
 
     def save(self, *, config_digest: str, state_digest: str, files: Sequence[str],
-             seen: Mapping[str, tuple[int, ...] | None], csrs: Mapping[str, str],
-             stores: Mapping[str, Mapping[str, Any]], refs: Mapping[str, list[list[str]]],
-             quiet_until: dt.datetime | None) -> None:
+             seen: Mapping[str, tuple[int, ...] | None], csrs: Mapping[str, str | None],
+             refs: Mapping[str, list[list[str]]], quiet_until: dt.datetime | None) -> None:
         memo = {"schema": SCHEMA, "version": __version__, "config_digest": config_digest, "state_digest": state_digest,
-                "files": list(files), "stamp": stamp_files(files, seen), "csrs": dict(csrs), "stores": dict(stores),
+                "stamp": stamp_files(files, seen), "csrs": dict(csrs),
                 "refs": dict(refs), "quiet_until": quiet_until.isoformat() if quiet_until else None}
         try:
             make_private_dir(self.path.parent.parent)
@@ -106,12 +127,13 @@ class NoopMemo:
             self.path.unlink(missing_ok=True)
 
     @staticmethod
-    def still_holds(memo: Mapping[str, Any], *, config_digest: str, csrs: Mapping[str, str],
-                    at: dt.datetime) -> bool:
-        """Everything but the key stores: those the caller asks."""
+    def still_holds(memo: Mapping[str, Any], *, config_digest: str, csrs: Mapping[str, str | None],
+                    at: dt.datetime, files: Sequence[str]) -> bool:
+        """Everything but the key stores (those the caller asks): ``csrs`` are the digests of the CSRs
+        pki.toml names and ``files`` the state files (`state_files`), both found by the caller."""
         if memo.get("config_digest") != config_digest or memo.get("csrs") != dict(csrs):
             return False
         until = memo.get("quiet_until")
         if until is not None and at >= dt.datetime.fromisoformat(until):
             return False
-        return memo.get("stamp") == stamp_files(memo.get("files") or [])
+        return memo.get("stamp") == stamp_files(files)

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import config_digest, find_line, load_config
 from .errors import BackendError, ConfigError, PkiError, PlanError, StalePlanError, first_of
-from .memo import NoopMemo
+from .memo import NoopMemo, state_files
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import Action, Plan
 from .planner import plan as make_plan
@@ -458,22 +458,48 @@ class Project:
         return NoopMemo(self.work_dir / "cache" / "noop.json")
 
     def _remembered_noop(self, at: dt.datetime, now: dt.datetime | None) -> Plan | None:
+        """The remembered empty plan, when everything it was made from still holds (see
+        `pkiascode.memo`). The memo is untrusted: the files stamped are listed from the state
+        directory, the CSRs hashed and the key stores asked are pki.toml's (its ``[pki]`` and
+        ``[backend.*]`` tables, read without parsing the rest: `_store_tables`); any doubt plans the
+        long way."""
         memo = self._memo().load()
         if memo is None:
             return None
         try:
-            digest = config_digest(self.config_path.read_bytes())
-            csrs = {p: hashlib.sha256((self.base_dir / p).read_bytes()).hexdigest() for p in memo.get("csrs", {})}
-        except OSError:
+            data = self.config_path.read_bytes()
+            text = data.decode("utf-8")
+        except (OSError, UnicodeDecodeError):
             return None
-        if not NoopMemo.still_holds(memo, config_digest=digest, csrs=csrs, at=at):
+        if memo["config_digest"] != config_digest(data):
+            return None
+        light = _store_tables(text, self.plugins)
+        csr_paths = _csr_paths(text)
+        if light is None or csr_paths is None:
+            return None
+        settings, stores = light
+        if not set(memo["refs"]) <= set(stores):
+            return None
+        csrs = _csr_digests(self.base_dir, csr_paths)
+        if csrs is None:
+            return None
+        try:
+            state = StateDir(self.base_dir, settings.state_dir, self.work_dir)
+        except PkiError:
+            return None
+        if not NoopMemo.still_holds(memo, config_digest=memo["config_digest"], csrs=csrs, at=at,
+                                    files=state_files(state.root)):
+            return None
+        try:  # the digest the plan reports is the one of the inventory as it is (an empty plan: no drift)
+            inventory = state.read_inventory_bytes()
+        except PkiError:
+            return None
+        if hashlib.sha256(inventory + _NO_DRIFT).hexdigest() != memo["state_digest"]:
             return None
         for store_name, refs in memo["refs"].items():
-            spec = memo["stores"][store_name]
-            pki_id = spec.get("pki_id")
+            spec = stores[store_name]
             try:
-                store = self.store(store_name, plugin=spec["plugin"], settings=spec["settings"],
-                                   pki_id=pki_id if isinstance(pki_id, str) else None)
+                store = self.store(store_name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=settings.id)
             except ValueError:  # an id StoreContext refuses: plan the long way
                 return None
             if store.missing([KeyRef(store_name, key_id, origin) for key_id, origin in refs]):
@@ -485,23 +511,103 @@ class Project:
         from .planner import quiet_until
 
         state = self.state
-        files = [str(state.inventory_path)]
-        for rec in observed.records.values():  # an empty plan: every record has its files
-            files.append(str(state.cert_path(rec.name)))
-            if rec.crl:
-                files.append(str(state.crl_path(rec.name)))
+        if observed.pending_deletes or state.pending_txn() is not None:
+            return  # keys wait for deletion: the plan says so every time
+        files = state_files(state.root)
+        listed = set(files)
+        for rec in observed.records.values():  # an empty plan: every record has its files, all listed
+            wanted = [state.cert_path(rec.name)] + ([state.crl_path(rec.name)] if rec.crl else [])
+            if not all(str(f) in listed for f in wanted):
+                return
+        if observed.digest != hashlib.sha256(state.read_inventory_bytes() + _NO_DRIFT).hexdigest():
+            return  # not the digest the remembered plan can check
         refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
-        csrs = {e.csr: hashlib.sha256((self.base_dir / e.csr).read_bytes()).hexdigest()
-                for e in desired.entries.values() if e.csr and not e.revoked}
-        pki_id = desired.settings.id
-        stores = {n: {"plugin": desired.stores[n].plugin, "settings": desired.stores[n].settings_dict(),
-                      "pki_id": pki_id} for n in refs}
+        paths = _csr_paths(self.config_path.read_text(encoding="utf-8"))
+        if paths is None or paths != {e.csr for e in desired.entries.values() if e.csr}:
+            return  # pki.toml names its CSRs in a way the remembered plan cannot find: plan the long way
+        csrs = _csr_digests(self.base_dir, paths)
+        if csrs is None:
+            return
         try:
             self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files,
-                              seen=state.seen, csrs=csrs,
-                              stores=stores, refs=refs, quiet_until=quiet_until(desired, observed))
+                              seen=state.seen, csrs=csrs, refs=refs, quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
-            self._memo().forget()  # a setting JSON cannot hold: plan the long way every time
+            self._memo().forget()
+
+
+#: what `StateDir.observe` hashes after the inventory when no file drifted (the digest of an empty plan)
+_NO_DRIFT = json.dumps([{}, {}], sort_keys=True).encode()
+
+#: a line that starts like a TOML table header
+_HEADER_LIKE = re.compile(r"^[ \t]*\[.*$", re.M)
+#: a table header of bare keys only, e.g. ``[backend.vault]`` or ``[[x.y]]``, with an optional comment
+_BARE_HEADER = re.compile(r"[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_-]+)(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*[ \t]*\]\]?[ \t]*(?:#.*)?")
+_CSR_LINE = re.compile(r"^[ \t]*csr[ \t]*=[ \t]*(?:\"([^\"\\\n]*)\"|'([^'\n]*)')[ \t]*(?:#[^\n]*)?$", re.M)
+
+
+def _store_tables(text: str, plugins: Plugins) -> tuple[Any, Mapping[str, Any]] | None:
+    """pki.toml's settings and key stores (as `load_config` makes them, validated as a plan does)
+    without parsing the whole file: only its ``[pki]`` and ``[backend...]`` tables are parsed. None
+    when that cannot be done surely: anything but comments before the first table, a multi-line
+    string, a header-like line that is not a plain header of bare keys, or a table that does not
+    parse on its own."""
+    import tomli
+
+    from .config import parse_config
+
+    if '"""' in text or "\'\'\'" in text:
+        return None
+    heads = list(_HEADER_LIKE.finditer(text))
+    first = heads[0].start() if heads else len(text)
+    if any(line.strip() and not line.strip().startswith("#") for line in text[:first].splitlines()):
+        return None
+    keep: list[str] = []
+    for i, m in enumerate(heads):
+        h = _BARE_HEADER.fullmatch(m.group())
+        if h is None:
+            return None
+        if h.group(2) in ("pki", "backend"):
+            keep.append(text[m.start():heads[i + 1].start() if i + 1 < len(heads) else len(text)])
+    try:
+        doc = tomli.loads("\n".join(keep))
+        desired = parse_config(doc, digest="", options_for=plugins.options)
+    except Exception:  # noqa: BLE001 - any doubt: the long way reports it properly
+        return None
+    for spec in desired.stores.values():
+        factory = plugins.factory(spec.plugin)
+        if factory is None or factory.validate(spec.settings_dict()):
+            return None
+    return desired.settings, desired.stores
+
+
+def _csr_paths(text: str) -> set[str] | None:
+    """The CSR paths pki.toml names (revoked entries' too), found without parsing it: every ``csr``
+    must be a plain ``csr = "PATH"`` line, else None."""
+    lines = list(_CSR_LINE.finditer(text))
+    if text.count("csr") != sum(m.group().count("csr") for m in lines) or "\\u" in text or "\\U" in text:
+        return None
+    return {m.group(1) if m.group(1) is not None else m.group(2) for m in lines}
+
+
+def _csr_digests(base: Path, paths: Iterable[str]) -> dict[str, str | None] | None:
+    """SHA-256 of each CSR file (read inside ``base``, no link followed); None for a missing one, and
+    None overall when one cannot be read safely."""
+    import os
+
+    from .config import MAX_CSR_BYTES, open_inside
+
+    out: dict[str, str | None] = {}
+    for rel in sorted(paths):
+        if not (base / rel).exists() and not (base / rel).is_symlink():
+            out[rel] = None
+            continue
+        try:
+            fd = open_inside(base, rel, max_bytes=MAX_CSR_BYTES)
+        except (ValueError, OSError):
+            return None
+        with os.fdopen(fd, "rb") as f:
+            out[rel] = hashlib.sha256(f.read(MAX_CSR_BYTES + 1)).hexdigest()
+    return out
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -59,6 +59,7 @@ def test_an_empty_plan_is_remembered_and_reused_without_reading_pki_toml_again(a
     assert first.empty and memo_file(applied).exists()
     memo = json.loads(memo_file(applied).read_text())
     assert set(memo["refs"]) == {"local"} and len(memo["refs"]["local"]) == 2
+    assert "files" not in memo and "stores" not in memo  # both come from state/ and pki.toml every time
     assert memo["quiet_until"] is not None
 
     def boom(self):  # the remembered plan must not need the parsed configuration

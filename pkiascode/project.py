@@ -738,19 +738,44 @@ def _revocations_by_issuer(revocations: Iterable[Any], rel: str, restore: str) -
 
 
 def _check_signature(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, Any, str] | None) -> str | None:
-    """Whether ``got``'s certificate is signed by its issuer's certificate (a root: by its own key)."""
+    """Whether ``got``'s certificate is signed by its issuer's certificate (a root: by its own key).
+    The issuer's name was compared by `_check_recorded`; the signature is checked with the issuer's
+    public key taken once per issuer (`_issuer_key`): one verification per certificate."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
     cert = got[0]
     if rec.issuer is None:
-        signer, by = cert, "its own public key (a root is self-signed)"
+        signer, by = got, "its own public key (a root is self-signed)"
     elif issuer is not None:
-        signer, by = issuer[0], f"authority.{rec.issuer}'s certificate"
+        signer, by = issuer, f"authority.{rec.issuer}'s certificate"
     else:
         return None  # the issuer's file is missing or damaged: drift, reissued with its children
     try:
-        cert.verify_directly_issued_by(signer)
-    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError: it is not signed by it
+        key = _issuer_key(signer[0])
+        params = cert.signature_algorithm_parameters
+        if params is None:  # Ed25519, Ed448
+            key.verify(cert.signature, cert.tbs_certificate_bytes)
+        elif isinstance(params, ec.ECDSA):
+            key.verify(cert.signature, cert.tbs_certificate_bytes, params)
+        else:  # RSA: PKCS#1 v1.5 or PSS, with the certificate's hash
+            key.verify(cert.signature, cert.tbs_certificate_bytes, params, cert.signature_hash_algorithm)
+    except Exception:  # noqa: BLE001 - InvalidSignature, a key of another type, an unknown algorithm: not signed by it
         return f"its signature does not verify under {by}"
     return None
+
+
+_ISSUER_KEYS: dict[int, tuple[Any, Any]] = {}
+
+
+def _issuer_key(cert: Any) -> Any:
+    """``cert``'s public key, taken once per certificate object (an authority signs thousands)."""
+    hit = _ISSUER_KEYS.get(id(cert))
+    if hit is None or hit[0] is not cert:
+        if len(_ISSUER_KEYS) > 256:
+            _ISSUER_KEYS.clear()
+        hit = (cert, cert.public_key())
+        _ISSUER_KEYS[id(cert)] = hit
+    return hit[1]
 
 
 def _same_time(recorded: Any, actual: Any) -> bool:

@@ -369,16 +369,15 @@ def _require_confirmation(the_plan: Any, source: str, replace: tuple[str, ...], 
     for again on the command line. Every name the plan replaces needs ``--replace NAME``, every
     authority it rekeys ``--replace NAME`` too (or, for a plan made with ``--rekey-missing``, that
     option), and ``--rekey-missing`` only with a plan made with it. Raises `PkiError`: nothing changed.
-    ``changes`` False: only the options the plan records (its changes are not yet known to be the
-    fresh plan's), and a name given that the plan does not replace is left to the second call."""
-    from .plan import Action
+    ``changes`` False: the file's changes are not yet known to be the fresh plan's, so they only
+    excuse a ``--replace`` (the call with the fresh plan decides)."""
     from .model import Kind
+    from .plan import Action
 
     given = set(replace)
-    rekeyed = sorted({c.name for c in the_plan.changes if c.action is Action.REKEY and c.kind is Kind.AUTHORITY}
-                     if changes else ())
+    rekeyed = sorted({c.name for c in the_plan.changes if c.action is Action.REKEY and c.kind is Kind.AUTHORITY})
     wanted = set(the_plan.replace)
-    if not the_plan.rekey_missing:
+    if changes and not the_plan.rekey_missing:
         wanted |= set(rekeyed)
     missing = sorted(wanted - given)
     rerun = "nothing changed"
@@ -389,16 +388,16 @@ def _require_confirmation(the_plan: Any, source: str, replace: tuple[str, ...], 
         raise PkiError(f"{source} {what} (a new key; cannot be undone): a saved plan is not authenticated, so "
                        f"confirm it with `pki apply {source} {again}`; {rerun}")
     extra = sorted(given - set(the_plan.replace) - set(rekeyed))
-    if extra and changes:
-        raise PkiError(f"--replace {extra[0]}: {source} does not replace it; run `pki plan --replace "
-                       f"{extra[0]} --out {source}` for that; {rerun}")
+    if extra:
+        raise PkiError(f"--replace {extra[0]}: the saved plan {source} does not replace it; run "
+                       f"`pki plan --replace {extra[0]} --out {source}` for that; {rerun}")
     if the_plan.rekey_missing and not rekey_missing:
         raise PkiError(f"{source} was made with --rekey-missing (a missing key gets a new one; cannot be undone): a "
                        f"saved plan is not authenticated, so confirm it with `pki apply {source} --rekey-missing`; "
                        f"{rerun}")
     if rekey_missing and not the_plan.rekey_missing:
-        raise PkiError(f"--rekey-missing: {source} was made without it; run `pki plan --rekey-missing --out "
-                       f"{source}` for that; {rerun}")
+        raise PkiError(f"--rekey-missing: the saved plan {source} was made without it; run "
+                       f"`pki plan --rekey-missing --out {source}` for that; {rerun}")
 
 
 def _id_note(project: Any, the_plan: Any) -> None:

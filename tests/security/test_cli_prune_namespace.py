@@ -16,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, clean_env, commit_all, edit_toml, git_init, inventory, write_project
+from helpers import (
+    SMALL_PKI, Pki, assert_one_line, clean_env, commit_all, edit_toml, git_init, inventory, write_project,
+)
 
 # the real OpenBao of tests/vault (a dev server on 127.0.0.1), used here as it is there
 from vault.conftest import bao_server, vault_env  # noqa: F401

@@ -149,8 +149,8 @@ def test_at_is_fixed_by_a_saved_plan_and_not_taken_again(saved):
 
 
 @pytest.mark.parametrize("option, says", [
-    (["--replace", "root"], "--replace root: {f} does not replace it"),
-    (["--rekey-missing"], "--rekey-missing: {f} was made without it"),
+    (["--replace", "root"], "--replace root: the saved plan {f} does not replace it"),
+    (["--rekey-missing"], "--rekey-missing: the saved plan {f} was made without it"),
 ])
 def test_a_confirmation_the_saved_plan_does_not_need_is_refused(saved, option, says):
     repo, pki, plan_file = saved

@@ -540,8 +540,11 @@ _NO_DRIFT = json.dumps([{}, {}], sort_keys=True).encode()
 
 #: a line that starts like a TOML table header
 _HEADER_LIKE = re.compile(r"^[ \t]*\[.*$", re.M)
-#: a table header of bare keys only, e.g. ``[backend.vault]`` or ``[[x.y]]``, with an optional comment
-_BARE_HEADER = re.compile(r"[ \t]*(\[\[?)[ \t]*([A-Za-z0-9_-]+)(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*[ \t]*\]\]?[ \t]*(?:#.*)?")
+#: a header-like line that is not a plain header of bare keys
+_ODD_HEADER = re.compile(r"^(?![ \t]*\[\[?[ \t]*[A-Za-z0-9_-]+(?:[ \t]*\.[ \t]*[A-Za-z0-9_-]+)*[ \t]*\]\]?[ \t]*(?:#.*)?$)"
+                         r"[ \t]*\[", re.M)
+#: the headers of the tables a remembered plan reads: [pki], [backend], [backend.NAME], ...
+_OUR_HEADER = re.compile(r"^[ \t]*\[\[?[ \t]*(?:pki|backend)[ \t]*[.\]]", re.M)
 _CSR_LINE = re.compile(r"^[ \t]*csr[ \t]*=[ \t]*(?:\"([^\"\\\n]*)\"|'([^'\n]*)')[ \t]*(?:#[^\n]*)?$", re.M)
 
 
@@ -557,17 +560,17 @@ def _store_tables(text: str, plugins: Plugins) -> tuple[Any, Mapping[str, Any]] 
 
     if '"""' in text or "\'\'\'" in text:
         return None
-    heads = list(_HEADER_LIKE.finditer(text))
-    first = heads[0].start() if heads else len(text)
-    if any(line.strip() and not line.strip().startswith("#") for line in text[:first].splitlines()):
+    first = _HEADER_LIKE.search(text)
+    start = first.start() if first else len(text)
+    if any(line.strip() and not line.strip().startswith("#") for line in text[:start].splitlines()):
         return None
+    if _ODD_HEADER.search(text):  # one pass in C over every header-like line: each a plain header
+        return None
+    heads = [m.start() for m in _HEADER_LIKE.finditer(text)] if _OUR_HEADER.search(text) else []
     keep: list[str] = []
-    for i, m in enumerate(heads):
-        h = _BARE_HEADER.fullmatch(m.group())
-        if h is None:
-            return None
-        if h.group(2) in ("pki", "backend"):
-            keep.append(text[m.start():heads[i + 1].start() if i + 1 < len(heads) else len(text)])
+    for m in _OUR_HEADER.finditer(text):
+        after = [h for h in heads if h > m.start()][:1]
+        keep.append(text[m.start():after[0] if after else len(text)])
     try:
         doc = tomli.loads("\n".join(keep))
         desired = parse_config(doc, digest="", options_for=plugins.options)
@@ -583,6 +586,8 @@ def _store_tables(text: str, plugins: Plugins) -> tuple[Any, Mapping[str, Any]] 
 def _csr_paths(text: str) -> set[str] | None:
     """The CSR paths pki.toml names (revoked entries' too), found without parsing it: every ``csr``
     must be a plain ``csr = "PATH"`` line, else None."""
+    if "csr" not in text:
+        return set()
     lines = list(_CSR_LINE.finditer(text))
     if text.count("csr") != sum(m.group().count("csr") for m in lines) or "\\u" in text or "\\U" in text:
         return None
@@ -782,6 +787,8 @@ def _same_time(recorded: Any, actual: Any) -> bool:
     """An inventory time (text) and a file's time, to the second."""
     if actual is None:
         return recorded is None
+    if isinstance(recorded, dt.datetime) and recorded == actual:  # the usual case, at no cost
+        return True
     try:
         from .model import parse_time
 

@@ -37,13 +37,15 @@ def state_files(state_root: Path) -> list[str]:
     """The files a remembered plan is stamped with, taken from the state directory itself (never from
     the memo): its inventory and every entry of its ``certs/`` and ``crl/`` (links and all, not
     followed), so that a file added, removed or changed there is a change the memo has not seen."""
-    files = [str(state_root / "inventory.json")]
+    root = str(state_root)
+    files = [os.path.join(root, "inventory.json")]
     for sub in ("certs", "crl"):
+        where = os.path.join(root, sub)
         try:
-            with os.scandir(state_root / sub) as it:
-                files += sorted(str(state_root / sub / e.name) for e in it)
+            with os.scandir(where) as it:
+                files += sorted(e.path for e in it)  # plain strings: no Path per file
         except (FileNotFoundError, NotADirectoryError):
-            files.append(str(state_root / sub))  # stamped as missing (or as the thing that is there)
+            files.append(where)  # stamped as missing (or as the thing that is there)
     return files
 
 

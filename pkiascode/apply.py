@@ -147,7 +147,8 @@ def preflight(project: Project, commit: bool) -> None:
 
 def recover(project: Project, *, commit: bool, progress: Progress, upstream: Upstream | None = None,
             confirm: Callable[[], None] | None = None, importing: bool = False) -> list[str]:
-    """Finish an interrupted apply and clean up after one. Returns notes for the user. A pending
+    """Finish an interrupted apply and clean up after one (the keys it retired deleted, not those
+    that committed state lists: `execute` does, after the plan). Returns notes for the user. A pending
     transaction that rewrites pki.toml beyond adding its ``[pki] id`` is finished only by `pki
     import` (``importing``): else a one-line error says how (`state.config_refusal`)."""
     state = project.state
@@ -179,9 +180,11 @@ def recover(project: Project, *, commit: bool, progress: Progress, upstream: Ups
             notes.append(f"committed the state an earlier `pki apply --no-commit` wrote ({sha[:12]})")
         state.set_pending_deletes(state.pending_deletes() + deferred)
         state.clear_deferred_deletes()
-    # no key is deleted here: only after the plan was made and state verified (`delete_old_keys`);
-    # the list is read all the same, so a damaged or forged one is an error naming it now
-    state.pending_deletes()
+    # The keys .pki/journal/deletes.json lists (this clone's own retired keys, which no committed state
+    # chooses) go now, never one that state uses or a certificate in state names. The pending deletions
+    # committed state lists (a pull request can write them) only after the plan was made and state
+    # verified: `execute` (`finish_deletes`).
+    notes.extend(_process_deletes(project, state, confirm=confirm))
     return notes
 
 
@@ -944,9 +947,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     if upstream is None and commit and repo is not None:
         upstream = repo.upstream()
     if plan.empty:  # (the caller made the plan: state is verified, retired keys may go now)
-        notes = _process_deletes(project, project.state, confirm=still_locked)
-        if delete_retired:
-            notes += finish_deletes(project, upstream=upstream, confirm=still_locked)
+        notes = delete_old_keys(project, upstream=upstream, confirm=still_locked) if delete_retired else []
         return ApplyResult({}, None, notes, "")
     progress = progress or NullProgress()
     run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)

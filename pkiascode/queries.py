@@ -103,6 +103,7 @@ def export(project: Project, name: str, directory: Path, *, no_key: bool) -> lis
     from cryptography.hazmat.primitives import serialization
 
     state = project.state
+    project.observe(check_keys=False)  # state checked, not trusted: files, inventory, chain signatures
     _, records = state.load()
     rec = _lookup(records, name)
     chain = chain_names(records, name) or ([name] if rec.issuer is None else [])

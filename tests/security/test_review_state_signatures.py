@@ -85,6 +85,10 @@ def test_a_substituted_root_with_matching_digests_fails_the_plan(applied):
         sha256=hashlib.sha256(der).hexdigest(), public_key_sha256=hashlib.sha256(spki).hexdigest()))
     line = plan_error(pki)
     assert "signature does not verify" in line and "authority.root" in line
+    # and `pki export` hands out no chain with the attacker's root in it
+    out = repo.parent / "export"
+    r = pki("export", "inter", "--dir", str(out), "--no-key", expect=1)
+    assert "signature does not verify" in r.stderr and not out.exists()
 
 
 @pytest.mark.parametrize("field", ["not_after", "not_before"])

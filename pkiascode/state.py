@@ -38,7 +38,8 @@ from .model import REVOCATION_REASONS, Observed, Record, parse_time
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
-           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref", "safe_relative",
+           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref",
+           "safe_relative",
            "certificate_file", "has_text_header", "render_inventory"]
 
 INVENTORY_FORMAT = 1

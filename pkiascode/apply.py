@@ -198,33 +198,50 @@ def delete_old_keys(project: Project, *, upstream: Upstream | None,
     return notes + finish_deletes(project, upstream=upstream, confirm=confirm)
 
 
-def _certified_digests(state: StateDir) -> set[str]:
-    """The SHA-256 (of the SubjectPublicKeyInfo DER) of the public key of every certificate in state:
-    the inventory's records and the certificate files themselves."""
+def _certified_digests(state: StateDir) -> dict[str, set[tuple[str, str]]]:
+    """The SHA-256 (of the SubjectPublicKeyInfo DER) of the public key of every certificate in state
+    (the inventory's records and the certificate files themselves), each with the key its object's
+    record names."""
     inv = state.load()[0]
-    digests = {str(o["public_key_sha256"]) for o in inv["objects"].values() if o.get("public_key_sha256")}
-    for name in inv["objects"]:
+    digests: dict[str, set[tuple[str, str]]] = {}
+    for name, obj in inv["objects"].items():
+        ref = (str(obj["key"]["backend"]), str(obj["key"]["ref"]))
+        if obj.get("public_key_sha256"):
+            digests.setdefault(str(obj["public_key_sha256"]), set()).add(ref)
         try:
             data = read_file(state.cert_path(name))
             cert = load_certificate(data) if data is not None else None
         except (ValueError, PkiError):
             continue
         if cert is not None:
-            digests.add(hashlib.sha256(public_key_der(cert.public_key())).hexdigest())
+            digests.setdefault(hashlib.sha256(public_key_der(cert.public_key())).hexdigest(), set()).add(ref)
     return digests
 
 
-def _certified(project: Project, store_name: str, key_id: str, digests: set[str]) -> bool:
-    """Whether the key ``key_id`` in ``store_name`` is the key of a certificate in state, where the
-    store can tell (its ``public_key_digest``, else its public key): such a key is never deleted."""
+def _key_digest(project: Project, store_name: str, key_id: str) -> str | None:
+    """The SHA-256 of a key's public half where its store can tell (``public_key_digest``, else its
+    public key); None when it cannot (a key already gone, a store that cannot show it)."""
+    if store_name not in project.desired().stores:
+        return None
     store = project.store(store_name)
     ref = KeyRef(store_name, key_id)
     try:
         tell = getattr(store, "public_key_digest", None)
-        digest = tell(ref) if tell is not None else hashlib.sha256(public_key_der(store.public_key(ref))).hexdigest()
+        return tell(ref) if tell is not None else hashlib.sha256(public_key_der(store.public_key(ref))).hexdigest()
     except (BackendError, PkiError, ValueError):
-        return False  # (a key already gone, or one the store cannot show: nothing to compare)
-    return digest is not None and digest in digests
+        return None
+
+
+def _certified(project: Project, store_name: str, key_id: str,
+               digests: Mapping[str, set[tuple[str, str]]]) -> bool:
+    """Whether the key ``key_id`` in ``store_name`` is the key of a certificate in state and no other
+    copy of it is where that certificate's record says (a moved key's old copy may go): such a key is
+    never deleted, however state lists it."""
+    digest = _key_digest(project, store_name, key_id)
+    if digest is None or digest not in digests:
+        return False
+    copies = [ref for ref in digests[digest] if ref != (store_name, key_id)]
+    return not any(_key_digest(project, *ref) == digest for ref in copies)
 
 
 # -- the transaction: the one way a change reaches state/ (apply and import) ----------------------

@@ -44,7 +44,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from cryptography.x509.oid import SignatureAlgorithmOID
 
 from helpers import (
-    Result, concat, crl_reason_of, git, inventory, key_files, key_ref, load_key, openssl, require_tool, run, run_pki,
+    Result, audit_key_refs, concat, crl_reason_of, git, inventory, key_files, key_ref, load_key, openssl, require_tool,
+    run, run_pki,
     spki_der, state_cert, state_crl, subject_of, tls_handshake, tree_snapshot,
 )
 
@@ -113,12 +114,13 @@ def token_objects(hsm: Any, conf: str | None = None) -> list[TokenObject]:
     return sorted(found)
 
 
-def pairs_on_token(hsm: Any) -> set[str]:
-    """``LABEL/ID`` of every key pair on the token (both halves present)."""
+def pairs_on_token(hsm: Any, *, audit: bool = False) -> set[str]:
+    """``LABEL/ID`` of every key pair on the token (both halves present); without ``audit``, but the
+    audit log's signing key (``pki-audit-log-…``, made by the first apply of a PKI whose root is here)."""
     objs = token_objects(hsm)
     privates = {f"{o.label}/{o.id}" for o in objs if o.kind == "Private Key"}
     publics = {f"{o.label}/{o.id}" for o in objs if o.kind == "Public Key"}
-    return privates & publics
+    return {p for p in privates & publics if audit or not re.match(r"pki-audit-log-[0-9a-f]{8}/", p)}
 
 
 # python-pkcs11 in a child process: this process has SoftHSM2 loaded with another configuration.
@@ -323,9 +325,11 @@ def test_apply_makes_the_authority_keys_on_the_token_and_commits_only_public_sta
                (key, "hsm", "pkcs11", "generated", False), (name, k)
         assert (m := REF.fullmatch(k["ref"])) and m["name"] == name, k["ref"]
     assert (inv["web"]["key"]["backend"], inv["web"]["key"]["exportable"]) == ("local", True)
-    # exactly the three key pairs the inventory names are on the token, and nothing else
-    assert pairs_on_token(h.hsm) == {inv[n]["key"]["ref"] for n in ("root", "intermediate", "signer")}
-    assert len(token_objects(h.hsm)) == 6
+    # exactly the three key pairs the inventory names are on the token, the audit log's, and nothing else
+    assert pairs_on_token(h.hsm, audit=True) == {inv[n]["key"]["ref"] for n in ("root", "intermediate", "signer")} \
+        | audit_key_refs(h.repo)
+    assert len(audit_key_refs(h.repo)) == 1
+    assert len(token_objects(h.hsm)) == 8
     # the local leaf key is in .pki/keys, and only there
     assert [p.name for p in (h.repo / ".pki/keys").iterdir()] == [inv["web"]["key"]["ref"]]
 
@@ -441,7 +445,7 @@ def test_a_local_root_moves_into_the_token_and_its_certificate_stays(private_hsm
     root_pem = (repo / "state/certs/root.pem").read_bytes()
     (tmp_path / "original-root.pem").write_bytes(root_pem)
     local_keys = repo / ".pki/keys"
-    assert sorted(p.name.split("-")[0] for p in local_keys.iterdir()) == ["before", "intermediate", "root"]
+    assert sorted(p.name.split("-")[0] for p in local_keys.iterdir()) == ["audit", "before", "intermediate", "root"]
 
     moved_toml = toml.replace(f'key = "{key}"\n', f'key = "{key}"\nbackend = "hsm"\n')
     (repo / "pki.toml").write_text(moved_toml)
@@ -461,7 +465,7 @@ def test_a_local_root_moves_into_the_token_and_its_certificate_stays(private_hsm
     ref = after["key"]["ref"]
     assert REF.fullmatch(ref) and REF.fullmatch(ref)["name"] == "root"
     assert pairs_on_token(hsm) == {ref}
-    assert sorted(p.name.split("-")[0] for p in local_keys.iterdir()) == ["before", "intermediate"]
+    assert sorted(p.name.split("-")[0] for p in local_keys.iterdir()) == ["audit", "before", "intermediate"]
     assert f"in backend hsm ({ref}, imported, non-exportable)" in pki(repo, hsm, "show", "root").stdout
     last = json.loads((repo / "state/audit.jsonl").read_text().splitlines()[-1])
     assert (last["action"], last["name"], last["backend"], last["moved_from"]) == ("move_key", "root", "hsm", "local")
@@ -706,7 +710,7 @@ def test_a_key_deleted_from_the_token_is_drift_and_apply_repairs_it(private_hsm,
     assert new["intermediate"] != refs["intermediate"] and new["svc"] != refs["svc"]
     # the new pairs are there, and the halves the deleted keys left behind are gone
     assert pairs_on_token(hsm) == set(new.values())
-    assert len(token_objects(hsm)) == 6
+    assert len(token_objects(hsm)) == 8  # (and the audit log's key pair)
     assert "No changes." in pki(repo, hsm, "plan", "--detailed-exitcode").stdout
 
     out = tmp_path / "out"
@@ -751,7 +755,7 @@ backend = "hsm"
     assert pairs_on_token(hsm) == {refs["root"], refs["leaf"], new_leaf}  # the old key is deleted only later
     pki(repo, hsm, "apply", "--auto-approve")
     assert pairs_on_token(hsm) == {refs["root"], new_leaf}
-    assert len(token_objects(hsm)) == 4
+    assert len(token_objects(hsm)) == 6  # (and the audit log's key pair)
     assert "No changes." in pki(repo, hsm, "plan", "--detailed-exitcode").stdout
 
 
@@ -793,7 +797,7 @@ backend = "hsm"
     pki(repo, hsm, "apply", "--auto-approve")
     assert not (repo / "state/certs/leaf.pem").exists()
     assert pairs_on_token(hsm) == {refs["root"]}  # removed: its key is gone from the token
-    assert len(token_objects(hsm)) == 2
+    assert len(token_objects(hsm)) == 4  # (and the audit log's key pair)
     assert "No changes." in pki(repo, hsm, "plan", "--detailed-exitcode").stdout
 
 

@@ -40,7 +40,7 @@ def test_moving_an_authority_key_into_the_hsm(tmp_path, softhsm):
     pki.apply()
     root_pem = (tmp_path / "state/certs/root.pem").read_bytes()
     keys = tmp_path / ".pki" / "keys"
-    assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["root", "web"]
+    assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["audit", "root", "web"]  # (audit: the log's key)
 
     (tmp_path / "pki.toml").write_text(
         CONFIG.replace('renew_before = "1y"\n', 'renew_before = "1y"\nbackend = "hsm"\n')
@@ -50,7 +50,7 @@ def test_moving_an_authority_key_into_the_hsm(tmp_path, softhsm):
 
     pki.apply()
     assert (tmp_path / "state/certs/root.pem").read_bytes() == root_pem  # the certificate stays
-    assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["web"]  # the local copy is gone
+    assert sorted(p.name.split("-")[0] for p in keys.iterdir()) == ["audit", "web"]  # the local copy is gone
 
     # on the token: one imported pki-root-* key, sensitive and not extractable. (Looked at through
     # a store's login: a PKCS#11 login is per process, and logging out would end it for all.)

@@ -28,8 +28,8 @@ import pytest
 
 from helpers import (
     PRIVATE_KEY_MARKER, SMALL_PKI, Pki, Result, audit_lines, clean_env, commit_count, edit_toml, free_port, fullchain,
-    git, git_init, git_objects, head, inventory, key_files, openssl, pem_blocks, pem_der, subject_of, tls_handshake,
-    tree_snapshot, write_project,
+    audit_key_refs, git, git_init, git_objects, head, inventory, key_files, openssl, pem_blocks, pem_der, subject_of,
+    tls_handshake, tree_snapshot, write_project,
 )
 
 pytestmark = pytest.mark.vault
@@ -101,8 +101,9 @@ class VaultProject:
         return {name: obj["key"]["ref"] for name, obj in inventory(self.dir).items()}
 
     def assert_vault_matches_inventory(self) -> None:
-        """Every key the inventory names exists in Vault, and Vault holds no other key under our prefix."""
-        refs = set(self.refs().values())
+        """Every key the inventory (and the audit log's pin) names exists in Vault, and Vault holds no
+        other key under our prefix."""
+        refs = set(self.refs().values()) | audit_key_refs(self.dir)
         kv = {r for r in refs if r.startswith("kv:")}
         transit = {re.fullmatch(r"transit:(.+)@\d+", r).group(1) for r in refs if r.startswith("transit:")}
         vault_kv, vault_transit = self.kv_refs(), self.transit_names()
@@ -541,7 +542,7 @@ def test_concurrent_applies_from_two_clones(new_project, gate_proxy, vault_env):
         assert git(p.dir, "status", "--porcelain", "state").strip() == ""
     # both clones share the untouched authorities; together they reference exactly what Vault holds
     assert a.refs()["root"] == b.refs()["root"] and a.refs()["inter"] == b.refs()["inter"]
-    both = set(a.refs().values()) | set(b.refs().values())
+    both = set(a.refs().values()) | set(b.refs().values()) | audit_key_refs(a.dir) | audit_key_refs(b.dir)
     assert a.kv_refs() == {r for r in both if r.startswith("kv:")}
     assert a.transit_names() == {r[len("transit:"):].split("@")[0] for r in both if r.startswith("transit:")}
     # the lock is free again

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, clean_env, git, load_cert, load_key, spki_der, write_project
+from helpers import SMALL_PKI, Pki, audit_key_refs, clean_env, git, load_cert, load_key, spki_der, write_project
 
 pytestmark = pytest.mark.vault
 
@@ -75,7 +75,9 @@ def _check_remote(tmp_path: Path, origin: Path, env: dict[str, str], name: str, 
     rows = fresh.keys()
     assert {r["status"] for r in rows} <= {"in use", "pending deletion"}, rows
     inv = json.loads((fresh.dir / "state" / "inventory.json").read_text())["objects"]
-    assert {r["entry"].split(".", 1)[1] for r in rows if r["status"] == "in use"} == set(inv)
+    used = [r["entry"] for r in rows if r["status"] == "in use"]
+    assert used.count("the audit log") == 1, rows  # the audit log's pinned key, in use too
+    assert {e.split(".", 1)[1] for e in used if e != "the audit log"} == set(inv)
     out = fresh.dir.parent / f"{name}-export"
     fresh.pki.ok("export", "client", "--dir", str(out))
     assert spki_der(load_key(out / "client-key.pem")) == spki_der(load_cert(out / "client.pem"))
@@ -143,6 +145,7 @@ def test_the_first_apply_of_a_pki_without_id_makes_its_keys_and_lock_in_the_new_
     text = git(job.dir, "show", "origin/main:pki.toml")
     pki_id = text.split('[pki]\nid = "', 1)[1].split('"', 1)[0]
     refs = [o["key"]["ref"] for o in json.loads((job.dir / "state" / "inventory.json").read_text())["objects"].values()]
+    refs += sorted(audit_key_refs(job.dir))  # the audit log's key, in the namespace too
     assert refs and all(f".{pki_id}." in r or f"/{pki_id}/keys/" in r for r in refs), (pki_id, refs)
     fresh = _check_remote(tmp_path, origin, env, "fresh", plan_exit=0)
     assert len(fresh.keys()) == len(refs)

@@ -385,10 +385,14 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
     stores = project.used_stores()
     with apply_lock(project.work_dir / "lock", stores, holder_info(audit.actor()),
                     desired.settings.state_dir) as still_locked:
-        lines += recover(project, commit=commit, progress=NullProgress())
+        recovered = recover(project, commit=commit, progress=NullProgress(), importing=True)
+        lines += recovered
+        state = project.state
         observed, inv = state.observe()
         clash = sorted(set(cands) & set(observed.records))
         if clash:
+            if recovered and set(cands) <= set(observed.records):
+                return lines  # this very import was interrupted, and is now complete
             raise PkiError(f"state already has {', '.join(clash)}")
         existing = {}
         from .x509 import load_certificate
@@ -491,7 +495,8 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         txn = state.transaction(objects=objects, revocations=revocations, files=files, events=events,
                                 message=message, commit=commit,
                                 config={"path": project.config_path.relative_to(project.base_dir).as_posix(),
-                                        "content": new_text})
+                                        "content": new_text},
+                                pki_id=new_id or project.desired().settings.id)
         sha = complete(project, txn, commit=commit)
     cfg = project.config_path.name
     lines.append(f"added {len(ordered)} table(s) to {cfg}; state/ " + (f"committed ({sha[:12]})" if sha else "written"))

@@ -324,18 +324,17 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
             now = utc_now()
             the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now, rekey_missing=rekey_missing)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
-        if the_plan.empty and head == tip:
-            return
-        _id_note(project, the_plan)
-        refused = project.refusal(the_plan)
-        if refused:
-            raise PlanError(refused)
-        if saved is None and not auto_approve and not the_plan.empty:
-            click.echo()
-            answer = click.prompt("Apply these changes? Only 'yes' will be accepted", default="",
-                                  show_default=False)
-            if answer.strip() != "yes":
-                raise PkiError("apply cancelled; nothing changed")
+        if not (the_plan.empty and head == tip):  # (an empty plan still checks the id and deletes retired keys)
+            _id_note(project, the_plan)
+            refused = project.refusal(the_plan)
+            if refused:
+                raise PlanError(refused)
+            if saved is None and not auto_approve and not the_plan.empty:
+                click.echo()
+                answer = click.prompt("Apply these changes? Only 'yes' will be accepted", default="",
+                                      show_default=False)
+                if answer.strip() != "yes":
+                    raise PkiError("apply cancelled; nothing changed")
         result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked,
                          upstream=upstream, delete_retired=not push, new_id=new_id)
         landing = result.commit or head

@@ -26,7 +26,7 @@ from .plan import Action, Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
 from .render import OFFLINE_WARNING
-from .state import StateDir, load_txn, txn_file
+from .state import StateDir, config_refusal, id_refusal, load_txn, txn_file
 
 if TYPE_CHECKING:
     from .x509 import CsrInfo
@@ -68,10 +68,13 @@ class Project:
         if not self.txn_pending():
             return None
         try:
-            config = load_txn(txn_file(self.work_dir).read_bytes()).get("config")
+            txn = load_txn(txn_file(self.work_dir).read_bytes())
+            config = txn.get("config")
         except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
             return None
         if config and (self.base_dir / config["path"]).resolve() == self.config_path:
+            if config_refusal(txn, self.base_dir, self.config_path) is not None:
+                return None  # never plan from a pki.toml the journal says; apply refuses the transaction
             return str(config["content"]).encode("utf-8")
         return None
 
@@ -198,6 +201,9 @@ class Project:
         and (unless not ``check_keys``) which keys the stores no longer have."""
         state = state or self.state
         observed, inv = state.observe()
+        refused = id_refusal(inv, self.desired().settings.id, state.rel)
+        if refused:
+            raise PlanError(refused)
         pending_deletes = tuple((str(store), str(ref)) for store, ref in inv.get("pending_deletes") or ())
         if pending_deletes:
             observed = dataclasses.replace(observed, pending_deletes=pending_deletes)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 import pytest
-from helpers import audit_key_refs, clean_env, git, new_repo, run_pki
+from helpers import audit_key_refs, clean_env, git, key_files, new_repo, run_pki
 from helpers import openssl as run_openssl
 
 from pkiascode import audit
@@ -50,7 +50,7 @@ def test_an_import_killed_before_pki_toml_was_written_completes_instead_of_revok
     assert "authority" not in (repo / "pki.toml").read_text()
     pki(repo, "import", str(old))  # the same import again finishes it
     assert "[authority.ca]" in (repo / "pki.toml").read_text()
-    assert len(list((repo / ".pki" / "keys").iterdir())) == 1
+    assert len(key_files(repo)) == 1
     pki(repo, "plan", "--detailed-exitcode")
 
 

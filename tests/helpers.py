@@ -399,7 +399,7 @@ def state_cert(directory: Path, name: str) -> x509.Certificate:
     return load_cert(cert_path(directory, name))
 
 
-def assert_state_sound(repo: Path, pki: Pki, *, exact_keys: bool = False) -> None:
+def assert_state_sound(repo: Path, pki: Pki, *, exact_keys: bool = False, audit_args: tuple[str, ...] = ()) -> None:
     """Every inventory object has its certificate (the inventory's: fingerprint and serial), its key
     (0600, fitting the certificate) and, for an authority, its CRL; `pki audit verify` passes; a plan
     has nothing to do; state/ is committed. With ``exact_keys``, the key directory holds exactly the
@@ -422,7 +422,7 @@ def assert_state_sound(repo: Path, pki: Pki, *, exact_keys: bool = False) -> Non
     if exact_keys:
         files = key_files(repo)
         assert files == refs, f"orphan or missing keys: files {sorted(files)}, inventory {sorted(refs)}"
-    pki("audit", "verify", expect=0)
+    pki("audit", "verify", *audit_args, expect=0)
     assert pki.plan_exit() == 0, pki("plan").stdout
     assert git(repo, "status", "--porcelain", "--", "state") == "", "state/ is not committed"
 

@@ -316,7 +316,8 @@ def test_a_rejected_push_leaves_nothing_and_the_re_run_applies(tmp_path, bao, is
     jwt = main_jwt(issuer, GITHUB_MAIN)
     clone = fresh_clone(tmp_path, origin, "after-rejection")
     keys = Pki(clone, clean_env(VAULT_ADDR=bao.address, VAULT_JWT=jwt))("keys", "--format", "json", expect=0).json()
-    assert sorted(k["entry"] for k in keys) == ["authority.inter", "authority.root", "certificate.server"], keys
+    assert sorted(k["entry"] for k in keys) == ["authority.inter", "authority.root", "certificate.server",
+                                                "the audit log"], keys
     assert {k["status"] for k in keys} == {"in use"}, keys
 
     [job] = runner.run(apply, "push")

@@ -10,6 +10,8 @@ machine without it refuses in one line. Real git repositories: an origin and fre
 
 from __future__ import annotations
 
+import json
+
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,6 +59,15 @@ def test_a_fresh_clone_without_the_local_keys_plans_an_error_not_a_new_root(orig
     assert pki.plan_exit("--offline") == 0
 
 
+
+def _trusting_the_new_audit_pin(repo: Path, pki: Pki) -> tuple[str, ...]:
+    """The audit key was lost with the others and replaced without the old key's endorsement: verify
+    refuses the new pin until a reviewer trusts it by its fingerprint."""
+    keys = json.loads((repo / "state/audit-signatures.json").read_text())["keys"]
+    assert "is not endorsed" in pki("audit", "verify", expect=1).stderr
+    return ("--trust-pin", keys[-1]["fingerprint"])
+
+
 def test_rekey_missing_replaces_every_missing_key_and_converges(origin, tmp_path):
     clone = _clone(origin, tmp_path / "clone")
     pki = Pki(clone)
@@ -65,7 +76,7 @@ def test_rekey_missing_replaces_every_missing_key_and_converges(origin, tmp_path
     assert all("is missing from backend local" in " ".join(c["reasons"]) for c in data["changes"])
     assert data["rekey_missing"] is True
     pki.apply("--rekey-missing")
-    assert_state_sound(clone, pki, exact_keys=True)
+    assert_state_sound(clone, pki, exact_keys=True, audit_args=_trusting_the_new_audit_pin(clone, pki))
     # the origin's machine still holds the old keys: they are not what state names now
     assert inventory(clone)["root"]["key"]["ref"] != inventory(origin)["root"]["key"]["ref"]
 
@@ -89,7 +100,7 @@ def test_a_saved_plan_made_with_rekey_missing_is_applied_as_made(origin, tmp_pat
     pki.ok("plan", "--rekey-missing", "--out", str(plan_file))
     pki("apply", str(plan_file), expect=1)  # a saved plan is not authenticated: confirmed on the command line
     pki("apply", str(plan_file), "--rekey-missing", expect=0)
-    assert_state_sound(clone, pki, exact_keys=True)
+    assert_state_sound(clone, pki, exact_keys=True, audit_args=_trusting_the_new_audit_pin(clone, pki))
 
 
 # -- the move to Vault, planned in a fresh clone ------------------------------------------------

@@ -3,7 +3,7 @@
 ```toml
 [backend.vault]
 plugin = "vault"
-address = "https://vault.example:8200"  # default $VAULT_ADDR; if both are set they must agree
+address = "https://vault.example:8200"  # default $VAULT_ADDR, which must be set and agree (except on loopback)
 # auth = { method = "approle", role_id_env = "VAULT_ROLE_ID", secret_id_env = "VAULT_SECRET_ID" }
 kv_mount = "secret"                     # KV v2: exportable (leaf) keys, and the apply lock
 transit_mount = "transit"               # Transit: authority keys, non-exportable, signing inside Vault

@@ -10,7 +10,7 @@ it, and is never part of a message, a repr or a chained exception.
 
 Credentials go only to a Vault that can be trusted with them: plain ``http://`` only to a loopback
 address (anything else is refused before a connection is made), and the store sends them only to
-``$VAULT_ADDR`` when that is set (see `VaultKeyStore`).
+``$VAULT_ADDR``, or to pki.toml's ``address`` alone when that is a loopback address (see `VaultKeyStore`).
 """
 
 from __future__ import annotations

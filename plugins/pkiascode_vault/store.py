@@ -28,8 +28,9 @@ raised before Vault is asked. A PKI that was given an id after it made keys keep
 (unscoped) keys only with ``legacy_keys = true``: they share the unscoped namespace with every PKI
 without an id on that Vault, which is why it is not the default.
 
-Credentials: the token (or the login's secrets) go only to ``$VAULT_ADDR`` when it is set; an
-``address`` in pki.toml that differs is an error naming both, raised before anything is sent.
+Credentials: the token (or the login's secrets) go only to ``$VAULT_ADDR``; an ``address`` in
+pki.toml that differs is an error naming both, and one without ``$VAULT_ADDR`` is used only when it
+is a loopback address (local development, tests), both raised before anything is sent to anyone.
 TLS trust comes from the environment as well (`VaultKeyStore._tls`): ``$VAULT_CACERT``,
 ``$VAULT_CAPATH`` and ``$VAULT_SKIP_VERIFY`` decide when set, and a ``ca_cert`` or ``tls_verify`` in
 pki.toml that says otherwise is an error naming both; without them, pki.toml may turn verification
@@ -167,7 +168,8 @@ class VaultKeyStore(KeyStore):
     holds_non_exportable = True  # Transit
     holds_exportable = True  # KV
     options = {
-        "address": Option(str, None, "Vault address, e.g. https://vault.example:8200 (default $VAULT_ADDR)"),
+        "address": Option(str, None, "Vault address, e.g. https://vault.example:8200 (default $VAULT_ADDR; "
+                                     "credentials go to it only if $VAULT_ADDR agrees or it is a loopback address)"),
         "namespace": Option(str, None, "Vault Enterprise / OpenBao namespace (default $VAULT_NAMESPACE)"),
         "kv_mount": Option(str, "secret", "mount path of the KV v2 engine holding exportable keys and the lock"),
         "transit_mount": Option(str, "transit", "mount path of the Transit engine holding non-exportable keys"),
@@ -273,6 +275,12 @@ class VaultKeyStore(KeyStore):
                                                             f"but $VAULT_ADDR is {env_address!r}: credentials go "
                                                             "only to $VAULT_ADDR; remove address from pki.toml or "
                                                             "make the two agree")
+                    if not env_address and self.configured_address and not is_loopback(self.configured_address):
+                        raise self._err(BackendUnavailable, f"address {self.configured_address} is not taken from "
+                                                            "pki.toml for credentials (a pull request can edit it): "
+                                                            f"set VAULT_ADDR={self.configured_address} in the job's "
+                                                            "environment (pki.toml's address alone is used only for "
+                                                            "a loopback address)")
                     verify = self._tls()
                     cert = None
                     if s.get("client_cert") and s.get("client_key"):

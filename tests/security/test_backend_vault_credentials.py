@@ -3,6 +3,10 @@ lease alone (issue 10.6), against a real OpenBao (`bao server -dev`) and real li
 
 - `pki plan` on a pull request whose pki.toml names another ``address``: a plain TCP listener on
   127.0.0.1 (not Vault) at that address never receives a byte, so never the token;
+- with ``$VAULT_ADDR`` unset, pki.toml's ``address`` is used only when it is a loopback address: for
+  any other (an ``https://`` host a pull request wrote) every command and every login method stops
+  before a name is resolved or a connection made, and says to set ``VAULT_ADDR``; ``pki plan
+  --offline`` still works;
 - plain ``http://`` to anything but a loopback address is refused before a connection is made;
 - a second apply in another PID namespace (``unshare -p -f --mount-proc``, same host name), where
   the first holder's PID does not exist, cannot take the lock while the first runs.
@@ -85,13 +89,20 @@ def vault_repo(directory: Path, prefix: str, extra: str = "") -> Path:
     return directory
 
 
-def test_a_pull_requests_address_never_gets_the_token(vault_env, listener, tmp_path):
+@pytest.fixture(scope="module")
+def applied(bao_server, tmp_path_factory):
+    """A repository applied to the dev server and committed; tests work on copies of it."""
+    repo = vault_repo(tmp_path_factory.mktemp("applied") / "repo", f"cred{os.getpid()}")
+    Pki(repo, clean_env(VAULT_ADDR=bao_server.address, VAULT_TOKEN=bao_server.token)).apply()
+    commit_all(repo, "applied")
+    return repo
+
+
+def test_a_pull_requests_address_never_gets_the_token(vault_env, listener, applied, tmp_path):
     token = vault_env.token
     env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=token)
-    repo = vault_repo(tmp_path / "repo", f"cred{os.getpid()}")
+    repo = shutil.copytree(applied, tmp_path / "repo", symlinks=True)
     pki = Pki(repo, env)
-    pki.apply()
-    commit_all(repo, "applied")
     # the pull request: one line more in pki.toml
     toml = (repo / "pki.toml").read_text().replace('plugin = "vault"\n',
                                                    f'plugin = "vault"\naddress = "{listener.address}"\n', 1)
@@ -105,12 +116,69 @@ def test_a_pull_requests_address_never_gets_the_token(vault_env, listener, tmp_p
     assert listener.received == b"" and listener.connections == 0
 
 
-def test_without_vault_addr_the_address_in_pki_toml_is_used(vault_env, make_store, monkeypatch):
-    """$VAULT_ADDR unset: pki.toml's address is the only one there is (a repository that relies on it)."""
+def test_without_vault_addr_a_loopback_address_in_pki_toml_is_used(vault_env, make_store, monkeypatch):
+    """$VAULT_ADDR unset: pki.toml's address, a loopback one, is used (local development, tests)."""
     monkeypatch.delenv("VAULT_ADDR")
     make_store(address=vault_env.address).check()
     monkeypatch.setenv("VAULT_ADDR", vault_env.address + "/")  # the same, spelt with a slash
     make_store(address=vault_env.address).check()
+
+
+# a name that never resolves (RFC 6761): reaching DNS or a connection would fail differently
+REMOTE = "https://vault.invalid:8200"
+NOT_FROM_TOML = (f"backend vault: address {REMOTE} is not taken from pki.toml for credentials (a pull request can "
+                 f"edit it): set VAULT_ADDR={REMOTE} in the job's environment")
+
+
+@pytest.fixture
+def no_network(monkeypatch):
+    """Every name lookup and connection this process attempts, refused and recorded."""
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("the test forbids network access here")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    return attempts
+
+
+@pytest.mark.parametrize("auth", [None, {"method": "approle", "role_id_env": "ROLE_ID", "secret_id_env": "SECRET_ID"},
+                                  {"method": "jwt", "role": "pki", "jwt_env": "CI_JWT"},
+                                  {"method": "kubernetes", "role": "pki", "token_file": "/nonexistent/token"}])
+def test_without_vault_addr_another_address_in_pki_toml_gets_nothing(vault_env, make_store, monkeypatch, no_network,
+                                                                     auth):
+    monkeypatch.delenv("VAULT_ADDR")
+    monkeypatch.setenv("ROLE_ID", "role-id-0123456789abcdef")
+    monkeypatch.setenv("SECRET_ID", "secret-id-0123456789abcdef")
+    monkeypatch.setenv("CI_JWT", "a.jwt-0123456789abcdef.sig")
+    settings = {"address": REMOTE, **({"auth": auth} if auth else {})}
+    store = make_store(**settings)
+    for action in (store.check, lambda: store.generate(KeyRequest("web", KeyType.ECDSA_P256, False, True)),
+                   store.list_keys, lambda: store.lock("state", {"actor": "x"}).__enter__()):
+        with pytest.raises(BackendUnavailable) as info:
+            action()
+        line = assert_one_line(str(info.value), vault_env.token)
+        assert line.startswith(NOT_FROM_TOML), line
+        for secret in ("role-id-0123456789abcdef", "secret-id-0123456789abcdef", "a.jwt-0123456789abcdef.sig"):
+            assert secret not in line
+    assert no_network == []
+    monkeypatch.setenv("VAULT_ADDR", REMOTE + "/")  # the environment says so: the client is made (nothing sent yet)
+    assert make_store(**settings)._client.address == REMOTE
+
+
+def test_a_pull_requests_https_address_without_vault_addr_stops_every_command(vault_env, applied, tmp_path):
+    repo = shutil.copytree(applied, tmp_path / "repo", symlinks=True)
+    # the pull request adds an address; its plan job has a token but no VAULT_ADDR
+    toml = (repo / "pki.toml").read_text()
+    (repo / "pki.toml").write_text(toml.replace('plugin = "vault"\n', f'plugin = "vault"\naddress = "{REMOTE}"\n', 1))
+    pki = Pki(repo, clean_env(VAULT_TOKEN=vault_env.token))
+    for command in (("plan",), ("plan", "--format", "json"), ("apply", "--auto-approve"), ("keys",)):
+        line = assert_one_line(pki(*command, expect=1).stderr.strip(), vault_env.token)
+        assert NOT_FROM_TOML in line, (command, line)
+    r = pki("plan", "--offline", expect=0)  # contacts no key store: needs no VAULT_ADDR
+    assert "not checked" in r.stdout, r.stdout
 
 
 @pytest.mark.parametrize("address", ["http://vault.example:8200", "http://10.0.0.8:8200", "http://[2001:db8::1]:8200",

@@ -77,9 +77,13 @@ def key_type_of(key: Any) -> KeyType:
 
 
 def signature_hash(key: "CertificateIssuerPublicKeyTypes | CertificateIssuerPrivateKeyTypes") -> Any:
-    """The hash to sign certificates and CRLs with: SHA-384 for P-384, none for Ed25519."""
+    """The hash to sign certificates and CRLs with: SHA-256 for RSA of any size (the lint gate signs
+    with a throwaway RSA-1024 key), SHA-384 for P-384, none for Ed25519."""
     from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import rsa
 
+    if isinstance(key, (rsa.RSAPrivateKey, rsa.RSAPublicKey)):
+        return hashes.SHA256()
     kt = key_type_of(key)
     if kt is KeyType.ED25519:
         return None

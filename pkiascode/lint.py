@@ -26,9 +26,11 @@ shape makes with the same throwaway key over its own TBS, so it answers alike. t
 checks that the findings equal a whole walk's, and that a bad value in the 500th of 1,000
 otherwise identical leaves is found.
 
-The throwaway key of every RSA size is an RSA-2048 key: pkiascode signs with SHA-256 whatever the
-RSA size, and pkilint's RFC 5280 validators read an RSA key's modulus only to verify a signature,
-never its length (an RSA-4096 key takes a second or more to make).
+The throwaway key of every RSA size is an RSA-1024 key, the smallest `cryptography` makes: pkiascode
+signs with SHA-256 whatever the RSA size, and pkilint's RFC 5280 validators read an RSA key's modulus
+only to verify a signature, never its length (`pkilint.pkix.key`; an RSA-1024 key takes ~15 ms to
+make, an RSA-2048 key ~100 ms, an RSA-4096 key a second or more). tests/test_lint.py checks that a
+certificate with RSA findings lints the same with a real RSA key as with the stand-in.
 
 pkilint also reports as errors names that RFC 5280 allows but the public Web does not, which is wrong
 for a private PKI: `PRIVATE_PKI_FILTER` drops those, each for the values it is wrong about only.
@@ -106,15 +108,24 @@ PRIVATE_PKI_FILTER: Mapping[str, tuple[str, Callable[[str], bool]]] = {
 _SEVERITIES = ("FATAL", "ERROR", "WARNING", "NOTICE")
 
 
+#: the size of the throwaway RSA key that stands in for every RSA size (module docstring)
+STAND_IN_RSA_BITS = 1024
+
+
 @functools.cache
-def _throwaway_key(key_type: KeyType) -> Any:
-    return generate_private_key(key_type)
+def _throwaway_key(algorithm: str) -> Any:
+    """A throwaway key: ``"rsa"`` (of `STAND_IN_RSA_BITS`), else of the `KeyType` of that value."""
+    if algorithm == "rsa":
+        from cryptography.hazmat.primitives.asymmetric import rsa
+
+        return rsa.generate_private_key(public_exponent=65537, key_size=STAND_IN_RSA_BITS)
+    return generate_private_key(KeyType(algorithm))
 
 
 def _signing_key(key_type: KeyType) -> Any:
     """A throwaway key of ``key_type``'s algorithm: an RSA key of any size signs with SHA-256 and
-    pkilint does not read an RSA modulus's length, so RSA-2048 stands in for all (module docstring)."""
-    return _throwaway_key(KeyType.RSA_2048 if key_type.is_rsa else key_type)
+    pkilint does not read an RSA modulus's length, so one small RSA key stands in for all."""
+    return _throwaway_key("rsa" if key_type.is_rsa else key_type.value)
 
 
 @functools.cache
@@ -279,7 +290,8 @@ def lint_plan(desired: Desired, plan: Plan, *, csr_public_keys: Mapping[str, Any
         own = _signing_key(entry.key) if entry.name not in csr_public_keys else None
         public_key = own.public_key() if own is not None else csr_public_keys[entry.name]
         signer = own if issuer is None else _signing_key(desired.entries[entry.issuer].key)  # type: ignore[union-attr]
-        cert = _build(entry, issuer, now, public_key=public_key, signer=signer, subject=csr_subjects.get(entry.name))
+        cert = _build(entry, issuer, now, public_key=public_key, signer=signer, subject=csr_subjects.get(entry.name),
+                      stand_in=own is not None)
         der = cert.public_bytes(serialization.Encoding.DER)
         shape = _shape(cert)
         like = shapes.get(shape)
@@ -325,11 +337,13 @@ def refusal(desired: Desired, plan: Plan) -> str | None:
 
 
 def _build(entry: Entry, issuer_cert: Any, now: dt.datetime, *, public_key: Any, signer: Any,
-           subject: Any = None) -> Any:
+           subject: Any = None, stand_in: bool = True) -> Any:
+    """``entry``'s certificate as apply builds it; ``stand_in``: ``public_key`` is a throwaway key
+    for a key of ``entry.key`` (else a CSR's own key)."""
     from . import x509 as x
 
     not_after = now + dt.timedelta(seconds=entry.validity)
     if issuer_cert is not None:
         not_after = min(not_after, issuer_cert.not_valid_after_utc)
     return x.build_certificate(entry, public_key=public_key, signer=signer, issuer_cert=issuer_cert, now=now,
-                               not_after=not_after, subject=subject)
+                               not_after=not_after, subject=subject, key_type=entry.key if stand_in else None)

@@ -138,12 +138,15 @@ def build_certificate(
     subject: x509.Name | None = None,
     hosts: Sequence[Host] | None = None,
     ski: bytes | None = None,
+    key_type: KeyType | None = None,
 ) -> x509.Certificate:
     """The certificate for ``entry``; ``issuer_cert`` None makes it self-signed by ``signer``.
 
     ``subject``/``hosts`` override the entry's (a CSR's exact subject, once checked equal); ``ski``
     is ``public_key``'s key identifier when the caller has it already (`ski_hex`). The usages are the
-    entry's that ``public_key``'s type can have (`names.certificate_usages`, as the planner decides).
+    entry's that ``public_key``'s type can have (`names.certificate_usages`, as the planner decides);
+    ``key_type`` is that type when ``public_key`` only stands in for a key of it (the lint gate's
+    throwaway keys: one small RSA key for every RSA size).
     """
     name = subject if subject is not None else _cached_name(entry.subject, entry.common_name)
     issuer_name = issuer_cert.subject if issuer_cert is not None else name
@@ -159,7 +162,7 @@ def build_certificate(
         .add_extension(x509.BasicConstraints(ca=is_ca, path_length=entry.path_length if is_ca else None),
                        critical=True)
     )
-    usages = certificate_usages(entry.usages, listed_key=entry.key, key=key_type_of(public_key),
+    usages = certificate_usages(entry.usages, listed_key=entry.key, key=key_type or key_type_of(public_key),
                                 csr=entry.csr is not None)[0]
     ku = _key_usage(usages)
     if ku is not None:

@@ -23,19 +23,20 @@ from pkiascode.planner import plan as make_plan
 KEY = generate_private_key(KeyType.ECDSA_P256)
 
 
-def _cert(*names: x509.GeneralName, key_usage: x509.KeyUsage | None = None) -> bytes:
-    """A leaf certificate made directly with cryptography, to feed pkilint names pkiascode never makes."""
+def _cert(*names: x509.GeneralName, key_usage: x509.KeyUsage | None = None, key=KEY) -> bytes:
+    """A self-signed leaf certificate made directly with cryptography, to feed pkilint names pkiascode
+    never makes."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "lint test")])
-    b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(KEY.public_key())
+    b = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
          .serial_number(x509.random_serial_number()).not_valid_before(T0).not_valid_after(T0 + dt.timedelta(days=1))
          .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-         .add_extension(x509.SubjectKeyIdentifier.from_public_key(KEY.public_key()), critical=False)
-         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(KEY.public_key()), critical=False))
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(key.public_key()), critical=False))
     if names:
         b = b.add_extension(x509.SubjectAlternativeName(list(names)), critical=False)
     if key_usage is not None:
         b = b.add_extension(key_usage, critical=True)
-    return b.sign(KEY, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+    return b.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
 
 
 def _ids(findings) -> list[str]:
@@ -276,14 +277,35 @@ def test_a_different_shape_is_walked_whole(linted):
     assert sorted(wholes) == ["ca", "leaf-0000", "leaf-0001", "leaf-0002"]
 
 
-def test_an_rsa_4096_authority_is_linted_without_making_an_rsa_4096_key(monkeypatch):
-    made: list[KeyType] = []
+def test_one_small_rsa_key_stands_in_for_every_rsa_size(monkeypatch):
+    made: list[str] = []
     real = lint._throwaway_key.__wrapped__
-    monkeypatch.setattr(lint, "_throwaway_key", lambda key_type: made.append(key_type) or real(key_type))
+    monkeypatch.setattr(lint, "_throwaway_key", lambda algorithm: made.append(algorithm) or real(algorithm))
     desired = load('[authority.ca]\ncommon_name = "CA"\nkey = "rsa-4096"\n'
                    '[certificate.web]\nissuer = "ca"\nkey = "rsa-3072"\nhosts = ["web.example.com"]\n')
     assert lint_plan(desired, World().plan(desired, T0)) == ()
-    assert set(made) == {KeyType.RSA_2048}
+    assert set(made) == {"rsa"}
+    assert lint._throwaway_key("rsa").key_size == lint.STAND_IN_RSA_BITS == 1024
+
+
+def test_the_stand_in_rsa_key_lints_as_a_real_rsa_key_does():
+    """pkilint reads an RSA modulus only to verify a signature (here a self-signed one), not its
+    length: a certificate with an RSA-specific finding and a bad name has the same findings, message
+    for message, whether its key is the stand-in or a real RSA-2048 key."""
+    ku = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                       data_encipherment=False, key_agreement=True, key_cert_sign=False, crl_sign=False,
+                       encipher_only=False, decipher_only=False)  # key agreement: not for RSA (RFC 4055)
+
+    def found(key) -> list[tuple[str, str, str]]:
+        der = _cert(x509.DNSName("a..example.com"), key_usage=ku, key=key)
+        return sorted((f.id, f.severity, f.message) for f in lint_certificate(der))
+
+    stand_in = lint._signing_key(KeyType.RSA_4096)
+    assert stand_in.key_size < 2048
+    with_stand_in = found(stand_in)
+    assert with_stand_in == found(generate_private_key(KeyType.RSA_2048))
+    assert {"pkix.key_usage_value_prohibited_for_rsa", "pkix.invalid_domain_name_syntax"} <= {
+        i for i, _, _ in with_stand_in}
 
 
 # --- in the plan model ------------------------------------------------------------------------------

@@ -65,7 +65,9 @@ def format_duration(seconds: int) -> str:
 HostKind = Literal["dns", "ip", "email", "uri"]
 Host = tuple[HostKind, str]
 
-_LABEL_RE = re.compile(r"^(?!-)[A-Za-z0-9_-]{1,63}(?<!-)$")
+_LABEL = r"(?!-)[A-Za-z0-9_-]{1,63}(?<!-)"
+#: dot-separated labels, in one match (a name per host of pki.toml: ten thousand on a large PKI)
+_DNS_RE = re.compile(rf"{_LABEL}(?:\.{_LABEL})*\Z")
 
 
 def _valid_dns(name: str) -> bool:
@@ -74,7 +76,7 @@ def _valid_dns(name: str) -> bool:
     name = name.rstrip(".") if name.endswith(".") and len(name) > 1 else name
     if not name or len(name) > 253:
         return False
-    return all(_LABEL_RE.match(label) for label in name.split("."))
+    return _DNS_RE.match(name) is not None
 
 
 def classify_host(host: str) -> Host:

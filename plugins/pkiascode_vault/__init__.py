@@ -55,9 +55,13 @@ def scoped_policy(pki_id: str, *, prefix: str = "pki", kv_mount: str = "secret",
 
     if not PKI_ID.fullmatch(pki_id):
         raise ValueError(f"[pki] id {pki_id!r}: use 1-32 letters, digits, '-' or '_'")
+    from .store import prefix_problem
+
+    if prefix_problem(prefix):
+        raise ValueError(f"prefix {prefix!r}: {prefix_problem(prefix)}")
     prefix, kv_mount, transit_mount = (v.strip("/") for v in (prefix, kv_mount, transit_mount))
-    if not prefix or not kv_mount or not transit_mount:
-        raise ValueError("prefix, kv_mount and transit_mount must not be empty")
+    if not kv_mount or not transit_mount:
+        raise ValueError("kv_mount and transit_mount must not be empty")
     text = open(SCOPED_POLICY_FILE, encoding="utf-8").read()
     body = text[text.index("\npath ") + 1:]  # the rules; the header speaks of the defaults
     for old, new in ((f'"transit/keys/pki.PKI_ID.', f'"{transit_mount}/keys/{prefix.replace("/", "-")}.{pki_id}.'),

@@ -18,6 +18,11 @@ KV paths ``<prefix>/<id>/keys/...`` and the lock ``<prefix>/<id>/locks/...``, Tr
 ``<prefix>.<id>.<entry>-<random>`` (a '.' after the prefix where unscoped names have a '-', so the
 unscoped listing of an older repository never takes in another PKI's keys). Without an id the
 paths of earlier versions stay: ``<prefix>/keys/...``, ``<prefix>/locks/...``, ``<prefix>-<entry>-...``.
+Names are matched by whole parts, never as string prefixes (`prefix_problem`: a prefix holds no '.'),
+so PKIs with ids whose prefixes extend one another (``pki``, ``pki-team``, ``pki/team``) never see
+each other's keys, and the unscoped ``pki-`` namespace never takes in a scoped ``pki-team.<id>.``
+name. Two PKIs *without* ids whose prefixes extend one another do share Transit names
+(``pki-team-root-...`` fits both): that only an id fixes.
 
 Every method that takes a key reference (signer, public key, export, release, missing, delete) first
 checks that it lies in this PKI's namespace: with an id, a Transit name starting ``<prefix>.<id>.``
@@ -75,7 +80,7 @@ if TYPE_CHECKING:
 
     from .client import VaultClient
 
-__all__ = ["VaultKeyStore", "is_loopback"]
+__all__ = ["VaultKeyStore", "is_loopback", "prefix_problem"]
 
 log = get_logger("pkiascode.vault")
 
@@ -95,7 +100,13 @@ _TRANSIT_HASHES = {"sha224": "sha2-224", "sha256": "sha2-256", "sha384": "sha2-3
 _TRANSIT_ID = re.compile(r"transit:([A-Za-z0-9._-]+)@([1-9][0-9]{0,8})")
 _KV_ID = re.compile(r"kv:((?:[A-Za-z0-9._-]+/)*keys/[A-Za-z0-9._-]+)")
 _SEGMENT = re.compile(r"[A-Za-z0-9._-]+")
+_PREFIX_PART = re.compile(r"[A-Za-z0-9_-]+")
 _SUFFIX = re.compile(r"[0-9a-f]{8}")
+#: what follows the namespace in every name this store makes: ``<entry>-<8 hex>``
+_TAIL = re.compile(rf"{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
+#: a Transit name in the scoped layout of some PKI with an id (config's rule for ``[pki] id``):
+#: ``<prefix>.<id>.<entry>-<suffix>``; never a key of the unscoped namespace (`VaultKeyStore._owns`)
+_SCOPED_TRANSIT = re.compile(rf"[A-Za-z0-9_-]+\.[a-z0-9]{{8,32}}\.{_TAIL.pattern}")
 _NAME_TRIES = 5
 _GONE = re.compile(r"not found|no existing key|could not be found")
 
@@ -112,6 +123,18 @@ def is_loopback(address: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
+
+
+def prefix_problem(prefix: str) -> str | None:
+    """What is wrong with a ``prefix`` setting (None: nothing). Its parts are names matched whole: a
+    '.' would let one PKI's prefix and ``[pki] id`` spell another's Transit names (``pki`` with id
+    ``a`` and ``pki.a``), and an empty prefix would make every key of the mounts this PKI's."""
+    if not prefix.strip("/"):
+        return "must not be empty: it keeps pkiascode's keys apart from everything else in the mounts"
+    if not all(_PREFIX_PART.fullmatch(p) for p in prefix.strip("/").split("/")):
+        return ("may hold only letters, digits, '_' and '-', and '/' between parts (no '.': it separates the "
+                "prefix from the [pki] id in Transit key names)")
+    return None
 
 
 _BOOL_TEXT = {"1": True, "t": True, "true": True, "yes": True, "on": True,
@@ -227,10 +250,9 @@ class VaultKeyStore(KeyStore):
             if value is not None and not all(_SEGMENT.fullmatch(p) and p not in (".", "..")
                                              for p in str(value).strip("/").split("/")):
                 problems.append((option, "must be a mount path such as \"secret\" or \"team/transit\""))
-        prefix = settings.get("prefix")
-        if prefix is not None and str(prefix).strip("/") and not all(
-                _SEGMENT.fullmatch(p) and p not in (".", "..") for p in str(prefix).strip("/").split("/")):
-            problems.append(("prefix", "may hold only letters, digits, '.', '_', '-' and '/' between parts"))
+        problem = prefix_problem(str(settings["prefix"])) if settings.get("prefix") is not None else None
+        if problem:
+            problems.append(("prefix", problem))
         for option in ("lock_ttl", "lock_timeout"):
             if option in settings:
                 try:
@@ -391,11 +413,20 @@ class VaultKeyStore(KeyStore):
             spaces.append((f"{head}-" if head else "", "/".join(p for p in (self.prefix, "keys") if p)))
         return spaces
 
+    @staticmethod
+    def _transit_in(head: str, name: str) -> bool:
+        """Whether the Transit key ``name`` is in the namespace whose names start with ``head``. A
+        scoped head (``pki.<id>.``) is matched whole, as prefixes hold no '.'; under an unscoped head
+        (``pki-``) a name of the scoped layout (``pki-team.<id>.root-...``: a key of the PKI with
+        that id and the prefix ``pki-team`` or ``pki/team``) is never this namespace's."""
+        return (name.startswith(head) and len(name) > len(head)
+                and (head.endswith(".") or not _SCOPED_TRANSIT.fullmatch(name)))
+
     def _owns(self, kind: str, name: str) -> bool:
         for head, folder in self._namespaces():
-            if kind == "transit" and name.startswith(head) and len(name) > len(head):
+            if kind == "transit" and self._transit_in(head, name):
                 return True
-            if kind == "kv" and name.rpartition("/")[0] == folder:
+            if kind == "kv" and name.rpartition("/")[0] == folder:  # the folder matched whole
                 return True
         return False
 
@@ -719,10 +750,9 @@ class VaultKeyStore(KeyStore):
 
     def list_keys(self) -> list[KeyRef]:
         head = self._transit_head()
-        tail = re.compile(rf"{ENTRY_NAME.pattern}-[0-9a-f]{{8}}")
         refs = []
         for name in self._list(f"{self.transit_mount}/keys"):
-            if name.startswith(head) and tail.fullmatch(name[len(head):]):
+            if self._transit_in(head, name) and _TAIL.fullmatch(name[len(head):]):
                 # once per key, with its oldest version: the one pkiascode made (it never rotates
                 # them) and the one an inventory pins; deleting it deletes every version
                 data = self._client.call("GET", f"{self.transit_mount}/keys/{name}", allow=(404,)).data
@@ -731,7 +761,7 @@ class VaultKeyStore(KeyStore):
                     refs.append(KeyRef(self.name, f"transit:{name}@{versions[0]}"))
         folder = self._folder("keys")
         for leaf in self._list(f"{self.kv_mount}/metadata/{folder}"):
-            if tail.fullmatch(leaf):  # a trailing "/" is a folder (another PKI's namespace, say): not a key
+            if _TAIL.fullmatch(leaf):  # a trailing "/" is a folder (another PKI's namespace, say): not a key
                 refs.append(KeyRef(self.name, f"kv:{folder}/{leaf}"))
         return sorted(refs, key=lambda r: r.id)
 

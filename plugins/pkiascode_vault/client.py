@@ -206,11 +206,9 @@ class VaultClient:
         detail = server_errors(body)
         where = f"{method.upper()} {path}"
         if status == 503 and "sealed" in detail.lower():
-            return self._fail(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
-                                                  "(`vault operator unseal` or `bao operator unseal`)")
+            return self.sealed()
         if status == 501:
-            return self._fail(BackendUnavailable, f"Vault at {self.address} is not initialized "
-                                                  "(`vault operator init`)")
+            return self.not_initialized()
         if status in (502, 503, 504):
             return self._fail(BackendUnavailable, f"Vault at {self.address} is unavailable ({status}"
                                                   f"{': ' + detail if detail else ''})")
@@ -231,6 +229,18 @@ class VaultClient:
             text += f" (namespace {self.namespace})"
         return text + (f": enable it with `{hint}`" if hint else "")
 
+    # the errors `VaultKeyStore.check` raises too, from what the server says without an error status
+    def sealed(self) -> BackendError:
+        return self._fail(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
+                                              "(`vault operator unseal` or `bao operator unseal`)")
+
+    def not_initialized(self) -> BackendError:
+        return self._fail(BackendUnavailable, f"Vault at {self.address} is not initialized (`vault operator init`)")
+
+    def token_rejected(self) -> BackendError:
+        return self._fail(BackendUnavailable, f"Vault at {self.address} rejected {self.auth.source} "
+                                              "(expired, revoked or wrong): log in again and retry")
+
     def token_is_valid(self) -> bool:
         """Whether Vault accepts the token at all (a 403 is then a policy matter, not a bad token)."""
         reply = self.call("GET", "auth/token/lookup-self", allow=(400, 401, 403))
@@ -242,8 +252,7 @@ class VaultClient:
         except BackendError:
             valid = True  # cannot tell; say what we know
         if not valid:
-            return self._fail(BackendUnavailable, f"Vault at {self.address} rejected {self.auth.source} "
-                                                  "(expired, revoked or wrong): log in again and retry")
+            return self.token_rejected()
         return self._fail(BackendError, f"permission denied: {where}: the token's policies do not allow it "
                                         "(grant the policy in pki-apply.hcl shipped with pkiascode_vault)")
 

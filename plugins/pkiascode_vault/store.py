@@ -769,10 +769,12 @@ class VaultKeyStore(KeyStore):
         if not request.suffix:
             return
         self._check_request(request)
-        # whichever engine the request would have gone to; both deletes tolerate a missing key
-        self._client.call("DELETE", f"{self.kv_mount}/metadata/{self._kv_path(request.name, request.suffix)}",
-                          allow=(404,))
-        self._delete_transit(self._transit_name(request.name, request.suffix))
+        # only in the engine `generate` and `import_key` send the request to; a missing key is no error
+        if self._wants_transit(request):
+            self._delete_transit(self._transit_name(request.name, request.suffix))
+        else:
+            self._client.call("DELETE", f"{self.kv_mount}/metadata/{self._kv_path(request.name, request.suffix)}",
+                              allow=(404,))
 
     def delete(self, ref: KeyRef) -> None:
         kind, name, _ = self._parse_ref(ref)
@@ -789,13 +791,11 @@ class VaultKeyStore(KeyStore):
         client = self._client
         status = client.call("GET", "sys/seal-status", authenticated=False).body
         if not status.get("initialized", True):
-            raise self._err(BackendUnavailable, f"Vault at {self.address} is not initialized (`vault operator init`)")
+            raise client.not_initialized()
         if status.get("sealed"):
-            raise self._err(BackendUnavailable, f"Vault at {self.address} is sealed: unseal it "
-                                                "(`vault operator unseal` or `bao operator unseal`)")
+            raise client.sealed()
         if not client.token_is_valid():
-            raise self._err(BackendUnavailable, f"Vault at {self.address} rejected {self.auth.source} "
-                                                "(expired, revoked or wrong): log in again and retry")
+            raise client.token_rejected()
         self._check_mount(self.kv_mount, "kv", "kv-v2")
         self._check_mount(self.transit_mount, "transit", "transit")
 

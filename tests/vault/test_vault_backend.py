@@ -290,6 +290,20 @@ def test_missing_uses_one_list_per_place(vault_env, make_store):
     assert sorted(m for m, _ in calls.log) == ["LIST", "LIST"]
 
 
+def test_discard_deletes_in_the_engine_the_request_went_to_only(vault_env, make_store):
+    """A key made for a journaled request whose answer was lost: one request for KV, two for Transit
+    (allow deletion, delete), and nothing there is no error."""
+    store = make_store()
+    made = {request: store.generate(request) for request in (authority().with_suffix(), leaf().with_suffix())}
+    calls = Calls(store)
+    for request, ref in made.items():
+        store.discard(request)
+        assert store.missing([ref]) == {ref}
+    assert [m for m, _ in calls.log] == ["POST", "DELETE", "LIST", "DELETE", "LIST"]
+    for request in made:
+        store.discard(request)  # already gone
+
+
 # -- configuration ---------------------------------------------------------------------------------------
 def test_validate_options():
     from pkiascode_vault import VaultKeyStore

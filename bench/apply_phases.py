@@ -39,6 +39,7 @@ PHASES = [
     ("pkiascode.planner", "plan", "  planner.plan"),
     ("pkiascode.lint", "lint_plan", "  lint (pkilint over what the plan signs)"),
     ("pkiascode.lint", "_lint_certificate", "    pkilint, per certificate (whole or in parts)"),
+    ("pkiascode.lint", "_validators", "      importing pkilint, building its validators (once)"),
     ("pkiascode.lint", "_throwaway_key", "    throwaway keys"),
     ("pkiascode.render", "render_text", "render_text"),
     ("pkiascode.apply", "execute", "execute"),

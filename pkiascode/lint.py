@@ -195,11 +195,11 @@ def _lint_certificate(der: bytes, entry: str, unfiltered: bool, like: _Linted | 
     """(node path, finding) on one certificate: a whole walk, or (``like``: the whole walk of a
     certificate of the same `_shape`, with the same ``unfiltered``) a walk of the parts in which the two
     differ, and ``like``'s findings elsewhere."""
+    validator = _validators()[0]  # (the first call imports pkilint)
     from pkilint import loader
     from pyasn1_alt_modules import rfc5280
 
     doc = loader.RFC5280CertificateDocumentLoader().load_der_document(der, entry or "certificate")
-    validator = _validators()[0]
     if like is None:
         return _findings(validator.validate(doc.root), entry, "certificate", unfiltered=unfiltered)
     _, _, decoding, extension_validator = _validators()

@@ -4,7 +4,7 @@ openssl, readers for pki.toml, state/ (inventory, audit log, certificates, CRLs)
 a TLS handshake through Python's ``ssl``, and a process on a pseudo-terminal.
 
 Plain functions and small classes; no fixtures (those are in the conftest.py files) and no pkiascode
-imports, but for `run_main`, the in-process CLI for unit tests. ``tests/`` is on ``sys.path`` (pytest's
+imports, but for `run_main` and `apply_in_process`, for unit tests. ``tests/`` is on ``sys.path`` (pytest's
 default ``prepend`` import mode; tests/conftest.py puts it there too), so every test module, the
 vault/ and pkcs11/ ones included, does ``from helpers import ...``.
 """
@@ -150,6 +150,21 @@ def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, 
     return code, out, err
 
 
+def apply_in_process(directory: Path, toml: str, *, at: Any) -> Path:
+    """``toml`` written to ``directory``/pki.toml, planned at ``at`` (a datetime) and applied in this
+    process without a commit (no git): for the unit tests of what apply leaves in .pki/ (the memo)."""
+    from pkiascode.apply import execute
+    from pkiascode.project import Project
+
+    (directory / "pki.toml").write_text(toml, encoding="utf-8")
+    project = Project(directory / "pki.toml")
+    try:
+        execute(project, project.plan(at=at), commit=False)
+    finally:
+        project.close()
+    return directory
+
+
 class Pki:
     """``pki -C DIR ...`` for one project directory."""
 
@@ -230,6 +245,23 @@ common_name = "client-1"
 subject = { OU = "clients" }
 """
 
+#: a root and one leaf, ECDSA P-256, no git: the no-op memo tests' project (`apply_in_process`)
+MEMO_PKI = """\
+[defaults]
+key = "ecdsa-p256"
+validity = "90d"
+renew_before = "10d"
+
+[authority.root]
+common_name = "Memo Root"
+validity = "1y"
+renew_before = "30d"
+
+[certificate.web]
+issuer = "root"
+hosts = ["web.internal"]
+"""
+
 #: root → inter (with CRL URLs) → server, client and other, all ECDSA P-256: the lifecycle tests' start
 BASE_PKI = """\
 # The desired PKI for the lifecycle tests.
@@ -303,6 +335,34 @@ def new_repo(directory: Path, toml: str, *, commit: bool = False) -> Path:
     if commit:
         commit_all(directory, "initial pki.toml")
     return directory
+
+
+def applied_repo(directory: Path, toml: str = SMALL_PKI) -> Path:
+    """`new_repo` with ``toml`` committed, then ``pki apply`` (its state committed): what the
+    security tests start from. The ``applied`` fixture (conftest.py) copies one per session instead."""
+    new_repo(directory, toml, commit=True)
+    Pki(directory).apply()
+    return directory
+
+
+def copy_repo(source: Path, directory: Path) -> Path:
+    """A copy of the project directory ``source`` (work tree, .git, .pki with its modes), links kept
+    as links: the same repository without applying again."""
+    shutil.copytree(source, directory, symlinks=True)
+    return directory
+
+
+def vault_toml(prefix: str, pki_id: str, toml: str = SMALL_PKI) -> str:
+    """``toml`` (default `SMALL_PKI`) with ``[pki] id`` and every key in a Vault store ``vault`` at
+    ``prefix`` (Vault's address and token come from the environment)."""
+    return (f'[pki]\nid = "{pki_id}"\n\n[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n\n'
+            + toml.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n', 1))
+
+
+def vault_project(directory: Path, prefix: str, pki_id: str, toml: str = SMALL_PKI) -> Path:
+    """A git repository with `vault_toml` committed, nothing applied: one of several PKIs (told apart
+    by their id) sharing one Vault and one prefix."""
+    return new_repo(directory, vault_toml(prefix, pki_id, toml), commit=True)
 
 
 def assert_one_line(text: str, *secrets: str) -> str:
@@ -510,6 +570,65 @@ def openssl(*args: str | Path, cwd: Path | None = None, input: str | None = None
             expect: int | Sequence[int] | None = 0, timeout: float = 60) -> Result:
     """The openssl CLI; ``expect=None`` when the caller looks at the exit code itself."""
     return run(["openssl", *args], cwd=cwd, input=input, expect=expect, timeout=timeout)
+
+
+def openssl_ca(directory: Path, name: str = "ca", common_name: str | None = None) -> Path:
+    """A self-signed ECDSA P-256 CA made by the openssl CLI as a script would leave it, NAME.crt and
+    NAME.key in ``directory`` (created): a directory for ``pki import``. Returns ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "365",
+            "-subj", f"/CN={common_name or f'{name} CA'}", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
+            "-keyout", directory / f"{name}.key", "-out", directory / f"{name}.crt")
+    return directory
+
+
+# -- logging in to Vault (a real OpenBao: the server fixtures are in vault/conftest.py) ------------
+
+def sign_jwt(key: Any, claims: Mapping[str, Any]) -> str:
+    """A JWT (RS256) over ``claims`` signed with the RSA private ``key``: what a CI's OIDC issuer hands
+    a job."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+
+    def b64url(data: bytes) -> str:
+        return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+    head = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
+    body = b64url(json.dumps(dict(claims)).encode())
+    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
+    return f"{head}.{body}.{b64url(signature)}"
+
+
+def jwt_login_mount(server: Any, key: Any, *, issuer: str, audience: str, user_claim: str,
+                    bound: Mapping[str, str], policy: str = "pki-apply") -> str:
+    """An auth/jwt mount (a new random path, returned) on the OpenBao ``server`` that trusts JWTs
+    signed by ``key`` from ``issuer``, with a role ``pki-apply`` granting ``policy`` to a token whose
+    audience is ``audience`` and whose claims match ``bound``."""
+    import secrets
+
+    mount = f"jwt-{secrets.token_hex(3)}"
+    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
+                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+    server.api("POST", f"sys/auth/{mount}", {"type": "jwt"})
+    server.api("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [pem], "bound_issuer": issuer})
+    server.api("POST", f"auth/{mount}/role/pki-apply", {
+        "role_type": "jwt", "user_claim": user_claim, "bound_audiences": [audience], "bound_claims": dict(bound),
+        "token_policies": [policy], "token_ttl": "10m"})
+    return mount
+
+
+def approle_login_mount(server: Any, policy: str = "pki-apply") -> tuple[str, str, str]:
+    """An auth/approle mount (a new random path) on the OpenBao ``server`` with a role ``pki``
+    granting ``policy``: (mount, role_id, secret_id)."""
+    import secrets
+
+    mount = f"approle-{secrets.token_hex(3)}"
+    server.api("POST", f"sys/auth/{mount}", {"type": "approle"})
+    server.api("POST", f"auth/{mount}/role/pki", {"token_policies": [policy], "token_ttl": "10m"})
+    role_id = server.api("GET", f"auth/{mount}/role/pki/role-id")[1]["data"]["role_id"]
+    secret_id = server.api("POST", f"auth/{mount}/role/pki/secret-id")[1]["data"]["secret_id"]
+    return mount, role_id, secret_id
 
 
 # -- TLS -----------------------------------------------------------------------------------------

@@ -26,8 +26,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from helpers import (
     PRIVATE_KEY_MARKER, SMALL_PKI, Pki, PtyProcess, assert_state_sound, audit_lines, clean_env, commit_all,
-    commit_count, edit_toml, git,
-    git_init, git_objects, head, inventory, key_files, key_ref, load_cert, load_key, openssl, pem_blocks, pem_der,
+    commit_count, crl_path, edit_toml, git, git_init, git_objects, head, inventory, key_files, key_ref, load_cert,
+    load_key, openssl, pem_blocks, pem_der,
     pki_command, run_pki, spki_der, state_cert, state_crl, write_project,
 )
 
@@ -198,8 +198,7 @@ def split_chain(path: Path, into: Path) -> list[Path]:
     return out
 
 
-def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, tmp_path):
-    pki.apply()
+def test_export_root_intermediate_leaf_chains_verify_with_openssl(applied_project, pki, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "server-key.pem").write_text("stale\n")
@@ -209,7 +208,7 @@ def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, 
         pki.ok("export", name, "--dir", str(out), *(["--no-key"] if authority else []))
         for suffix in ("", "-ca") if authority else ("", "-key", "-ca"):
             assert (out / f"{name}{suffix}.pem").exists(), f"{name}{suffix}.pem"
-        assert load_cert(out / f"{name}.pem") == state_cert(project, name)
+        assert load_cert(out / f"{name}.pem") == state_cert(applied_project, name)
         if authority:
             assert not (out / f"{name}-key.pem").exists()
             continue
@@ -218,8 +217,8 @@ def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, 
         assert key.read_bytes().startswith(b"-----BEGIN PRIVATE KEY-----")
         assert spki_der(load_key(key)) == spki_der(load_cert(out / f"{name}.pem")), name
 
-    root = project / "state/certs/root.pem"
-    inter = project / "state/certs/inter.pem"
+    root = applied_project / "state/certs/root.pem"
+    inter = applied_project / "state/certs/inter.pem"
     # NAME-ca.pem is the issuer chain up to the root, nearest issuer first
     chain = split_chain(out / "server-ca.pem", tmp_path)
     assert [load_cert(c) for c in chain] == [load_cert(inter), load_cert(root)]
@@ -234,7 +233,7 @@ def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, 
         assert r.stdout.strip().endswith(": OK")
         # and with the CRLs of both authorities: nothing revoked yet
         openssl("verify", "-x509_strict", "-crl_check_all", "-CAfile", str(out / f"{leaf}-ca.pem"),
-                "-CRLfile", str(project / "state/crl/inter.crl"), "-CRLfile", str(project / "state/crl/root.crl"),
+                "-CRLfile", str(crl_path(applied_project, "inter")), "-CRLfile", str(crl_path(applied_project, "root")),
                 str(out / f"{leaf}.pem"))
     openssl("verify", "-x509_strict", "-CAfile", str(out / "inter-ca.pem"), str(out / "inter.pem"))
     # the chain really has three levels: the root alone does not verify the leaf
@@ -245,13 +244,12 @@ def test_export_root_intermediate_leaf_chains_verify_with_openssl(project, pki, 
     assert "CA:TRUE" not in openssl("x509", "-in", str(out / "server.pem"), "-noout", "-text").stdout
 
 
-def test_export_no_key_writes_no_key_and_missing_key_is_a_clear_error(project, pki, tmp_path):
-    pki.apply()
+def test_export_no_key_writes_no_key_and_missing_key_is_a_clear_error(applied_project, pki, tmp_path):
     out = tmp_path / "nokey"
     r = pki.ok("export", "server", "--dir", str(out), "--no-key")
     assert sorted(p.name for p in out.iterdir()) == ["server-ca.pem", "server.pem"]
     assert "PRIVATE KEY" not in r.output
-    (project / ".pki/keys" / key_ref(project, "server")).unlink()
+    (applied_project / ".pki/keys" / key_ref(applied_project, "server")).unlink()
     out2 = tmp_path / "withkey"
     r = pki("export", "server", "--dir", str(out2), expect=1)
     assert r.stderr.startswith("Error: ") and len(r.stderr.strip().splitlines()) == 1
@@ -330,41 +328,39 @@ def test_apply_refuses_when_key_directory_is_not_git_ignored(project, pki):
     assert all(f.startswith("state/") for f in commit_files(project))
 
 
-def test_apply_refuses_to_commit_a_private_key_planted_in_state(project, pki):
-    pki.apply()
-    first = head(project)
-    planted = project / "state" / "certs" / "x.pem"
-    planted.write_bytes((project / ".pki/keys" / key_ref(project, "server")).read_bytes())
-    edit_toml(project, 'common_name = "client-1"', 'common_name = "client-2"')
-    before = inventory(project)
+def test_apply_refuses_to_commit_a_private_key_planted_in_state(applied_project, pki):
+    first = head(applied_project)
+    planted = applied_project / "state" / "certs" / "x.pem"
+    planted.write_bytes((applied_project / ".pki/keys" / key_ref(applied_project, "server")).read_bytes())
+    edit_toml(applied_project, 'common_name = "client-1"', 'common_name = "client-2"')
+    before = inventory(applied_project)
     r = pki("apply", "--auto-approve", expect=1)
     # refused before anything is signed or written
     assert "refusing to apply" in r.stderr and "state/certs/x.pem" in r.stderr
     assert "private key" in r.stderr and "nothing was changed" in r.stderr
     assert "BEGIN" not in r.output
-    assert head(project) == first
-    assert inventory(project) == before
-    assert not (project / ".pki/journal/txn.json").exists()
-    assert "state/certs/x.pem" not in git(project, "diff", "--cached", "--name-only")
-    assert all("x.pem" not in f for f in git(project, "log", "--all", "--name-only", "--format=").split())
+    assert head(applied_project) == first
+    assert inventory(applied_project) == before
+    assert not (applied_project / ".pki/journal/txn.json").exists()
+    assert "state/certs/x.pem" not in git(applied_project, "diff", "--cached", "--name-only")
+    assert all("x.pem" not in f for f in git(applied_project, "log", "--all", "--name-only", "--format=").split())
     # once the key is gone, apply makes the change
     planted.unlink()
     pki.apply()
-    assert head(project) != first
-    assert commit_message(project)[0] == "pki apply: 1 reissued"
-    assert_consistent(project, pki)
+    assert head(applied_project) != first
+    assert commit_message(applied_project)[0] == "pki apply: 1 reissued"
+    assert_consistent(applied_project, pki)
 
 
-def test_apply_refuses_to_commit_a_der_private_key_planted_in_state(project, pki):
-    pki.apply()
+def test_apply_refuses_to_commit_a_der_private_key_planted_in_state(applied_project, pki):
     key = serialization.load_pem_private_key(
-        (project / ".pki/keys" / key_ref(project, "server")).read_bytes(), password=None)
-    (project / "state/certs/x.der").write_bytes(
+        (applied_project / ".pki/keys" / key_ref(applied_project, "server")).read_bytes(), password=None)
+    (applied_project / "state/certs/x.der").write_bytes(
         key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
                           serialization.NoEncryption()))
-    edit_toml(project, 'common_name = "client-1"', 'common_name = "client-2"')
+    edit_toml(applied_project, 'common_name = "client-1"', 'common_name = "client-2"')
     pki("apply", "--auto-approve")
-    assert "state/certs/x.der" not in git(project, "log", "--all", "--name-only", "--format=")
+    assert "state/certs/x.der" not in git(applied_project, "log", "--all", "--name-only", "--format=")
 
 
 # -- the audit log -----------------------------------------------------------------------------
@@ -466,11 +462,10 @@ def test_audit_verify_detects_tampering(project, pki, audited, tamper, wanted):
     assert r.stdout == ""
 
 
-def test_audit_verify_detects_a_removed_last_line(project, pki):
-    pki.apply()
-    lines = (project / "state/audit.jsonl").read_text().splitlines()
+def test_audit_verify_detects_a_removed_last_line(applied_project, pki):
+    lines = (applied_project / "state/audit.jsonl").read_text().splitlines()
     assert json.loads(lines[-1])["action"] == "update_crl"
-    _write_lines(project, lines[:-1])
+    _write_lines(applied_project, lines[:-1])
     pki("audit", "verify", expect=1)
 
 
@@ -622,9 +617,8 @@ def test_list_json_fields_and_status_at_a_later_time(repo, pki):
     assert any("expired" in r for c in plan["changes"] if c["name"] == "server" for r in c["reasons"])
 
 
-def test_show_one_object_in_full(project, pki):
-    pki.apply()
-    inv = inventory(project)
+def test_show_one_object_in_full(applied_project, pki):
+    inv = inventory(applied_project)
     out = pki.ok("show", "server").stdout
     fields = dict(line.split(":", 1) for line in out.splitlines() if ":" in line and not line.startswith(" "))
     fields = {k.strip(): v.strip() for k, v in fields.items()}
@@ -664,26 +658,24 @@ def _garble(path: Path) -> None:
     (_garble, "does not match the inventory"),
     (lambda p: p.write_text("hello\n"), "is not a PEM file"),
 ], ids=["deleted", "edited", "garbage"])
-def test_drifted_certificate_file_is_reissued(project, pki, damage, why):
-    pki.apply()
-    ref, serial = key_ref(project, "server"), inventory(project)["server"]["serial"]
-    damage(project / "state/certs/server.pem")
+def test_drifted_certificate_file_is_reissued(applied_project, pki, damage, why):
+    ref, serial = key_ref(applied_project, "server"), inventory(applied_project)["server"]["serial"]
+    damage(applied_project / "state/certs/server.pem")
     assert pki.plan_exit() == 2
     plan = pki.plan_json()
     assert [(c["action"], c["name"]) for c in plan["changes"]] == [("reissue", "server")]
     reasons = " ".join(plan["changes"][0]["reasons"])
     assert "state/certs/server.pem" in reasons and why in reasons
     pki.apply()
-    assert key_ref(project, "server") == ref and inventory(project)["server"]["serial"] != serial
-    openssl("verify", "-CAfile", str(project / "state/certs/root.pem"), "-untrusted",
-            str(project / "state/certs/inter.pem"), str(project / "state/certs/server.pem"))
-    assert_consistent(project, pki)
+    assert key_ref(applied_project, "server") == ref and inventory(applied_project)["server"]["serial"] != serial
+    openssl("verify", "-CAfile", str(applied_project / "state/certs/root.pem"), "-untrusted",
+            str(applied_project / "state/certs/inter.pem"), str(applied_project / "state/certs/server.pem"))
+    assert_consistent(applied_project, pki)
 
 
-def test_edited_certificate_with_restored_mtime_is_still_drift(project, pki):
-    pki.apply()
+def test_edited_certificate_with_restored_mtime_is_still_drift(applied_project, pki):
     assert pki.plan_exit() == 0  # remembered as nothing to do
-    path = project / "state/certs/server.pem"
+    path = applied_project / "state/certs/server.pem"
     before = path.stat()
     _garble(path)
     os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
@@ -691,24 +683,22 @@ def test_edited_certificate_with_restored_mtime_is_still_drift(project, pki):
     assert pki.plan_exit() == 2
 
 
-def test_missing_leaf_key_is_rekeyed(project, pki):
-    pki.apply()
-    old = key_ref(project, "client")
-    (project / ".pki/keys" / old).unlink()
+def test_missing_leaf_key_is_rekeyed(applied_project, pki):
+    old = key_ref(applied_project, "client")
+    (applied_project / ".pki/keys" / old).unlink()
     assert "client" in pki("plan", expect=1).stderr  # replaced only when asked for
     plan = pki.plan_json("--rekey-missing")
     assert [(c["action"], c["name"]) for c in plan["changes"]] == [("rekey", "client")]
     reasons = " ".join(plan["changes"][0]["reasons"])
     assert "key" in reasons and "missing" in reasons and old in reasons
     pki.apply("--rekey-missing")
-    assert key_ref(project, "client") != old
-    assert_consistent(project, pki)
+    assert key_ref(applied_project, "client") != old
+    assert_consistent(applied_project, pki)
 
 
-def test_missing_authority_key_cascades_to_everything_it_signed(project, pki):
-    pki.apply()
-    old_server = (project / "state/certs/server.pem").read_bytes()
-    (project / ".pki/keys" / key_ref(project, "inter")).unlink()
+def test_missing_authority_key_cascades_to_everything_it_signed(applied_project, pki):
+    old_server = (applied_project / "state/certs/server.pem").read_bytes()
+    (applied_project / ".pki/keys" / key_ref(applied_project, "inter")).unlink()
     plan = pki.plan_json("--rekey-missing")
     actions = {c["name"]: c for c in plan["changes"]}
     assert actions["inter"]["action"] == "rekey"
@@ -720,14 +710,14 @@ def test_missing_authority_key_cascades_to_everything_it_signed(project, pki):
     names = [c["name"] for c in plan["changes"]]
     assert names.index("inter") < names.index("server") and names.index("inter") < names.index("client")
     pki.apply("--rekey-missing")
-    root, inter = project / "state/certs/root.pem", project / "state/certs/inter.pem"
+    root, inter = applied_project / "state/certs/root.pem", applied_project / "state/certs/inter.pem"
     for child in ("server", "client"):
         openssl("verify", "-x509_strict", "-CAfile", str(root), "-untrusted", str(inter),
-                str(project / f"state/certs/{child}.pem"))
-    (project / "old.pem").write_bytes(old_server)
-    assert openssl("verify", "-CAfile", str(root), "-untrusted", str(inter), str(project / "old.pem"),
+                str(applied_project / f"state/certs/{child}.pem"))
+    (applied_project / "old.pem").write_bytes(old_server)
+    assert openssl("verify", "-CAfile", str(root), "-untrusted", str(inter), str(applied_project / "old.pem"),
                    expect=None).returncode != 0
-    assert_consistent(project, pki)
+    assert_consistent(applied_project, pki)
 
 
 def test_validity_is_capped_at_the_issuers(repo, pki):
@@ -822,37 +812,36 @@ def test_apply_at_makes_the_not_after_the_plan_showed(repo, pki):
 
 # -- revocation ends on the CRL ----------------------------------------------------------------
 
-def test_replace_and_removal_put_serials_on_the_crl(project, pki):
-    pki.apply()
-    server_serial = inventory(project)["server"]["serial"]
-    client_serial = inventory(project)["client"]["serial"]
-    (project / "old-server.pem").write_bytes((project / "state/certs/server.pem").read_bytes())
+def test_replace_and_removal_put_serials_on_the_crl(applied_project, pki):
+    server_serial = inventory(applied_project)["server"]["serial"]
+    client_serial = inventory(applied_project)["client"]["serial"]
+    (applied_project / "old-server.pem").write_bytes((applied_project / "state/certs/server.pem").read_bytes())
     plan = pki.plan_json("--replace", "server")
     by = {c["name"]: c for c in plan["changes"]}
     assert by["server"]["action"] == "rekey" and by["server"].get("revoke_reason") == "key_compromise"
     pki.apply("--replace", "server")
-    client_pem = project / "state/certs/client.pem"
+    client_pem = applied_project / "state/certs/client.pem"
     # the client leaves pki.toml: revoked and removed from state
-    toml = (project / "pki.toml").read_text()
-    (project / "pki.toml").write_text(toml[:toml.index("[certificate.client]")])
+    toml = (applied_project / "pki.toml").read_text()
+    (applied_project / "pki.toml").write_text(toml[:toml.index("[certificate.client]")])
     plan = pki.plan_json()
     by = {c["name"]: c for c in plan["changes"]}
     assert by["client"]["action"] == "revoke" and by["client"].get("retire") is True
     pki.apply()
-    assert not client_pem.exists() and "client" not in inventory(project)
-    crl = state_crl(project, "inter")
+    assert not client_pem.exists() and "client" not in inventory(applied_project)
+    crl = state_crl(applied_project, "inter")
     revoked = {format(r.serial_number, "x"): r for r in crl}
     assert set(revoked) == {server_serial, client_serial}
     reason = revoked[server_serial].extensions.get_extension_for_class(x509.CRLReason).value.reason
     assert reason is x509.ReasonFlags.key_compromise
-    root, inter = project / "state/certs/root.pem", project / "state/certs/inter.pem"
-    crls = ["-CRLfile", str(project / "state/crl/inter.crl"), "-CRLfile", str(project / "state/crl/root.crl")]
+    root, inter = applied_project / "state/certs/root.pem", applied_project / "state/certs/inter.pem"
+    crls = ["-CRLfile", str(crl_path(applied_project, "inter")), "-CRLfile", str(crl_path(applied_project, "root"))]
     r = openssl("verify", "-crl_check_all", "-CAfile", str(root), "-untrusted", str(inter), *crls,
-                str(project / "old-server.pem"), expect=None)
+                str(applied_project / "old-server.pem"), expect=None)
     assert r.returncode != 0 and "revoked" in (r.stdout + r.stderr)
     openssl("verify", "-crl_check_all", "-CAfile", str(root), "-untrusted", str(inter), *crls,
-            str(project / "state/certs/server.pem"))
-    assert_consistent(project, pki)
+            str(applied_project / "state/certs/server.pem"))
+    assert_consistent(applied_project, pki)
 
 
 # -- one apply at a time -----------------------------------------------------------------------
@@ -1041,27 +1030,27 @@ def test_init_creates_a_project_once(tmp_path, env):
 CERT_LABELS = ("Subject", "Issuer", "SANs", "Usages", "Not before", "Not after", "Serial", "SHA-256")
 
 
-def test_certificate_files_start_with_what_they_are_and_every_reader_skips_it(project, pki):
-    pki.apply()
+def test_certificate_files_start_with_what_they_are_and_every_reader_skips_it(applied_project, pki):
+    inv = inventory(applied_project)
     for name in ("root", "inter", "server", "client"):
-        data = (project / f"state/certs/{name}.pem").read_bytes()
+        data = (applied_project / f"state/certs/{name}.pem").read_bytes()
         text, pem = data.split(b"-----BEGIN CERTIFICATE-----")
         labels = [line.split(": ", 1)[0] for line in text.decode().splitlines()]
         assert tuple(labels) == CERT_LABELS, name
-        cert = state_cert(project, name)  # (Python's cryptography)
+        cert = state_cert(applied_project, name)  # (Python's cryptography)
         fields = dict(line.split(": ", 1) for line in text.decode().splitlines())
-        assert fields["Serial"] == format(cert.serial_number, "x") == inventory(project)[name]["serial"]
-        assert fields["SHA-256"] == cert.fingerprint(hashes.SHA256()).hex() == inventory(project)[name]["sha256"]
+        assert fields["Serial"] == format(cert.serial_number, "x") == inv[name]["serial"]
+        assert fields["SHA-256"] == cert.fingerprint(hashes.SHA256()).hex() == inv[name]["sha256"]
         assert fields["Subject"] == cert.subject.rfc4514_string()
-        out = openssl("x509", "-in", str(project / f"state/certs/{name}.pem"), "-noout", "-serial").stdout
+        out = openssl("x509", "-in", str(applied_project / f"state/certs/{name}.pem"), "-noout", "-serial").stdout
         assert out.strip().lower().endswith(fields["Serial"].lstrip("0"))
     server = dict(line.split(": ", 1) for line in
-                  (project / "state/certs/server.pem").read_text().split("-----BEGIN")[0].splitlines())
+                  (applied_project / "state/certs/server.pem").read_text().split("-----BEGIN")[0].splitlines())
     assert server["SANs"] == "DNS:localhost, IP:127.0.0.1"
     assert server["Usages"].split(", ") in (["digital signature", "server auth", "client auth"],
                                             ["digital signature", "client auth", "server auth"])  # (as in the cert)
-    openssl("verify", "-CAfile", str(project / "state/certs/root.pem"), "-untrusted",
-            str(project / "state/certs/inter.pem"), str(project / "state/certs/server.pem"))
+    openssl("verify", "-CAfile", str(applied_project / "state/certs/root.pem"), "-untrusted",
+            str(applied_project / "state/certs/inter.pem"), str(applied_project / "state/certs/server.pem"))
     pki("audit", "verify", expect=0)
     assert pki.plan_exit() == 0
 
@@ -1086,12 +1075,11 @@ def test_a_one_san_change_is_a_one_line_diff_naming_the_san(project, pki):
         "localhost", "api.internal", "127.0.0.1"]
 
 
-def test_the_inventory_records_each_objects_public_key(project, pki):
-    pki.apply()
-    for name, rec in inventory(project).items():
-        cert = state_cert(project, name)
+def test_the_inventory_records_each_objects_public_key(applied_project, pki):
+    for name, rec in inventory(applied_project).items():
+        cert = state_cert(applied_project, name)
         assert rec["public_key_sha256"] == hashlib.sha256(spki_der(cert)).hexdigest(), name
-        key = load_key(project / ".pki/keys" / rec["key"]["ref"])
+        key = load_key(applied_project / ".pki/keys" / rec["key"]["ref"])
         assert hashlib.sha256(spki_der(key)).hexdigest() == rec["public_key_sha256"], name
 
 
@@ -1129,11 +1117,10 @@ def test_state_of_an_earlier_version_converts_on_the_next_apply(project, pki):
     assert_consistent(project, pki)
 
 
-def test_text_lines_that_do_not_describe_the_certificate_are_drift(project, pki):
-    pki.apply()
-    path = project / "state/certs/server.pem"
+def test_text_lines_that_do_not_describe_the_certificate_are_drift(applied_project, pki):
+    path = applied_project / "state/certs/server.pem"
     text = path.read_text()
-    sha = inventory(project)["server"]["sha256"]
+    sha = inventory(applied_project)["server"]["sha256"]
     path.write_text(text.replace(f"SHA-256: {sha}", f"SHA-256: {'0' * 64}"))
     plan = pki.plan_json()
     assert [(c["action"], c["name"]) for c in plan["changes"]] == [("reissue", "server")]

@@ -90,32 +90,31 @@ def test_first_apply_killed_at_each_point_converges(project, pki, point):
 
 
 @pytest.mark.parametrize("point", CRASH_POINTS)
-def test_authority_replace_killed_at_each_point_converges(project, pki, point):
-    pki.apply()
-    before = inventory(project)
-    old_keys = key_files(project)
+def test_authority_replace_killed_at_each_point_converges(applied_project, pki, point):
+    before = inventory(applied_project)
+    old_keys = key_files(applied_project)
     r = pki("apply", "--auto-approve", "--replace", "inter", env={"PKI_TEST_CRASH_AT": point})
     assert r.returncode == 137, r.output
     if point in ("after-keys", "after-txn", "after-state"):
-        assert commit_count(project) == 1
+        assert commit_count(applied_project) == 1
     # the old authority key must survive until the new state is committed
-    assert before["inter"]["key"]["ref"] in key_files(project)
-    assert old_keys <= key_files(project)
+    assert before["inter"]["key"]["ref"] in key_files(applied_project)
+    assert old_keys <= key_files(applied_project)
 
     pki.apply()  # re-run plainly: complete what was started, or (after-keys) clean up
-    after = inventory(project)
+    after = inventory(applied_project)
     if point == "after-keys":
-        assert after == before and commit_count(project) == 1
+        assert after == before and commit_count(applied_project) == 1
     else:
-        assert commit_count(project) == 2
+        assert commit_count(applied_project) == 2
         assert after["inter"]["key"]["ref"] != before["inter"]["key"]["ref"]
-        assert before["inter"]["key"]["ref"] not in key_files(project)  # retired after the commit
+        assert before["inter"]["key"]["ref"] not in key_files(applied_project)  # retired after the commit
         for child in ("server", "client"):
             assert after[child]["serial"] != before[child]["serial"]
             assert after[child]["key"]["ref"] == before[child]["key"]["ref"]
-        crl = x509.load_pem_x509_crl((project / "state/crl/root.crl").read_bytes())
+        crl = x509.load_pem_x509_crl((applied_project / "state/crl/root.crl").read_bytes())
         assert int(before["inter"]["serial"], 16) in {r.serial_number for r in crl}
-    assert_converged(project, pki)
+    assert_converged(applied_project, pki)
 
 
 def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(project, pki):

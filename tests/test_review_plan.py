@@ -100,10 +100,8 @@ def test_offline_plan_refuses_to_be_saved(tmp_path, env):
 
 # -- the markdown plan of a real pull request ----------------------------------------------------
 
-def test_markdown_plan_of_a_pull_request(tmp_path, env):
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def test_markdown_plan_of_a_pull_request(applied):
+    repo, pki = applied
     edit_toml(repo, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost", "127.0.0.1", "server.test"]')
     edit_toml(repo, 'common_name = "client-1"\n', 'common_name = "client-1"\nkey = "rsa-2048"\n')
     (repo / "pki.toml").write_text((repo / "pki.toml").read_text() + textwrap_leaf())
@@ -132,10 +130,8 @@ def textwrap_leaf() -> str:
 
 # -- a branch behind its base --------------------------------------------------------------------
 
-def test_a_branch_behind_its_base_plans_against_the_base_state(tmp_path, env):
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def test_a_branch_behind_its_base_plans_against_the_base_state(applied):
+    repo, pki = applied
     git(repo, "branch", "pr")                    # the pull request starts here ...
     pki.apply("--replace", "client")             # ... and main moves on: client gets a new key
     main_client = inventory(repo)["client"]["key"]["ref"]
@@ -186,10 +182,8 @@ def test_init_sets_up_a_crl_diff_driver_that_git_diff_uses(tmp_path, env):
     assert "BEGIN X509 CRL" not in diff
 
 
-def test_show_file_prints_a_certificate_and_a_crl(tmp_path, env):
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def test_show_file_prints_a_certificate_and_a_crl(applied, tmp_path):
+    repo, pki = applied
     cert = pki.ok("show", "--file", str(repo / "state/certs/server.pem")).stdout
     assert "Subject: CN=localhost,O=pkiascode tests" in cert
     assert "SANs: DNS:localhost, IP:127.0.0.1" in cert

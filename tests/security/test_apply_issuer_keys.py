@@ -14,15 +14,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git, key_files, new_repo, tree_snapshot
+from helpers import Pki, assert_one_line, commit_all, edit_toml, git, key_files, tree_snapshot
 
 
 @pytest.fixture
-def swapped(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
+def swapped(applied: tuple[Path, Pki]) -> tuple[Path, Pki]:
     """An applied PKI whose committed inventory has root's and inter's key references swapped (a PR)."""
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+    repo, pki = applied
     path = repo / "state/inventory.json"
     inv = json.loads(path.read_text())
     objects = inv["objects"]

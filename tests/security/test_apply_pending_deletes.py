@@ -10,17 +10,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import pytest
-
-from helpers import SMALL_PKI, Pki, audit_key_refs, commit_all, edit_toml, key_ref, new_repo
-
-
-@pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    return repo, pki
+from helpers import audit_key_refs, commit_all, edit_toml, key_ref
 
 
 def _edit_inventory(repo: Path, root_ref: str, pending: list[list[str]]) -> None:

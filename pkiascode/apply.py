@@ -12,8 +12,12 @@ Order of work:
 7. only then delete the keys nobody needs any more: right away when the branch has no upstream;
    else they are recorded in the commit (``pending_deletes`` in ``inventory.json``) and deleted once
    that commit is on the upstream (`finish_deletes`, which any later run from any clone does).
-   ``pki apply --push`` pushes first, deletes after, and on a rejected push `undo` puts everything
-   back as it was.
+   ``pki apply --push`` (`apply_under_lock`: fetch, compare HEAD with the upstream's tip, apply, push)
+   pushes first, deletes after, and on a rejected push `undo` puts everything back as it was.
+
+A pki.toml without ``[pki] id`` that defines a shared key store gets one from its next apply, in the
+same commit (`id_to_add`, shown in the plan by `with_id_note`), with ``legacy_keys = true`` in each
+shared store that already holds keys state names: made before the id, they keep their names.
 
 Killed anywhere before 6, nothing in ``state/`` changed and the journaled keys are deleted by the next
 run; killed after, the next run completes the transaction. A committed certificate never loses its key.
@@ -33,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import audit, auditsign, ci
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, PkiError, StateError
+from .errors import BackendError, PkiError, StalePlanError, StateError
 from .gitops import Upstream, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
@@ -43,7 +47,9 @@ from .state import StateDir, certificate_file, config_refusal, has_text_header, 
 from .x509 import build_certificate, load_certificate, prove_key, public_key_der, sign_crl, ski_hex
 
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
-           "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "id_to_add"]
+           "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
+           "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
+           "Base", "apply_under_lock"]
 
 
 class Progress(Protocol):
@@ -69,12 +75,14 @@ class NullProgress:
 
 @dataclasses.dataclass
 class ApplyResult:
-    """What an apply did: counts by action, the commit made (if any), warnings and the commit message."""
+    """What an apply did: counts by action, the commit made (if any), warnings, the commit message."""
 
     summary: dict[str, int]
     commit: str | None
     warnings: list[str]
     message: str
+    #: with ``--push``: the commit pushed (None: nothing to push)
+    pushed: str | None = None
 
 
 _DER = serialization.Encoding.DER
@@ -102,13 +110,36 @@ def needs_id(desired: Any) -> bool:
     return desired.settings.id is None and any(spec.plugin != "local" for spec in desired.stores.values())
 
 
-def id_to_add(project: Project, commit: bool) -> str | None:
-    """The ``[pki] id`` this apply gives pki.toml (`needs_id`), or None. Only when the apply's commit
-    can take pki.toml along (HEAD's, unedited) and no object's key is in a shared store yet (keys made
-    without an id stay outside the namespace). Decided before any key store is made: the stores are
-    made here with the new id, so this apply's keys and its lock are already in the namespace."""
-    desired = project.desired()
-    if not commit or not needs_id(desired) or project.txn_pending():
+@dataclasses.dataclass(frozen=True)
+class IdEdit:
+    """What an apply writes into a pki.toml that `needs_id`, in its commit: ``pki_id`` (None in a plan:
+    apply picks it), and ``legacy_keys = true`` in the table of each store in ``legacy``, a shared
+    store holding keys that state names, made before the id (outside its namespace)."""
+
+    pki_id: str | None
+    legacy: tuple[str, ...]
+
+
+def legacy_stores(project: Project) -> tuple[str, ...]:
+    """The shared stores (any but ``local``) without ``legacy_keys = true`` that hold keys state names:
+    its objects', the audit log's, its pending deletions' and ``.pki/``'s lists of keys to delete.
+    From state alone (an offline plan knows them too)."""
+    from . import auditsign
+
+    state = project.state
+    inv = state.load()[0]
+    used = keys_in(inv["objects"]) | auditsign.key_refs(state) | set(state.pending_deletes()) \
+        | set(state.deferred_deletes() or []) | {(str(a), str(b)) for a, b in inv["pending_deletes"]}
+    stores = project.desired().stores
+    return tuple(sorted({name for name, _ in used if name in stores and stores[name].plugin != "local"
+                         and stores[name].settings_dict().get("legacy_keys") is not True}))
+
+
+def planned_id_edit(project: Project) -> IdEdit | None:
+    """What a committing apply writes into pki.toml (`IdEdit`, its id not yet chosen), or None: only
+    for a pki.toml that `needs_id`, when the commit can take it along (HEAD's, unedited) and no
+    interrupted apply is pending."""
+    if not needs_id(project.desired()) or project.txn_pending():
         return None
     repo = project.repository()
     head = repo.head() if repo is not None else None
@@ -118,15 +149,63 @@ def id_to_add(project: Project, commit: bool) -> str | None:
             return None
     except OSError:
         return None
-    shared = {name for name, spec in desired.stores.items() if spec.plugin != "local"}
-    if any(obj["key"]["backend"] in shared for obj in project.state.load()[0]["objects"].values()):
+    return IdEdit(None, legacy_stores(project))
+
+
+def id_note(project: Project, edit: IdEdit | None) -> str | None:
+    """The plan's line on pki.toml's ``[pki] id``: what apply writes into pki.toml (``edit``), or how to
+    give it one; None when it needs none."""
+    if edit is not None:
+        legacy = "".join(f"; and legacy_keys = true in [backend.{name}], whose keys state names were made before "
+                         "the id (they keep their names; new keys go into the namespace)" for name in edit.legacy)
+        return (f"apply edits {project.config_path.name}, in its commit: a random [pki] id, which scopes this PKI's "
+                f"keys and lock in shared key stores{legacy}")
+    if not needs_id(project.desired()):
+        return None
+    return (f"{project.config_path.name} has no [pki] id, which scopes this PKI's keys and lock in shared key stores: "
+            f"apply adds one (and legacy_keys = true where keys were made before it) when it commits and "
+            f"{project.config_path.name} is HEAD's, unedited")
+
+
+def with_id_note(project: Project, plan: Plan, edit: IdEdit | None) -> Plan:
+    """``plan`` with `id_note` among its warnings (a plan without changes: as it is, apply edits nothing)."""
+    note = None if plan.empty else id_note(project, edit)
+    if note is None or note in plan.warnings:
+        return plan
+    return dataclasses.replace(plan, warnings=plan.warnings + (note,))
+
+
+def saved_without_id_note(project: Project, saved: Mapping[str, Any], source: str,
+                          edit: IdEdit | None) -> dict[str, Any]:
+    """A saved plan's JSON without the `id_note` lines a plan of this project may show (the fresh plan
+    gets its own: `with_id_note`). `StalePlanError` when this apply edits pki.toml (``edit``) and the
+    saved plan does not say so: a reviewer saw every edit apply makes."""
+    warnings = saved.get("warnings")
+    if not isinstance(warnings, list):
+        return dict(saved)
+    shown = id_note(project, edit)
+    if edit is not None and shown not in warnings:
+        raise StalePlanError(f"{source} does not show the edit this apply makes to {project.config_path.name} "
+                             f"({shown}); nothing changed; run `pki plan --out` again")
+    notes = {id_note(project, IdEdit(None, legacy_stores(project))), id_note(project, None)}
+    return dict(saved, warnings=[w for w in warnings if w not in notes])
+
+
+def id_to_add(project: Project, commit: bool) -> IdEdit | None:
+    """What this apply writes into pki.toml (`planned_id_edit`, with a new random id), or None.
+    Decided before any key store is made: the stores are made here with the new id (and
+    ``legacy_keys`` where the edit sets it), so this apply's new keys and its lock are already in
+    the namespace, and the keys made before it are still reachable."""
+    edit = planned_id_edit(project) if commit else None
+    if edit is None:
         return None
     from .scaffold import new_pki_id
 
-    pki_id = new_pki_id()
-    for spec in desired.stores.values():
-        project.store(spec.name, plugin=spec.plugin, settings=spec.settings_dict(), pki_id=pki_id)
-    return pki_id
+    edit = IdEdit(new_pki_id(), edit.legacy)
+    for spec in project.desired().stores.values():
+        settings = {**spec.settings_dict(), **({"legacy_keys": True} if spec.name in edit.legacy else {})}
+        project.store(spec.name, plugin=spec.plugin, settings=settings, pki_id=edit.pki_id)
+    return edit
 
 
 def preflight(project: Project, commit: bool) -> None:
@@ -496,10 +575,10 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
 
 class _Run:
     def __init__(self, project: Project, plan: Plan, now: dt.datetime, progress: Progress, commit: bool,
-                 upstream: Upstream | None = None, new_id: str | None = None) -> None:
+                 upstream: Upstream | None = None, id_edit: IdEdit | None = None) -> None:
         self.project = project
         self.commit = commit
-        self.new_id = new_id
+        self.id_edit = id_edit
         #: retired keys wait in the commit for the upstream (else: deleted right after the commit)
         self.retire_in_commit = commit and upstream is not None
         self.plan = plan
@@ -914,26 +993,26 @@ class _Run:
 
     def new_config(self) -> tuple[dict[str, str] | None, bool, bytes | None]:
         """(the txn's ``config``, whether the commit takes it, pki.toml's bytes as applied): a
-        pki.toml that `needs_id` gets one (`scaffold.with_pki_id`) when the apply commits and
-        pki.toml is HEAD's, unedited, so the commit takes it along; else a note says how."""
+        pki.toml that `needs_id` gets the run's `IdEdit` (`scaffold.with_pki_id`), committed with
+        state/; with none (pki.toml edited, or not committing) a note says how."""
         path = self.project.config_path
         try:
             text = path.read_bytes()
         except OSError:
             return None, False, None
-        if not needs_id(self.desired):
+        edit = self.id_edit
+        if edit is None:
+            note = id_note(self.project, None)
+            if note is not None:
+                self.plan_notes.append(note)
             return None, False, text
-        from .scaffold import new_pki_id, with_pki_id
+        from .scaffold import with_pki_id
 
-        if self.new_id is None:
-            self.plan_notes.append(f"pki.toml has no [pki] id; add one to its [pki] table (id = \"{new_pki_id()}\"; "
-                                   "keys made before keep their names: see the README, 'Several PKIs on one Vault'), "
-                                   "or commit pki.toml and the next apply of a PKI without keys in shared stores "
-                                   "adds one")
-            return None, False, text
-        new_text = with_pki_id(text.decode("utf-8"), self.new_id)
+        new_text = with_pki_id(text.decode("utf-8"), edit.pki_id, edit.legacy)
         config = {"path": path.relative_to(self.project.base_dir).as_posix(), "content": new_text}
-        self.plan_notes.append("pki.toml had no [pki] id: this apply added one, committed with state/")
+        legacy = f" and legacy_keys = true in [backend.{'], ['.join(edit.legacy)}]" if edit.legacy else ""
+        self.plan_notes.append(f"{path.name} had no [pki] id: this apply added id = \"{edit.pki_id}\"{legacy}, "
+                               "committed with state/")
         return config, True, new_text.encode("utf-8")
 
     def transaction(self, commit: bool) -> dict[str, Any]:
@@ -944,20 +1023,22 @@ class _Run:
                                       events=self.events, message=self.message(config_bytes),
                                       retire_keys=[] if self.retire_in_commit else self.retire,
                                       commit=commit, config=config, config_commit=config_commit,
-                                      pending_deletes=pending, pki_id=self.new_id or self.desired.settings.id)
+                                      pending_deletes=pending,
+                                      pki_id=self.id_edit.pki_id if self.id_edit else self.desired.settings.id)
 
 
 def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | None = None,
             now: dt.datetime | None = None, still_locked: Callable[[], None] | None = None,
             upstream: Upstream | None = None, delete_retired: bool = True,
-            new_id: str | None = None) -> ApplyResult:
+            id_edit: IdEdit | None = None) -> ApplyResult:
     """Apply ``plan``. The caller holds the apply lock and has run `recover`.
 
     ``upstream``: the remote branch the commit is for (retired keys wait for it, recorded in the
     commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
     push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting.
-    ``new_id``: the ``[pki] id`` to write into pki.toml with this commit (`id_to_add`)."""
-    why = id_refusal(project.state.load()[0], new_id or project.desired().settings.id, project.state.rel)
+    ``id_edit``: what to write into pki.toml with this commit (`id_to_add`)."""
+    why = id_refusal(project.state.load()[0], id_edit.pki_id if id_edit else project.desired().settings.id,
+                     project.state.rel)
     if why:
         raise StateError(why)
     repo = project.repository()
@@ -967,7 +1048,7 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         notes = delete_old_keys(project, upstream=upstream, confirm=still_locked) if delete_retired else []
         return ApplyResult({}, None, notes, "")
     progress = progress or NullProgress()
-    run = _Run(project, plan, now or utc_now(), progress, commit, upstream, new_id)
+    run = _Run(project, plan, now or utc_now(), progress, commit, upstream, id_edit)
     run.check_stores()
     auditsign.check_ready(project, plan)  # the audit key can sign (before any change)
     run.prove_issuers()  # an issuer key that is not its certificate's stops us before any change
@@ -998,3 +1079,90 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
         notes += finish_deletes(project, upstream=upstream, confirm=still_locked)
     progress.done()
     return ApplyResult(plan.summary(), sha, list(plan.warnings) + notes, txn["message"])
+
+
+# -- one apply under the lock, with or without --push ---------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Base:
+    """What an apply starts from, under the lock: with ``--push`` ``head`` and ``tip`` (the fetched
+    upstream's) are equal, or ``head`` holds unpushed applies on ``tip``; without, both None.
+    ``interrupted``: the digest of the plan an interrupted apply was making (completed by `recover`)."""
+
+    head: str | None
+    tip: str | None
+    interrupted: str | None
+
+
+def apply_under_lock(project: Project, *, commit: bool, push: bool, upstream: Upstream | None,
+                     still_locked: Callable[[], None], progress: Progress, notify: Callable[[str], None],
+                     choose: Callable[[Base], Plan | None],
+                     id_edit: IdEdit | None = None) -> tuple[Plan | None, ApplyResult | None]:
+    """One apply; the caller holds the apply lock (``still_locked``: its ``confirm``).
+
+    Fetch the upstream (with ``push``, or to finish deletions waiting for it), finish an interrupted
+    apply (`recover`), with ``push`` refuse unless HEAD is the upstream's tip (or holds only unpushed
+    applies on it) and ``state/`` and pki.toml are HEAD's; ``choose`` (the caller plans, shows, asks)
+    returns the plan to execute, or None to stop. `execute` it; with ``push``, push the commit, and on a
+    rejected push `undo` everything and raise; then delete the retired keys. ``notify``: notes for the
+    user as they come. Returns (the plan, what was done), or (None, None) when ``choose`` stopped."""
+    from .errors import GitError, LockError
+    from .gitops import PushRejected
+
+    repo = project.repository()
+    interrupted = (project.state.pending_txn() or {}).get("plan")
+    if push:
+        repo.fetch(upstream)
+    elif upstream is not None and project.state.load()[0]["pending_deletes"]:
+        try:  # (only to finish deletions: a stale view of the upstream only makes them wait)
+            repo.fetch(upstream)
+        except GitError as e:
+            notify(f"warning: {e}; retired keys wait for the next run")
+    for note in recover(project, commit=commit, progress=progress, upstream=upstream, confirm=still_locked):
+        notify(note)
+    head = tip = None
+    if push:
+        head, tip = _push_base(project, upstream, notify)
+    plan = choose(Base(head, tip, interrupted))
+    if plan is None:
+        return None, None
+    result = execute(project, plan, commit=commit, progress=progress, still_locked=still_locked, upstream=upstream,
+                     delete_retired=not push, id_edit=id_edit)
+    landing = result.commit or head
+    if push and landing != tip:
+        try:
+            still_locked()
+            repo.push(upstream, landing)
+        except (PushRejected, LockError) as e:
+            for note in undo(project, before=tip, after=landing):
+                notify(note)
+            raise PkiError(f"{e}; another apply landed first (or the push was refused): undone, nothing is left "
+                           f"behind (HEAD and state/ are back at {tip[:12]}); re-plan on the new tip of "
+                           f"{upstream}") from None
+        result.pushed = landing
+        result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
+    return plan, result
+
+
+def _push_base(project: Project, upstream: Upstream, notify: Callable[[str], None]) -> tuple[str, str]:
+    """For ``--push``, after the fetch: (HEAD, the upstream's tip). Refuses unless HEAD is the tip or
+    only unpushed applies on it (an earlier apply here committed and was killed before its push: this
+    run pushes it too), and unless ``state/`` and pki.toml are exactly HEAD's (an undo puts back HEAD's)."""
+    repo = project.repository()
+    head, tip = repo.head(), repo.tip(upstream)
+    if tip is None:
+        raise PkiError(f"{upstream} does not exist on the remote: push the branch first")
+    paths = [repo.rel(project.state.root), repo.rel(project.config_path)]
+    if head != tip:
+        if head is None or repo.is_ancestor(head, tip):
+            raise PkiError(f"state is behind {upstream}: re-plan on the new tip")
+        unpushed = repo.apply_commits(tip, head, paths) if repo.is_ancestor(tip, head) else None
+        if unpushed is None:
+            raise PkiError(f"HEAD is not {upstream}'s tip and not an apply on it: check out {upstream} "
+                           "and apply there")
+        notify(f"{unpushed} apply commit(s) on {upstream}'s tip were not pushed: this apply pushes them")
+    dirty = repo.changed_paths(paths)
+    if dirty:
+        raise PkiError(f"--push applies a clean checkout: {', '.join(dirty[:3])} differ from HEAD; commit or "
+                       "restore them")
+    return head, tip

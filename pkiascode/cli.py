@@ -20,7 +20,7 @@ from typing import Any, NoReturn
 import click
 
 from . import __version__
-from .errors import ConfigError, LockError, PkiError, PlanError, printable
+from .errors import ConfigError, PkiError, PlanError, printable
 from .model import parse_time, utc_now
 
 __all__ = ["cli", "main", "exit_code", "parse_when"]
@@ -183,6 +183,7 @@ def validate(c: Ctx) -> None:
 def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bool, base: str | None,
          at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
     """Show what apply would change, and why."""
+    from .apply import planned_id_edit, with_id_note
     from .render import render_json, render_markdown, render_text
 
     if out and (offline or base):
@@ -193,13 +194,13 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
     # shows the not_after they will really get
     the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now, offline=offline, base=base,
                               rekey_missing=rekey_missing)
+    the_plan = with_id_note(c.project, the_plan, planned_id_edit(c.project))  # (what apply writes into pki.toml)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":
         click.echo(render_markdown(the_plan), nl=False)
     else:
         click.echo(render_text(the_plan, color=c.color()), nl=False)
-        _id_note(c.project, the_plan)
     if out:
         from .state import atomic_write
 
@@ -236,10 +237,8 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
     push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
     the keys this run made are deleted, the branch and state/ are put back; exit 1."""
-    from .apply import execute, finish_deletes, id_to_add, preflight, recover, undo
+    from .apply import Base, apply_under_lock, id_to_add, preflight, saved_without_id_note, with_id_note
     from .ci import actor
-    from .errors import GitError
-    from .gitops import PushRejected
     from .lock import apply_lock, holder_info
     from .names import parse_duration
     from .plan import Plan
@@ -280,52 +279,25 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     elif not auto_approve and not sys.stdin.isatty():
         raise PkiError("not on a terminal: pass --auto-approve, or apply a saved plan (`pki plan --out FILE`)")
 
-    new_id = id_to_add(project, commit)  # (before any key store is made: they are made in its namespace)
+    id_edit = id_to_add(project, commit)  # (before any key store is made: they are made in its namespace)
     preflight(project, commit)
     progress = _progress()
-    stores = project.used_stores()
-    holder = holder_info(actor())
-    with apply_lock(project.work_dir / "lock", stores, holder, desired.settings.state_dir,
-                    timeout=timeout) as still_locked:
-        interrupted = _pending_plan_digest(project)
-        if push:
-            repo.fetch(upstream)
-        elif upstream is not None and _has_committed_pending(project):
-            try:  # (only to finish deletions: a stale view of the upstream only makes them wait)
-                repo.fetch(upstream)
-            except GitError as e:
-                click.echo(f"warning: {e}; retired keys wait for the next run", err=True)
-        for note in recover(project, commit=commit, progress=progress, upstream=upstream, confirm=still_locked):
-            click.echo(printable(note), err=True)
-        head = tip = None
-        if push:
-            head, tip = repo.head(), repo.tip(upstream)
-            if tip is None:
-                raise PkiError(f"{upstream} does not exist on the remote: push the branch first")
-            if head != tip:
-                if head is None or repo.is_ancestor(head, tip):
-                    raise PkiError(f"state is behind {upstream}: re-plan on the new tip")
-                paths = [repo.rel(project.state.root), repo.rel(project.config_path)]
-                unpushed = repo.apply_commits(tip, head, paths) if repo.is_ancestor(tip, head) else None
-                if unpushed is None:
-                    raise PkiError(f"HEAD is not {upstream}'s tip and not an apply on it: check out {upstream} "
-                                   "and apply there")
-                # an earlier apply here committed and was killed before its push: this run pushes it too
-                click.echo(f"{unpushed} apply commit(s) on {upstream}'s tip were not pushed: this apply pushes "
-                           "them", err=True)
-            _check_clean(repo, project)
+
+    def choose(base: Base) -> Any:
+        """The plan to execute (planned again under the lock), shown and confirmed; None: nothing to do."""
         if saved is not None:
-            if interrupted is not None and interrupted == saved.digest():
+            if base.interrupted is not None and base.interrupted == saved.digest():
                 click.echo(f"{planfile} was already applied: the interrupted apply of it is now complete.")
-                return
-            the_plan = project.replan(saved_json, source=planfile)  # the fresh plan, never the file's steps
+                return None
+            the_plan = project.replan(saved_without_id_note(project, saved_json, planfile, id_edit),
+                                      source=planfile)  # the fresh plan, never the file's steps
             _require_confirmation(the_plan, planfile, replace, rekey_missing)
         else:
             now = utc_now()
             the_plan = project.plan(at=parse_when(at, now), replace=replace, now=now, rekey_missing=rekey_missing)
+        the_plan = with_id_note(project, the_plan, id_edit)
         click.echo(render_text(the_plan, color=c.color()), nl=False)
-        if not (the_plan.empty and head == tip):  # (an empty plan still checks the id and deletes retired keys)
-            _id_note(project, the_plan)
+        if not (the_plan.empty and base.head == base.tip):  # (an empty plan still checks the id, deletes retired keys)
             refused = project.refusal(the_plan)
             if refused:
                 raise PlanError(refused)
@@ -335,21 +307,20 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
                                       show_default=False)
                 if answer.strip() != "yes":
                     raise PkiError("apply cancelled; nothing changed")
-        result = execute(project, the_plan, commit=commit, progress=progress, still_locked=still_locked,
-                         upstream=upstream, delete_retired=not push, new_id=new_id)
-        landing = result.commit or head
-        if push and landing != tip:
-            try:
-                still_locked()
-                repo.push(upstream, landing)
-            except (PushRejected, LockError) as e:
-                for note in undo(project, before=tip, after=landing):
-                    click.echo(printable(note), err=True)
-                raise PkiError(f"{e}; another apply landed first (or the push was refused): undone, nothing is left "
-                               f"behind (HEAD and state/ are back at {tip[:12]}); re-plan on the new tip of "
-                               f"{upstream}") from None
-            click.echo(f"Pushed {landing[:12]} to {upstream}.")
-            result.warnings.extend(finish_deletes(project, upstream=upstream, confirm=still_locked))
+        return the_plan
+
+    def notify(note: str) -> None:
+        click.echo(printable(note), err=True)
+
+    with apply_lock(project.work_dir / "lock", project.used_stores(), holder_info(actor()),
+                    desired.settings.state_dir, timeout=timeout) as still_locked:
+        the_plan, result = apply_under_lock(project, commit=commit, push=push, upstream=upstream,
+                                            still_locked=still_locked, progress=progress, notify=notify,
+                                            choose=choose, id_edit=id_edit)
+    if the_plan is None:
+        return
+    if result.pushed:
+        click.echo(f"Pushed {result.pushed[:12]} to {upstream}.")
     for w in result.warnings:
         if w not in the_plan.warnings:
             click.echo(printable(f"warning: {w}"), err=True)
@@ -397,33 +368,6 @@ def _require_confirmation(the_plan: Any, source: str, replace: tuple[str, ...], 
     if rekey_missing and not the_plan.rekey_missing:
         raise PkiError(f"--rekey-missing: the saved plan {source} was made without it; run "
                        f"`pki plan --rekey-missing --out {source}` for that; {rerun}")
-
-
-def _id_note(project: Any, the_plan: Any) -> None:
-    from .apply import needs_id
-
-    if not the_plan.empty and needs_id(project.desired()):
-        click.echo("Note: pki.toml has no [pki] id, which scopes keys and the lock in shared key stores; apply adds "
-                   "a random one when no key is in a shared store yet and its commit can take pki.toml along.")
-
-
-def _has_committed_pending(project: Any) -> bool:
-    """Whether state/ records keys waiting for their retiring commit to reach the upstream."""
-    return bool(project.state.load()[0]["pending_deletes"])
-
-
-def _check_clean(repo: Any, project: Any) -> None:
-    """For --push: state/ and pki.toml are exactly HEAD's (an undo puts back HEAD's)."""
-    dirty = repo.changed_paths([repo.rel(project.state.root), repo.rel(project.config_path)])
-    if dirty:
-        raise PkiError(f"--push applies a clean checkout: {', '.join(dirty[:3])} differ from HEAD; commit or "
-                       "restore them")
-
-
-def _pending_plan_digest(project: Any) -> str | None:
-    """The digest of the plan an interrupted apply was making, if one is pending."""
-    txn = project.state.pending_txn()
-    return (txn or {}).get("plan")
 
 
 class _TerminalProgress:

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Iterable
 from importlib import resources
 from pathlib import Path
 
 from .errors import PkiError
 
-__all__ = ["EXAMPLES", "init_project", "example_text", "new_pki_id", "with_pki_id", "GITATTRIBUTES"]
+__all__ = ["EXAMPLES", "init_project", "example_text", "new_pki_id", "with_pki_id", "is_id_edit", "GITATTRIBUTES",
+           "LEGACY_COMMENT"]
 
 #: CRLs are DER-in-PEM: git shows them through ``pki show --file`` once the driver is configured
 #: (``git config diff.pki-crl.textconv "pki show --file"``; git never runs commands a repository names)
 GITATTRIBUTES = "state/crl/*.crl diff=pki-crl\n"
 
 EXAMPLES = ("kubernetes-the-hard-way",)
+
+#: what `with_pki_id` writes next to a ``legacy_keys = true`` it adds
+LEGACY_COMMENT = "keys made before the [pki] id keep their names: see the README, 'Several PKIs on one Vault'"
 
 MINIMAL = """\
 # pki.toml: the desired PKI. `pki plan` shows what would change, `pki apply` makes it.
@@ -65,21 +70,48 @@ def new_pki_id() -> str:
     return "".join(secrets.choice(alphabet) for _ in range(12))
 
 
-def with_pki_id(text: str, pki_id: str) -> str:
+def with_pki_id(text: str, pki_id: str, legacy: Iterable[str] = ()) -> str:
     """pki.toml ``text`` with ``id = pki_id`` in its ``[pki]`` table (a table added at the end when
-    there is none), everything else (comments, order, spacing) kept as it was."""
+    there is none) and ``legacy_keys = true`` in the table of each backend in ``legacy`` (its keys were
+    made before the id), everything else (comments, order, spacing) kept as it was."""
     import tomlkit
 
     doc = tomlkit.parse(text)
+    for name in legacy:
+        flag = tomlkit.item(True)
+        table = doc["backend"][name]
+        if not isinstance(table, tomlkit.items.InlineTable):
+            flag.comment(LEGACY_COMMENT)
+        table["legacy_keys"] = flag
     table = doc.get("pki")
     if table is None:
         table = tomlkit.table()
         table["id"] = pki_id
         table["id"].comment("scopes this PKI's keys and locks in shared key stores; never change it")
+        text = tomlkit.dumps(doc)
         sep = "" if not text or text.endswith("\n\n") else ("\n" if text.endswith("\n") else "\n\n")
         return text + sep + tomlkit.dumps(tomlkit.document().add("pki", table))
     table["id"] = pki_id
     return tomlkit.dumps(doc)
+
+
+def is_id_edit(old: str, new: str) -> bool:
+    """Whether pki.toml ``new`` is ``old`` with only what an apply adds to a PKI without a ``[pki] id``
+    (`with_pki_id`): the id, and ``legacy_keys = true`` in backend tables that had no ``legacy_keys``.
+    (A pending transaction that does more is not completed silently: `state.config_refusal`.)"""
+    import tomllib
+
+    try:
+        before, after = tomllib.loads(old), tomllib.loads(new)
+        pki_id = after.get("pki", {}).get("id")
+        backends_before, backends_after = before.get("backend", {}), after.get("backend", {})
+        legacy = [name for name, table in backends_after.items()
+                  if isinstance(table, dict) and table.get("legacy_keys") is True and table.get("plugin") != "local"
+                  and backends_before.get(name, {}).get("legacy_keys") is not True]
+        return (isinstance(pki_id, str) and "id" not in before.get("pki", {})
+                and with_pki_id(old, pki_id, legacy) == new)
+    except (ValueError, TypeError, AttributeError, KeyError):
+        return False
 
 
 def _with_id(text: str) -> str:

@@ -246,15 +246,26 @@ def test_the_next_apply_gives_a_pki_toml_with_a_shared_store_its_id(tmp_path, en
     seed = new_repo(tmp_path / "seed", toml, commit=True)
     git(seed, "push", "-q", str(origin), "HEAD:refs/heads/main")
     a, pki = _clone(tmp_path, origin, "a", env)
-    assert "Note: pki.toml has no [pki] id" in pki("plan").stdout
-    pki.apply("--push")
+    edit = "apply edits pki.toml, in its commit: a random [pki] id"
+    for fmt in ("text", "markdown", "json"):  # what apply will write into pki.toml, in every format
+        assert edit in pki("plan", "--format", fmt).stdout
+    # a saved plan is applied only if it shows the edit
+    saved = tmp_path / "plan.json"
+    pki.ok("plan", "--out", str(saved))
+    forged = json.loads(saved.read_text())
+    forged["warnings"] = [w for w in forged["warnings"] if edit not in w]
+    (tmp_path / "forged.json").write_text(json.dumps(forged))
+    r = pki("apply", str(tmp_path / "forged.json"), "--push", expect=1)
+    assert "does not show the edit this apply makes to pki.toml" in r.stderr
+    assert "[pki]" not in (a / "pki.toml").read_text()
+    pki("apply", str(saved), "--push", expect=0)
     text = (a / "pki.toml").read_text()
     assert text.startswith(toml) and "# not used by any entry yet" in text
     added = text[len(toml):]
     assert added.startswith("\n[pki]\nid = \"") and len(added.splitlines()) == 3, added
     assert git(a, "show", "origin/main:pki.toml") == text  # committed with state/, pushed
     assert git(a, "status", "--porcelain").strip() == ""
-    assert "Note: pki.toml has no [pki] id" not in pki("plan", "--replace", "server").stdout
+    assert "[pki] id" not in pki("plan", "--replace", "server").stdout
     pki.apply("--push", "--replace", "server")
     assert (a / "pki.toml").read_text() == text
     # a local-only pki.toml is left alone

@@ -16,6 +16,8 @@ except ImportError:  # pragma: no cover - conftest reports it
     pkcs11 = None
 from pkcs11 import Attribute
 
+from helpers import Pki, git, git_init, inventory
+
 from pkiascode.backend import KeyRef, KeyRequest, StoreContext
 from pkiascode.errors import BackendError
 from pkiascode.keytypes import KeyType
@@ -101,3 +103,66 @@ def test_legacy_keys_reaches_the_unscoped_labels_and_never_another_id(tmp_path, 
 
 def test_legacy_keys_is_checked_as_a_boolean(softhsm):
     assert Pkcs11KeyStore.options["legacy_keys"].type is bool
+
+
+# -- a repository from before ids whose keys are on the token (issue 11, item 4) --------------------
+
+PRE_ID_TOML = """
+[defaults]
+key = "ecdsa-p256"
+subject = { O = "pkiascode pre-id" }
+
+[authority.root]
+common_name = "Pre-id Root"
+backend = "hsm"
+
+[authority.inter]
+issuer = "root"
+common_name = "Pre-id Intermediate"
+backend = "hsm"
+path_length = 0
+
+[certificate.web]
+issuer = "inter"
+hosts = ["web.example"]
+"""
+NEW_AUTHORITY = '\n[authority.sub]\nissuer = "root"\ncommon_name = "Sub CA"\nbackend = "hsm"\n'
+
+
+def test_a_pre_id_repository_on_a_token_gets_an_id_and_legacy_keys(tmp_path, private_hsm):
+    """Keys made on the token before the [pki] id (labels pki-…): the next apply writes the id and
+    legacy_keys = true into [backend.hsm] (shown in the plan), commits pki.toml with state/, keeps
+    signing with the old keys, labels new keys in the namespace, and --replace moves an old one in."""
+    hsm = private_hsm
+    repo = git_init(tmp_path / "repo")
+    table = f'[backend.hsm]\nplugin = "pkcs11"\nmodule = "{hsm.module}"\ntoken = "{hsm.token}"\n'
+    (repo / ".gitignore").write_text(".pki/\n")
+    (repo / "pki.toml").write_text(table + PRE_ID_TOML)
+    git(repo, "add", "-A")
+    git(repo, "commit", "-q", "-m", "pki.toml")
+    pki = Pki(repo, hsm.env())
+    (repo / "pki.toml").write_text(table + PRE_ID_TOML + "# edited\n")  # (not HEAD's: apply adds no id)
+    pki.apply()
+    (repo / "pki.toml").write_text(table + PRE_ID_TOML + NEW_AUTHORITY)
+    git(repo, "commit", "-q", "-am", "pki.toml")
+    old = {name: obj["key"]["ref"] for name, obj in inventory(repo).items()}
+    assert old["root"].startswith("pki-root-") and old["inter"].startswith("pki-inter-"), old
+
+    plan = pki.ok("plan").stdout
+    assert ("apply edits pki.toml, in its commit: a random [pki] id, which scopes this PKI's keys and lock in "
+            "shared key stores; and legacy_keys = true in [backend.hsm]") in plan, plan
+    pki.apply()
+    text = (repo / "pki.toml").read_text()
+    pki_id = text.split('\n[pki]\nid = "', 1)[1].split('"', 1)[0]
+    assert text.startswith(table + "legacy_keys = true # keys made before the [pki] id")
+    assert git(repo, "show", "HEAD:pki.toml") == text and git(repo, "status", "--porcelain").strip() == ""
+    refs = {name: obj["key"]["ref"] for name, obj in inventory(repo).items()}
+    assert {n: r for n, r in refs.items() if n != "sub"} == old
+    assert refs["sub"].startswith(f"pki.{pki_id}.sub-"), refs  # signed by the old root key
+    assert pki.plan_exit("--detailed-exitcode") == 0
+
+    pki.apply("--replace", "inter")
+    assert inventory(repo)["inter"]["key"]["ref"].startswith(f"pki.{pki_id}.inter-")
+    rows = pki.ok("keys", "--format", "json").json()
+    assert "orphan" not in {r["status"] for r in rows}, rows
+    assert pki.plan_exit("--detailed-exitcode") == 0

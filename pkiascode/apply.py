@@ -122,14 +122,15 @@ class IdEdit:
 
 def legacy_stores(project: Project) -> tuple[str, ...]:
     """The shared stores (any but ``local``) without ``legacy_keys = true`` that hold keys state names:
-    its objects', the audit log's, its pending deletions' and ``.pki/``'s lists of keys to delete.
-    From state alone (an offline plan knows them too)."""
+    its objects', the audit log's, its pending deletions', ``.pki/``'s lists of keys to delete and the
+    key journal's. From state alone (an offline plan knows them too)."""
     from . import auditsign
 
     state = project.state
     inv = state.load()[0]
     used = keys_in(inv["objects"]) | auditsign.key_refs(state) | set(state.pending_deletes()) \
-        | set(state.deferred_deletes() or []) | {(str(a), str(b)) for a, b in inv["pending_deletes"]}
+        | set(state.deferred_deletes() or []) | {(str(a), str(b)) for a, b in inv["pending_deletes"]} \
+        | set(state.key_journal()[0])
     stores = project.desired().stores
     return tuple(sorted({name for name, _ in used if name in stores and stores[name].plugin != "local"
                          and stores[name].settings_dict().get("legacy_keys") is not True}))

@@ -120,7 +120,10 @@ def test_a_pre_id_repository_gets_an_id_and_legacy_keys_and_its_old_keys_keep_wo
     assert spki_der(load_key(out / "client-key.pem")) == spki_der(load_cert(out / "client.pem"))
     rows = json.loads(fresh_pki.ok("keys", "--format", "json").stdout)
     assert "orphan" not in {r["status"] for r in rows}, rows
-    assert {r["key"] for r in rows} >= {new["web"]}
+    # both namespaces: the keys made before the id that state uses are listed, in use (never orphans)
+    users = {ref: f"{'authority' if n in ('root', 'inter') else 'certificate'}.{n}" for n, ref in new.items()}
+    users.update({ref: "the audit log" for ref in audit_key_refs(fresh)})
+    assert {r["key"]: r["entry"] for r in rows if r["status"] == "in use"} == users, rows
 
     # --replace moves a key made before the id into the namespace; the old one goes
     fresh_pki.apply("--push", "--replace", "client")

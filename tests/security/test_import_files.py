@@ -18,23 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, head, inventory, new_repo, openssl, require_tool
-
-
-def _ca(out: Path, name: str = "ca") -> None:
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "365",
-            "-subj", f"/CN={name} CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            "-keyout", str(out / f"{name}.key"), "-out", str(out / f"{name}.crt"))
+from helpers import SMALL_PKI, Pki, assert_one_line, head, inventory, new_repo, openssl_ca, require_tool
 
 
 @pytest.fixture
 def existing(tmp_path: Path) -> Path:
     require_tool("openssl")
-    out = tmp_path / "old"
-    out.mkdir()
-    _ca(out)
-    return out
+    return openssl_ca(tmp_path / "old")
 
 
 @pytest.fixture
@@ -74,9 +64,7 @@ def test_a_key_that_is_a_fifo_does_not_hang_the_import(existing, repo):
 @pytest.mark.parametrize("kind", ["symlink", "fifo"])
 def test_a_certificate_file_that_is_a_link_or_fifo_is_skipped_with_a_note(existing, repo, tmp_path, kind):
     directory, pki = repo
-    other = tmp_path / "other"
-    other.mkdir()
-    _ca(other, "far")
+    other = openssl_ca(tmp_path / "other", "far")
     if kind == "symlink":
         (existing / "far.crt").symlink_to(other / "far.crt")
     else:

@@ -31,10 +31,8 @@ def _clone(origin: Path, where: Path) -> Path:
 
 
 @pytest.fixture
-def origin(tmp_path: Path, env: dict[str, str]) -> Path:
-    repo = new_repo(tmp_path / "origin", SMALL_PKI, commit=True)
-    Pki(repo).apply()
-    return repo
+def origin(make_applied) -> Path:
+    return make_applied(name="origin")[0]
 
 
 def test_a_fresh_clone_without_the_local_keys_plans_an_error_not_a_new_root(origin, tmp_path):

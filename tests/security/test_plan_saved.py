@@ -16,19 +16,16 @@ from typing import Any, Callable
 import pytest
 
 from helpers import (
-    SMALL_PKI, Pki, assert_one_line, assert_state_sound, commit_all, commit_count, head, inventory, key_files,
-    new_repo, tree_snapshot,
+    Pki, assert_one_line, assert_state_sound, commit_all, commit_count, head, inventory, key_files, tree_snapshot,
 )
 
 API = '\n[certificate.api]\nissuer = "inter"\ncommon_name = "api"\nhosts = ["api.internal"]\n'
 
 
 @pytest.fixture
-def saved(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki, Path]:
+def saved(applied: tuple[Path, Pki], tmp_path: Path) -> tuple[Path, Pki, Path]:
     """An applied PKI, then a pki.toml change (a new certificate) planned into plan.json."""
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+    repo, pki = applied
     (repo / "pki.toml").write_text((repo / "pki.toml").read_text() + API)
     commit_all(repo, "add api")
     plan_file = tmp_path / "plan.json"
@@ -203,10 +200,8 @@ def test_a_saved_plan_with_a_replace_the_apply_command_line_does_not_repeat_is_r
     pki("apply", str(both), "--replace", "server", "--replace", "root", expect=0)
 
 
-def test_a_saved_plan_made_with_rekey_missing_needs_it_on_the_apply_command_line(tmp_path, env):
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def test_a_saved_plan_made_with_rekey_missing_needs_it_on_the_apply_command_line(applied, tmp_path):
+    repo, pki = applied
     ref = inventory(repo)["inter"]["key"]["ref"]
     (repo / ".pki" / "keys" / ref).unlink()  # an authority's key lost
     plan_file = tmp_path / "plan.json"

@@ -14,15 +14,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from ci_runner import (
     EXAMPLES, FIRST_LINE, CiServer, GitHubRunner, GitLabRunner, StepFailed, github_workflows, load,
 )
-from helpers import Pki, audit_lines, clean_env, git, inventory, require_tool, write_project
+from helpers import (
+    Pki, audit_lines, clean_env, git, inventory, jwt_login_mount, require_tool, sign_jwt, write_project,
+)
 from pkiascode_vault import POLICY_FILE
-from vault.test_vault_auth import sign_jwt
 
 pytestmark = [pytest.mark.vault, pytest.mark.slow]
 
@@ -77,9 +77,9 @@ def bao() -> Iterator[object]:
         yield server
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def issuer() -> rsa.RSAPrivateKey:
-    """The CI system's OIDC signing key."""
+    """The CI system's OIDC signing key (each test's Vault mount trusts it anew)."""
     return rsa.generate_private_key(public_exponent=65537, key_size=2048)
 
 
@@ -99,15 +99,7 @@ def main_jwt(issuer, claims: dict) -> str:
 def jwt_mount(bao, issuer, *, iss: str, audience: str, user_claim: str, bound: dict[str, str]) -> str:
     """An auth/jwt mount trusting ``issuer`` as the CI's OIDC issuer, with a role pki-apply (the apply
     policy) bound to the default branch, as examples/ci/README.md sets it up."""
-    mount = f"jwt-ci-{secrets.token_hex(3)}"
-    pem = issuer.public_key().public_bytes(serialization.Encoding.PEM,
-                                           serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    bao.api("POST", f"sys/auth/{mount}", {"type": "jwt"})
-    bao.api("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [pem], "bound_issuer": iss})
-    bao.api("POST", f"auth/{mount}/role/pki-apply", {
-        "role_type": "jwt", "user_claim": user_claim, "bound_audiences": [audience], "bound_claims": bound,
-        "token_policies": ["pki-apply"], "token_ttl": "10m"})
-    return mount
+    return jwt_login_mount(bao, issuer, issuer=iss, audience=audience, user_claim=user_claim, bound=bound)
 
 
 def make_origin(tmp_path: Path, mount: str) -> tuple[Path, Path, str]:
@@ -172,6 +164,15 @@ def plan_comment(server: CiServer, key: str) -> str:
 
 # -- GitHub Actions --------------------------------------------------------------------------------
 
+def github_project(tmp_path: Path, bao, issuer, ci_server: CiServer) -> tuple[Path, Path, GitHubRunner]:
+    """A new origin (`make_origin`) whose Vault trusts GitHub's OIDC tokens for main (`jwt_mount`),
+    and a runner for its workflows: (origin, the developer's clone, runner)."""
+    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
+                      audience="https://github.com/example", user_claim="actor",
+                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
+    origin, dev, _ = make_origin(tmp_path, mount)
+    return origin, dev, GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+
 def test_the_github_workflows_each_trigger(tmp_path):
     """Which example starts on which event, and what each may do."""
     names = lambda event, branch="main": [p.name for p in github_workflows(event, branch)]  # noqa: E731
@@ -187,11 +188,7 @@ def test_the_github_workflows_each_trigger(tmp_path):
 
 
 def test_github_pull_request_merge_apply_and_nightly(tmp_path, bao, issuer, ci_server):
-    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
-                      audience="https://github.com/example", user_claim="actor",
-                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
-    origin, dev, pki_id = make_origin(tmp_path, mount)
-    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    origin, dev, runner = github_project(tmp_path, bao, issuer, ci_server)
     workflow = {p.name: p for p in (EXAMPLES / "github").glob("*.yml")}
 
     # the first push to main applies the PKI and pushes state/
@@ -239,11 +236,7 @@ def test_github_nightly_applies_what_is_due_and_the_look_ahead_warns(tmp_path, b
     """A change on main that no apply job applied (a cancelled run): the nightly job's plan exits 2,
     its apply step runs and pushes. A certificate due within 30 days fails the weekly look-ahead,
     naming it."""
-    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
-                      audience="https://github.com/example", user_claim="actor",
-                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
-    origin, dev, _ = make_origin(tmp_path, mount)
-    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    origin, dev, runner = github_project(tmp_path, bao, issuer, ci_server)
     github = EXAMPLES / "github"
     runner.run(github / "pki-apply.yml", "push")
     git(dev, "pull", "-q", "--ff-only", "origin", "main")
@@ -266,11 +259,7 @@ def test_an_apply_that_lost_the_race_is_re_run(tmp_path, bao, issuer, ci_server)
     """Two apply runs: while one still sets up, another merge's run applies and pushes. The first one's
     `pki apply --push` exits 1 ("state is behind"), leaving nothing behind; re-run, as the README
     says, it applies what is still to do on the new tip."""
-    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
-                      audience="https://github.com/example", user_claim="actor",
-                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
-    origin, dev, _ = make_origin(tmp_path, mount)
-    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    origin, dev, runner = github_project(tmp_path, bao, issuer, ci_server)
     apply = EXAMPLES / "github" / "pki-apply.yml"
     runner.run(apply, "push")
     git(dev, "pull", "-q", "--ff-only", "origin", "main")
@@ -294,11 +283,7 @@ def test_an_apply_that_lost_the_race_is_re_run(tmp_path, bao, issuer, ci_server)
 def test_a_rejected_push_leaves_nothing_and_the_re_run_applies(tmp_path, bao, issuer, ci_server):
     """The origin refuses the apply job's push once (a pre-receive hook): the job fails, the origin is
     untouched and Vault holds no key that state/ does not name; the re-run applies and pushes."""
-    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
-                      audience="https://github.com/example", user_claim="actor",
-                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
-    origin, dev, _ = make_origin(tmp_path, mount)
-    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    origin, dev, runner = github_project(tmp_path, bao, issuer, ci_server)
     apply = EXAMPLES / "github" / "pki-apply.yml"
     runner.run(apply, "push")
     open_pull_request(dev)
@@ -332,11 +317,7 @@ def test_a_wrong_command_fails_its_step(tmp_path, bao, issuer, ci_server, monkey
     """The runner is no rubber stamp: a step whose command fails stops the job, naming the step."""
     import ci_runner
 
-    mount = jwt_mount(bao, issuer, iss="https://token.actions.githubusercontent.com",
-                      audience="https://github.com/example", user_claim="actor",
-                      bound={"repository": "example/pki", "ref": "refs/heads/main"})
-    origin, dev, _ = make_origin(tmp_path, mount)
-    runner = GitHubRunner(origin, tmp_path / "runner", ci_server, variables={"VAULT_ADDR": bao.address})
+    origin, dev, runner = github_project(tmp_path, bao, issuer, ci_server)
     original = ci_runner.load
 
     def broken(path: Path, old: str, new: str) -> None:

@@ -4,7 +4,9 @@ A key is *in use* when an object of ``state/`` names it (or it signs the audit l
 ``.pki/``'s list of deletions to retry) records that an apply retired it, and an *orphan* otherwise:
 left by an apply that was killed between its commit and its push, or undone without reaching its
 key store. `orphans` is what ``pki prune`` deletes: the keys that none of the work tree's state,
-HEAD's and the upstream's names or lists as pending.
+HEAD's and the upstream's names or lists as pending. A PKI without a ``[pki] id`` that uses a shared
+store (Vault, PKCS#11) prunes nothing: its keys share one namespace with every other PKI without an
+id, whose keys it cannot tell from orphans.
 
 Another PKI's keys are never taken for orphans (review F6): a pull request that sets ``[pki] id`` to
 another PKI's id would make that PKI's namespace look like this one's. So `orphans` (and `key_rows`)
@@ -21,7 +23,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import auditsign
-from .apply import inventory_at, keys_in
+from .apply import inventory_at, keys_in, needs_id
 from .backend import KeyRef
 from .errors import BackendError, PkiError
 from .gitops import Upstream
@@ -128,6 +130,11 @@ def key_rows(project: Project) -> list[dict[str, Any]]:
 def orphans(project: Project, *, head: str | None, tip: str | None) -> list[KeyRef]:
     """The keys no state names or lists as pending: the work tree's, HEAD's and the upstream tip's
     (``tip``), nor ``.pki/``'s lists, nor the key journal of an apply in progress."""
+    if needs_id(project.desired()):
+        shared = ", ".join(name for name, spec in sorted(project.desired().stores.items()) if spec.plugin != "local")
+        raise PkiError(f"pki.toml has no [pki] id: the keys of backend {shared} are in the namespace every PKI "
+                       "without an id shares, where another PKI's keys would look like orphans here; the next "
+                       "`pki apply` adds an id (see the README, 'Several PKIs on one Vault'); nothing deleted")
     state = project.state
     known: set[tuple[str, str]] = set()
     named = [(state.rel, state.load()[0])]

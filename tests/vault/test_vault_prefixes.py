@@ -65,7 +65,10 @@ def test_a_pki_without_an_id_never_lists_or_prunes_the_keys_of_one_whose_prefix_
         # its four keys and the audit log's; another PKI's would be an "orphan"
         assert {row["key"] for row in rows if row["entry"] != "the audit log"} == own[repo], rows
         assert len(rows) == 5 and {row["status"] for row in rows} == {"in use"}, rows
-    assert pki_old.ok("prune", "--auto-approve").stdout.strip() == "No orphan keys."
+    assert pki_team.ok("prune", "--auto-approve").stdout.strip() == "No orphan keys."
+    # a PKI without an id prunes nothing: another id-less PKI's keys would look like its orphans
+    r = pki_old("prune", "--auto-approve", expect=1)
+    assert "has no [pki] id" in r.stderr and "nothing deleted" in r.stderr, r.stderr
     for ref in own[old] | own[team]:
         assert exists(vault_env, ref), ref
     assert pki_team.plan_exit() == 0

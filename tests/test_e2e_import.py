@@ -178,10 +178,11 @@ def openssl_kthw(directory: Path, names: tuple[str, ...] = ("admin", "node-0", "
                 "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial", "-out", f"{name}.crt", cwd=directory)
 
 
-def openssl_ecdsa_pki(directory: Path, *, leaf: str = "leaf") -> None:
-    """A small ECDSA CA and one leaf, made with the openssl CLI (for the refusal tests)."""
+def openssl_ecdsa_pki(directory: Path, *, leaf: str = "leaf", stranger: bool = False) -> Path:
+    """A small ECDSA CA and one leaf, made with the openssl CLI; with ``stranger``, a key of no
+    certificate beside them (for the refusal tests). Returns ``directory``."""
     directory.mkdir(parents=True, exist_ok=True)
-    for name in ("ca", leaf, "stranger"):
+    for name in ("ca", leaf) + (("stranger",) if stranger else ()):
         openssl("genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out", f"{name}.key",
                 cwd=directory)
     openssl("req", "-x509", "-new", "-key", "ca.key", "-subj", "/CN=Refusal Test CA", "-days", "30",
@@ -193,6 +194,7 @@ def openssl_ecdsa_pki(directory: Path, *, leaf: str = "leaf") -> None:
     openssl("x509", "-req", "-in", f"{leaf}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
             "-days", "20", "-extfile", "leaf.ext", "-out", f"{leaf}.crt", cwd=directory)
     (directory / "leaf.ext").unlink()
+    return directory
 
 
 # -- the shared adoption checks -------------------------------------------------------------------
@@ -326,8 +328,7 @@ def test_import_a_pki_made_by_the_openssl_cli_then_change_one_san(tmp_path: Path
 
 
 def test_import_leaves_signed_by_an_authority_adopted_earlier(tmp_path: Path) -> None:
-    src = tmp_path / "first"
-    openssl_ecdsa_pki(src)
+    src = openssl_ecdsa_pki(tmp_path / "first", stranger=True)
     repo = Repo.create(tmp_path / "repo", HEADER)
     repo.pki("import", str(src))
     later = tmp_path / "later"
@@ -351,8 +352,7 @@ def test_import_refusals_leave_pki_toml_and_state_unchanged(tmp_path: Path, case
 common_name = "Existing CA"
 """)
     repo.apply()
-    src = tmp_path / "src"
-    openssl_ecdsa_pki(src)
+    src = openssl_ecdsa_pki(tmp_path / "src", stranger=True)
     if case == "key does not match":
         (src / "leaf.key").write_bytes((src / "stranger.key").read_bytes())
         expected = re.compile(r"^(?:Error: )?.*leaf\.key does not match leaf\.crt: the key's public half differs",
@@ -395,9 +395,7 @@ hosts = ["web.example.test"]   # one host
 """
     repo = Repo.create(tmp_path / "repo", toml)
     repo.apply()
-    src = tmp_path / "src"
-    openssl_ecdsa_pki(src)
-    (src / "stranger.key").unlink()
+    src = openssl_ecdsa_pki(tmp_path / "src")
     repo.pki("import", str(src))
     text = repo.read_toml()
     for line in toml.splitlines():
@@ -423,9 +421,7 @@ common_name = "web"
 """
     repo = Repo.create(tmp_path / "repo", toml)
     repo.apply()
-    src = tmp_path / "src"
-    openssl_ecdsa_pki(src)
-    (src / "stranger.key").unlink()
+    src = openssl_ecdsa_pki(tmp_path / "src")
     repo.pki("import", str(src))
     lines = [line for line in repo.read_toml().splitlines() if line.strip()]
     i = lines.index("# A leaf we already manage.")
@@ -434,9 +430,7 @@ common_name = "web"
 
 def test_import_a_short_lived_certificate_under_a_longer_default_renew_before(tmp_path: Path) -> None:
     repo = Repo.create(tmp_path / "repo", HEADER + 'renew_before = "30d"\n')
-    src = tmp_path / "src"
-    openssl_ecdsa_pki(src)  # the leaf is valid for 20 days
-    (src / "stranger.key").unlink()
+    src = openssl_ecdsa_pki(tmp_path / "src")  # the leaf is valid for 20 days
     r = repo.pki("import", str(src), expect=None)
     assert r.returncode == 0, r
     assert repo.cert("leaf") == load_cert(src / "leaf.crt")

@@ -15,7 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from helpers import Repo, concat, load_cert, openssl, spki_der, tls_handshake
+from helpers import Repo, concat, copy_repo, load_cert, openssl, spki_der, tls_handshake
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("openssl_and_git")]
 
@@ -65,6 +65,22 @@ def csr_repo(tmp_path: Path, toml: str = CSR_PKI) -> tuple[Repo, Path]:
     repo.git("add", "csrs")
     repo.git("commit", "-q", "-m", "partner CSR")
     return repo, key
+
+
+@pytest.fixture(scope="module")
+def _applied_csr_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("csr")
+    repo, _ = csr_repo(base)
+    repo.apply()
+    return base
+
+
+@pytest.fixture
+def applied_csr_repo(_applied_csr_repo: Path, tmp_path: Path) -> tuple[Repo, Path]:
+    """`csr_repo` after `pki apply`, and the partner's key: a copy of one applied once per module."""
+    for name in ("repo", "partner-private"):
+        copy_repo(_applied_csr_repo / name, tmp_path / name)
+    return Repo(tmp_path / "repo"), tmp_path / "partner-private" / "partner-gw.key"
 
 
 def test_sign_an_openssl_csr_and_complete_a_handshake_with_the_requesters_key(tmp_path: Path) -> None:
@@ -140,9 +156,8 @@ def test_csr_with_a_bad_signature_is_refused(tmp_path: Path) -> None:
                     r"does not verify", r.stderr), r
 
 
-def test_changed_csr_plans_rekey_and_the_new_certificate_carries_the_new_key(tmp_path: Path) -> None:
-    repo, old_key = csr_repo(tmp_path)
-    repo.apply()
+def test_changed_csr_plans_rekey_and_the_new_certificate_carries_the_new_key(applied_csr_repo, tmp_path) -> None:
+    repo, old_key = applied_csr_repo
     old = repo.cert("partner-gw")
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
@@ -163,9 +178,8 @@ def test_changed_csr_plans_rekey_and_the_new_certificate_carries_the_new_key(tmp
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_renewal_re_signs_the_same_csr(tmp_path: Path) -> None:
-    repo, key = csr_repo(tmp_path)
-    repo.apply()
+def test_renewal_re_signs_the_same_csr(applied_csr_repo) -> None:
+    repo, key = applied_csr_repo
     old = repo.cert("partner-gw")
     plan = repo.plan_json("--at", "+80d")
     renew = [c for c in plan["changes"] if c["name"] == "partner-gw"]
@@ -181,9 +195,8 @@ def test_renewal_re_signs_the_same_csr(tmp_path: Path) -> None:
                          client_cafile=repo.cert_path("root"), server_hostname="gw.partner.example").ok
 
 
-def test_export_of_a_csr_entry_writes_no_key(tmp_path: Path) -> None:
-    repo, _ = csr_repo(tmp_path)
-    repo.apply()
+def test_export_of_a_csr_entry_writes_no_key(applied_csr_repo, tmp_path: Path) -> None:
+    repo, _ = applied_csr_repo
     out = tmp_path / "export"
     r = repo.pki("export", "partner-gw", "--dir", str(out))
     assert sorted(p.name for p in out.iterdir()) == ["partner-gw-ca.pem", "partner-gw.pem"]
@@ -194,9 +207,8 @@ def test_export_of_a_csr_entry_writes_no_key(tmp_path: Path) -> None:
     assert openssl("verify", "-CAfile", chain, out / "partner-gw.pem", expect=None).returncode == 0
 
 
-def test_csr_entry_cannot_be_replaced_and_takes_no_key_settings(tmp_path: Path) -> None:
-    repo, _ = csr_repo(tmp_path)
-    repo.apply()
+def test_csr_entry_cannot_be_replaced_and_takes_no_key_settings(applied_csr_repo) -> None:
+    repo, _ = applied_csr_repo
     r = repo.pki("plan", "--replace", "partner-gw", expect=1)
     assert "partner-gw" in r.stderr and "CSR" in r.stderr
     repo.edit_toml('csr = "csrs/partner-gw.csr"\n', 'csr = "csrs/partner-gw.csr"\nkey = "rsa-2048"\n')
@@ -216,9 +228,8 @@ def test_a_der_csr_is_accepted(tmp_path: Path) -> None:
     assert spki_der(repo.cert("partner-gw")) == spki_der(x509.load_der_x509_csr(der))
 
 
-def test_revoking_and_removing_a_csr_entry(tmp_path: Path) -> None:
-    repo, _ = csr_repo(tmp_path)
-    repo.apply()
+def test_revoking_and_removing_a_csr_entry(applied_csr_repo) -> None:
+    repo, _ = applied_csr_repo
     serial = repo.cert("partner-gw").serial_number
     repo.edit_toml('validity = "90d"\n', 'validity = "90d"\nrevoked = { reason = "affiliation_changed" }\n')
     repo.apply()

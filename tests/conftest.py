@@ -95,6 +95,7 @@ def _applied_templates(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
             else:
                 write_project(git_init(directory), toml)
                 Pki(directory).apply()
+            assert Pki(directory).plan_exit() == 0, "the applied repository still plans changes"
             templates[toml, committed] = directory
         return templates[toml, committed]
 

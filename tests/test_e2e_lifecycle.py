@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import datetime as dt
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -17,11 +19,9 @@ from helpers import (
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("openssl_and_git")]
 
 
-def applied(tmp_path: Path, toml: str = BASE_PKI) -> Repo:
-    repo = Repo.create(tmp_path / "repo", toml)
-    repo.apply()
-    repo.pki("plan", "--detailed-exitcode", expect=0)
-    return repo
+def applied(make_applied: Callable[..., tuple[Path, Any]], toml: str = BASE_PKI) -> Repo:
+    """A copy of a repository with ``toml`` committed and applied (conftest's ``make_applied``)."""
+    return Repo(make_applied(toml)[0])
 
 
 def changes_by(plan: dict) -> dict[tuple[str, str], dict]:
@@ -67,8 +67,8 @@ def assert_every_crl_verifies(repo: Repo) -> None:
 
 # -- 1. declarative revocation -------------------------------------------------------------------
 
-def test_revoked_in_pki_toml_goes_on_the_crl_and_openssl_rejects_it(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_revoked_in_pki_toml_goes_on_the_crl_and_openssl_rejects_it(make_applied) -> None:
+    repo = applied(make_applied)
     client = repo.cert("client")
     number_before = crl_number(repo.crl_path("inter"))
     assert verify(repo, "client")[0] == 0
@@ -110,8 +110,8 @@ def test_revoked_in_pki_toml_goes_on_the_crl_and_openssl_rejects_it(tmp_path: Pa
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_tls_handshake_refused_for_the_revoked_client_once_the_crl_is_loaded(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_tls_handshake_refused_for_the_revoked_client_once_the_crl_is_loaded(tmp_path: Path, make_applied) -> None:
+    repo = applied(make_applied)
     keys = tmp_path / "export"
     for name in ("server", "client"):
         repo.pki("export", name, "--dir", str(keys))
@@ -136,8 +136,8 @@ def test_tls_handshake_refused_for_the_revoked_client_once_the_crl_is_loaded(tmp
     assert after.server_error is not None and "revoked" in str(after.server_error), after
 
 
-def test_removed_entry_is_revoked_and_leaves_state_and_its_key_is_deleted(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_removed_entry_is_revoked_and_leaves_state_and_its_key_is_deleted(tmp_path: Path, make_applied) -> None:
+    repo = applied(make_applied)
     server = repo.cert("server")
     key_file = repo.key_file("server")
     assert key_file.exists()
@@ -167,8 +167,8 @@ def test_removed_entry_is_revoked_and_leaves_state_and_its_key_is_deleted(tmp_pa
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_keep_revoked_keys_keeps_the_key_file(tmp_path: Path) -> None:
-    repo = applied(tmp_path, "[pki]\nkeep_revoked_keys = true\n\n" + BASE_PKI)
+def test_keep_revoked_keys_keeps_the_key_file(make_applied) -> None:
+    repo = applied(make_applied, "[pki]\nkeep_revoked_keys = true\n\n" + BASE_PKI)
     key_file = repo.key_file("server")
     repo.remove_table("certificate.server")
     repo.apply()
@@ -181,8 +181,8 @@ def test_keep_revoked_keys_keeps_the_key_file(tmp_path: Path) -> None:
     assert repo.key_file("other").exists()
 
 
-def test_removing_an_authority_with_everything_below_it_revokes_and_retires_the_subtree(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_removing_an_authority_with_everything_below_it_revokes_and_retires_the_subtree(make_applied) -> None:
+    repo = applied(make_applied)
     inter = repo.cert("inter")
     kept_root_key = repo.key_file("root")
     gone_keys = {repo.key_file(n) for n in ("inter", "server", "client", "other")}
@@ -208,8 +208,8 @@ def test_removing_an_authority_with_everything_below_it_revokes_and_retires_the_
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_key_of_an_entry_revoked_then_removed_is_deleted(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_key_of_an_entry_revoked_then_removed_is_deleted(make_applied) -> None:
+    repo = applied(make_applied)
     key_file = repo.key_file("client")
     repo.edit_toml('common_name = "client"\n', 'common_name = "client"\nrevoked = { reason = "key_compromise" }\n')
     repo.apply()
@@ -220,8 +220,8 @@ def test_key_of_an_entry_revoked_then_removed_is_deleted(tmp_path: Path) -> None
     assert not key_file.exists(), f"orphaned key left in the backend: {sorted(repo.key_files())}"
 
 
-def test_revoking_an_authority_cascades_to_everything_below_it(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_revoking_an_authority_cascades_to_everything_below_it(make_applied) -> None:
+    repo = applied(make_applied)
     inter, server = repo.cert("inter"), repo.cert("server")
     repo.edit_toml('common_name = "Lifecycle Intermediate CA"\n',
                    'common_name = "Lifecycle Intermediate CA"\nrevoked = { reason = "key_compromise" }\n')
@@ -256,8 +256,8 @@ def test_revoking_an_authority_cascades_to_everything_below_it(tmp_path: Path) -
 
 # -- 3. forced replacement ---------------------------------------------------------------------
 
-def test_replace_leaf_new_key_new_serial_old_serial_revoked_as_key_compromise(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_replace_leaf_new_key_new_serial_old_serial_revoked_as_key_compromise(tmp_path: Path, make_applied) -> None:
+    repo = applied(make_applied)
     old_cert, old_rec = repo.cert("server"), repo.record("server")
     old_key_file = repo.key_file("server")
     number_before = crl_number(repo.crl_path("inter"))
@@ -288,8 +288,8 @@ def test_replace_leaf_new_key_new_serial_old_serial_revoked_as_key_compromise(tm
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_replace_is_repeatable_and_refuses_unknown_names(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_replace_is_repeatable_and_refuses_unknown_names(make_applied) -> None:
+    repo = applied(make_applied)
     plan = repo.plan_json("--replace", "server", "--replace", "client")
     assert {(c["action"], c["name"]) for c in plan["changes"] if c["action"] == "rekey"} == \
         {("rekey", "server"), ("rekey", "client")}
@@ -297,8 +297,8 @@ def test_replace_is_repeatable_and_refuses_unknown_names(tmp_path: Path) -> None
     assert "nosuch" in r.stderr and len(r.stderr.strip().splitlines()) == 1
 
 
-def test_replace_authority_reissues_everything_below_and_revokes_the_old_one(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_replace_authority_reissues_everything_below_and_revokes_the_old_one(tmp_path: Path, make_applied) -> None:
+    repo = applied(make_applied)
     old_inter = repo.cert("inter")
     old_children = {n: repo.cert(n) for n in ("server", "client", "other")}
 
@@ -333,7 +333,7 @@ def test_replace_authority_reissues_everything_below_and_revokes_the_old_one(tmp
 
 # -- 2. CRLs -----------------------------------------------------------------------------------
 
-def test_crls_number_aki_validity_and_distribution_points(tmp_path: Path) -> None:
+def test_crls_number_aki_validity_and_distribution_points(make_applied) -> None:
     toml = BASE_PKI.replace('crl_url = "http://crl.example.test/inter.crl"\n',
                             'crl_url = "http://crl.example.test/inter.crl"\ncrl_validity = "3d"\n')
     toml += """
@@ -345,7 +345,7 @@ common_name = "Side CA without a CRL URL"
 issuer = "side"
 common_name = "side-leaf"
 """
-    repo = applied(tmp_path, toml)
+    repo = applied(make_applied, toml)
     assert sorted(p.name for p in (repo.state / "crl").iterdir()) == ["inter.crl", "root.crl", "side.crl"]
     for name, days in (("root", 7), ("inter", 3), ("side", 7)):
         path = repo.crl_path(name)
@@ -380,8 +380,8 @@ common_name = "side-leaf"
     assert "Superseded" in text and "Affiliation Changed" in text
 
 
-def test_update_crl_planned_when_next_update_is_within_a_third_of_crl_validity(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_update_crl_planned_when_next_update_is_within_a_third_of_crl_validity(make_applied) -> None:
+    repo = applied(make_applied)
     # crl_validity 7d: due once fewer than 7d/3 = 56h are left, i.e. from +4d16h on
     repo.pki("plan", "--at", "+4d", "--detailed-exitcode", expect=0)
     repo.pki("plan", "--at", "+4d15h", "--detailed-exitcode", expect=0)
@@ -402,8 +402,8 @@ def test_update_crl_planned_when_next_update_is_within_a_third_of_crl_validity(t
     repo.pki("plan", "--detailed-exitcode", expect=0)
 
 
-def test_revocation_date_from_pki_toml_is_the_crl_revocation_date(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_revocation_date_from_pki_toml_is_the_crl_revocation_date(make_applied) -> None:
+    repo = applied(make_applied)
     serial = repo.cert("client").serial_number
     repo.edit_toml('common_name = "client"\n',
                    'common_name = "client"\nrevoked = { reason = "privilege_withdrawn", date = 2024-01-02 }\n')
@@ -412,8 +412,8 @@ def test_revocation_date_from_pki_toml_is_the_crl_revocation_date(tmp_path: Path
     assert "Jan  2 00:00:00 2024 GMT" in block and "Privilege Withdrawn" in block, block
 
 
-def test_malformed_revocation_date_is_a_config_error(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_malformed_revocation_date_is_a_config_error(make_applied) -> None:
+    repo = applied(make_applied)
     repo.edit_toml('common_name = "client"\n',
                    'common_name = "client"\nrevoked = { reason = "superseded", date = "2024-01-02 noon" }\n')
     line = repo.line_of("revoked = ")
@@ -422,8 +422,8 @@ def test_malformed_revocation_date_is_a_config_error(tmp_path: Path) -> None:
     assert re.search(rf"^pki\.toml:{line}: certificate\.client\.revoked", r.stderr, flags=re.M), r
 
 
-def test_unknown_revocation_reason_is_a_config_error_with_a_suggestion(tmp_path: Path) -> None:
-    repo = applied(tmp_path)
+def test_unknown_revocation_reason_is_a_config_error_with_a_suggestion(make_applied) -> None:
+    repo = applied(make_applied)
     repo.edit_toml('common_name = "client"\n', 'common_name = "client"\nrevoked = { reason = "keyCompromise" }\n')
     line = repo.line_of("revoked = ")
     r = repo.pki("plan", expect=1)
@@ -452,8 +452,8 @@ hosts = ["api.default.svc.cluster.local", "10.32.0.1", "ops@example.test"]
 """
 
 
-def test_name_constraints_become_a_critical_extension_and_openssl_accepts_a_leaf_inside(tmp_path: Path) -> None:
-    repo = applied(tmp_path, NC_PKI)
+def test_name_constraints_become_a_critical_extension_and_openssl_accepts_a_leaf_inside(make_applied) -> None:
+    repo = applied(make_applied, NC_PKI)
     text = openssl("x509", "-in", repo.cert_path("inter"), "-noout", "-text").output
     m = re.search(r"X509v3 Name Constraints: critical\n(.*?)\n\s+X509v3", text + "\n    X509v3", flags=re.S)
     assert m, text
@@ -520,7 +520,7 @@ hosts = ["{host}"]
 
 # -- 7. expiry in CI -----------------------------------------------------------------------------
 
-def test_plan_at_with_detailed_exitcode_and_list_show_what_needs_renewal(tmp_path: Path) -> None:
+def test_plan_at_with_detailed_exitcode_and_list_show_what_needs_renewal(make_applied) -> None:
     toml = BASE_PKI + """
 [certificate.short]
 issuer = "inter"
@@ -528,7 +528,7 @@ common_name = "short"
 validity = "40d"
 renew_before = "15d"
 """
-    repo = applied(tmp_path, toml)
+    repo = applied(make_applied, toml)
     # the CI job: nothing due today, the short-lived certificate due in 30 days
     repo.pki("plan", "--detailed-exitcode", expect=0)
     r = repo.pki("plan", "--at", "+30d", "--detailed-exitcode", expect=2)

@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import secrets
-from pathlib import Path
 
 import pytest
 
-from helpers import (
-    SMALL_PKI, Pki, assert_one_line, clean_env, commit_all, edit_toml, git_init, inventory, write_project,
-)
+from helpers import Pki, assert_one_line, clean_env, commit_all, edit_toml, inventory, vault_project
 
 # the real OpenBao of tests/vault (a dev server on 127.0.0.1), used here as it is there
 from vault.conftest import bao_server, vault_env  # noqa: F401
@@ -26,14 +23,6 @@ from vault.conftest import bao_server, vault_env  # noqa: F401
 pytestmark = pytest.mark.vault
 
 A_ID, B_ID = "pkiaaaa1", "pkibbbb2"
-
-
-def project(directory: Path, prefix: str, pki_id: str) -> Path:
-    git_init(directory)
-    write_project(directory, f'[pki]\nid = "{pki_id}"\n\n[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n\n'
-                  + SMALL_PKI.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n'))
-    commit_all(directory, "pki.toml")
-    return directory
 
 
 def exists(server, ref_id: str) -> bool:
@@ -47,7 +36,7 @@ def exists(server, ref_id: str) -> bool:
 def two(vault_env, tmp_path):
     prefix = f"pr{os.getpid()}{secrets.token_hex(3)}"
     env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
-    repo_a, repo_b = project(tmp_path / "a", prefix, A_ID), project(tmp_path / "b", prefix, B_ID)
+    repo_a, repo_b = vault_project(tmp_path / "a", prefix, A_ID), vault_project(tmp_path / "b", prefix, B_ID)
     pki_a, pki_b = Pki(repo_a, env), Pki(repo_b, env)
     pki_a.apply()
     pki_b.apply()

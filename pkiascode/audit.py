@@ -16,7 +16,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["GENESIS", "canonical", "line_hash", "chain", "event", "head", "read_lines", "tail_hash", "verify", "actor"]
+__all__ = ["GENESIS", "canonical", "line_hash", "chain", "event", "head", "read_lines", "tail_hash", "entries",
+           "verify", "actor"]
 
 GENESIS = "0" * 64
 #: actions after which the log knows an object's current certificate
@@ -115,39 +116,48 @@ def tail_hash(path: Path) -> tuple[str, int]:
                          f"with `git checkout -- {path.name}` if it was changed by hand") from None
 
 
-def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[str]:
-    """Problems with the chain and with its agreement with the inventory; empty when all is well."""
-    problems: list[str] = []
+def entries(lines: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
+    """The log's lines, parsed, as far as the chain holds, and its first problem (empty when the
+    whole chain is intact): each line a JSON object with the `REQUIRED` fields, its ``hash`` its
+    content's, its ``prev`` the line before's, its ``seq`` the next number."""
+    out: list[dict[str, Any]] = []
     prev, seq = GENESIS, 0
-    known: dict[str, dict[str, Any]] = {}  # name -> what the log says exists
     for n, text in enumerate(lines, 1):
         if not text.strip():
-            problems.append(f"audit.jsonl:{n}: empty line")
-            continue
+            return out, [f"audit.jsonl:{n}: empty line"]
         try:
             obj = json.loads(text)
         except json.JSONDecodeError:
-            problems.append(f"audit.jsonl:{n}: not JSON")
-            return problems
+            return out, [f"audit.jsonl:{n}: not JSON"]
         if not isinstance(obj, dict):
-            problems.append(f"audit.jsonl:{n}: not a JSON object")
-            return problems
+            return out, [f"audit.jsonl:{n}: not a JSON object"]
         missing = [k for k in REQUIRED if k not in obj]
         if missing:
-            problems.append(f"audit.jsonl:{n}: missing {', '.join(missing)}")
-            return problems
+            return out, [f"audit.jsonl:{n}: missing {', '.join(missing)}"]
         if obj["hash"] != line_hash(obj):
-            problems.append(f"audit.jsonl:{n}: hash does not match the line's content (line changed)")
-            return problems
+            return out, [f"audit.jsonl:{n}: hash does not match the line's content (line changed)"]
         if obj["prev"] != prev:
-            problems.append(f"audit.jsonl:{n}: prev does not match line {n - 1}'s hash "
-                            "(a line was removed, inserted or reordered)" if n > 1 else
-                            "audit.jsonl:1: prev is not the genesis hash (lines before it were removed)")
-            return problems
+            return out, [f"audit.jsonl:{n}: prev does not match line {n - 1}'s hash "
+                         "(a line was removed, inserted or reordered)" if n > 1 else
+                         "audit.jsonl:1: prev is not the genesis hash (lines before it were removed)"]
         if type(obj["seq"]) is not int or obj["seq"] != seq + 1:
-            problems.append(f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}")
-            return problems
+            return out, [f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}"]
         prev, seq = obj["hash"], obj["seq"]
+        out.append(obj)
+    return out, []
+
+
+def verify(lines: Sequence[str] | None, inventory: Mapping[str, Any] | None, *,
+           parsed: Sequence[Mapping[str, Any]] | None = None) -> list[str]:
+    """Problems with the chain and with its agreement with the inventory; empty when all is well.
+    ``parsed``: the lines as `entries` returned them for an intact chain (then ``lines`` is unused)."""
+    if parsed is None:
+        parsed, problems = entries(lines or ())
+        if problems:
+            return problems
+    prev, seq = (parsed[-1]["hash"], parsed[-1]["seq"]) if parsed else (GENESIS, 0)
+    known: dict[str, dict[str, Any]] = {}  # name -> what the log says exists
+    for obj in parsed:
         action, name = obj["action"], obj["name"]
         if action in ISSUING:
             known[name] = {"kind": obj["kind"], "serial": obj["serial"], "sha256": obj["sha256"],
@@ -155,8 +165,9 @@ def verify(lines: Sequence[str], inventory: Mapping[str, Any] | None) -> list[st
         elif action == "revoke" and name in known:
             known[name]["revoked"] = True
             known[name]["retired"] = bool(obj.get("retired"))
-    if inventory is None or problems:
-        return problems
+    if inventory is None:
+        return []
+    problems: list[str] = []
     head = inventory.get("audit_head")
     if head is not None and (head.get("seq") != seq or head.get("hash") != prev):
         problems.append(f"audit.jsonl ends at line {seq} (hash {prev[:12]}…) but the inventory was written after "

@@ -338,11 +338,12 @@ def seal(project: Project, appended: str = "", *, now: str | None = None) -> dic
 
 # -- verifying -----------------------------------------------------------------------------------
 
-def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None,
+def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str, Any] | None,
            trusted: Sequence[str] = ()) -> tuple[list[str], list[str]]:
     """(problems, warnings) of the signed heads against the log's lines (whose chain `audit.verify`
-    checked): every pin endorsed by the one before, every head signed by the key pinned for it and
-    naming a line of the log with that hash, and the log's last line a signed head."""
+    checked; as text, or as `audit.entries` parsed them): every pin endorsed by the one before, every
+    head signed by the key pinned for it and naming a line of the log with that hash, and the log's
+    last line a signed head."""
     problems: list[str] = []
     if sigs is not None and sigs["keys"] and not sigs["heads"] and lines:
         return [f"{FILE}: a key is pinned but no head is signed: the signed heads were removed"], []
@@ -376,8 +377,8 @@ def verify(lines: Sequence[str], sigs: Mapping[str, Any] | None,
     if keys[0]["endorsement"] is not None:
         problems.append(f"{FILE}: keys[0] has an endorsement but nothing before it to make one")
     hashes: dict[int, str] = {}
-    for text in lines:
-        obj = json.loads(text)  # (audit.verify parsed every line before this is called)
+    for line in lines:
+        obj = json.loads(line) if isinstance(line, str) else line  # (audit.verify checked every line)
         hashes[obj["seq"]] = obj["hash"]
     previous = 0
     for n, head in enumerate(sigs["heads"]):
@@ -443,47 +444,27 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
 
 
 def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:
-    """Every certificate and CRL file is the one the inventory records (SHA-256 of its DER), and no
-    such file is there that the inventory does not list."""
+    """Every certificate and CRL file is the one the inventory records, checked as a plan checks
+    state (`StateDir.drift`, then `Project.verify_state`), but strictly: a file a plan would repair
+    is a problem here; and no such file is there that the inventory does not list."""
     import os
 
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
+    from .errors import PlanError
+    from .model import Observed
+    from .project import Project
 
-    from .state import read_file
-
-    problems: list[str] = []
-    objects = inventory.get("objects", {})
-    crls = {n: o["crl"] for n, o in objects.items() if isinstance(o.get("crl"), dict)}
-    for name, obj in sorted(objects.items()):
-        rel = f"{state.rel}/certs/{name}.pem"
-        data = read_file(state.cert_path(name))
-        if data is None:
-            problems.append(f"{rel}: missing ({obj.get('kind')}.{name} is in the inventory)")
-            continue
-        try:
-            der = x509.load_pem_x509_certificate(data).public_bytes(Encoding.DER)
-        except ValueError:
-            problems.append(f"{rel}: not a PEM certificate")
-            continue
-        if hashlib.sha256(der).hexdigest() != obj.get("sha256"):
-            problems.append(f"{rel}: SHA-256 {hashlib.sha256(der).hexdigest()[:16]}… is not the inventory's "
-                            f"{str(obj.get('sha256'))[:16]}… for {obj.get('kind')}.{name}")
-    for name, info in sorted(crls.items()):
-        rel = f"{state.rel}/crl/{name}.crl"
-        data = read_file(state.crl_path(name))
-        if data is None:
-            problems.append(f"{rel}: missing (the inventory records a CRL of authority.{name})")
-            continue
-        try:
-            der = x509.load_pem_x509_crl(data).public_bytes(Encoding.DER)
-        except ValueError:
-            problems.append(f"{rel}: not a PEM CRL")
-            continue
-        if hashlib.sha256(der).hexdigest() != info.get("sha256"):
-            problems.append(f"{rel}: SHA-256 {hashlib.sha256(der).hexdigest()[:16]}… is not the inventory's "
-                            f"{str(info.get('sha256'))[:16]}… for authority.{name}'s CRL")
-    for directory, suffix, known in ((state.certs, ".pem", objects), (state.crls, ".crl", crls)):
+    records = state.records(inventory)
+    cert_drift, crl_drift = state.drift(records)
+    problems = [f"{cert_drift[n]} ({records[n].qualified})" for n in sorted(cert_drift)]
+    problems += [f"{crl_drift[n]} ({records[n].qualified}'s CRL)" for n in sorted(crl_drift)]
+    observed = Observed(records=records, revocations=tuple(inventory["revocations"]), cert_drift=cert_drift,
+                        crl_drift=crl_drift, digest="")
+    try:
+        Project.verify_state(state, observed, inventory)
+    except PlanError as e:
+        problems.append(str(e))
+    crls = {n for n, rec in records.items() if rec.crl}
+    for directory, suffix, known in ((state.certs, ".pem", set(records)), (state.crls, ".crl", crls)):
         try:
             names = sorted(os.listdir(directory))
         except FileNotFoundError:

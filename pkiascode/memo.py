@@ -1,19 +1,33 @@
 """A remembered no-op plan, so that ``pki plan`` over ten thousand unchanged certificates answers
 without re-reading them.
 
+A cache that only spares recomputation, never one that decides: the memo is read by ``pki plan``
+alone (`Project.plan` with ``remembered=True``). ``pki apply``, a saved plan's re-check and every
+other command plan the long way from pki.toml and ``state/``, so what is issued, renewed, revoked
+or deleted never depends on it.
+
 When a plan comes out empty (and without warnings), what it was made from is noted in
-``.pki/cache/noop.json``: the digest of pki.toml and of its CSRs, the stat stamps (mtime, ctime,
-inode, size) of the inventory and of every file in the state directory's certs/ and crl/, the key
-references per key store, and the moment the plan stops being empty on its own (the earliest
-renewal window or CRL refresh).
+``.pki/cache/noop.json``: the pkiascode version, the digest of pki.toml and of its CSRs, what
+implements each key store plugin pki.toml uses, the stat stamps (mtime, ctime, inode, size) of the
+inventory, the audit log and its signed heads, and of every file in the state directory's certs/
+and crl/, the key references per key store, and the moment the plan stops being empty on its own
+(the earliest renewal window or CRL refresh). The next ``pki plan`` answers "no changes" without
+further work when all of that still holds, the moment it plans for is before that horizon, there
+is no ``--replace``, ``--offline``, ``--base`` or ``--rekey-missing`` and no interrupted apply, and
+every key store still has every key (asked live, as always: a deleted key is drift).
 
 The memo is untrusted input (review F2): it never chooses which files are stamped (they are listed
 from the state directory), nor which CSRs are hashed (pki.toml names them), nor how a key store is
 reached (stores are made from pki.toml's settings, validated); what else it says is compared with
 those, and any mismatch only means planning the long way. Its stamp binds it to this checkout's
-files (inode and ctime included), which whoever prepared a cache elsewhere cannot predict. The next plan is empty without further work when all of that still holds, the moment it
-plans for is before that horizon, there is no ``--replace`` and no interrupted apply, and every key
-store still has every key (asked live, as always: a deleted key is drift).
+files (inode and ctime included), which whoever prepared a cache elsewhere (a CI cache from
+another branch) cannot predict.
+
+What remains trusted: stat stamps are not contents. Someone who can write ``.pki/cache`` and who
+can predict this checkout's inodes and ctimes (another process of the same user on the same
+machine) can make ``pki plan`` say "no changes" when there are some; never more than that, since
+apply does not read the memo. So ``.pki/`` must be private to the user: pkiascode makes it 0700,
+and refuses one that another user owns or that group or others may write.
 """
 
 from __future__ import annotations
@@ -35,10 +49,10 @@ __all__ = ["NoopMemo", "stamp_files", "state_files"]
 
 def state_files(state_root: Path) -> list[str]:
     """The files a remembered plan is stamped with, taken from the state directory itself (never from
-    the memo): its inventory and every entry of its ``certs/`` and ``crl/`` (links and all, not
-    followed), so that a file added, removed or changed there is a change the memo has not seen."""
+    the memo): its inventory, audit log and signed heads, and every entry of its ``certs/`` and
+    ``crl/`` (links and all, not followed), so that a file added, removed or changed there is a change the memo has not seen."""
     root = str(state_root)
-    files = [os.path.join(root, "inventory.json")]
+    files = [os.path.join(root, name) for name in ("inventory.json", "audit.jsonl", "audit-signatures.json")]
     for sub in ("certs", "crl"):
         where = os.path.join(root, sub)
         try:
@@ -63,9 +77,9 @@ def stamp_files(paths: Sequence[str], seen: Mapping[str, tuple[int, ...] | None]
 
 #: the memo file's layout; a memo of another layout (or another pkiascode) is ignored and rebuilt.
 #: It names no files and no key store settings: those come from state/ and pki.toml every time.
-SCHEMA = 2
+SCHEMA = 3
 _FIELDS = {"schema": int, "version": str, "config_digest": str, "state_digest": str, "stamp": str,
-           "csrs": dict, "refs": dict, "quiet_until": (str, type(None))}
+           "csrs": dict, "refs": dict, "plugins": dict, "quiet_until": (str, type(None))}
 
 
 def _valid(memo: object) -> bool:
@@ -78,6 +92,8 @@ def _valid(memo: object) -> bool:
         return False
     if not all(isinstance(k, str) and safe_relative(k) and isinstance(v, (str, type(None)))
                for k, v in memo["csrs"].items()):
+        return False
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in memo["plugins"].items()):
         return False
     for store, refs in memo["refs"].items():
         if not isinstance(store, str) or not isinstance(refs, list):
@@ -113,10 +129,11 @@ class NoopMemo:
 
     def save(self, *, config_digest: str, state_digest: str, files: Sequence[str],
              seen: Mapping[str, tuple[int, ...] | None], csrs: Mapping[str, str | None],
-             refs: Mapping[str, list[list[str]]], quiet_until: dt.datetime | None) -> None:
+             refs: Mapping[str, list[list[str]]], plugins: Mapping[str, str],
+             quiet_until: dt.datetime | None) -> None:
         memo = {"schema": SCHEMA, "version": __version__, "config_digest": config_digest, "state_digest": state_digest,
-                "stamp": stamp_files(files, seen), "csrs": dict(csrs),
-                "refs": dict(refs), "quiet_until": quiet_until.isoformat() if quiet_until else None}
+                "stamp": stamp_files(files, seen), "csrs": dict(csrs), "refs": dict(refs), "plugins": dict(plugins),
+                "quiet_until": quiet_until.isoformat() if quiet_until else None}
         try:
             make_private_dir(self.path.parent.parent)
             make_private_dir(self.path.parent)
@@ -130,10 +147,12 @@ class NoopMemo:
 
     @staticmethod
     def still_holds(memo: Mapping[str, Any], *, config_digest: str, csrs: Mapping[str, str | None],
-                    at: dt.datetime, files: Sequence[str]) -> bool:
+                    plugins: Mapping[str, str], at: dt.datetime, files: Sequence[str]) -> bool:
         """Everything but the key stores (those the caller asks): ``csrs`` are the digests of the CSRs
-        pki.toml names and ``files`` the state files (`state_files`), both found by the caller."""
-        if memo.get("config_digest") != config_digest or memo.get("csrs") != dict(csrs):
+        pki.toml names, ``plugins`` what implements each key store plugin it uses and ``files`` the
+        state files (`state_files`), all found by the caller."""
+        if memo.get("config_digest") != config_digest or memo.get("csrs") != dict(csrs) \
+                or memo.get("plugins") != dict(plugins):
             return False
         until = memo.get("quiet_until")
         if until is not None and at >= dt.datetime.fromisoformat(until):

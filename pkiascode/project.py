@@ -26,7 +26,7 @@ from .plan import Action, Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
 from .render import OFFLINE_WARNING
-from .state import StateDir, config_refusal, id_refusal, load_txn, txn_file
+from .state import StateDir, config_refusal, file_stamp, id_refusal, load_txn, state_digest, txn_file
 
 if TYPE_CHECKING:
     from .x509 import CsrInfo
@@ -209,6 +209,7 @@ class Project:
             observed = dataclasses.replace(observed, pending_deletes=pending_deletes)
         if state.pending_txn() is None:  # a pending apply's files are in its transaction, not yet here
             self.verify_state(state, observed, inv)
+            self.verify_revocations(state, observed, inv)
         if check_keys:
             missing = self.missing_keys(observed.records, state)
             if missing:
@@ -217,7 +218,8 @@ class Project:
                     digest=hashlib.sha256((observed.digest + repr(sorted(missing))).encode()).hexdigest())
         return observed, inv
 
-    def verify_state(self, state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
+    @staticmethod
+    def verify_state(state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
         """Each certificate file against the inventory: serial, SHA-256, subject, validity dates, issuer
         chain, signature (under its issuer's certificate; a root's under its own) and public key; each
         authority's CRL file against the inventory: signed under the authority's certificate, its
@@ -235,7 +237,8 @@ class Project:
 
         def cert_of(name: str) -> tuple[Any, Any, str] | None:
             if name not in loaded:
-                loaded[name] = _read_certificate_facts(state.cert_path(name))
+                path = state.cert_path(name)
+                loaded[name] = _read_certificate_facts(path, state.der.get(str(path)))
             return loaded[name]
 
         revocations = _revocations_by_issuer(inv.get("revocations") or (), state.rel, restore)
@@ -257,7 +260,8 @@ class Project:
                 if problem:
                     raise PlanError(f"{where}: {problem}; {restore}")
                 if rec.crl and name not in observed.crl_drift and name not in observed.cert_drift:
-                    problem = _check_crl(state.crl_path(name), got[0], rec, revocations.pop(name, {}))
+                    path = state.crl_path(name)
+                    problem = _check_crl(path, state.der.get(str(path)), got[0], rec, revocations.pop(name, {}))
                     if problem:
                         raise PlanError(f"{rec.qualified} ({state.rel}/crl/{name}.crl): {problem}; {restore}")
             if rec.store != CSR_STORE and not rec.revoked:
@@ -271,6 +275,54 @@ class Project:
             if revoked and (rec is None or (not rec.crl and rec.kind.value == "authority")):
                 raise PlanError(f"authority.{issuer_name}: {state.rel}/inventory.json lists revocations by it "
                                 f"(serial {format(min(revoked), 'x')}) but it has no CRL that lists them; {restore}")
+
+    def verify_revocations(self, state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
+        """No revocation is lost by a state edit. A CRL file proves the revocations only while it is
+        there and current: a pull request that deletes it and removes a revocation from the inventory
+        would have the next CRL signed without it. The audit log proves them instead: its hash chain
+        is intact, ends where the inventory says, agrees with the inventory's objects, and its heads
+        verify with the pinned audit keys, the first of them the one git's history pinned
+        (`auditsign`); then every revocation it records (a ``revoke`` line, a reissue's
+        ``revoked_serial``, an import's ``revoked_serials``) must be among the inventory's, unless
+        the revoking authority was retired since (its CRL went with it) or the certificate was a root
+        (on no CRL). A record marked revoked must be among its issuer's revocations too. Raises
+        `PlanError` naming the authority, the serial and the CRL file."""
+        from . import audit, auditsign
+
+        restore = f"restore {state.rel}/ from git (`git checkout -- {state.rel}`) before planning"
+
+        def refuse(problems: list[str]) -> None:
+            if problems:
+                raise PlanError(f"{state.rel}/{problems[0]}; {restore}" if problems[0].startswith("audit")
+                                else f"{problems[0]}; {restore}")
+
+        for path in (state.audit_path, state.root / auditsign.FILE):  # (stamped as read: `memo.stamp_files`)
+            state.seen[str(path)] = file_stamp(str(path))
+        entries, problems = audit.entries(audit.read_lines(state.audit_path))
+        refuse(problems)
+        sigs = auditsign.load(state)
+        # a pin without endorsement (a lost key's successor) is accepted here: `pki audit verify` is
+        # what asks for --trust-pin (README: what plan checks of the audit log)
+        pins = [k["fingerprint"] for k in sigs["keys"]] if sigs else []
+        refuse(auditsign.verify(entries, sigs, pins)[0] or auditsign.check_history(self, sigs))
+        revoked = {(r["issuer"], r["serial"]) for r in inv["revocations"]}
+        serials = {serial for _, serial in revoked}
+        for name, serial, issuer, line in _recorded_revocations(entries, observed.records):
+            if issuer is None or (issuer, serial) in revoked or (issuer == "" and serial in serials):
+                continue
+            if issuer == "":  # (the line does not say: most likely the issuer its object has now)
+                issuer = getattr(observed.records.get(name), "issuer", None) or ""
+            which = (f"authority.{issuer} ({state.rel}/crl/{issuer}.crl)" if issuer
+                     else f"its authority ({state.rel}/crl/)")
+            raise PlanError(f"{which}: serial {serial} ({name}) is revoked, as {state.rel}/audit.jsonl line {line} "
+                            f"records, but {state.rel}/inventory.json's revocations do not list it: a state edit "
+                            f"cannot un-revoke a certificate; {restore}")
+        for rec in observed.records.values():
+            if rec.revoked and rec.issuer is not None and (rec.issuer, rec.serial) not in revoked:
+                raise PlanError(f"authority.{rec.issuer} ({state.rel}/crl/{rec.issuer}.crl): serial {rec.serial} "
+                                f"({rec.qualified}) is revoked in {state.rel}/inventory.json but its revocations "
+                                f"do not list it: a state edit cannot un-revoke a certificate; {restore}")
+        refuse(audit.verify(None, inv, parsed=entries))
 
     def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
         """Per key store, the keys records still need (not CSR entries, not revoked ones)."""
@@ -306,21 +358,24 @@ class Project:
 
     # -- plan -----------------------------------------------------------------------------------
     def plan(self, *, at: dt.datetime, replace: Iterable[str] = (), now: dt.datetime | None = None,
-             offline: bool = False, base: str | None = None, rekey_missing: bool = False) -> Plan:
+             offline: bool = False, base: str | None = None, rekey_missing: bool = False,
+             remembered: bool = False) -> Plan:
         """The plan as of ``at``; certificates would be signed as of ``now`` (default: ``at``), with
         pkilint's findings on what it would sign (`pkiascode.lint`).
 
         ``offline``: no key store is contacted; the keys state names are assumed to exist.
         ``base``: plan against the ``state/`` of git revision ``base`` (what the change does after
         it is merged there), warning when this checkout's ``state/`` differs from it.
-        ``rekey_missing``: a key missing from its store is replaced (without it: a `PlanError`)."""
+        ``rekey_missing``: a key missing from its store is replaced (without it: a `PlanError`).
+        ``remembered``: an empty plan may be answered from the remembered no-op plan
+        (`pkiascode.memo`); only `pki plan` asks for it, never what apply executes."""
         replace = tuple(replace)
         pending = self.txn_pending()
         quiet = not replace and not pending and not offline and base is None and not rekey_missing
-        if quiet:
-            remembered = self._remembered_noop(at, now)
-            if remembered is not None:
-                return remembered
+        if quiet and remembered:
+            noop = self._remembered_noop(at, now)
+            if noop is not None:
+                return noop
         desired = self.desired()
         csrs = self.csrs()
         csr_keys = {name: info.digest for name, info in csrs.items()}
@@ -494,13 +549,13 @@ class Project:
         except PkiError:
             return None
         if not NoopMemo.still_holds(memo, config_digest=memo["config_digest"], csrs=csrs, at=at,
-                                    files=state_files(state.root)):
+                                    plugins=self._plugin_ids(stores.values()), files=state_files(state.root)):
             return None
         try:  # the digest the plan reports is the one of the inventory as it is (an empty plan: no drift)
             inventory = state.read_inventory_bytes()
         except PkiError:
             return None
-        if hashlib.sha256(inventory + _NO_DRIFT).hexdigest() != memo["state_digest"]:
+        if state_digest(inventory) != memo["state_digest"]:
             return None
         for store_name, refs in memo["refs"].items():
             spec = stores[store_name]
@@ -512,6 +567,19 @@ class Project:
                 return None
         return Plan(changes=(), warnings=(), at=at, config_digest=memo["config_digest"],
                     state_digest=memo["state_digest"], issued_at=now if now is not None and now != at else None)
+
+    def _plugin_ids(self, specs: Iterable[Any]) -> dict[str, str]:
+        """What implements each key store plugin of ``specs``: its class and its package's version."""
+        import sys
+
+        out: dict[str, str] = {}
+        for spec in specs:
+            factory = self.plugins.factory(spec.plugin)
+            if factory is not None:
+                package = sys.modules.get(factory.__module__.partition(".")[0])
+                out[spec.plugin] = (f"{factory.__module__}.{factory.__qualname__} "
+                                    f"{getattr(package, '__version__', '')}")
+        return out
 
     def _remember_noop(self, desired: Desired, observed: Observed) -> None:
         from .planner import quiet_until
@@ -525,7 +593,7 @@ class Project:
             wanted = [state.cert_path(rec.name)] + ([state.crl_path(rec.name)] if rec.crl else [])
             if not all(str(f) in listed for f in wanted):
                 return
-        if observed.digest != hashlib.sha256(state.read_inventory_bytes() + _NO_DRIFT).hexdigest():
+        if observed.digest != state_digest(state.read_inventory_bytes()):
             return  # not the digest the remembered plan can check
         refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
         paths = _csr_paths(self.config_path.read_text(encoding="utf-8"))
@@ -536,13 +604,11 @@ class Project:
             return
         try:
             self._memo().save(config_digest=desired.digest, state_digest=observed.digest, files=files,
-                              seen=state.seen, csrs=csrs, refs=refs, quiet_until=quiet_until(desired, observed))
+                              seen=state.seen, csrs=csrs, refs=refs, plugins=self._plugin_ids(desired.stores.values()),
+                              quiet_until=quiet_until(desired, observed))
         except (TypeError, ValueError):
             self._memo().forget()
 
-
-#: what `StateDir.observe` hashes after the inventory when no file drifted (the digest of an empty plan)
-_NO_DRIFT = json.dumps([{}, {}], sort_keys=True).encode()
 
 #: a line that starts like a TOML table header
 _HEADER_LIKE = re.compile(r"^[ \t]*\[.*$", re.M)
@@ -653,14 +719,21 @@ def _read_certificate(path: Path) -> Any:
         return None
 
 
-def _read_certificate_facts(path: Path) -> tuple[Any, Any, str] | None:
-    """The certificate in ``path`` (read once, never through a link), its `x509.RecordedFacts` and the
-    SHA-256 of its DER; None when it is missing or not a certificate (drift: the plan reissues)."""
+def _read_certificate_facts(path: Path, der: bytes | None = None) -> tuple[Any, Any, str] | None:
+    """The certificate in ``path`` (``der``: its DER, when `StateDir.drift` has read it already; else
+    read here, never through a link), its `x509.RecordedFacts` and the SHA-256 of its DER; None when
+    it is missing or not a certificate (drift: the plan reissues)."""
     from cryptography import x509 as cx509
 
     from .state import read_file
     from .x509 import load_certificate, pem_to_der, recorded_facts
 
+    if der is not None:
+        try:
+            cert = cx509.load_der_x509_certificate(der)
+            return cert, recorded_facts(cert), hashlib.sha256(der).hexdigest()
+        except ValueError:
+            return None
     try:
         data = read_file(path)
     except PkiError:
@@ -789,6 +862,39 @@ def _issuer_key(cert: Any) -> Any:
     return hit[1]
 
 
+def _recorded_revocations(entries: Iterable[Mapping[str, Any]],
+                          records: Mapping[str, Record]) -> Iterable[tuple[str, str, str | None, int]]:
+    """(name, serial, issuer, line) of each revocation the audit log records that must still be on
+    its authority's CRL: issuer None when none must be (a root, or an authority retired since), ""
+    when the line does not say which authority (logs from before lines named it: then any of the
+    inventory's revocations of that serial will do)."""
+    retired: dict[str, int] = {}  # authority → the last line that retired it
+    found: list[tuple[str, str, Any, int]] = []
+    for e in entries:
+        action, seq = e["action"], e["seq"]
+        if action == "revoke":
+            if e.get("retired") and e["kind"] == "authority":
+                retired[e["name"]] = seq
+            if e.get("reason") and isinstance(e["serial"], str):
+                found.append((e["name"], e["serial"], e.get("issuer", ""), seq))
+        elif isinstance(e.get("revoked_serial"), str):
+            found.append((e["name"], e["revoked_serial"], e.get("revoked_issuer", ""), seq))
+        elif action == "import" and isinstance(e.get("revoked_serials"), list):
+            found += [(e["name"], s, e["name"], seq) for s in e["revoked_serials"] if isinstance(s, str)]
+    for name, serial, issuer, seq in found:
+        rec = records.get(name)
+        if issuer == "":
+            if rec is not None and rec.issuer is None:
+                issuer = None  # a root's (this one's, or the one it replaced): on no CRL
+            elif any(at >= seq for at in retired.values()):
+                issuer = None  # perhaps under an authority retired since: its revocations went with it
+        elif issuer is not None and retired.get(issuer, 0) > seq:
+            issuer = None  # its authority was retired since, and its CRL with it
+        if issuer is not None and not isinstance(issuer, str):
+            issuer = ""  # (not a name: as if the line did not say)
+        yield name, serial, issuer, seq
+
+
 def _same_time(recorded: Any, actual: Any) -> bool:
     """An inventory time (text) and a file's time, to the second."""
     if actual is None:
@@ -804,18 +910,20 @@ def _same_time(recorded: Any, actual: Any) -> bool:
         return False
 
 
-def _check_crl(path: Path, authority_cert: Any, rec: Record, revoked: Mapping[int, Mapping[str, Any]]) -> str | None:
+def _check_crl(path: Path, der: bytes | None, authority_cert: Any, rec: Record,
+               revoked: Mapping[int, Mapping[str, Any]]) -> str | None:
     """What in ``rec``'s CRL record, or in the inventory's revocations by it, disagrees with its CRL
-    file (signed under ``authority_cert``), or None. A missing or damaged file is drift (handled by the
-    caller: the plan refreshes it)."""
+    file (signed under ``authority_cert``; ``der``: its DER when `StateDir.drift` read it already), or
+    None. A missing or damaged file is drift (handled by the caller: the plan refreshes it)."""
     from .state import read_file
     from .x509 import crl_facts, pem_to_der
 
-    try:
-        data = read_file(path)
-    except PkiError:
-        return None
-    der = pem_to_der(data, b"X509 CRL") if data is not None else None
+    if der is None:
+        try:
+            data = read_file(path)
+        except PkiError:
+            return None
+        der = pem_to_der(data, b"X509 CRL") if data is not None else None
     if der is None:
         return None
     try:

@@ -38,7 +38,7 @@ from .model import REVOCATION_REASONS, Observed, Record, parse_time
 from .names import NAME_RE
 
 __all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
-           "INVENTORY_FORMAT", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref",
+           "INVENTORY_FORMAT", "state_digest", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref",
            "safe_relative",
            "certificate_file", "has_text_header", "render_inventory"]
 
@@ -159,8 +159,8 @@ def file_stamp(path: str) -> tuple[int, ...] | None:
     return (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
-def _pem_der_digest(data: bytes) -> str | None:
-    """SHA-256 of the DER of the one PEM block in ``data`` (text before the BEGIN line allowed, as
+def _pem_der(data: bytes) -> tuple[bytes, bytes] | None:
+    """(label line, DER) of the one PEM block in ``data`` (text before the BEGIN line allowed, as
     RFC 7468 says), without importing a crypto library."""
     start = data.find(b"-----BEGIN ")
     if start < 0 or (start and data[start - 1:start] != b"\n"):
@@ -169,10 +169,9 @@ def _pem_der_digest(data: bytes) -> str | None:
     if len(lines) < 3 or not lines[-1].startswith(b"-----END ") or data.count(b"-----BEGIN ") != 1:
         return None
     try:
-        der = base64.b64decode(b"".join(lines[1:-1]), validate=True)
+        return lines[0], base64.b64decode(b"".join(lines[1:-1]), validate=True)
     except (binascii.Error, ValueError):
         return None
-    return hashlib.sha256(der).hexdigest()
 
 
 # -- certificate files ---------------------------------------------------------------------------
@@ -472,6 +471,14 @@ def render_inventory(inv: Mapping[str, Any]) -> bytes:
     return (json.dumps(out, indent=2, sort_keys=True, ensure_ascii=False) + "\n").encode()
 
 
+def state_digest(inventory: bytes, cert_drift: Mapping[str, str] | None = None,
+                 crl_drift: Mapping[str, str] | None = None) -> str:
+    """The digest a plan records of the state it was made from (`Observed.digest`): the inventory's
+    bytes and the files that drifted from it (none: the state of an empty plan)."""
+    drift = json.dumps([dict(cert_drift or {}), dict(crl_drift or {})], sort_keys=True).encode()
+    return hashlib.sha256(inventory + drift).hexdigest()
+
+
 class StateDir:
     """The state directory of one pki.toml, and its local work directory."""
 
@@ -494,6 +501,8 @@ class StateDir:
         self._journal_fd: int | None = None
         #: stat stamps of the files the last `observe` read, taken as it read them
         self.seen: dict[str, tuple[int, ...] | None] = {}
+        #: the DER of each certificate and CRL file the last `drift` found to be its record's, by path
+        self.der: dict[str, bytes] = {}
 
     def cert_path(self, name: str) -> Path:
         if not NAME_RE.match(name):
@@ -605,40 +614,53 @@ class StateDir:
         self._check_state_dirs()
         inv = self.parse_inventory(data)
         records = self.records(inv)
+        cert_drift, crl_drift = self.drift(records, skip=overlay)
+        # with a pending transaction this is already the digest of the state it will leave
+        digest = state_digest(data, cert_drift, crl_drift)
+        observed = Observed(records=records, revocations=tuple(inv["revocations"]), cert_drift=cert_drift,
+                            crl_drift=crl_drift, digest=digest)
+        return observed, inv
+
+    def drift(self, records: Mapping[str, Record], *, skip: Iterable[str] = ()) -> tuple[dict[str, str], dict[str, str]]:
+        """Which certificate and CRL files are not the ones ``records`` record (missing, not one PEM
+        block, another SHA-256 of the DER, text lines that do not describe it): (cert drift, CRL
+        drift), each name → why. ``skip``: files (``certs/NAME.pem``) not to look at. Each file is
+        read once; the DER of each that is its record's is kept in `der` for `Project.verify_state`."""
+        skip = set(skip)
+        self.der = {}
         cert_drift: dict[str, str] = {}
         crl_drift: dict[str, str] = {}
         for name, rec in records.items():
             rel = f"certs/{name}.pem"
-            if rel not in overlay:
-                why = self._file_drift(self.cert_path(name), rec.sha256)
+            if rel not in skip:
+                why = self._file_drift(self.cert_path(name), rec.sha256, b"-----BEGIN CERTIFICATE-----")
                 if why:
                     cert_drift[name] = f"{self.rel}/{rel} {why}"
             crl = rec.crl
             if crl:
                 rel = f"crl/{name}.crl"
-                if rel not in overlay:
-                    why = self._file_drift(self.crl_path(name), crl.get("sha256", ""))
+                if rel not in skip:
+                    why = self._file_drift(self.crl_path(name), crl.get("sha256", ""), b"-----BEGIN X509 CRL-----")
                     if why:
                         crl_drift[name] = f"{self.rel}/{rel} {why}"
-        # with a pending transaction this is already the digest of the state it will leave
-        digest = hashlib.sha256(data + json.dumps([cert_drift, crl_drift], sort_keys=True).encode()).hexdigest()
-        observed = Observed(records=records, revocations=tuple(inv["revocations"]), cert_drift=cert_drift,
-                            crl_drift=crl_drift, digest=digest)
-        return observed, inv
+        return cert_drift, crl_drift
 
-    def _file_drift(self, path: Path, expected: str) -> str | None:
+    def _file_drift(self, path: Path, expected: str, label: bytes) -> str | None:
         self.seen[str(path)] = file_stamp(str(path))
         data = read_file(path)
         if data is None:
             return "is missing"
-        digest = _pem_der_digest(data)
-        if digest is None:
+        pem = _pem_der(data)
+        if pem is None:
             return "is not a PEM file"
+        digest = hashlib.sha256(pem[1]).hexdigest()
         if digest != expected:
             return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
         # (CRLF: a checkout made with `eol=crlf` in a .gitattributes has the same lines)
         if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in data.replace(b"\r\n", b"\n"):
             return "has text lines that do not describe its certificate"
+        if pem[0] == label:  # (another label: verify_state reads the file itself, and refuses it)
+            self.der[str(path)] = pem[1]
         return None
 
     # -- transactions ---------------------------------------------------------------------------

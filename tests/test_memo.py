@@ -45,7 +45,7 @@ def applied(tmp_path: Path) -> Path:
 def plan(directory: Path, **kw: object):
     project = Project(directory / "pki.toml")
     try:
-        return project.plan(at=kw.pop("at", NOW), **kw), project  # type: ignore[arg-type]
+        return project.plan(at=kw.pop("at", NOW), remembered=True, **kw), project  # type: ignore[arg-type]
     finally:
         project.close()
 

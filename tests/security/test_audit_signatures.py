@@ -197,10 +197,10 @@ def test_a_replaced_certificate_or_crl_file_fails_verify(signed, what):
     repo, pki = signed
     if what == "certificate":
         (repo / "state/certs/client.pem").write_bytes((repo / "state/certs/server.pem").read_bytes())
-        verify_fails(pki, "state/certs/client.pem", "is not the inventory's", "certificate.client")
+        verify_fails(pki, "state/certs/client.pem", "does not match the inventory", "certificate.client")
     else:
         (repo / "state/crl/inter.crl").write_bytes((repo / "state/crl/root.crl").read_bytes())
-        verify_fails(pki, "state/crl/inter.crl", "is not the inventory's", "authority.inter")
+        verify_fails(pki, "state/crl/inter.crl", "does not match the inventory", "authority.inter")
     git(repo, "checkout", "--", "state")
     pki.ok("audit", "verify")
 

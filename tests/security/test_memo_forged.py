@@ -55,10 +55,19 @@ def applied(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def plan(directory: Path):
+def plan(directory: Path, at: dt.datetime = NOW):
+    """What `pki plan` does: an empty plan may come from the memo."""
     project = Project(directory / "pki.toml")
     try:
-        return project.plan(at=NOW)
+        return project.plan(at=at, remembered=True)
+    finally:
+        project.close()
+
+
+def plugin_ids(directory: Path) -> dict[str, str]:
+    project = Project(directory / "pki.toml")
+    try:
+        return project._plugin_ids(project.desired().stores.values())
     finally:
         project.close()
 
@@ -88,6 +97,7 @@ def current_layout(memo: dict[str, object]) -> dict[str, object]:
 
     out = {k: v for k, v in memo.items() if k not in ("files", "stores")}
     out["schema"] = memo_module.SCHEMA
+    out.setdefault("plugins", {})
     return out
 
 
@@ -152,3 +162,28 @@ def test_a_forged_memo_never_chooses_where_a_key_store_connects(applied, layout,
         listener.close()
     assert p.empty  # planned the long way: nothing to do, and no Vault asked
     assert listener.connections == 0 and b"JOB-TOKEN" not in listener.received
+
+
+def test_a_forged_horizon_fools_at_most_plan_never_apply(applied):
+    """The remaining trust (README, `pkiascode.memo`): whoever can write this user's ``.pki/`` can
+    push the memo's horizon past a renewal window, and `pki plan` then answers "no changes" from it;
+    `pki apply` never reads the memo: it plans the long way and renews what is due."""
+    from pkiascode.apply import execute
+
+    assert plan(applied).empty
+    memo_path = applied / ".pki" / "cache" / "noop.json"
+    memo = json.loads(memo_path.read_text())
+    assert memo["quiet_until"] is not None
+    memo["quiet_until"] = "2999-01-01T00:00:00+00:00"
+    memo_path.write_text(json.dumps(memo))
+    later = NOW + dt.timedelta(days=85)  # web (90d, renew_before 10d) is due
+    assert plan(applied, later).empty  # (plan trusts the memo: a .pki/ private to the user)
+    serial = json.loads((applied / "state/inventory.json").read_text())["objects"]["web"]["serial"]
+    project = Project(applied / "pki.toml")
+    try:
+        the_plan = project.plan(at=later)  # what `pki apply` plans
+        assert ("renew", "web") in [(c.action.value, c.name) for c in the_plan.changes]
+        execute(project, the_plan, commit=False)
+    finally:
+        project.close()
+    assert json.loads((applied / "state/inventory.json").read_text())["objects"]["web"]["serial"] != serial

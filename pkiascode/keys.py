@@ -109,6 +109,25 @@ def _own(project: Project, refs: list[KeyRef]) -> list[KeyRef]:
     return refs
 
 
+def _unlisted(project: Project, keys: set[tuple[str, str]], listed: set[tuple[str, str]]) -> list[KeyRef]:
+    """The keys of ``keys`` (state uses them or lists them for deletion) that the stores' listings
+    leave out and the stores hold: made before the ``[pki] id`` and reached with ``legacy_keys``.
+    Shown by `key_rows`, never orphans (the unscoped names are every id-less PKI's)."""
+    stores = project.desired().stores
+    by_store: dict[str, list[KeyRef]] = {}
+    for store, ref in sorted(keys - listed):
+        if store in stores:
+            by_store.setdefault(store, []).append(KeyRef(store, ref))
+    found: list[KeyRef] = []
+    for store, refs in by_store.items():
+        try:
+            gone = project.store(store).missing(refs)
+        except BackendError:
+            continue  # (a reference outside the store's namespace: not this PKI's to show)
+        found += [r for r in refs if r not in gone]
+    return found
+
+
 def key_rows(project: Project) -> list[dict[str, Any]]:
     """One row per key: backend, key, status (``in use``, ``pending deletion``, ``orphan``) and the
     entry that uses it (None unless in use)."""
@@ -119,8 +138,9 @@ def key_rows(project: Project) -> list[dict[str, Any]]:
     users.update({key: "the audit log" for key in auditsign.key_refs(state)})
     pending = {(str(a), str(b)) for a, b in inv["pending_deletes"]} | set(state.pending_deletes()) \
         | set(state.deferred_deletes() or [])
+    listed = _listed(project)
     rows = []
-    for ref in _listed(project):
+    for ref in listed + _unlisted(project, set(users) | pending, {(r.store, r.id) for r in listed}):
         key = (ref.store, ref.id)
         status = "in use" if key in users else "pending deletion" if key in pending else "orphan"
         rows.append({"backend": ref.store, "key": ref.id, "status": status, "entry": users.get(key)})

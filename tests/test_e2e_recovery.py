@@ -18,6 +18,7 @@ git has ``state/`` committed.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -27,8 +28,8 @@ import pytest
 from cryptography import x509
 
 from helpers import (
-    Pki, assert_state_sound, audit_lines, commit_all, commit_count, edit_toml, fake_git, git, head, inventory,
-    key_files, wait_for, write_project,
+    SMALL_PKI, Pki, assert_state_sound, audit_lines, commit_all, commit_count, copy_repo, edit_toml, fake_git, git,
+    git_init, head, inventory, key_files, wait_for, write_project,
 )
 
 CRASH_POINTS = ("after-keys", "after-txn", "after-state", "after-commit")
@@ -117,8 +118,24 @@ def test_authority_replace_killed_at_each_point_converges(applied_project, pki, 
     assert_converged(applied_project, pki)
 
 
-def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(project, pki):
-    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+@pytest.fixture(scope="module")
+def _killed_after_txn(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = git_init(tmp_path_factory.mktemp("killed") / "repo")
+    write_project(directory, SMALL_PKI)
+    assert Pki(directory)("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+    return directory
+
+
+@pytest.fixture
+def killed_after_txn(repo: Path, _killed_after_txn: Path) -> Path:
+    """``project`` after a first apply ended once its transaction was written (``after-txn``): ``repo``
+    replaced by a copy of one made once per module."""
+    shutil.rmtree(repo)
+    return copy_repo(_killed_after_txn, repo)
+
+
+def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(killed_after_txn, pki):
+    project = killed_after_txn
     edit_toml(project, 'hosts = ["localhost", "127.0.0.1"]', 'hosts = ["localhost", "127.0.0.1", "::1"]')
     plan = pki.plan_json()
     assert changes_of(plan) == [("reissue", "server")]  # on top of the pending transaction
@@ -129,8 +146,8 @@ def test_changes_made_after_a_crash_are_applied_after_the_interrupted_ones(proje
 
 
 @pytest.mark.parametrize("damage", ["truncated", "not-ours", "trailing"])
-def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(project, pki, damage):
-    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(killed_after_txn, pki, damage):
+    project = killed_after_txn
     txn = project / ".pki/journal/txn.json"
     data = txn.read_bytes()
     txn.write_bytes({"truncated": data[:-100], "not-ours": b'{"inventory": ""}\n',
@@ -146,8 +163,7 @@ def test_a_damaged_transaction_file_is_one_clear_error_and_changes_nothing(proje
     assert_converged(project, pki)
 
 
-def test_plan_detailed_exitcode_reports_a_pending_transaction(project, pki):
-    assert pki("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}).returncode == 137
+def test_plan_detailed_exitcode_reports_a_pending_transaction(killed_after_txn, pki):
     assert pki.plan_exit() == 2
 
 

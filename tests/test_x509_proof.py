@@ -10,8 +10,6 @@ real git repository, is accepted by the three judges:
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization

@@ -801,7 +801,10 @@ class _Run:
 
         workers = min(len(wanted), max(2, (os.cpu_count() or 2)))
         with concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="pki-keygen") as pool:
-            futures = {pool.submit(make, c): c for c in wanted}
+            # the slowest (largest RSA) keys first, so that the longest one never starts last
+            slowest_first = sorted(wanted, key=lambda c: (self.entry(c.name).key.slow_to_generate,
+                                                          self.entry(c.name).key.bits), reverse=True)
+            futures = {pool.submit(make, c): c for c in slowest_first}
             error: BaseException | None = None
             for future in concurrent.futures.as_completed(futures):
                 name = futures[future].name

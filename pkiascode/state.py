@@ -37,7 +37,7 @@ from .errors import StateError
 from .model import REVOCATION_REASONS, Observed, Record, parse_time
 from .names import NAME_RE
 
-__all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file",
+__all__ = ["StateDir", "atomic_write", "file_stamp", "check_private_dir", "make_private_dir", "read_file", "read_stamped",
            "INVENTORY_FORMAT", "state_digest", "dump_txn", "load_txn", "config_refusal", "id_refusal", "txn_file", "valid_key_ref",
            "safe_relative",
            "certificate_file", "has_text_header", "render_inventory"]
@@ -130,23 +130,39 @@ def atomic_write(path: Path, data: bytes, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
-def read_file(path: Path, *, limit: int | None = None) -> bytes | None:
+def read_file(path: Path | str, *, limit: int | None = None) -> bytes | None:
     """A state file's bytes (None when missing), never through a symbolic link (`StateError`)."""
+    return read_stamped(path, limit=limit)[0]
+
+
+def read_stamped(path: Path | str, *, limit: int | None = None) -> tuple[bytes | None, tuple[int, ...] | None]:
+    """`read_file`, and the stamp (`file_stamp`) of the file it read, taken from the open file."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
     except FileNotFoundError:
-        return None
+        return None, None
     except OSError as e:
         if os.path.islink(path):
             raise StateError(f"{path} is a symbolic link; pkiascode never follows links in its state") from None
         raise StateError(f"cannot read {path}: {e.strerror}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise StateError(f"{path} is not a regular file")
-        data = f.read(limit + 1) if limit is not None else f.read()
+        chunks: list[bytes] = []
+        left = limit + 1 if limit is not None else -1  # (-1: to the end)
+        while left:
+            chunk = os.read(fd, max(st.st_size + 1, 65536) if left < 0 else min(left, 1 << 20))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            left = left - len(chunk) if left > 0 else left
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
     if limit is not None and len(data) > limit:
         raise StateError(f"{path} is larger than {limit} bytes; not a file pkiascode wrote")
-    return data
+    return data, (st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_size)
 
 
 def file_stamp(path: str) -> tuple[int, ...] | None:
@@ -630,24 +646,26 @@ class StateDir:
         self.der = {}
         cert_drift: dict[str, str] = {}
         crl_drift: dict[str, str] = {}
+        certs, crls = str(self.certs), str(self.crls)  # (plain strings: no Path per file)
         for name, rec in records.items():
+            if not NAME_RE.match(name):
+                raise StateError(f"{name!r} is not a pki.toml name")
             rel = f"certs/{name}.pem"
             if rel not in skip:
-                why = self._file_drift(self.cert_path(name), rec.sha256, b"-----BEGIN CERTIFICATE-----")
+                why = self._file_drift(f"{certs}/{name}.pem", rec.sha256, b"-----BEGIN CERTIFICATE-----")
                 if why:
                     cert_drift[name] = f"{self.rel}/{rel} {why}"
             crl = rec.crl
             if crl:
                 rel = f"crl/{name}.crl"
                 if rel not in skip:
-                    why = self._file_drift(self.crl_path(name), crl.get("sha256", ""), b"-----BEGIN X509 CRL-----")
+                    why = self._file_drift(f"{crls}/{name}.crl", crl.get("sha256", ""), b"-----BEGIN X509 CRL-----")
                     if why:
                         crl_drift[name] = f"{self.rel}/{rel} {why}"
         return cert_drift, crl_drift
 
-    def _file_drift(self, path: Path, expected: str, label: bytes) -> str | None:
-        self.seen[str(path)] = file_stamp(str(path))
-        data = read_file(path)
+    def _file_drift(self, path: str, expected: str, label: bytes) -> str | None:
+        data, self.seen[path] = read_stamped(path)
         if data is None:
             return "is missing"
         pem = _pem_der(data)
@@ -657,10 +675,11 @@ class StateDir:
         if digest != expected:
             return f"does not match the inventory (sha256 {digest[:12]}…, expected {expected[:12]}…)"
         # (CRLF: a checkout made with `eol=crlf` in a .gitattributes has the same lines)
-        if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in data.replace(b"\r\n", b"\n"):
+        if has_text_header(data) and f"\nSHA-256: {digest}\n".encode() not in (
+                data.replace(b"\r\n", b"\n") if b"\r" in data else data):
             return "has text lines that do not describe its certificate"
         if pem[0] == label:  # (another label: verify_state reads the file itself, and refuses it)
-            self.der[str(path)] = pem[1]
+            self.der[path] = pem[1]
         return None
 
     # -- transactions ---------------------------------------------------------------------------

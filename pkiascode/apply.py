@@ -880,9 +880,10 @@ class _Run:
             spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
             crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
         )
+        revocation = None
         if old is not None:
             if change.revoke_reason and not old.revoked:
-                self.add_revocation(old, change.revoke_reason)
+                revocation = self.add_revocation(old, change.revoke_reason)
             if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
                 self.retire.append((old.store, old.key_id))
         self.records[entry.name] = rec
@@ -895,7 +896,8 @@ class _Run:
             self.crl_due.add(entry.name)
         self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
-                   **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}))
+                   **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}),
+                   **({"revocation": revocation} if revocation is not None else {}))
 
     def _make_key(self, change: Change) -> None:
         request = self.requests[change.name]
@@ -908,20 +910,25 @@ class _Run:
         self.state.journal_key(ref.store, ref.id, request.suffix)
         self.new_keys[change.name] = ref
 
-    def add_revocation(self, rec: Record, reason: str, date: str | None = None) -> None:
+    def add_revocation(self, rec: Record, reason: str, date: str | None = None) -> dict[str, Any] | None:
+        """The inventory's revocation of ``rec`` (None for a root), which its audit line also records
+        whole (``revocation``): plan checks the inventory's against the signed log."""
         if rec.issuer is None:
-            return  # a self-signed root is on no CRL: distrust it by removing it from trust stores
-        self.revocations.append({"issuer": rec.issuer, "serial": rec.serial, "name": rec.name,
-                                 "date": date or format_time(self.now), "reason": reason,
-                                 "not_after": format_time(rec.not_after)})
+            return None  # a self-signed root is on no CRL: distrust it by removing it from trust stores
+        revocation = {"issuer": rec.issuer, "serial": rec.serial, "name": rec.name,
+                      "date": date or format_time(self.now), "reason": reason,
+                      "not_after": format_time(rec.not_after)}
+        self.revocations.append(revocation)
         self.crl_due.add(rec.issuer)
+        return revocation
 
     def revoke(self, change: Change) -> None:
         rec = self.records[change.name]
         entry = self.desired.entries.get(change.name)
         date = entry.revoked.date if entry is not None and entry.revoked and entry.revoked.date else None
+        revocation = None
         if change.revoke_reason and not rec.revoked:
-            self.add_revocation(rec, change.revoke_reason, date)
+            revocation = self.add_revocation(rec, change.revoke_reason, date)
         # A revoked entry that stays listed keeps its key (its record still names it); the key goes
         # when the entry leaves pki.toml, unless keep_revoked_keys.
         if change.retire and rec.store != CSR_STORE and not self.desired.settings.keep_revoked_keys:
@@ -942,7 +949,8 @@ class _Run:
             self.put(new)
         self.event(change, "revoke", rec.kind, rec.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
-                   reason=change.revoke_reason, retired=change.retire)
+                   reason=change.revoke_reason, retired=change.retire,
+                   **({"revocation": revocation} if revocation is not None else {}))
 
     def sign_crls(self) -> None:
         due = [n for n in self.desired.entries if n in self.crl_due and n in self.records]

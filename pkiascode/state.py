@@ -329,8 +329,9 @@ def config_refusal(txn: Mapping[str, Any], base: Path, config_path: Path) -> str
     """Why a pending transaction may not be completed silently, or None. Its ``config`` rewrites
     pki.toml (an interrupted `pki import`, or an apply that added the ``[pki] id``): it must name
     this project's pki.toml, and be either what pki.toml holds already or that pki.toml with only
-    an id added; anything else is completed only by running `pki import` again (the transaction
-    file is in ``.pki/``, which is not reviewed like the committed pki.toml is)."""
+    what such an apply adds (`scaffold.is_id_edit`: the id, ``legacy_keys = true``); anything else
+    is completed only by running `pki import` again (the transaction file is in ``.pki/``, which is
+    not reviewed like the committed pki.toml is)."""
     config = txn.get("config")
     if config is None:
         return None
@@ -343,17 +344,12 @@ def config_refusal(txn: Mapping[str, Any], base: Path, config_path: Path) -> str
     if current == content:
         return None
     if current is not None:
-        import tomllib
-
-        from .scaffold import with_pki_id
+        from .scaffold import is_id_edit
 
         try:
-            pki_id = tomllib.loads(config["content"]).get("pki", {}).get("id")
-            text = current.decode("utf-8")
-            if isinstance(pki_id, str) and "id" not in tomllib.loads(text).get("pki", {}) \
-                    and with_pki_id(text, pki_id).encode("utf-8") == content:
-                return None  # an apply that gave pki.toml its [pki] id
-        except (ValueError, UnicodeDecodeError, AttributeError):
+            if is_id_edit(current.decode("utf-8"), config["content"]):
+                return None  # an apply that gave pki.toml its [pki] id (and legacy_keys where keys predate it)
+        except UnicodeDecodeError:
             pass
     return (f"{where} is an interrupted `pki import` that rewrites {config_path.name}: run the same `pki import "
             f"DIR` again to finish it, or remove .pki/journal/ to drop it (`pki prune` then deletes the keys it made)")

@@ -305,23 +305,27 @@ class Project:
         # what asks for --trust-pin (README: what plan checks of the audit log)
         pins = [k["fingerprint"] for k in sigs["keys"]] if sigs else []
         refuse(auditsign.verify(entries, sigs, pins)[0] or auditsign.check_history(self, sigs))
-        revoked = {(r["issuer"], r["serial"]) for r in inv["revocations"]}
-        serials = {serial for _, serial in revoked}
-        for name, serial, issuer, line in _recorded_revocations(entries, observed.records):
-            if issuer is None or (issuer, serial) in revoked or (issuer == "" and serial in serials):
-                continue
-            if issuer == "":  # (the line does not say: most likely the issuer its object has now)
-                issuer = getattr(observed.records.get(name), "issuer", None) or ""
-            which = (f"authority.{issuer} ({state.rel}/crl/{issuer}.crl)" if issuer
-                     else f"its authority ({state.rel}/crl/)")
-            raise PlanError(f"{which}: serial {serial} ({name}) is revoked, as {state.rel}/audit.jsonl line {line} "
-                            f"records, but {state.rel}/inventory.json's revocations do not list it: a state edit "
-                            f"cannot un-revoke a certificate; {restore}")
+        revocations = {(r["issuer"], r["serial"]): r for r in inv["revocations"]}
+        for line, recorded in _recorded_revocations(entries, observed.records):
+            problem = _revocation_problem(recorded, line, revocations, observed.records)
+            if problem:
+                issuer = recorded.get("issuer") or getattr(observed.records.get(line["name"]), "issuer", None)
+                which = (f"authority.{issuer} ({state.rel}/crl/{issuer}.crl)" if isinstance(issuer, str)
+                         else f"its authority ({state.rel}/crl/)")
+                raise PlanError(f"{which}: serial {recorded.get('serial')} ({recorded.get('name') or line['name']}) "
+                                f"is revoked, as {state.rel}/audit.jsonl line {line['seq']} records, but "
+                                f"{state.rel}/inventory.json's revocations {problem}: a state edit cannot un-revoke "
+                                f"a certificate or change its revocation; {restore}")
         for rec in observed.records.values():
-            if rec.revoked and rec.issuer is not None and (rec.issuer, rec.serial) not in revoked:
+            if not rec.revoked or rec.issuer is None:
+                continue
+            r = revocations.get((rec.issuer, rec.serial))
+            if r is None or (r.get("reason", "unspecified"), r.get("date")) != (rec.revoked.get("reason", "unspecified"),
+                                                                               rec.revoked.get("date")):
                 raise PlanError(f"authority.{rec.issuer} ({state.rel}/crl/{rec.issuer}.crl): serial {rec.serial} "
                                 f"({rec.qualified}) is revoked in {state.rel}/inventory.json but its revocations "
-                                f"do not list it: a state edit cannot un-revoke a certificate; {restore}")
+                                f"do not list it{'' if r is None else ' so (reason, date)'}: a state edit cannot "
+                                f"un-revoke a certificate; {restore}")
         refuse(audit.verify(None, inv, parsed=entries))
 
     def _live_keys(self, records: Mapping[str, Record]) -> dict[str, dict[KeyRef, Record]]:
@@ -863,36 +867,88 @@ def _issuer_key(cert: Any) -> Any:
 
 
 def _recorded_revocations(entries: Iterable[Mapping[str, Any]],
-                          records: Mapping[str, Record]) -> Iterable[tuple[str, str, str | None, int]]:
-    """(name, serial, issuer, line) of each revocation the audit log records that must still be on
-    its authority's CRL: issuer None when none must be (a root, or an authority retired since), ""
-    when the line does not say which authority (logs from before lines named it: then any of the
-    inventory's revocations of that serial will do)."""
+                          records: Mapping[str, Record]) -> Iterable[tuple[Mapping[str, Any], Mapping[str, Any]]]:
+    """(line, revocation) of each revocation the audit log records that must still be among the
+    inventory's revocations: a line's ``revocation`` (revoke lines, and reissues that revoke) and an
+    import's ``revocations``, whole as the inventory had them; from logs written before lines held
+    them, what a line says (serial, name, a revoke line's reason; no issuer). Left out: a root's
+    (on no CRL), and those of an authority retired since (its CRL went with it): for a whole
+    record, only that authority's retirement counts; for an older line, which does not name the
+    authority, any authority retired since, and only when the revoked object is gone from the
+    inventory too (an authority's objects go before it)."""
     retired: dict[str, int] = {}  # authority → the last line that retired it
-    found: list[tuple[str, str, Any, int]] = []
+    found: list[tuple[Mapping[str, Any], Any]] = []
     for e in entries:
-        action, seq = e["action"], e["seq"]
-        if action == "revoke":
-            if e.get("retired") and e["kind"] == "authority":
-                retired[e["name"]] = seq
-            if e.get("reason") and isinstance(e["serial"], str):
-                found.append((e["name"], e["serial"], e.get("issuer", ""), seq))
-        elif isinstance(e.get("revoked_serial"), str):
-            found.append((e["name"], e["revoked_serial"], e.get("revoked_issuer", ""), seq))
+        action, name = e["action"], e["name"]
+        if action == "revoke" and e.get("retired") and e["kind"] == "authority":
+            retired[name] = e["seq"]
+        if "revocation" in e:
+            found.append((e, e["revocation"]))
+        elif action == "import" and "revocations" in e:
+            found += [(e, r) for r in e["revocations"]] if isinstance(e["revocations"], list) else [(e, None)]
         elif action == "import" and isinstance(e.get("revoked_serials"), list):
-            found += [(e["name"], s, e["name"], seq) for s in e["revoked_serials"] if isinstance(s, str)]
-    for name, serial, issuer, seq in found:
-        rec = records.get(name)
-        if issuer == "":
-            if rec is not None and rec.issuer is None:
-                issuer = None  # a root's (this one's, or the one it replaced): on no CRL
-            elif any(at >= seq for at in retired.values()):
-                issuer = None  # perhaps under an authority retired since: its revocations went with it
-        elif issuer is not None and retired.get(issuer, 0) > seq:
-            issuer = None  # its authority was retired since, and its CRL with it
-        if issuer is not None and not isinstance(issuer, str):
-            issuer = ""  # (not a name: as if the line did not say)
-        yield name, serial, issuer, seq
+            found += [(e, {"issuer": name, "serial": s}) for s in e["revoked_serials"]]
+        elif action == "revoke" and e.get("reason"):  # (before lines held the revocation, or a root's)
+            rec = records.get(name)
+            if not (e["kind"] == "authority" and (retired.get(name) == e["seq"] or (rec and rec.issuer is None))):
+                found.append((e, {"serial": e["serial"], "name": name, "reason": e["reason"]}))
+        elif "revoked_serial" in e:  # (a reissue before lines held the revocation, or a root's)
+            rec = records.get(name)
+            if not (rec is not None and rec.issuer is None):
+                found.append((e, {"serial": e["revoked_serial"], "name": name, "date": e["time"]}))
+    for line, r in found:
+        if not isinstance(r, Mapping):
+            yield line, {"serial": repr(r)[:40]}  # (malformed: `_revocation_problem` refuses it)
+            continue
+        issuer = r.get("issuer")
+        if isinstance(issuer, str) and retired.get(issuer, 0) > line["seq"]:
+            continue
+        if issuer is None and line["name"] not in records and any(at >= line["seq"] for at in retired.values()):
+            continue
+        yield line, r
+
+
+def _revocation_problem(recorded: Mapping[str, Any], line: Mapping[str, Any],
+                        revocations: Mapping[tuple[str, str], Mapping[str, Any]],
+                        records: Mapping[str, Record]) -> str | None:
+    """How the inventory's ``revocations`` (by issuer and serial) fail the revocation the audit
+    ``line`` records, in a few words, or None. A whole record must be there as recorded: issuer,
+    serial, reason, date, name and not_after where recorded; an older line's (no issuer) must be a
+    revocation of that serial and name, with the line's reason, under the issuer the object's
+    record names while it is that certificate. No revocation dates from after its line."""
+    from .model import parse_time
+
+    serial = recorded.get("serial")
+    if not isinstance(serial, str) or any(not isinstance(recorded.get(k, ""), str) for k in recorded):
+        return "cannot be checked against it (the line's revocation is malformed)"
+    try:
+        if "date" in recorded and parse_time(recorded["date"]) > parse_time(line["time"]):
+            return f"cannot take its date {recorded['date']}, after the line's time {line['time']}"
+    except (TypeError, ValueError):
+        return "cannot be checked against it (the line's revocation has no valid date)"
+    if "issuer" in recorded:
+        r = revocations.get((recorded["issuer"], serial))
+        if r is None:
+            return "do not list it"
+        differ = sorted(k for k, v in recorded.items() if r.get(k, "unspecified" if k == "reason" else None) != v)
+        return f"list it with another {', '.join(differ)}" if differ else None
+    rec = records.get(recorded.get("name", ""))
+    issuer = rec.issuer if rec is not None and rec.serial == serial else None
+    candidates = [r for (i, s), r in revocations.items() if s == serial and (issuer is None or i == issuer)
+                  and r.get("name", recorded.get("name")) == recorded.get("name")]
+    if not candidates:
+        return "do not list it"
+    for r in candidates:
+        if r.get("reason", "unspecified") != recorded.get("reason", r.get("reason", "unspecified")):
+            continue
+        try:
+            when = parse_time(r["date"])
+            if when > parse_time(line["time"]) or ("date" in recorded and when != parse_time(recorded["date"])):
+                continue
+        except (KeyError, TypeError, ValueError):
+            continue
+        return None
+    return "list it with another reason or date"
 
 
 def _same_time(recorded: Any, actual: Any) -> bool:

@@ -114,3 +114,66 @@ def test_a_lost_crl_with_its_revocations_intact_is_refreshed(clone):
     pki.apply()
     assert crl_serials(state_crl(repo, "inter")) == {int(s, 16) for s in serials.values()}
     assert pki.plan_exit() == 0
+
+
+def edit_inventory(repo: Path, change) -> None:
+    """The pull request: ``change(inventory)``, then the CRL files named deleted by the caller."""
+    path = repo / "state/inventory.json"
+    inv = json.loads(path.read_text())
+    change(inv)
+    path.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+
+
+def test_a_revocation_moved_to_another_authority_is_refused(clone):
+    """The review's issuer swap: the replaced ``client``'s revocation moved from inter to root and both
+    CRL files deleted (root's new CRL would list a serial nobody checks there, inter's would drop it)."""
+    repo, pki, serials = clone
+
+    def move(inv):
+        for r in inv["revocations"]:
+            if r["serial"] == serials["client"]:
+                r["issuer"] = "root"
+    edit_inventory(repo, move)
+    for name in ("inter", "root"):
+        (repo / f"state/crl/{name}.crl").unlink()
+    commit_all(repo, "PR: tidy state")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "authority.inter" in line and serials["client"] in line and "un-revoke" in line, line
+    assert_one_line(pki.apply(expect=1).stderr.strip())
+    assert not (repo / "state/crl/inter.crl").exists()
+
+
+def test_a_revocation_rewritten_to_a_hold_dated_later_is_refused(clone):
+    """The review's reason/date rewrite: ``server``'s key_compromise made a certificate_hold dated
+    2099 (record and revocation alike), its CRL deleted: the audit line records reason and date."""
+    repo, pki, serials = clone
+
+    def hold(inv):
+        for r in inv["revocations"]:
+            if r["serial"] == serials["server"]:
+                r.update(reason="certificate_hold", date="2099-12-31T00:00:00Z")
+        inv["objects"]["server"]["revoked"] = {"reason": "certificate_hold", "date": "2099-12-31T00:00:00Z"}
+    edit_inventory(repo, hold)
+    (repo / "state/crl/inter.crl").unlink()
+    commit_all(repo, "PR: tidy state")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "authority.inter" in line and serials["server"] in line and "date" in line and "reason" in line, line
+    assert not (repo / "state/crl/inter.crl").exists()
+
+
+def test_a_retired_authority_does_not_excuse_another_authoritys_revocation(clone):
+    """The review's retire bypass: an unrelated authority retired after the replacement; the
+    replacement's revocation (by inter, which stays) then removed with inter's CRL file. Retiring
+    spare legitimately still plans clean (its own revocations went with its CRL)."""
+    repo, pki, serials = clone
+    spare = '\n[authority.spare]\nissuer = "root"\ncommon_name = "Spare CA"\nvalidity = "1y"\npath_length = 0\n'
+    (repo / "pki.toml").write_text((repo / "pki.toml").read_text() + spare)
+    commit_all(repo, "spare")
+    pki.apply()
+    (repo / "pki.toml").write_text((repo / "pki.toml").read_text().replace(spare, ""))
+    commit_all(repo, "retire spare")
+    pki.apply()
+    assert pki.plan_exit() == 0
+    drop_revocation(repo, serials["client"])
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "authority.inter" in line and serials["client"] in line, line

@@ -465,10 +465,15 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                     issuer_ski=ski_hex(issuer_cert.public_key()) if issuer_cert is not None else None,
                     spec=entry.spec(), spec_digest=new_desired.spec_digests[entry.name],
                 )
+                adopted: list[dict[str, Any]] = []  # its CRL's revocations, in the inventory and the audit line
                 if entry.kind is Kind.AUTHORITY:  # its CRL, re-signed by the adopted key where it now is
                     number, old_revocations = _existing_crl(cand)
-                    for r in old_revocations:
-                        revocations.append(dict(r, issuer=entry.name))
+                    adopted = [dict(r, issuer=entry.name) for r in old_revocations]
+                    late = [r for r in adopted if r["date"] > format_time(now)]  # (one format: compared as text)
+                    if late:
+                        raise PkiError(f"{cand.cert_path}: its CRL revokes serial {late[0]['serial']} as of "
+                                       f"{late[0]['date']}, a date to come; a revocation cannot be adopted before it")
+                    revocations += adopted
                     crl_data, info = sign_crl(cert, store.signer(ref), old_revocations, number=number + 1, now=now,
                                               validity=entry.crl_validity)
                     rec = dataclasses.replace(rec, crl=info)
@@ -479,7 +484,8 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
                 files[f"certs/{entry.name}.pem"] = certificate_file(cert, der).decode()
                 events.append(audit.event("import", entry.kind.value, entry.name, time=format_time(now), actor=actor,
                                           serial=rec.serial, sha256=rec.sha256, not_after=format_time(rec.not_after),
-                                          backend=rec.store, plan=None, source=str(cand.cert_path)))
+                                          backend=rec.store, plan=None, source=str(cand.cert_path),
+                                          **({"revocations": adopted} if adopted else {})))
                 lines.append(f"imported {entry.qualified} from {cand.cert_path.name} (key into backend "
                              f"{entry.backend}{', non-exportable' if not rec.key_exportable else ''})")
             still_locked()

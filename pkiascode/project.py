@@ -919,7 +919,7 @@ def _revocation_problem(recorded: Mapping[str, Any], line: Mapping[str, Any],
     from .model import parse_time
 
     serial = recorded.get("serial")
-    if not isinstance(serial, str) or any(not isinstance(recorded.get(k, ""), str) for k in recorded):
+    if not isinstance(serial, str) or any(not isinstance(v, (str, type(None))) for v in recorded.values()):
         return "cannot be checked against it (the line's revocation is malformed)"
     try:
         if "date" in recorded and parse_time(recorded["date"]) > parse_time(line["time"]):

@@ -177,3 +177,51 @@ def test_a_retired_authority_does_not_excuse_another_authoritys_revocation(clone
     drop_revocation(repo, serials["client"])
     line = assert_one_line(pki("plan", expect=1).stderr.strip())
     assert "authority.inter" in line and serials["client"] in line, line
+
+
+def test_a_revocation_adopted_by_pki_import_cannot_be_dropped(tmp_path):
+    """The review's import case: `pki import` adopts a CA with its CRL (serial abc revoked,
+    key_compromise); its audit line records that revocation whole, so a pull request that empties
+    the inventory's revocations and deletes crl/ca.crl is refused."""
+    import datetime as dt
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.timezone.utc)
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Old CA")])
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(1000).not_valid_before(now - dt.timedelta(days=1)).not_valid_after(now + dt.timedelta(days=365))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(False, False, False, False, False, True, True, False, False), critical=True)
+            .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+            .sign(key, hashes.SHA256()))
+    revoked = (x509.RevokedCertificateBuilder().serial_number(0xabc).revocation_date(now - dt.timedelta(hours=1))
+               .add_extension(x509.CRLReason(x509.ReasonFlags.key_compromise), critical=False).build())
+    crl = (x509.CertificateRevocationListBuilder().issuer_name(name).last_update(now)
+           .next_update(now + dt.timedelta(days=7)).add_extension(x509.CRLNumber(5), critical=False)
+           .add_revoked_certificate(revoked).sign(key, hashes.SHA256()))
+    src = tmp_path / "src"
+    src.mkdir()
+    (src / "ca.crt").write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    (src / "ca.key").write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                   serialization.NoEncryption()))
+    (src / "ca.crl").write_bytes(crl.public_bytes(serialization.Encoding.PEM))
+    repo = new_repo(tmp_path / "repo", "", commit=True)
+    pki = Pki(repo, clean_env())
+    pki.ok("import", str(src))
+    commit_all(repo, "adopt")
+    [line] = [ln for ln in json.loads("[" + ",".join((repo / "state/audit.jsonl").read_text().splitlines()) + "]")
+              if ln["action"] == "import"]
+    assert [(r["issuer"], r["serial"], r["reason"]) for r in line["revocations"]] == [("ca", "abc", "key_compromise")]
+    assert pki.plan_exit() == 0
+
+    edit_inventory(repo, lambda inv: inv.update(revocations=[]))
+    (repo / "state/crl/ca.crl").unlink()
+    commit_all(repo, "PR: tidy state")
+    err = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "authority.ca" in err and "abc" in err and "state/crl/ca.crl" in err, err
+    assert not (repo / "state/crl/ca.crl").exists()

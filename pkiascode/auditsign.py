@@ -411,8 +411,13 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
     """The pins in the file start with the key that the first commit of the file pinned (git's
     history, not the file, says which key was pinned on first use). Empty when not in git or the
-    file was never committed."""
+    file was never committed. A shallow clone's history may not reach that commit (its oldest
+    commit would seem to add the file as it is now): a `PlanError` saying to fetch the full history,
+    once there is a log to check."""
+    import os
     import subprocess
+
+    from .errors import PlanError
 
     state = project.state
     repo = project.repository()
@@ -424,6 +429,14 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     def git(*args: str) -> bytes:
         return subprocess.run(["git", "-C", str(repo.top), *args], capture_output=True, check=True).stdout
 
+    try:
+        shallow = git("rev-parse", "--is-shallow-repository").strip() == b"true"
+    except subprocess.CalledProcessError:
+        shallow = False
+    if shallow and (sigs is not None or os.path.lexists(state.audit_path)):
+        raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
+                        "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
+                        "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
     try:
         added = git("log", "--diff-filter=A", "--format=%H", "--", rel).split()
         if not added:

@@ -225,3 +225,17 @@ def test_a_revocation_adopted_by_pki_import_cannot_be_dropped(tmp_path):
     err = assert_one_line(pki("plan", expect=1).stderr.strip())
     assert "authority.ca" in err and "abc" in err and "state/crl/ca.crl" in err, err
     assert not (repo / "state/crl/ca.crl").exists()
+
+
+def test_a_shallow_clone_is_refused_saying_to_fetch_the_full_history(revoked, tmp_path):
+    """The review's shallow case: in a depth-1 clone git's history cannot say which audit key was
+    pinned first (the clone's one commit seems to add the file as the pull request left it), so a
+    re-chained log without the signatures file would pass; plan refuses instead, in one line saying
+    to fetch the full history. A full clone plans as usual."""
+    src, _ = revoked
+    shallow = tmp_path / "shallow"
+    git(tmp_path, "clone", "-q", "--depth", "1", f"file://{src}", str(shallow))
+    line = assert_one_line(Pki(shallow, clean_env())("plan", "--offline", expect=1).stderr.strip())
+    assert "shallow" in line and "fetch-depth: 0" in line and "GIT_DEPTH: 0" in line, line
+    git(shallow, "fetch", "-q", "--unshallow")
+    assert Pki(shallow, clean_env())("plan", "--offline", "--detailed-exitcode", expect=(0, 2)).returncode in (0, 2)

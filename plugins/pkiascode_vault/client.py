@@ -8,8 +8,10 @@ and the core generates keys from several threads. The token comes from the store
 ``$VAULT_TOKEN`` or ``~/.vault-token``, or the answer of a login) once, when the first request needs
 it, and is never part of a message, a repr or a chained exception.
 
-Credentials go only to a Vault that can be trusted with them: plain ``http://`` only to a loopback
-address (anything else is refused before a connection is made), and the store sends them only to
+Credentials go only to a Vault that can be trusted with them: a plain address (scheme, host, port),
+whose host urllib3, which connects, reads as the loopback rule did; plain ``http://`` only to a
+loopback address (anything else is refused before a connection is made); no redirect followed (a
+3xx is an error: requests would resend the token); and the store sends them only to
 ``$VAULT_ADDR``, or to pki.toml's ``address`` alone when that is a loopback address (see `VaultKeyStore`).
 """
 
@@ -22,11 +24,13 @@ from typing import Any
 
 from hvac.adapters import RawAdapter
 from requests import exceptions as rx
+from urllib3.exceptions import LocationParseError
+from urllib3.util import parse_url
 
 from pkiascode.errors import BackendError, BackendUnavailable
 
 from .auth import Auth
-from .store import is_loopback
+from .store import PLAIN_ADDRESS, address_parts, address_problem, is_loopback
 
 __all__ = ["VaultClient", "Reply", "server_errors"]
 
@@ -130,8 +134,10 @@ class VaultClient:
 
     def _new_adapter(self, slot: str, token: str | None) -> RawAdapter:
         """A connection for this thread (``slot``: with the token or without), closed by `close`."""
+        # no redirects: requests would resend X-Vault-Token to wherever one points (it strips only
+        # Authorization); a 3xx is an error in `call`
         adapter = RawAdapter(base_uri=self.address, token=token, verify=self.verify, cert=self.cert,
-                             timeout=self.timeout, namespace=self.namespace)
+                             timeout=self.timeout, namespace=self.namespace, allow_redirects=False)
         setattr(self._local, slot, adapter)
         with self._adapters_lock:
             self._adapters.append(adapter)
@@ -168,6 +174,8 @@ class VaultClient:
             reason = " ".join(str(exc).split())[:200] or type(exc).__name__
             raise self._fail(BackendUnavailable, f"cannot talk to Vault at {self.address!r} ({reason}): check "
                                                  "`address`, `ca_cert`, `client_cert` and `client_key`") from None
+        if 300 <= response.status_code < 400:
+            raise self._redirected(method, path, response)
         try:
             parsed = response.json() if response.content else {}
         except ValueError:
@@ -182,14 +190,36 @@ class VaultClient:
         raise self._error(method, path, status, parsed)
 
     def _check_address(self) -> None:
+        """Before the first connection: the address is plain, and urllib3 (which requests connects with)
+        reads the host and port the loopback rule judged (`address_parts`)."""
         if not self.address:
             raise self._fail(BackendUnavailable, "no Vault address: set $VAULT_ADDR (or `address` in the backend table)")
-        if not re.match(r"https?://", self.address):
-            raise self._fail(BackendUnavailable, f"Vault address {self.address!r} must start with http:// or https://")
+        problem = address_problem(self.address)
+        if problem:
+            raise self._fail(BackendUnavailable, f"Vault address {self.address!r} {problem}")
+        try:
+            url = parse_url(self.address)
+            connects_to = (url.scheme, url.host, url.port, url.auth, url.path or "/", url.query, url.fragment)
+        except LocationParseError:
+            connects_to = None
+        if connects_to != (*(address_parts(self.address) or ()), None, "/", None, None):
+            raise self._fail(BackendUnavailable, f"Vault address {self.address!r} {PLAIN_ADDRESS}")
         if self.address.startswith("http://") and not is_loopback(self.address):
             raise self._fail(BackendUnavailable, f"refusing to talk to Vault at {self.address} over plain http: "
                                                  "credentials would cross the network unencrypted; use https:// "
                                                  "(plain http only to a loopback address)")
+
+    def _redirected(self, method: str, path: str, response: Any) -> BackendError:
+        """The error for a redirect, naming the host[:port] it points to (never followed)."""
+        location = response.headers.get("Location") or ""
+        try:
+            target = parse_url(location).netloc or "this same address"  # a relative Location: no host
+        except LocationParseError:
+            target = "an address that does not parse"
+        return self._fail(BackendUnavailable, f"Vault at {self.address} answered {response.status_code} to "
+                                              f"{method.upper()} {path}, a redirect to {target[:100]!r}: not "
+                                              "followed (the token would go along); set $VAULT_ADDR to the "
+                                              "address that answers itself")
 
     def _adapter_without_token(self) -> RawAdapter:
         if getattr(self._local, "anonymous", None) is None:

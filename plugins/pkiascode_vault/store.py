@@ -36,6 +36,7 @@ without an id on that Vault, which is why it is not the default.
 Credentials: the token (or the login's secrets) go only to ``$VAULT_ADDR``; an ``address`` in
 pki.toml that differs is an error naming both, and one without ``$VAULT_ADDR`` is used only when it
 is a loopback address (local development, tests), both raised before anything is sent to anyone.
+Either address must be plain (`address_parts`: scheme, host, port, nothing else).
 TLS trust comes from the environment as well (`VaultKeyStore._tls`): ``$VAULT_CACERT``,
 ``$VAULT_CAPATH`` and ``$VAULT_SKIP_VERIFY`` decide when set, and a ``ca_cert`` or ``tls_verify`` in
 pki.toml that says otherwise is an error naming both; without them, pki.toml may turn verification
@@ -54,7 +55,6 @@ import secrets
 import threading
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from pkiascode.backend import ENTRY_NAME, KeyRef, KeyRequest, KeyStore, Option
 from pkiascode.errors import BackendError, BackendUnavailable, KeyNotExportable, KeyNotFound, UnsupportedKeyType
@@ -80,7 +80,7 @@ if TYPE_CHECKING:
 
     from .client import VaultClient
 
-__all__ = ["VaultKeyStore", "is_loopback", "prefix_problem"]
+__all__ = ["VaultKeyStore", "PLAIN_ADDRESS", "address_parts", "address_problem", "is_loopback", "prefix_problem"]
 
 log = get_logger("pkiascode.vault")
 
@@ -111,16 +111,64 @@ _NAME_TRIES = 5
 _GONE = re.compile(r"not found|no existing key|could not be found")
 
 
-def is_loopback(address: str) -> bool:
-    """Whether ``address`` (a URL) names this machine: 127.0.0.0/8, ::1 or ``localhost``."""
+#: a plain Vault address: scheme, host and port, nothing else. User info, a path, a query, a fragment,
+#: a backslash or a space are where URL parsers disagree (Python's urlsplit reads
+#: ``http://A\@127.0.0.1`` as host 127.0.0.1, urllib3, which connects, as host A), so none is allowed.
+_ADDRESS = re.compile(r"(https?)://([A-Za-z0-9.-]+|\[[0-9A-Fa-f:.]+\])(?::([0-9]{1,5}))?/?")
+_IPV4 = re.compile(r"[0-9]+(?:\.[0-9]+){3}")
+_DNS_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+#: what `address_parts` allows, for messages
+PLAIN_ADDRESS = ("must be a plain http:// or https:// URL: scheme, host and port only, e.g. "
+                 "\"https://vault.example:8200\" (no user info, path, query, fragment, backslash or space)")
+
+
+def address_parts(address: str) -> tuple[str, str, int | None] | None:
+    """``(scheme, host, port)`` of a plain Vault address, None for anything else (`PLAIN_ADDRESS`).
+
+    The host is a dotted-quad IPv4 address, an IPv6 address in brackets, or a DNS name whose last label
+    begins with a letter (``127.1`` or ``0x7f.1`` would be read as an address by the resolver); a name
+    is returned in lower case, as urllib3 gives it. `pkiascode_vault.client` checks, before connecting,
+    that urllib3 (the parser requests connects with) reads the same three parts."""
+    match = _ADDRESS.fullmatch(address)
+    if match is None:
+        return None
+    scheme, host, port_text = match.groups()
+    port = int(port_text) if port_text is not None else None
+    if port is not None and not 0 < port < 65536:
+        return None
     try:
-        host = urlsplit(address).hostname or ""
+        if host.startswith("["):
+            ipaddress.IPv6Address(host[1:-1])
+            return scheme, host.lower(), port
+        if _IPV4.fullmatch(host):
+            ipaddress.IPv4Address(host)  # no leading zeros, each part below 256
+            return scheme, host, port
     except ValueError:
+        return None
+    labels = host.split(".")
+    if all(_DNS_LABEL.fullmatch(label) for label in labels) and labels[-1][0].isalpha():
+        return scheme, host.lower(), port
+    return None
+
+
+def address_problem(address: str) -> str | None:
+    """What is wrong with a Vault address (None: it is plain, `address_parts`), as a message tail."""
+    if not address.startswith(("http://", "https://")):
+        return "must start with http:// or https://, e.g. \"https://vault.example:8200\""
+    return PLAIN_ADDRESS if address_parts(address) is None else None
+
+
+def is_loopback(address: str) -> bool:
+    """Whether ``address``, a plain address (`address_parts`), names this machine: 127.0.0.0/8, ::1 or
+    ``localhost``. False for any address that is not plain."""
+    parts = address_parts(address)
+    if parts is None:
         return False
+    host = parts[1]
     if host == "localhost":
         return True
     try:
-        return ipaddress.ip_address(host).is_loopback
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
 
@@ -240,8 +288,8 @@ class VaultKeyStore(KeyStore):
     def validate(cls, settings: Mapping[str, Any]) -> list[tuple[str, str]]:
         problems: list[tuple[str, str]] = []
         address = settings.get("address")
-        if address is not None and not re.match(r"https?://[^/\s]+", str(address)):
-            problems.append(("address", "must be an http:// or https:// URL, e.g. \"https://vault.example:8200\""))
+        if address is not None and address_problem(str(address)):
+            problems.append(("address", address_problem(str(address)) or ""))
         elif address is not None and str(address).startswith("http://") and not is_loopback(str(address)):
             problems.append(("address", "plain http:// only to a loopback address (credentials would cross the "
                                         "network unencrypted): use https://"))
@@ -292,6 +340,9 @@ class VaultKeyStore(KeyStore):
                     if auth_problems(s.get("auth")):  # validate() said so already; never log in some other way
                         raise self._err(BackendError, "the auth table is not valid: run `pki validate`")
                     env_address = os.environ.get("VAULT_ADDR", "").rstrip("/")
+                    for source, value in (("$VAULT_ADDR", env_address), ("address", self.configured_address)):
+                        if value and address_problem(value):  # validate() said so for pki.toml's
+                            raise self._err(BackendUnavailable, f"{source} {value!r} {address_problem(value)}")
                     if env_address and self.configured_address and env_address != self.configured_address:
                         raise self._err(BackendUnavailable, f"pki.toml says address = {self.configured_address!r} "
                                                             f"but $VAULT_ADDR is {env_address!r}: credentials go "

@@ -199,6 +199,65 @@ def test_plain_http_only_to_a_loopback_address(vault_env, make_store, monkeypatc
     assert type(store).validate({"address": "http://127.0.0.1:8200"}) == []
 
 
+# -- only a plain address: the host judged is the host connected to (review finding 3) ---------------
+
+def test_an_address_that_is_not_plain_is_refused_before_anything_connects(vault_env, applied, make_store, listener,
+                                                                           monkeypatch, tmp_path):
+    """Python's urlsplit reads ``http://A\\@127.0.0.1:P`` as host 127.0.0.1, requests/urllib3 connect to A:
+    an address with a backslash (or user info, a path, a query, a fragment, a space) is refused by
+    `pki validate`, by `pki plan` and by the store itself, from pki.toml or from $VAULT_ADDR."""
+    token = vault_env.token
+    bao_port = vault_env.address.rsplit(":", 1)[1]
+    repro = f"http://192.0.2.10:8200\\@127.0.0.1:{bao_port}"  # the review's: a host off this machine
+    repo = shutil.copytree(applied, tmp_path / "repo", symlinks=True)
+    toml = (repo / "pki.toml").read_text()
+    (repo / "pki.toml").write_text(toml.replace('plugin = "vault"\n', f"plugin = \"vault\"\naddress = '{repro}'\n", 1))
+    line_number = (repo / "pki.toml").read_text().splitlines().index(f"address = '{repro}'") + 1
+    pki = Pki(repo, clean_env(VAULT_TOKEN=token))
+    for command in (("validate",), ("plan",)):
+        line = assert_one_line(pki(*command, expect=1).stderr.strip(), token)
+        assert line.startswith(f"pki.toml:{line_number}: backend.vault.address: must be a plain"), (command, line)
+    # $VAULT_ADDR is checked too, before a connection: here urllib3 would connect to the listener
+    (repo / "pki.toml").write_text(toml)
+    sneaky = f"{listener.address}\\@127.0.0.1:{bao_port}"
+    line = assert_one_line(pki("plan", env={"VAULT_ADDR": sneaky}, expect=1).stderr.strip(), token)
+    assert f"$VAULT_ADDR {sneaky!r} must be a plain" in line, line
+    listener.close()
+    assert listener.received == b"" and listener.connections == 0
+
+    # the store itself, whatever validate said: no name looked up, no connection made
+    attempts: list[object] = []
+
+    def refuse(*args, **kwargs):
+        attempts.append(args[:2])
+        raise OSError("the test forbids network access here")
+
+    monkeypatch.setattr(socket, "getaddrinfo", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.delenv("VAULT_ADDR")
+    for address in (repro, f"http://user:pw@127.0.0.1:{bao_port}", f"{vault_env.address}/v1/x",
+                    f"{vault_env.address}?x=1", f"{vault_env.address}#x", f"{vault_env.address} ", "http://127.1:8200"):
+        assert dict(validate_address(address))["address"].startswith("must be a plain"), address
+        for settings, environment in (({"address": address}, None), ({}, address)):
+            if environment is not None:
+                monkeypatch.setenv("VAULT_ADDR", environment)
+            store = make_store(**settings)
+            with pytest.raises(BackendUnavailable) as info:
+                store.check()
+            line = assert_one_line(str(info.value), token)
+            assert f"{address!r} must be a plain" in line, line
+            monkeypatch.delenv("VAULT_ADDR", raising=False)
+    assert attempts == []
+    for plain in ("https://vault.example:8200", "https://vault.example:8200/", "http://[::1]:8200", "https://10.1.2.3"):
+        assert validate_address(plain) == [], plain
+
+
+def validate_address(address: str) -> list[tuple[str, str]]:
+    from pkiascode_vault import VaultKeyStore
+
+    return VaultKeyStore.validate({"address": address})
+
+
 # -- the lock: a lease, never a PID -------------------------------------------------------------------
 
 def test_a_holder_with_a_pid_that_is_gone_here_keeps_the_lock(vault_env, make_store):

@@ -255,7 +255,7 @@ class Project:
             if got is not None:
                 obj = inv["objects"].get(name, {})
                 problem = _check_recorded(got, rec, issuer, obj.get("public_key_sha256"))
-                if problem is None and name not in observed.cert_drift:
+                if problem is None and name not in observed.cert_drift and not _signed_by_earlier_key(rec, issuer):
                     problem = _check_signature(got, rec, issuer)
                 if problem:
                     raise PlanError(f"{where}: {problem}; {restore}")
@@ -823,6 +823,15 @@ def _revocations_by_issuer(revocations: Iterable[Any], rel: str, restore: str) -
                             f"({str(r)[:80]!r}); {restore}")
         out.setdefault(r["issuer"], {})[serial] = r
     return out
+
+
+def _signed_by_earlier_key(rec: Record, issuer: tuple[Any, Any, str] | None) -> bool:
+    """Whether ``rec`` is a revoked certificate its issuer signed with a key it has since replaced
+    (``pki apply --replace`` of the authority reissues its live certificates, not its revoked ones):
+    its signature cannot verify under the issuer's certificate now. Its authority key identifier is
+    still the recorded one (`_check_recorded`), and its SHA-256 the one the signed audit log records
+    (`Project.verify_revocations`)."""
+    return bool(rec.revoked and issuer is not None and rec.issuer_ski and rec.issuer_ski != issuer[1].ski.hex())
 
 
 def _check_signature(got: tuple[Any, Any, str], rec: Record, issuer: tuple[Any, Any, str] | None) -> str | None:

@@ -239,3 +239,19 @@ def test_a_shallow_clone_is_refused_saying_to_fetch_the_full_history(revoked, tm
     assert "shallow" in line and "fetch-depth: 0" in line and "GIT_DEPTH: 0" in line, line
     git(shallow, "fetch", "-q", "--unshallow")
     assert Pki(shallow, clean_env())("plan", "--offline", "--detailed-exitcode", expect=(0, 2)).returncode in (0, 2)
+
+
+def test_replacing_an_authority_that_lists_a_revoked_certificate_keeps_planning(clone):
+    """The review's wedge: `--replace inter` reissues inter's live certificates under its new key, not
+    the revoked ``server`` (signed by inter's earlier key). Later plans are clean, and ``server``'s
+    revocation is still proved by the audit log."""
+    repo, pki, serials = clone
+    pki.apply("--replace", "inter")
+    assert pki.plan_exit() == 0
+    pki.ok("audit", "verify")
+    edit_inventory(repo, lambda inv: inv.update(revocations=[r for r in inv["revocations"]
+                                                             if r["serial"] != serials["server"]]))
+    (repo / "state/crl/inter.crl").unlink()
+    commit_all(repo, "PR: state edit")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert "authority.inter" in line and serials["server"] in line, line

@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives import serialization
 
 from . import audit, auditsign, ci
 from .backend import KeyRef, KeyRequest
-from .errors import BackendError, PkiError, StalePlanError, StateError
+from .errors import BackendError, GitError, PkiError, StalePlanError, StateError
 from .gitops import Upstream, check_ignored
 from .keytypes import KeyType, key_type_of
 from .model import CSR_STORE, Entry, Kind, Record, format_time, utc_now
@@ -49,7 +49,7 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock"]
+           "Base", "apply_under_lock", "state_keys", "id_first_recorded", "id_taken"]
 
 
 class Progress(Protocol):
@@ -124,13 +124,7 @@ def legacy_stores(project: Project) -> tuple[str, ...]:
     """The shared stores (any but ``local``) without ``legacy_keys = true`` that hold keys state names:
     its objects', the audit log's, its pending deletions', ``.pki/``'s lists of keys to delete and the
     key journal's. From state alone (an offline plan knows them too)."""
-    from . import auditsign
-
-    state = project.state
-    inv = state.load()[0]
-    used = keys_in(inv["objects"]) | auditsign.key_refs(state) | set(state.pending_deletes()) \
-        | set(state.deferred_deletes() or []) | {(str(a), str(b)) for a, b in inv["pending_deletes"]} \
-        | set(state.key_journal()[0])
+    used = state_keys(project)
     stores = project.desired().stores
     return tuple(sorted({name for name, _ in used if name in stores and stores[name].plugin != "local"
                          and stores[name].settings_dict().get("legacy_keys") is not True}))
@@ -207,6 +201,53 @@ def id_to_add(project: Project, commit: bool) -> IdEdit | None:
         settings = {**spec.settings_dict(), **({"legacy_keys": True} if spec.name in edit.legacy else {})}
         project.store(spec.name, plugin=spec.plugin, settings=settings, pki_id=edit.pki_id)
     return edit
+
+
+def state_keys(project: Project) -> set[tuple[str, str]]:
+    """Every key ``state/`` names: its objects', the audit log's, its pending deletions', ``.pki/``'s
+    lists of keys to delete and the key journal's."""
+    from . import auditsign
+
+    state = project.state
+    inv = state.load()[0]
+    return keys_in(inv["objects"]) | auditsign.key_refs(state) | set(state.pending_deletes()) \
+        | set(state.deferred_deletes() or []) | {(str(a), str(b)) for a, b in inv["pending_deletes"]} \
+        | set(state.key_journal()[0])
+
+
+def id_first_recorded(project: Project, inv: Mapping[str, Any]) -> bool:
+    """Whether this PKI's ``[pki] id`` is being recorded for the first time: the inventory ``inv`` (the
+    work tree's) records none, or HEAD's or its first parent's inventory holds objects but no id (a
+    commit, such as a merged pull request, wrote the id into the inventory)."""
+    if inv.get("pki_id") is None:
+        return True
+    repo = project.repository()
+    head = repo.head() if repo is not None else None
+    for commit in (head, f"{head}^1") if head is not None else ():
+        earlier = inventory_at(project, commit)
+        if earlier["objects"] and earlier.get("pki_id") is None:
+            return True
+    return False
+
+
+def id_taken(project: Project, pki_id: str) -> str | None:
+    """Why ``pki_id`` may not become this PKI's id, or None: its namespace in a shared key store (the
+    stores made with that id) already holds a key that ``state/`` does not name. Such a key is
+    another PKI's (a pull request gave this one that PKI's id, review F-F), and once the id is this
+    PKI's, `pki prune` would take it for an orphan."""
+    named = state_keys(project)
+    for name, spec in sorted(project.desired().stores.items()):
+        if spec.plugin == "local":
+            continue
+        try:
+            foreign = sorted(r.id for r in project.store(name).list_keys() if (r.store, r.id) not in named)
+        except BackendError as e:
+            return f"cannot list the keys of backend {name} to check the new [pki] id {pki_id} ({e})"
+        if foreign:
+            return (f"the [pki] id {pki_id} is new to {project.state.rel}/inventory.json, but its namespace in backend "
+                    f"{name} already holds {len(foreign)} key(s) that state/ does not name ({foreign[0]}): another "
+                    "PKI's id; set an id of this PKI's own in pki.toml's [pki] table (or none: apply adds one)")
+    return None
 
 
 def preflight(project: Project, commit: bool) -> None:
@@ -397,6 +438,9 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
             ready = [k for k in pending if on_upstream or k in retired_there]
     ready = [k for k in ready if k not in keep]
     notes = []
+    if head is not None and ready:
+        ready, refused = _retired_by_history(project, ready)
+        notes += refused
     waiting = len(pending) - len(ready)
     if waiting and upstream is not None:
         notes.append(f"{waiting} retired key(s) are kept until the commit that retired them is on {upstream}; "
@@ -417,6 +461,46 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
         except BackendError as e:
             notes.append(f"old key {key_id} could not be deleted yet ({e}); the next apply retries")
     return notes
+
+
+#: how many inventory changes back (on HEAD's first-parent line) a pending deletion is traced
+TRACE_LIMIT = 50
+
+
+def _retired_by_history(project: Project, keys: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the keys of ``keys``, pending deletions, that this repository's history shows an apply retired;
+    a note for each other one, kept). Traced back along HEAD's first-parent history of the inventory:
+    the last inventory that does not list the key as pending must name it as an object's key (review
+    F-G: a pull request that lists another PKI's key was never an object's key here). A history that
+    ends first (a shallow clone, more than `TRACE_LIMIT` inventory changes) proves nothing: kept."""
+    repo = project.repository()
+    rel = project.state.rel
+    try:
+        commits = repo._git("log", "--first-parent", "--format=%H", f"-n{TRACE_LIMIT}", "HEAD", "--",
+                            repo.rel(project.state.inventory_path)).split()
+    except GitError:
+        commits = []
+    left, traced, notes = set(keys), [], []
+    for commit in commits:  # newest first
+        try:
+            inv = inventory_at(project, commit)
+        except PkiError:
+            break
+        listed, used = {(str(a), str(b)) for a, b in inv["pending_deletes"]}, keys_in(inv["objects"])
+        for key in sorted(left - listed):
+            left.discard(key)
+            if key in used:
+                traced.append(key)
+            else:
+                notes.append(f"{rel}/inventory.json lists key {key[1]} (backend {key[0]}) for deletion, but no "
+                             f"object of {rel}/inventory.json used it before (commit {commit[:12]}): not a key an "
+                             "apply retired, kept; remove it from pending_deletes")
+        if not left:
+            break
+    notes += [f"{rel}/inventory.json lists key {key_id} (backend {store}) for deletion, but the history this clone "
+              "holds does not show the apply that retired it (a shallow clone? fetch the whole history): kept"
+              for store, key_id in sorted(left)]
+    return [k for k in keys if k in traced], notes
 
 
 def _keys_at(project: Project, commit: str) -> set[tuple[str, str]]:
@@ -1049,8 +1133,11 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     commit); ``delete_retired`` False: the caller deletes them itself (`finish_deletes`, after its
     push). ``still_locked``: the lock's ``confirm``, called before writing, committing and deleting.
     ``id_edit``: what to write into pki.toml with this commit (`id_to_add`)."""
-    why = id_refusal(project.state.load()[0], id_edit.pki_id if id_edit else project.desired().settings.id,
-                     project.state.rel)
+    inv = project.state.load()[0]
+    pki_id = id_edit.pki_id if id_edit else project.desired().settings.id
+    why = id_refusal(inv, pki_id, project.state.rel)
+    if why is None and pki_id is not None and id_first_recorded(project, inv):
+        why = id_taken(project, pki_id)
     if why:
         raise StateError(why)
     repo = project.repository()

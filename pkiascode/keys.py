@@ -14,6 +14,12 @@ refuse unless pki.toml's id is the one the inventories record (``pki_id`` of the
 and the upstream's) and the one HEAD's and the upstream's committed pki.toml say; unless every key
 the inventories name is accepted by its store as this PKI's (the stores refuse references outside
 their namespace); and every candidate is checked the same way before it is offered for deletion.
+
+An id is this PKI's only once an apply recorded it (review F-F): a pull request can give a PKI without
+an id another PKI's id, and write it into the inventory too. So both refuse, for a pki.toml with an
+id and a shared store, while an inventory does not record the id, and while HEAD's or its first
+parent's inventory has objects but no id unless the id's namespace holds only keys state names
+(`apply.id_taken`, the check the apply that records an id makes).
 """
 
 from __future__ import annotations
@@ -23,7 +29,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from . import auditsign
-from .apply import inventory_at, keys_in, needs_id
+from .apply import id_first_recorded, id_taken, inventory_at, keys_in, needs_id
 from .backend import KeyRef
 from .errors import BackendError, PkiError
 from .gitops import Upstream
@@ -68,8 +74,12 @@ def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str,
     """Refuse (`PkiError`, one line) unless this PKI's key namespace is the one its state was made
     in: pki.toml's ``[pki] id`` is the id each inventory records (``(where, inventory)``) and the id
     of pki.toml in each of ``commits`` (HEAD, the upstream's tip), and every key the inventories'
-    objects name is one its store accepts as this PKI's."""
+    objects name is one its store accepts as this PKI's. With an id and a shared store, also: each
+    inventory records the id, and where it is new (`apply.id_first_recorded`) its namespace holds
+    only keys state names (`apply.id_taken`)."""
     configured = project.desired().settings.id
+    shared = configured is not None and not all(s.plugin == "local" for s in project.desired().stores.values())
+    inventories = list(inventories)
     for where, inv in inventories:
         refused = id_refusal(inv, configured, where)
         if refused:
@@ -95,6 +105,17 @@ def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str,
         except BackendError as e:  # a reference outside the store's namespace for this id
             raise PkiError(f"state names a key backend {store} does not take for this PKI's ({e}); no key is "
                            "listed as an orphan or deleted") from None
+    if not shared:
+        return
+    for where, inv in inventories:
+        if inv.get("pki_id") is None:
+            raise PkiError(f"{where}/inventory.json does not record the [pki] id {configured} yet: an id's namespace "
+                           "becomes this PKI's when an apply records it, having checked that no other PKI's keys are "
+                           "there; the next `pki apply` with changes records it; no key is listed as an orphan or "
+                           "deleted")
+    refused = id_taken(project, configured) if id_first_recorded(project, inventories[0][1]) else None
+    if refused:
+        raise PkiError(f"{refused}; no key is listed as an orphan or deleted")
 
 
 def _own(project: Project, refs: list[KeyRef]) -> list[KeyRef]:

@@ -1,0 +1,119 @@
+"""Threat: a merged pull request on a repository from before ``[pki] id`` reaches another PKI's keys on
+the same Vault and prefix (review findings F-F and F-G), against a real OpenBao.
+
+- F-F: the pull request gives B (no id yet) A's id, with ``legacy_keys = true`` (what apply itself
+  would write): B's inventory records no id yet, so nothing compared it with anything, and
+  ``pki prune`` in B deleted A's keys as orphans. Now an id becomes B's only when an apply records it
+  in the inventory after checking that its namespace holds no key B's state does not name; until
+  then ``pki keys``/``pki prune`` refuse, and a pull request that writes the id into the inventory
+  itself is caught the same way (HEAD's first parent records none).
+- F-G: the pull request lists A's key (unscoped, reachable with ``legacy_keys``) in B's
+  ``pending_deletes``: a pending deletion is carried out only when B's history shows an apply
+  retired the key (an earlier inventory named it as an object's key).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from pathlib import Path
+
+import pytest
+
+from helpers import Pki, assert_one_line, clean_env, commit_all, edit_toml, git, inventory, new_repo
+
+pytestmark = pytest.mark.vault
+
+A_ID = "victimaaaa01"
+TOML = ('[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n\n[defaults]\nbackend = "vault"\n'
+        'key = "ecdsa-p256"\nvalidity = "90d"\n\n[authority.root]\ncommon_name = "Root {name}"\nvalidity = "10y"\n\n'
+        '[certificate.web]\nissuer = "root"\ncommon_name = "web"\nhosts = ["web.example"]\n')
+
+
+def _exists(server, ref: str) -> bool:
+    kind, _, rest = ref.partition(":")
+    if kind == "transit":
+        return server.api("GET", f"transit/keys/{rest.rpartition('@')[0]}", ok=False)[0] == 200
+    return server.api("GET", f"secret/data/{rest}", ok=False)[0] == 200
+
+
+def _pki_a(tmp_path: Path, prefix: str, env: dict[str, str], pki_id: str | None) -> tuple[Path, Pki]:
+    """PKI A, applied: with ``pki_id``, or made as a version without ids made it (none recorded)."""
+    text = TOML.format(prefix=prefix, name="A")
+    repo = new_repo(tmp_path / "a", (f'[pki]\nid = "{pki_id}"\n\n' if pki_id else "") + text, commit=True)
+    return repo, _applied(repo, env, pre_id=pki_id is None)
+
+
+def _applied(repo: Path, env: dict[str, str], *, pre_id: bool) -> Pki:
+    pki = Pki(repo, env)
+    if pre_id:
+        (repo / "pki.toml").write_text((repo / "pki.toml").read_text() + "# edited\n")  # (not HEAD's: no id added)
+    pki.apply()
+    if pre_id:
+        commit_all(repo, "pki.toml (as a version without ids left it)")
+    assert ("pki_id" in json.loads((repo / "state/inventory.json").read_text())) is not pre_id
+    return pki
+
+
+def _pre_id_b(tmp_path: Path, prefix: str, env: dict[str, str]) -> tuple[Path, Pki]:
+    repo = new_repo(tmp_path / "b", TOML.format(prefix=prefix, name="B"), commit=True)
+    return repo, _applied(repo, env, pre_id=True)
+
+
+def _a_intact(server, repo_a: Path, pki_a: Pki, refs: set[str]) -> None:
+    assert all(_exists(server, ref) for ref in refs), refs
+    assert pki_a.plan_exit("--detailed-exitcode") == 0
+
+
+def test_another_pkis_id_given_by_a_pull_request_is_refused_and_deletes_nothing(tmp_path, vault_env):
+    env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
+    prefix = f"take{secrets.token_hex(4)}"
+    repo_a, pki_a = _pki_a(tmp_path, prefix, env, A_ID)
+    a_keys = {o["key"]["ref"] for o in inventory(repo_a).values()}
+    repo_b, pki_b = _pre_id_b(tmp_path, prefix, env)
+
+    # the pull request: A's id, legacy_keys for B's keys made before ids (merged)
+    edit_toml(repo_b, 'plugin = "vault"\n', 'plugin = "vault"\nlegacy_keys = true\n')
+    (repo_b / "pki.toml").write_text(f'[pki]\nid = "{A_ID}"\n\n' + (repo_b / "pki.toml").read_text())
+    commit_all(repo_b, "a pull request: add [pki] id")
+    for args in (["keys"], ["prune", "--auto-approve"]):
+        r = pki_b(*args, expect=1)
+        assert "Deleted" not in r.stdout and "orphan" not in r.stdout, r
+        assert f"does not record the [pki] id {A_ID} yet" in assert_one_line(r.stderr.strip()), r
+    before = git(repo_b, "rev-parse", "HEAD")
+    r = pki_b("apply", "--auto-approve", expect=1)
+    line = assert_one_line(r.stderr.strip())
+    assert f"the [pki] id {A_ID} is new to state/inventory.json, but its namespace in backend vault" in line, line
+    assert git(repo_b, "rev-parse", "HEAD") == before
+    _a_intact(vault_env, repo_a, pki_a, a_keys)
+
+    # the same pull request writes the id into B's inventory too: HEAD's first parent records none
+    path = repo_b / "state/inventory.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), "pki_id": A_ID}, indent=2, sort_keys=True) + "\n")
+    commit_all(repo_b, "a pull request: record the id too")
+    for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
+        r = pki_b(*args, expect=1)
+        assert "Deleted" not in r.stdout, r
+        assert "already holds 3 key(s) that state/ does not name" in assert_one_line(r.stderr.strip()), r
+    _a_intact(vault_env, repo_a, pki_a, a_keys)
+
+
+def test_a_pending_deletion_of_another_pkis_key_is_never_carried_out(tmp_path, vault_env):
+    env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
+    prefix = f"pend{secrets.token_hex(4)}"
+    repo_a, pki_a = _pki_a(tmp_path, prefix, env, None)
+    a_root = inventory(repo_a)["root"]["key"]["ref"]
+    repo_b, pki_b = _pre_id_b(tmp_path, prefix, env)
+    edit_toml(repo_b, 'validity = "90d"', 'validity = "60d"')  # a change: its apply gives B an id, legacy_keys
+    commit_all(repo_b, "shorter validity")
+    pki_b.apply()
+    assert "legacy_keys = true" in (repo_b / "pki.toml").read_text()
+
+    path = repo_b / "state/inventory.json"
+    inv = json.loads(path.read_text())
+    path.write_text(json.dumps({**inv, "pending_deletes": [["vault", a_root]]}, indent=2, sort_keys=True) + "\n")
+    commit_all(repo_b, "a pull request: A's root key listed for deletion")
+    r = pki_b.apply()
+    assert f"lists key {a_root} (backend vault) for deletion, but no object of state/inventory.json used it" in r.stderr
+    assert _exists(vault_env, a_root), "A's root key was deleted"
+    assert pki_a.plan_exit("--detailed-exitcode") == 0

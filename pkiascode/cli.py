@@ -192,9 +192,11 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
     now = utc_now()
     # --at decides what is due as of then; certificates are signed when apply runs, and the plan
     # shows the not_after they will really get
+    # only this command may answer from the remembered no-op plan (`pkiascode.memo`); apply never does
     the_plan = c.project.plan(at=parse_when(at, now), replace=replace, now=now, offline=offline, base=base,
-                              rekey_missing=rekey_missing)
-    the_plan = with_id_note(c.project, the_plan, planned_id_edit(c.project))  # (what apply writes into pki.toml)
+                              rekey_missing=rekey_missing, remembered=not out)
+    if not the_plan.empty:  # (what apply writes into pki.toml; an empty plan shows no edit)
+        the_plan = with_id_note(c.project, the_plan, planned_id_edit(c.project))
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":

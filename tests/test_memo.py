@@ -123,3 +123,28 @@ def test_replace_and_a_pending_apply_never_use_the_memo(applied):
     (journal / "txn.json").write_bytes(dump_txn(txn))
     p, _ = plan(applied)
     assert p.empty and any("interrupted apply" in w for w in p.warnings)
+
+
+
+def test_pki_plan_answers_from_the_memo_and_apply_never_does(tmp_path, monkeypatch, capsys):
+    """Plain `pki plan` (the command, not only `Project.plan`) uses the memo: its second run does not
+    parse pki.toml. `pki apply` plans from pki.toml and state/ whatever the memo says. (Validity 1y:
+    nothing enters the 90-day expiry outlook, so the plan stays empty.)"""
+    from helpers import run_main
+
+    (tmp_path / "pki.toml").write_text(PKI.replace('validity = "90d"', 'validity = "1y"'))
+    assert run_main(capsys, "-C", str(tmp_path), "apply", "--auto-approve", "--no-commit")[0] == 0
+    assert run_main(capsys, "-C", str(tmp_path), "plan")[0] == 0
+    assert memo_file(tmp_path).exists()
+    parsed: list[str] = []
+    real = Project.desired
+
+    def counted(self):
+        parsed.append("pki.toml")
+        return real(self)
+
+    monkeypatch.setattr(Project, "desired", counted)
+    code, out, _ = run_main(capsys, "-C", str(tmp_path), "plan")
+    assert (code, parsed) == (0, []) and "No changes" in out
+    code, out, _ = run_main(capsys, "-C", str(tmp_path), "apply", "--auto-approve", "--no-commit")
+    assert code == 0 and parsed, out

@@ -403,6 +403,7 @@ class Project:
         result = make_plan(desired, observed, now=at, replace=replace, csr_keys=csr_keys, issue_time=now,
                            store_caps=caps, csr_key_types={n: i.key_type for n, i in csrs.items()},
                            rekey_missing=rekey_missing)
+        self._refuse_revocations_to_come(desired, result, now or at)
         if not result.empty:  # (a no-op plan signs nothing: nothing to lint, nothing to import)
             from .lint import with_findings
 
@@ -418,6 +419,21 @@ class Project:
         if quiet and result.empty and not result.warnings:
             self._remember_noop(desired, observed)
         return result
+
+    def _refuse_revocations_to_come(self, desired: Desired, result: Plan, now: dt.datetime) -> None:
+        """A revocation the plan makes is dated at the latest when it is applied: its audit line
+        records it, and plan refuses a revocation dated after its line (`_revocation_problem`)."""
+        from .model import parse_time
+
+        for change in result.changes:
+            entry = desired.entries.get(change.name)
+            revoked = entry.revoked if entry is not None else None
+            if change.revoke_reason and revoked is not None and revoked.date:
+                when = parse_time(revoked.date)
+                if when.astimezone(dt.timezone.utc) > now:
+                    raise self.config_error((entry.kind.value, entry.name, "revoked"),  # type: ignore[union-attr]
+                                            f"revocation date {revoked.date} is still to come: a certificate is "
+                                            "revoked as of a date that has passed (leave date out for now)")
 
     def replan(self, saved: Mapping[str, Any], *, source: str) -> Plan:
         """The plan to execute for a saved plan (``saved``: its JSON, read from ``source``): planned

@@ -255,3 +255,15 @@ def test_replacing_an_authority_that_lists_a_revoked_certificate_keeps_planning(
     commit_all(repo, "PR: state edit")
     line = assert_one_line(pki("plan", expect=1).stderr.strip())
     assert "authority.inter" in line and serials["server"] in line, line
+
+
+def test_a_revocation_dated_to_come_is_refused_before_it_is_signed(clone):
+    """Plan refuses a revocation dated after its audit line (a later date on a CRL holds a
+    certificate valid until then), so pki.toml cannot ask for one: one line at pki.toml's line."""
+    repo, pki, _ = clone
+    edit_toml(repo, 'common_name = "client-1"',
+              'common_name = "client-1"\nrevoked = { reason = "superseded", date = 2099-01-02 }')
+    commit_all(repo, "revoke client as of 2099")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert line.startswith("pki.toml:") and "certificate.client.revoked" in line and "2099-01-02" in line, line
+    assert_one_line(pki.apply(expect=1).stderr.strip())

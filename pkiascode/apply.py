@@ -49,7 +49,7 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock", "state_keys", "id_first_recorded", "id_taken"]
+           "Base", "apply_under_lock", "with_pending_notes", "state_keys", "id_first_recorded", "id_taken"]
 
 
 class Progress(Protocol):
@@ -170,10 +170,27 @@ def with_id_note(project: Project, plan: Plan, edit: IdEdit | None) -> Plan:
     return dataclasses.replace(plan, warnings=plan.warnings + (note,))
 
 
+def with_pending_notes(project: Project, plan: Plan) -> Plan:
+    """``plan`` with a warning for each pending deletion that this repository's history does not show
+    an apply retired (`finish_deletes` keeps those): a reviewer sees a pull request's addition."""
+    repo = project.repository()
+    if not plan.pending_deletes or repo is None or repo.head() is None:
+        return plan
+    _, notes = _retired_by_history(project, [(store, ref) for store, ref, _ in plan.pending_deletes])
+    new = tuple(n for n in notes if n not in plan.warnings)
+    return dataclasses.replace(plan, warnings=plan.warnings + new) if new else plan
+
+
+def _is_pending_note(project: Project, warning: Any) -> bool:
+    """Whether ``warning`` is one `with_pending_notes` adds (a plan shows them; apply plans without)."""
+    return isinstance(warning, str) and warning.startswith(f"{project.state.rel}/inventory.json lists key ") \
+        and " for deletion, but " in warning
+
+
 def saved_without_id_note(project: Project, saved: Mapping[str, Any], source: str,
                           edit: IdEdit | None) -> dict[str, Any]:
     """A saved plan's JSON without the `id_note` lines a plan of this project may show (the fresh plan
-    gets its own: `with_id_note`). `StalePlanError` when this apply edits pki.toml (``edit``) and the
+    gets its own: `with_id_note`) and without `with_pending_notes`' warnings (the plan shows them). `StalePlanError` when this apply edits pki.toml (``edit``) and the
     saved plan does not say so: a reviewer saw every edit apply makes."""
     warnings = saved.get("warnings")
     if not isinstance(warnings, list):
@@ -183,7 +200,7 @@ def saved_without_id_note(project: Project, saved: Mapping[str, Any], source: st
         raise StalePlanError(f"{source} does not show the edit this apply makes to {project.config_path.name} "
                              f"({shown}); nothing changed; run `pki plan --out` again")
     notes = {id_note(project, IdEdit(None, legacy_stores(project))), id_note(project, None)}
-    return dict(saved, warnings=[w for w in warnings if w not in notes])
+    return dict(saved, warnings=[w for w in warnings if w not in notes and not _is_pending_note(project, w)])
 
 
 def id_to_add(project: Project, commit: bool) -> IdEdit | None:

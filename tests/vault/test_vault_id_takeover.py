@@ -113,7 +113,12 @@ def test_a_pending_deletion_of_another_pkis_key_is_never_carried_out(tmp_path, v
     inv = json.loads(path.read_text())
     path.write_text(json.dumps({**inv, "pending_deletes": [["vault", a_root]]}, indent=2, sort_keys=True) + "\n")
     commit_all(repo_b, "a pull request: A's root key listed for deletion")
-    r = pki_b.apply()
-    assert f"lists key {a_root} (backend vault) for deletion, but no object of state/inventory.json used it" in r.stderr
+    note = f"lists key {a_root} (backend vault) for deletion, but no object of state/inventory.json used it"
+    assert note in pki_b.ok("plan", "--format", "markdown").stdout  # the reviewer sees it
+    saved = tmp_path / "plan.json"
+    pki_b.ok("plan", "--out", str(saved))
+    assert any(note in w for w in json.loads(saved.read_text())["warnings"])
+    r = pki_b.apply(str(saved))  # (the saved plan's note is the plan's own, not a change)
+    assert note in r.stderr
     assert _exists(vault_env, a_root), "A's root key was deleted"
     assert pki_a.plan_exit("--detailed-exitcode") == 0

@@ -919,8 +919,9 @@ def _recorded_revocations(entries: Iterable[Mapping[str, Any]],
                 found.append((e, {"serial": e["serial"], "name": name, "reason": e["reason"]}))
         elif "revoked_serial" in e:  # (a reissue before lines held the revocation, or a root's)
             rec = records.get(name)
-            if not (rec is not None and rec.issuer is None):
-                found.append((e, {"serial": e["revoked_serial"], "name": name, "date": e["time"]}))
+            if not (rec is not None and rec.issuer is None):  # (only --replace revoked what it reissued)
+                found.append((e, {"serial": e["revoked_serial"], "name": name, "date": e["time"],
+                                  "reason": "key_compromise"}))
     for line, r in found:
         if not isinstance(r, Mapping):
             yield line, {"serial": repr(r)[:40]}  # (malformed: `_revocation_problem` refuses it)

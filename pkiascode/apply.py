@@ -25,18 +25,19 @@ run; killed after, the next run completes the transaction. A committed certifica
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime as dt
 import hashlib
 import json
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from cryptography.hazmat.primitives import serialization
 
 from . import audit, auditsign, ci
-from .backend import KeyRef, KeyRequest
+from .backend import KeyRef, KeyRequest, KeyStore, StoreContext
 from .errors import BackendError, GitError, PkiError, StalePlanError, StateError
 from .gitops import Upstream, check_ignored
 from .keytypes import KeyType, key_type_of
@@ -49,7 +50,8 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock", "with_pending_notes", "state_keys", "id_first_recorded", "id_taken"]
+           "Base", "apply_under_lock", "lock_stores", "with_pending_notes", "state_keys", "id_first_recorded",
+           "id_taken"]
 
 
 class Progress(Protocol):
@@ -190,8 +192,9 @@ def _is_pending_note(project: Project, warning: Any) -> bool:
 def saved_without_id_note(project: Project, saved: Mapping[str, Any], source: str,
                           edit: IdEdit | None) -> dict[str, Any]:
     """A saved plan's JSON without the `id_note` lines a plan of this project may show (the fresh plan
-    gets its own: `with_id_note`) and without `with_pending_notes`' warnings (the plan shows them). `StalePlanError` when this apply edits pki.toml (``edit``) and the
-    saved plan does not say so: a reviewer saw every edit apply makes."""
+    gets its own: `with_id_note`) and without `with_pending_notes`' warnings (the plan shows them).
+    `StalePlanError` when this apply edits pki.toml (``edit``) and the saved plan does not say so: a
+    reviewer saw every edit apply makes."""
     warnings = saved.get("warnings")
     if not isinstance(warnings, list):
         return dict(saved)
@@ -265,6 +268,27 @@ def id_taken(project: Project, pki_id: str) -> str | None:
                     f"{name} already holds {len(foreign)} key(s) that state/ does not name ({foreign[0]}): another "
                     "PKI's id; set an id of this PKI's own in pki.toml's [pki] table (or none: apply adds one)")
     return None
+
+
+@contextlib.contextmanager
+def lock_stores(project: Project, id_edit: IdEdit | None) -> Iterator[list[KeyStore]]:
+    """The key stores whose locks an apply takes (`lock.apply_lock`): those pki.toml's entries use,
+    and for the apply that gives pki.toml its ``[pki] id`` (``id_edit``) also each shared one as it
+    was without the id, whose lock the repository took until now: two such applies of one base
+    exclude each other, although each locks in the namespace of the id it drew (review F-K)."""
+    desired = project.desired()
+    extra = []
+    if id_edit is not None:
+        for name in sorted({e.store for e in desired.entries.values()} & set(desired.stores)):
+            spec = desired.stores[name]
+            if spec.plugin != "local":
+                extra.append(project.plugins.create(name, spec.plugin, spec.settings_dict(),
+                                                    StoreContext(project.base_dir, project.work_dir)))
+    try:
+        yield project.used_stores() + extra
+    finally:
+        for store in extra:
+            store.close()
 
 
 def preflight(project: Project, commit: bool) -> None:

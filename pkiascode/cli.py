@@ -240,7 +240,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
     push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
     the keys this run made are deleted, the branch and state/ are put back; exit 1."""
-    from .apply import Base, apply_under_lock, id_to_add, preflight, saved_without_id_note, with_id_note
+    from .apply import Base, apply_under_lock, id_to_add, lock_stores, preflight, saved_without_id_note, with_id_note
     from .ci import actor
     from .lock import apply_lock, holder_info
     from .names import parse_duration
@@ -315,8 +315,9 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     def notify(note: str) -> None:
         click.echo(printable(note), err=True)
 
-    with apply_lock(project.work_dir / "lock", project.used_stores(), holder_info(actor()),
-                    desired.settings.state_dir, timeout=timeout) as still_locked:
+    with lock_stores(project, id_edit) as stores, \
+            apply_lock(project.work_dir / "lock", stores, holder_info(actor()), desired.settings.state_dir,
+                       timeout=timeout) as still_locked:
         the_plan, result = apply_under_lock(project, commit=commit, push=push, upstream=upstream,
                                             still_locked=still_locked, progress=progress, notify=notify,
                                             choose=choose, id_edit=id_edit)

@@ -2,7 +2,7 @@
 real OpenBao: its next apply gives pki.toml an id AND ``legacy_keys = true`` in the Vault backend's
 table, both shown in every plan format first and committed with state/; the old keys keep working,
 new keys go into the id's namespace, and the lock moves there, away from the unscoped lock that
-every PKI without an id on that Vault shares.
+every PKI without an id on that Vault shares (the apply that adds the id takes both).
 
 A pre-id repository is made as an old version made it: keys made with no id (an apply while pki.toml
 was edited, which adds none), inventory without ``pki_id``, pki.toml without ``[pki] id``.
@@ -89,14 +89,19 @@ def test_a_pre_id_repository_gets_an_id_and_legacy_keys_and_its_old_keys_keep_wo
         assert edit in pki(*args).stdout, args
     assert any(w.startswith(edit) for w in json.loads(pki("plan", "--format", "json").stdout)["warnings"])
 
-    # while another pre-id PKI on this Vault holds the unscoped lock, this apply still runs: it locks
-    # in its new namespace
+    # the apply that adds the id locks in its new namespace AND takes the unscoped lock the repository
+    # took until now (review F-K): while another apply without the id (another clone's, drawing
+    # another id) holds it, this one stops before anything changes
+    head = git(job, "rev-parse", "HEAD")
     other, lock = _unscoped_lock(tmp_path, vault_env, prefix)
     try:
         with lock:
-            applied = pki.apply("--push", "--push-to", "origin/main")
+            r = pki("apply", "--auto-approve", "--push", "--push-to", "origin/main", expect=1)
     finally:
         other.close()
+    assert "state 'state' is being applied by another pki@elsewhere (pid 1)" in r.stderr, r
+    assert git(job, "rev-parse", "HEAD") == head and git(job, "status", "--porcelain").strip() == ""
+    applied = pki.apply("--push", "--push-to", "origin/main")
     assert "Pushed" in applied.stdout, applied
     text = git(job, "show", "origin/main:pki.toml")
     pki_id = re.search(r'^id = "([a-z0-9]+)"', text, re.M).group(1)

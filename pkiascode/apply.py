@@ -50,7 +50,7 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock", "lock_stores", "with_pending_notes", "state_keys", "id_first_recorded",
+           "Base", "apply_under_lock", "check_new_id", "lock_stores", "with_pending_notes", "state_keys", "id_first_recorded",
            "id_taken"]
 
 
@@ -289,6 +289,19 @@ def lock_stores(project: Project, id_edit: IdEdit | None) -> Iterator[list[KeySt
     finally:
         for store in extra:
             store.close()
+
+
+def check_new_id(project: Project) -> None:
+    """For ``pki plan``: `StateError` when pki.toml's ``[pki] id`` is not yet recorded in the inventory
+    and is taken (`id_taken`), as the apply that would record it refuses (`execute`)."""
+    desired = project.desired()
+    pki_id = desired.settings.id
+    if pki_id is None or all(spec.plugin == "local" for spec in desired.stores.values()):
+        return
+    if project.state.load()[0].get("pki_id") is None:
+        why = id_taken(project, pki_id)
+        if why:
+            raise StateError(why)
 
 
 def preflight(project: Project, commit: bool) -> None:
@@ -1177,7 +1190,8 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     inv = project.state.load()[0]
     pki_id = id_edit.pki_id if id_edit else project.desired().settings.id
     why = id_refusal(inv, pki_id, project.state.rel)
-    if why is None and pki_id is not None and id_first_recorded(project, inv):
+    shared = any(spec.plugin != "local" for spec in project.desired().stores.values())
+    if why is None and pki_id is not None and shared and id_first_recorded(project, inv):
         why = id_taken(project, pki_id)
     if why:
         raise StateError(why)

@@ -183,7 +183,7 @@ def validate(c: Ctx) -> None:
 def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bool, base: str | None,
          at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
     """Show what apply would change, and why."""
-    from .apply import planned_id_edit, with_id_note, with_pending_notes
+    from .apply import check_new_id, planned_id_edit, with_id_note, with_pending_notes
     from .render import render_json, render_markdown, render_text
 
     if out and (offline or base):
@@ -198,6 +198,8 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
     if not the_plan.empty:  # (what apply writes into pki.toml; an empty plan shows no edit)
         the_plan = with_id_note(c.project, the_plan, planned_id_edit(c.project))
     the_plan = with_pending_notes(c.project, the_plan)  # (pending deletions no apply made: apply keeps them)
+    if not offline:
+        check_new_id(c.project)  # (an id that apply would refuse to record: another PKI's)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)
     elif fmt == "markdown":

@@ -50,8 +50,8 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock", "check_new_id", "lock_stores", "with_pending_notes", "state_keys", "id_first_recorded",
-           "id_taken"]
+           "Base", "apply_under_lock", "check_new_id", "lock_stores", "with_pending_notes", "state_keys",
+           "id_first_recorded", "id_taken"]
 
 
 class Progress(Protocol):

@@ -282,11 +282,11 @@ class Project:
         would have the next CRL signed without it. The audit log proves them instead: its hash chain
         is intact, ends where the inventory says, agrees with the inventory's objects, and its heads
         verify with the pinned audit keys, the first of them the one git's history pinned
-        (`auditsign`); then every revocation it records (a ``revoke`` line, a reissue's
-        ``revoked_serial``, an import's ``revoked_serials``) must be among the inventory's, unless
-        the revoking authority was retired since (its CRL went with it) or the certificate was a root
-        (on no CRL). A record marked revoked must be among its issuer's revocations too. Raises
-        `PlanError` naming the authority, the serial and the CRL file."""
+        (`auditsign`; a shallow clone is refused); then every revocation it records must be among
+        the inventory's as recorded (`_recorded_revocations`, `_revocation_problem`): not moved to
+        another authority, nor given another reason or date. A record marked revoked must be among
+        its issuer's revocations too, with its reason and date. Raises `PlanError` naming the
+        authority, the serial and the CRL file."""
         from . import audit, auditsign
 
         restore = f"restore {state.rel}/ from git (`git checkout -- {state.rel}`) before planning"

@@ -320,8 +320,8 @@ class Project:
             if not rec.revoked or rec.issuer is None:
                 continue
             r = revocations.get((rec.issuer, rec.serial))
-            if r is None or (r.get("reason", "unspecified"), r.get("date")) != (rec.revoked.get("reason", "unspecified"),
-                                                                               rec.revoked.get("date")):
+            marked = (rec.revoked.get("reason", "unspecified"), rec.revoked.get("date"))
+            if r is None or (r.get("reason", "unspecified"), r.get("date")) != marked:
                 raise PlanError(f"authority.{rec.issuer} ({state.rel}/crl/{rec.issuer}.crl): serial {rec.serial} "
                                 f"({rec.qualified}) is revoked in {state.rel}/inventory.json but its revocations "
                                 f"do not list it{'' if r is None else ' so (reason, date)'}: a state edit cannot "

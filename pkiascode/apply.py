@@ -250,11 +250,12 @@ def id_first_recorded(project: Project, inv: Mapping[str, Any]) -> bool:
     return False
 
 
-def id_taken(project: Project, pki_id: str) -> str | None:
+def id_taken(project: Project, pki_id: str, *, strict: bool = True) -> str | None:
     """Why ``pki_id`` may not become this PKI's id, or None: its namespace in a shared key store (the
     stores made with that id) already holds a key that ``state/`` does not name. Such a key is
     another PKI's (a pull request gave this one that PKI's id, review F-F), and once the id is this
-    PKI's, `pki prune` would take it for an orphan."""
+    PKI's, `pki prune` would take it for an orphan. A store that cannot list its keys: a refusal
+    too, unless not ``strict`` (a plan: the apply checks again)."""
     named = state_keys(project)
     for name, spec in sorted(project.desired().stores.items()):
         if spec.plugin == "local":
@@ -262,6 +263,8 @@ def id_taken(project: Project, pki_id: str) -> str | None:
         try:
             foreign = sorted(r.id for r in project.store(name).list_keys() if (r.store, r.id) not in named)
         except BackendError as e:
+            if not strict:
+                continue
             return f"cannot list the keys of backend {name} to check the new [pki] id {pki_id} ({e})"
         if foreign:
             return (f"the [pki] id {pki_id} is new to {project.state.rel}/inventory.json, but its namespace in backend "
@@ -299,7 +302,7 @@ def check_new_id(project: Project) -> None:
     if pki_id is None or all(spec.plugin == "local" for spec in desired.stores.values()):
         return
     if project.state.load()[0].get("pki_id") is None:
-        why = id_taken(project, pki_id)
+        why = id_taken(project, pki_id, strict=False)
         if why:
             raise StateError(why)
 
@@ -1191,8 +1194,8 @@ def execute(project: Project, plan: Plan, *, commit: bool, progress: Progress | 
     pki_id = id_edit.pki_id if id_edit else project.desired().settings.id
     why = id_refusal(inv, pki_id, project.state.rel)
     shared = any(spec.plugin != "local" for spec in project.desired().stores.values())
-    if why is None and pki_id is not None and shared and id_first_recorded(project, inv):
-        why = id_taken(project, pki_id)
+    if why is None and pki_id is not None and id_edit is None and shared and id_first_recorded(project, inv):
+        why = id_taken(project, pki_id)  # (an id this apply drew itself is new: `scaffold.new_pki_id`)
     if why:
         raise StateError(why)
     repo = project.repository()

@@ -198,7 +198,7 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
     if not the_plan.empty:  # (what apply writes into pki.toml; an empty plan shows no edit)
         the_plan = with_id_note(c.project, the_plan, planned_id_edit(c.project))
     the_plan = with_pending_notes(c.project, the_plan)  # (pending deletions no apply made: apply keeps them)
-    if not offline:
+    if not offline and not c.project.answered_from_memo:  # (remembered only once the inventory records the id)
         check_new_id(c.project)  # (an id that apply would refuse to record: another PKI's)
     if fmt == "json":
         click.echo(render_json(the_plan), nl=False)

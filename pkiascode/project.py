@@ -54,6 +54,8 @@ class Project:
         self._csrs: dict[str, CsrInfo] | None = None
         self._repo: Any = False  # not looked up yet
         self._state: StateDir | None = None
+        #: whether the last `plan` was answered from the remembered no-op plan (pki.toml not parsed)
+        self.answered_from_memo = False
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -376,9 +378,11 @@ class Project:
         replace = tuple(replace)
         pending = self.txn_pending()
         quiet = not replace and not pending and not offline and base is None and not rekey_missing
+        self.answered_from_memo = False
         if quiet and remembered:
             noop = self._remembered_noop(at, now)
             if noop is not None:
+                self.answered_from_memo = True
                 return noop
         desired = self.desired()
         csrs = self.csrs()
@@ -391,9 +395,9 @@ class Project:
                     notes.append(f"{self.state.rel}/ differs from {base}'s: this plan is made against {base}'s "
                                  f"{self.state.rel}/ (what the change does once merged); update the branch "
                                  f"from {base}")
-                observed, _ = self.observe(check_keys=not offline, state=state)
+                observed, inv = self.observe(check_keys=not offline, state=state)
         else:
-            observed, _ = self.observe(check_keys=not offline)
+            observed, inv = self.observe(check_keys=not offline)
         caps = {}
         for name, spec in desired.stores.items():
             factory = self.plugins.factory(spec.plugin)
@@ -416,7 +420,8 @@ class Project:
             result = dataclasses.replace(result, warnings=result.warnings + tuple(notes))
         if offline:
             result = dataclasses.replace(result, offline=True)
-        if quiet and result.empty and not result.warnings:
+        # (not while the inventory has yet to record pki.toml's [pki] id: `pki plan` checks that id)
+        if quiet and result.empty and not result.warnings and inv.get("pki_id") == desired.settings.id:
             self._remember_noop(desired, observed)
         return result
 

@@ -15,7 +15,7 @@ from pkiascode.state import dump_txn
 PKI = """\
 [defaults]
 key = "ecdsa-p256"
-validity = "90d"
+validity = "91d"  # (90d would enter the 90-day expiry outlook when applied, within the second of NOW)
 renew_before = "10d"
 
 [authority.root]
@@ -129,10 +129,10 @@ def test_replace_and_a_pending_apply_never_use_the_memo(applied):
 def test_pki_plan_answers_from_the_memo_and_apply_never_does(tmp_path, monkeypatch, capsys):
     """Plain `pki plan` (the command, not only `Project.plan`) uses the memo: its second run does not
     parse pki.toml. `pki apply` plans from pki.toml and state/ whatever the memo says. (Validity 1y:
-    nothing enters the 90-day expiry outlook, so the plan stays empty.)"""
+    nothing enters the 90-day expiry outlook for a while, so the plan stays empty.)"""
     from helpers import run_main
 
-    (tmp_path / "pki.toml").write_text(PKI.replace('validity = "90d"', 'validity = "1y"'))
+    (tmp_path / "pki.toml").write_text(PKI.replace('validity = "91d"', 'validity = "1y"'))
     assert run_main(capsys, "-C", str(tmp_path), "apply", "--auto-approve", "--no-commit")[0] == 0
     assert run_main(capsys, "-C", str(tmp_path), "plan")[0] == 0
     assert memo_file(tmp_path).exists()

@@ -12,18 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git, new_repo, tree_snapshot
+from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git, tree_snapshot
 from pkiascode.scaffold import is_id_edit, with_pki_id
 
 OURS, THEIRS = "ours12345678", "theirs123456"
 
 
 @pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", f'[pki]\nid = "{OURS}"\n\n' + SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    return repo, pki
+def applied(make_applied) -> tuple[Path, Pki]:
+    return make_applied(f'[pki]\nid = "{OURS}"\n\n' + SMALL_PKI)
 
 
 def test_the_inventory_records_the_id(applied):

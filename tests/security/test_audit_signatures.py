@@ -23,7 +23,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git, new_repo
+from helpers import Pki, assert_one_line, commit_all, edit_toml, git
 
 from pkiascode import audit, auditsign
 from pkiascode.errors import StateError
@@ -44,10 +44,8 @@ def seal(repo: Path) -> dict:
 
 
 @pytest.fixture
-def signed(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def signed(applied: tuple[Path, Pki]) -> tuple[Path, Pki]:
+    repo, pki = applied
     seal(repo)
     return repo, pki
 
@@ -225,11 +223,9 @@ def test_a_removed_signatures_file_fails_verify_once_committed(signed):
     verify_fails(pki, "missing or without keys", "pinned audit key")
 
 
-def test_a_log_without_signed_heads_passes_with_a_warning(tmp_path, env):
+def test_a_log_without_signed_heads_passes_with_a_warning(applied):
     """A log from a version before signed heads (never had the file): a warning, never a silent pass."""
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+    repo, pki = applied
     if (repo / SIGS).exists():  # apply signs once the seam is wired: make the older version's log
         git(repo, "rm", "-q", SIGS)
         git(repo, "commit", "-q", "--amend", "--no-edit")
@@ -358,10 +354,8 @@ def test_a_pin_whose_endorsement_was_made_for_another_key_fails_verify(signed):
     verify_fails(pki, "is not endorsed by keys[0]")
 
 
-def test_apply_itself_signs_every_new_head(tmp_path, env):
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def test_apply_itself_signs_every_new_head(applied):
+    repo, pki = applied
     sigs = json.loads((repo / SIGS).read_text())
     assert len(sigs["heads"]) == 1
     assert git(repo, "status", "--porcelain") == ""  # committed with the apply

@@ -15,16 +15,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, new_repo, state_cert
-
-
-@pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    assert pki.plan_exit() == 0
-    return repo, pki
+from helpers import Pki, assert_one_line, commit_all, edit_toml, state_cert
 
 
 def edit_inventory(repo: Path, edit) -> None:

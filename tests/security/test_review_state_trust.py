@@ -11,16 +11,7 @@ import pytest
 
 from cryptography.hazmat.primitives import serialization
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, git, new_repo, spki_der, state_cert
-
-
-@pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    assert pki.plan_exit() == 0
-    return repo, pki
+from helpers import assert_one_line, commit_all, git, spki_der, state_cert
 
 
 def edit_inventory(repo: Path, edit) -> None:

@@ -30,14 +30,6 @@ from helpers import (
 )
 
 
-@pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    return repo, pki
-
-
 def _last_line(r) -> str:
     return assert_one_line(r.stderr.strip().splitlines()[-1])
 

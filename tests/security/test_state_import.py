@@ -11,20 +11,14 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, head, inventory, new_repo, openssl, require_tool
+from helpers import SMALL_PKI, Pki, assert_one_line, head, inventory, new_repo, openssl_ca, require_tool
 
 
 @pytest.fixture
 def existing(tmp_path: Path) -> Path:
     """An openssl-made CA (ca.crt + ca.key), as a script would leave it."""
     require_tool("openssl")
-    out = tmp_path / "old"
-    out.mkdir()
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "365",
-            "-subj", "/CN=Old CA", "-addext", "basicConstraints=critical,CA:TRUE",
-            "-addext", "keyUsage=critical,keyCertSign,cRLSign,digitalSignature",
-            "-keyout", str(out / "ca.key"), "-out", str(out / "ca.crt"))
-    return out
+    return openssl_ca(tmp_path / "old", common_name="Old CA")
 
 
 @pytest.fixture

@@ -12,14 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, assert_one_line, commit_all, edit_toml, git, new_repo
+from helpers import Pki, assert_one_line, commit_all, edit_toml, git
 
 
 @pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
+def applied(applied: tuple[Path, Pki]) -> tuple[Path, Pki]:
+    """conftest's applied repository, with client revoked."""
+    repo, pki = applied
     edit_toml(repo, 'common_name = "client-1"', 'common_name = "client-1"\nrevoked = { reason = "superseded" }')
     commit_all(repo)
     pki.apply()

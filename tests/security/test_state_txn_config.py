@@ -13,20 +13,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import pytest
-
-from helpers import SMALL_PKI, Pki, assert_one_line, git, new_repo, tree_snapshot
+from helpers import Pki, assert_one_line, git, tree_snapshot
 
 from pkiascode import audit
 from pkiascode.state import dump_txn
-
-
-@pytest.fixture
-def applied(tmp_path: Path, env: dict[str, str]) -> tuple[Path, Pki]:
-    repo = new_repo(tmp_path / "repo", SMALL_PKI, commit=True)
-    pki = Pki(repo)
-    pki.apply()
-    return repo, pki
 
 
 def _forge(repo: Path, path: str, content: str) -> None:

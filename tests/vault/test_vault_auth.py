@@ -4,18 +4,16 @@ this test signs, checked by OpenBao against ``jwt_validation_pubkeys``), ``~/.va
 
 from __future__ import annotations
 
-import base64
-import json
 import os
 import secrets
 import time
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from helpers import Pki, assert_one_line, clean_env, new_repo
+from helpers import Pki, approle_login_mount, assert_one_line, clean_env, jwt_login_mount, new_repo, sign_jwt
 from pkiascode.backend import KeyRequest, StoreContext
 from pkiascode.errors import BackendUnavailable
 from pkiascode.keytypes import KeyType
@@ -40,12 +38,6 @@ def no_token(vault_env, monkeypatch, tmp_path):
     return vault_env
 
 
-def enable(server, method: str) -> str:
-    mount = f"{method}-{secrets.token_hex(3)}"
-    server.api("POST", f"sys/auth/{mount}", {"type": method})
-    return mount
-
-
 def works(store: VaultKeyStore) -> None:
     """The store is logged in with the apply policy: check, make and sign, lock, delete."""
     store.check()
@@ -62,10 +54,7 @@ def works(store: VaultKeyStore) -> None:
 
 @pytest.fixture
 def approle(no_token, monkeypatch):
-    mount = enable(no_token, "approle")
-    no_token.api("POST", f"auth/{mount}/role/pki", {"token_policies": ["pki-apply"], "token_ttl": "10m"})
-    role_id = no_token.api("GET", f"auth/{mount}/role/pki/role-id")[1]["data"]["role_id"]
-    secret_id = no_token.api("POST", f"auth/{mount}/role/pki/secret-id")[1]["data"]["secret_id"]
+    mount, role_id, secret_id = approle_login_mount(no_token)
     monkeypatch.setenv("CI_VAULT_ROLE_ID", role_id)
     monkeypatch.setenv("CI_VAULT_SECRET_ID", secret_id)
     return mount, role_id, secret_id
@@ -103,29 +92,12 @@ def test_a_refused_approle_login_is_one_line_without_the_secrets(approle, make_s
 
 # -- JWT (GitHub Actions, GitLab CI id_tokens) ------------------------------------------------------------
 
-def b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def sign_jwt(key: rsa.RSAPrivateKey, claims: dict) -> str:
-    head = b64url(json.dumps({"alg": "RS256", "typ": "JWT"}).encode())
-    body = b64url(json.dumps(claims).encode())
-    signature = key.sign(f"{head}.{body}".encode(), padding.PKCS1v15(), hashes.SHA256())
-    return f"{head}.{body}.{b64url(signature)}"
-
-
 @pytest.fixture
 def jwt_issuer(no_token):
     """An auth/jwt mount that trusts one RSA key (as OpenBao would trust a CI's OIDC keys)."""
     key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.public_key().public_bytes(serialization.Encoding.PEM,
-                                        serialization.PublicFormat.SubjectPublicKeyInfo).decode()
-    mount = enable(no_token, "jwt")
-    no_token.api("POST", f"auth/{mount}/config", {"jwt_validation_pubkeys": [pem],
-                                                  "bound_issuer": "https://ci.example.test"})
-    no_token.api("POST", f"auth/{mount}/role/pki-apply", {
-        "role_type": "jwt", "user_claim": "sub", "bound_audiences": ["pkiascode"],
-        "bound_claims": {"ref": "refs/heads/main"}, "token_policies": ["pki-apply"], "token_ttl": "10m"})
+    mount = jwt_login_mount(no_token, key, issuer="https://ci.example.test", audience="pkiascode", user_claim="sub",
+                            bound={"ref": "refs/heads/main"})
     return mount, key
 
 

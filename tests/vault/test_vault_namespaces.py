@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import SMALL_PKI, Pki, clean_env, commit_all, git_init, inventory, write_project
+from helpers import Pki, clean_env, inventory, vault_project
 from pkiascode.backend import KeyRequest, StoreContext
 from pkiascode.keytypes import KeyType
 
@@ -58,18 +58,10 @@ def test_an_invalid_pki_id_is_refused():
             StoreContext(Path("."), Path(".pki"), bad)
 
 
-def project(directory: Path, prefix: str, pki_id: str) -> Path:
-    git_init(directory)
-    write_project(directory, f'[pki]\nid = "{pki_id}"\n\n[backend.vault]\nplugin = "vault"\nprefix = "{prefix}"\n\n'
-                  + SMALL_PKI.replace("[defaults]\n", '[defaults]\nbackend = "vault"\n'))
-    commit_all(directory, "pki.toml")
-    return directory
-
-
 def test_two_repositories_on_one_vault_apply_in_parallel(vault_env, tmp_path):
     prefix = f"par{os.getpid()}"  # the same prefix for both: only the id tells them apart
     env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
-    repos = {pki_id: project(tmp_path / pki_id, prefix, pki_id) for pki_id in ("team0alpha", "team0beta")}
+    repos = {pki_id: vault_project(tmp_path / pki_id, prefix, pki_id) for pki_id in ("team0alpha", "team0beta")}
     with concurrent.futures.ThreadPoolExecutor(2) as pool:
         results = list(pool.map(lambda repo: Pki(repo, env)("apply", "--auto-approve"), repos.values()))
     assert [r.returncode for r in results] == [0, 0], results

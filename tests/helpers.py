@@ -249,7 +249,7 @@ subject = { OU = "clients" }
 MEMO_PKI = """\
 [defaults]
 key = "ecdsa-p256"
-validity = "90d"
+validity = "91d"  # (90d would enter the 90-day expiry outlook when applied, within the second of NOW)
 renew_before = "10d"
 
 [authority.root]

@@ -9,37 +9,17 @@ from pathlib import Path
 
 import pytest
 
+from helpers import MEMO_PKI as PKI, apply_in_process
 from pkiascode.project import Project
 from pkiascode.state import dump_txn
 
-PKI = """\
-[defaults]
-key = "ecdsa-p256"
-validity = "91d"  # (90d would enter the 90-day expiry outlook when applied, within the second of NOW)
-renew_before = "10d"
-
-[authority.root]
-common_name = "Memo Root"
-validity = "1y"
-renew_before = "30d"
-
-[certificate.web]
-issuer = "root"
-hosts = ["web.internal"]
-"""
 
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
 @pytest.fixture
 def applied(tmp_path: Path) -> Path:
-    from pkiascode.apply import execute
-
-    (tmp_path / "pki.toml").write_text(PKI)
-    project = Project(tmp_path / "pki.toml")
-    execute(project, project.plan(at=NOW), commit=False)
-    project.close()
-    return tmp_path
+    return apply_in_process(tmp_path, PKI, at=NOW)
 
 
 def plan(directory: Path, **kw: object):

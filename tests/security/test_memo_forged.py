@@ -21,38 +21,16 @@ import pytest
 
 from pkiascode import __version__
 from pkiascode.config import config_digest
+from helpers import MEMO_PKI as PKI, apply_in_process
 from pkiascode.project import Project
 
-PKI = """\
-[defaults]
-key = "ecdsa-p256"
-validity = "90d"
-renew_before = "10d"
-
-[authority.root]
-common_name = "Memo Root"
-validity = "1y"
-renew_before = "30d"
-
-[certificate.web]
-issuer = "root"
-hosts = ["web.internal"]
-"""
 NEW_ONE = '\n[certificate.newone]\nissuer = "root"\nhosts = ["newone.internal"]\n'
 NOW = dt.datetime.now(dt.timezone.utc).replace(microsecond=0)
 
 
 @pytest.fixture
 def applied(tmp_path: Path) -> Path:
-    from pkiascode.apply import execute
-
-    (tmp_path / "pki.toml").write_text(PKI)
-    project = Project(tmp_path / "pki.toml")
-    try:
-        execute(project, project.plan(at=NOW), commit=False)
-    finally:
-        project.close()
-    return tmp_path
+    return apply_in_process(tmp_path, PKI, at=NOW)
 
 
 def plan(directory: Path, at: dt.datetime = NOW):

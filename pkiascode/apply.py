@@ -596,7 +596,8 @@ def undo(project: Project, *, before: str, after: str) -> list[str]:
 
 
 def _referenced(state: StateDir) -> set[tuple[str, str]]:
-    return _keys_in(state.load()[0]["objects"])
+    """The keys ``state/`` uses: its objects' and the audit log's signing keys."""
+    return _keys_in(state.load()[0]["objects"]) | auditsign.key_refs(state)
 
 
 def _cleanup_orphans(project: Project, state: StateDir, used: set[tuple[str, str]] | None = None) -> int:
@@ -709,7 +710,7 @@ def _finish(project: Project, state: StateDir, txn: Mapping[str, Any], *, commit
     else:
         state.set_pending_deletes(state.pending_deletes() + retired)
     state.finish()
-    _cleanup_orphans(project, state, _keys_in(json.loads(txn["inventory"])["objects"]))
+    _cleanup_orphans(project, state, _keys_in(json.loads(txn["inventory"])["objects"]) | auditsign.key_refs(state))
     return sha
 
 

@@ -225,15 +225,20 @@ def audit_backend(project: Project) -> str:
     raise StateError("no key store for the audit key: pki.toml defines no entry in a backend it defines")
 
 
-def _new_key(store: KeyStore, time: str, since_seq: int) -> dict[str, Any]:
-    """A new non-exportable audit key in ``store`` and its pin (without endorsement)."""
+def _new_key(store: KeyStore, time: str, since_seq: int, state: StateDir) -> dict[str, Any]:
+    """A new non-exportable audit key in ``store`` and its pin (without endorsement). Journaled like
+    every key apply makes (`StateDir.journal_intents`), so a run killed while the store makes it
+    leaves nothing behind: the next run discards the half-made key."""
     key_type = KeyType.ED25519
     try:
         store.require(key_type, generate=True)
     except UnsupportedKeyType:
         key_type = KeyType.ECDSA_P256
         store.require(key_type, generate=True)
-    ref = store.generate(KeyRequest(KEY_NAME, key_type, True, False).with_suffix())
+    request = KeyRequest(KEY_NAME, key_type, True, False).with_suffix()
+    state.journal_intents([(store.name, request.to_json())])
+    ref = store.generate(request)
+    state.journal_key(ref.store, ref.id, request.suffix)
     der = _spki(store.public_key(ref))
     pin = {"fingerprint": hashlib.sha256(der).hexdigest(), "public_key": base64.b64encode(der).decode(),
            "algorithm": key_type.value, "backend": ref.store, "ref": ref.id, "since_seq": since_seq,
@@ -320,10 +325,10 @@ def seal(project: Project, appended: str = "", *, now: str | None = None) -> dic
     time = now or format_time(utc_now())
     rekey = _rekey(appended)
     if not keys:  # first use: pin a new key
-        keys.append(_new_key(project.store(audit_backend(project)), time, seq))
+        keys.append(_new_key(project.store(audit_backend(project)), time, seq, state))
     elif rekey is not None and keys[-1]["since_seq"] < rekey[0] <= seq:
         old = keys[-1]
-        pin = _new_key(project.store(audit_backend(project)), time, rekey[0])
+        pin = _new_key(project.store(audit_backend(project)), time, rekey[0], state)
         if rekey[1]:  # else the old key is lost: an unendorsed pin, which verify refuses unless trusted
             pin["endorsement"] = _sign(_signer(project, old, state.rel), pin_message(pin, old["fingerprint"]))
         keys.append(pin)

@@ -533,8 +533,7 @@ def _retired_by_history(project: Project, keys: list[tuple[str, str]]) -> tuple[
     repo = project.repository()
     rel = project.state.rel
     try:
-        commits = repo._git("log", "--first-parent", "--format=%H", f"-n{TRACE_LIMIT}", "HEAD", "--",
-                            repo.rel(project.state.inventory_path)).split()
+        commits = repo.first_parent_changes(project.state.inventory_path, TRACE_LIMIT)
     except GitError:
         commits = []
     left, traced, notes = set(keys), [], []

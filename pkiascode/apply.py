@@ -173,12 +173,12 @@ def with_id_note(project: Project, plan: Plan, edit: IdEdit | None) -> Plan:
 
 
 def with_pending_notes(project: Project, plan: Plan) -> Plan:
-    """``plan`` with a warning for each pending deletion that this repository's history does not show
-    an apply retired (`finish_deletes` keeps those): a reviewer sees a pull request's addition."""
+    """``plan`` with a warning for each pending deletion whose retirement the audit log does not record
+    (`finish_deletes` keeps those): a reviewer sees a pull request's addition."""
     repo = project.repository()
     if not plan.pending_deletes or repo is None or repo.head() is None:
         return plan
-    _, notes = _retired_by_history(project, [(store, ref) for store, ref, _ in plan.pending_deletes])
+    _, notes = _retired_by_log(project, [(store, ref) for store, ref, _ in plan.pending_deletes])
     new = tuple(n for n in notes if n not in plan.warnings)
     return dataclasses.replace(plan, warnings=plan.warnings + new) if new else plan
 
@@ -495,8 +495,8 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
             ready = [k for k in pending if on_upstream or k in retired_there]
     ready = [k for k in ready if k not in keep]
     notes = []
-    if head is not None and ready:
-        ready, refused = _retired_by_history(project, ready)
+    if ready:
+        ready, refused = _retired_by_log(project, ready)
         notes += refused
     waiting = len(pending) - len(ready)
     if waiting and upstream is not None:
@@ -520,43 +520,23 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     return notes
 
 
-#: how many inventory changes back (on HEAD's first-parent line) a pending deletion is traced
-TRACE_LIMIT = 50
-
-
-def _retired_by_history(project: Project, keys: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
-    """(the keys of ``keys``, pending deletions, that this repository's history shows an apply retired;
-    a note for each other one, kept). Traced back along HEAD's first-parent history of the inventory:
-    the last inventory that does not list the key as pending must name it as an object's key (review
-    F-G: a pull request that lists another PKI's key was never an object's key here). A history that
-    ends first (a shallow clone, more than `TRACE_LIMIT` inventory changes) proves nothing: kept."""
-    repo = project.repository()
-    rel = project.state.rel
-    try:
-        commits = repo.first_parent_changes(project.state.inventory_path, TRACE_LIMIT)
-    except GitError:
-        commits = []
-    left, traced, notes = set(keys), [], []
-    for commit in commits:  # newest first
-        try:
-            inv = inventory_at(project, commit)
-        except PkiError:
-            break
-        listed, used = {(str(a), str(b)) for a, b in inv["pending_deletes"]}, keys_in(inv["objects"])
-        for key in sorted(left - listed):
-            left.discard(key)
-            if key in used:
-                traced.append(key)
-            else:
-                notes.append(f"{rel}/inventory.json lists key {key[1]} (backend {key[0]}) for deletion, but no "
-                             f"object of {rel}/inventory.json used it before (commit {commit[:12]}): not a key an "
-                             "apply retired, kept; remove it from pending_deletes")
-        if not left:
-            break
-    notes += [f"{rel}/inventory.json lists key {key_id} (backend {store}) for deletion, but the history this clone "
-              "holds does not show the apply that retired it (a shallow clone? fetch the whole history): kept"
-              for store, key_id in sorted(left)]
-    return [k for k in keys if k in traced], notes
+def _retired_by_log(project: Project, keys: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
+    """(the keys of ``keys``, pending deletions, whose retirement the audit log records; a note for each
+    other one, kept). Every apply that retires a key says so in its line (``retired_key``), and only
+    an apply can add lines under a signed head, which the plan before any deletion has checked: a
+    pull request that lists another PKI's key for deletion, in one commit or in several, cannot
+    show its retirement (review F-G). Keys retired before pkiascode recorded retirements are kept."""
+    state, rel = project.state, project.state.rel
+    entries, problems = audit.entries(audit.read_lines(state.audit_path))
+    retired = set() if problems else {
+        (e["retired_key"][0], e["retired_key"][1]) for e in entries
+        if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2
+        and all(isinstance(part, str) for part in e["retired_key"])}
+    notes = [f"{rel}/inventory.json lists key {key_id} (backend {store}) for deletion, but {rel}/audit.jsonl does not "
+             "record that an apply retired it: not a key an apply retired, kept; remove it from pending_deletes "
+             "(a key retired before pkiascode recorded retirements: delete it from its store yourself)"
+             for store, key_id in keys if (store, key_id) not in retired]
+    return [k for k in keys if k in retired], notes
 
 
 def _keys_at(project: Project, commit: str) -> set[tuple[str, str]]:
@@ -915,7 +895,7 @@ class _Run:
             self.retire.append((rec.store, rec.key_id))
             self.event(change, "move_key", entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
                        not_after=format_time(rec.not_after), backend=entry.backend,
-                       moved_from=rec.store)
+                       moved_from=rec.store, retired_key=[rec.store, rec.key_id])
             self.progress.advance()
 
     def generate_keys(self) -> None:
@@ -1021,12 +1001,13 @@ class _Run:
             spec=entry.spec(), spec_digest=self.desired.spec_digests[entry.name], revoked=None,
             crl=old.crl if old is not None and entry.kind is Kind.AUTHORITY else None,
         )
-        revocation = None
+        revocation, retired = None, {}
         if old is not None:
             if change.revoke_reason and not old.revoked:
                 revocation = self.add_revocation(old, change.revoke_reason)
             if (old.store, old.key_id) != (rec.store, rec.key_id) and old.store != CSR_STORE:
                 self.retire.append((old.store, old.key_id))
+                retired = {"retired_key": [old.store, old.key_id]}
         self.records[entry.name] = rec
         self.put(rec, public_key_sha256=hashlib.sha256(public_key_der(public_key)).hexdigest())
         self.certs[entry.name] = cert
@@ -1038,7 +1019,7 @@ class _Run:
         self.event(change, change.action.value, entry.kind, entry.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
                    **({"revoked_serial": old.serial} if old is not None and change.revoke_reason else {}),
-                   **({"revocation": revocation} if revocation is not None else {}))
+                   **({"revocation": revocation} if revocation is not None else {}), **retired)
 
     def _make_key(self, change: Change) -> None:
         request = self.requests[change.name]
@@ -1072,8 +1053,10 @@ class _Run:
             revocation = self.add_revocation(rec, change.revoke_reason, date)
         # A revoked entry that stays listed keeps its key (its record still names it); the key goes
         # when the entry leaves pki.toml, unless keep_revoked_keys.
+        retired = {}
         if change.retire and rec.store != CSR_STORE and not self.desired.settings.keep_revoked_keys:
             self.retire.append((rec.store, rec.key_id))
+            retired = {"retired_key": [rec.store, rec.key_id]}
         if change.retire:
             self.records.pop(change.name)
             self.objects.pop(change.name, None)
@@ -1091,7 +1074,7 @@ class _Run:
         self.event(change, "revoke", rec.kind, rec.name, serial=rec.serial, sha256=rec.sha256,
                    not_after=format_time(rec.not_after), backend=rec.store,
                    reason=change.revoke_reason, retired=change.retire,
-                   **({"revocation": revocation} if revocation is not None else {}))
+                   **({"revocation": revocation} if revocation is not None else {}), **retired)
 
     def sign_crls(self) -> None:
         due = [n for n in self.desired.entries if n in self.crl_due and n in self.records]

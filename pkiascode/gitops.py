@@ -328,11 +328,6 @@ class Repository:
             return None
         return len(lines)
 
-    def first_parent_changes(self, path: Path, limit: int) -> list[str]:
-        """The last ``limit`` commits on HEAD's first-parent line that changed ``path``, newest first."""
-        return self._git("log", "--no-show-signature", "--first-parent", "--format=%H", f"-n{limit}", "HEAD", "--",
-                         self.rel(path)).split()
-
     def changed_paths(self, paths: Iterable[str]) -> list[str]:
         """The files under ``paths`` that differ from HEAD (staged, unstaged or untracked)."""
         proc = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],

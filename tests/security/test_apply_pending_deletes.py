@@ -33,7 +33,8 @@ def test_a_root_key_listed_for_deletion_behind_a_broken_reference_is_kept(applie
 
 def test_a_key_of_a_certificate_in_state_is_never_deleted(applied):
     """The plan passes (the root's reference names the audit log's key, which no object uses, and
-    the root does not sign in this run): the deletion itself refuses the certificate's key."""
+    the root does not sign in this run): the deletion refuses the certificate's key, since no apply
+    retired it (the signed audit log records each retirement)."""
     repo, pki = applied
     real = key_ref(repo, "root")
     (audit_key,) = audit_key_refs(repo)
@@ -41,4 +42,5 @@ def test_a_key_of_a_certificate_in_state_is_never_deleted(applied):
     _edit_inventory(repo, audit_key, [["local", real]])
     r = pki.apply()
     assert (repo / ".pki/keys" / real).exists(), "the root CA's key was deleted"
-    assert "it is the key of a certificate in state: kept" in r.stderr
+    assert f"lists key {real} (backend local) for deletion, but state/audit.jsonl does not record that an apply " \
+        "retired it" in r.stderr

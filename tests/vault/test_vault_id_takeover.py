@@ -8,8 +8,9 @@ the same Vault and prefix (review findings F-F and F-G), against a real OpenBao.
   then ``pki keys``/``pki prune`` refuse, and a pull request that writes the id into the inventory
   itself is caught the same way (HEAD's first parent records none).
 - F-G: the pull request lists A's key (unscoped, reachable with ``legacy_keys``) in B's
-  ``pending_deletes``: a pending deletion is carried out only when B's history shows an apply
-  retired the key (an earlier inventory named it as an object's key).
+  ``pending_deletes``, in one commit or in two merged by fast-forward (the first naming it as an
+  object's key): a pending deletion is carried out only when B's signed audit log records that an
+  apply retired the key.
 """
 
 from __future__ import annotations
@@ -114,12 +115,27 @@ def test_a_pending_deletion_of_another_pkis_key_is_never_carried_out(tmp_path, v
     inv = json.loads(path.read_text())
     path.write_text(json.dumps({**inv, "pending_deletes": [["vault", a_root]]}, indent=2, sort_keys=True) + "\n")
     commit_all(repo_b, "a pull request: A's root key listed for deletion")
-    note = f"lists key {a_root} (backend vault) for deletion, but no object of state/inventory.json used it"
+    note = (f"lists key {a_root} (backend vault) for deletion, but state/audit.jsonl does not record that an "
+            "apply retired it")
     assert note in pki_b.ok("plan", "--format", "markdown").stdout  # the reviewer sees it
     saved = tmp_path / "plan.json"
     pki_b.ok("plan", "--out", str(saved))
     assert any(note in w for w in json.loads(saved.read_text())["warnings"])
     r = pki_b.apply(str(saved))  # (the saved plan's note is the plan's own, not a change)
+    assert note in r.stderr
+    assert _exists(vault_env, a_root), "A's root key was deleted"
+
+    # the same in two commits merged by fast-forward: the first names A's key as an object's (so the
+    # inventory's first-parent history would show it "used"), the second retires it
+    inv = json.loads(path.read_text())
+    own = inv["objects"]["web"]["key"]["ref"]
+    inv["objects"]["web"]["key"]["ref"], inv["pending_deletes"] = a_root, []
+    path.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+    commit_all(repo_b, "a pull request, commit 1: A's key as web's")
+    inv["objects"]["web"]["key"]["ref"], inv["pending_deletes"] = own, [["vault", a_root]]
+    path.write_text(json.dumps(inv, indent=2, sort_keys=True) + "\n")
+    commit_all(repo_b, "a pull request, commit 2: web's old key retired")
+    r = pki_b.apply()
     assert note in r.stderr
     assert _exists(vault_env, a_root), "A's root key was deleted"
     assert pki_a.plan_exit("--detailed-exitcode") == 0

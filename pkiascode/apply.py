@@ -235,19 +235,21 @@ def state_keys(project: Project) -> set[tuple[str, str]]:
         | set(state.key_journal()[0])
 
 
+def logged_id(state: StateDir) -> str | None:
+    """The ``[pki] id`` the audit log's newest line carrying one names (every line an apply writes
+    carries the id it records), or None. Only an apply adds lines under a signed head (checked by
+    every plan), so a pull request can neither add such a line nor change one."""
+    entries, problems = audit.entries(audit.read_lines(state.audit_path))
+    if problems:
+        return None
+    return next((e["pki_id"] for e in reversed(entries) if isinstance(e.get("pki_id"), str)), None)
+
+
 def id_first_recorded(project: Project, inv: Mapping[str, Any]) -> bool:
     """Whether this PKI's ``[pki] id`` is being recorded for the first time: the inventory ``inv`` (the
-    work tree's) records none, or HEAD's or its first parent's inventory holds objects but no id (a
-    commit, such as a merged pull request, wrote the id into the inventory)."""
-    if inv.get("pki_id") is None:
-        return True
-    repo = project.repository()
-    head = repo.head() if repo is not None else None
-    for commit in (head, f"{head}^1") if head is not None else ():
-        earlier = inventory_at(project, commit)
-        if earlier["objects"] and earlier.get("pki_id") is None:
-            return True
-    return False
+    work tree's) records none, or the audit log does not record it yet (`logged_id`): the inventory's
+    ``pki_id`` alone proves nothing, a pull request can write it, in one commit or in several."""
+    return inv.get("pki_id") is None or logged_id(project.state) != inv["pki_id"]
 
 
 def id_taken(project: Project, pki_id: str, *, strict: bool = True) -> str | None:
@@ -269,7 +271,9 @@ def id_taken(project: Project, pki_id: str, *, strict: bool = True) -> str | Non
         if foreign:
             return (f"the [pki] id {pki_id} is new to {project.state.rel}/inventory.json, but its namespace in backend "
                     f"{name} already holds {len(foreign)} key(s) that state/ does not name ({foreign[0]}): another "
-                    "PKI's id; set an id of this PKI's own in pki.toml's [pki] table (or none: apply adds one)")
+                    "PKI's id; set an id of this PKI's own in pki.toml's [pki] table (or none: apply adds one). "
+                    "(If they are this PKI's own orphans, left before its audit log recorded the id, delete them "
+                    "from the store: the next apply with changes records the id)")
     return None
 
 
@@ -807,6 +811,9 @@ class _Run:
               sha256: str | None, not_after: str | None, backend: str | None, **extra: Any) -> None:
         if change is not None:
             extra["reasons"] = list(change.reasons)
+        pki_id = self.id_edit.pki_id if self.id_edit is not None else self.desired.settings.id
+        if pki_id is not None:
+            extra["pki_id"] = pki_id  # the id this apply records (`logged_id`)
         self.events.append(audit.event(action, kind.value, name, time=self.now_text, actor=self.actor,
                                        serial=serial, sha256=sha256, not_after=not_after, backend=backend,
                                        plan=self.plan_digest, **extra))

@@ -6,7 +6,8 @@ the same Vault and prefix (review findings F-F and F-G), against a real OpenBao.
   ``pki prune`` in B deleted A's keys as orphans. Now an id becomes B's only when an apply records it
   in the inventory after checking that its namespace holds no key B's state does not name; until
   then ``pki keys``/``pki prune`` refuse, and a pull request that writes the id into the inventory
-  itself is caught the same way (HEAD's first parent records none).
+  itself is caught the same way, also under later commits: the id is B's only once B's signed audit
+  log records it (each line an apply writes carries the id it records).
 - F-G: the pull request lists A's key (unscoped, reachable with ``legacy_keys``) in B's
   ``pending_deletes``, in one commit or in two merged by fast-forward (the first naming it as an
   object's key): a pending deletion is carried out only when B's signed audit log records that an
@@ -93,6 +94,16 @@ def test_another_pkis_id_given_by_a_pull_request_is_refused_and_deletes_nothing(
     path = repo_b / "state/inventory.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "pki_id": A_ID}, indent=2, sort_keys=True) + "\n")
     commit_all(repo_b, "a pull request: record the id too")
+    for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
+        r = pki_b(*args, expect=1)
+        assert "Deleted" not in r.stdout, r
+        assert "already holds 3 key(s) that state/ does not name" in assert_one_line(r.stderr.strip()), r
+    _a_intact(vault_env, repo_a, pki_a, a_keys)
+
+    # a commit lands on top (a rebase or fast-forward merge of more commits): HEAD and its first parent
+    # both record the id now, but B's audit log does not, and only an apply writes that
+    (repo_b / "NOTES.md").write_text("unrelated\n")
+    commit_all(repo_b, "an unrelated commit")
     for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
         r = pki_b(*args, expect=1)
         assert "Deleted" not in r.stdout, r

@@ -211,7 +211,7 @@ class Project:
             observed = dataclasses.replace(observed, pending_deletes=pending_deletes)
         if state.pending_txn() is None:  # a pending apply's files are in its transaction, not yet here
             self.verify_state(state, observed, inv)
-            self.verify_revocations(state, observed, inv)
+            self.verify_revocations(state, observed, inv, check_keys=check_keys)
         if check_keys:
             missing = self.missing_keys(observed.records, state)
             if missing:
@@ -278,7 +278,34 @@ class Project:
                 raise PlanError(f"authority.{issuer_name}: {state.rel}/inventory.json lists revocations by it "
                                 f"(serial {format(min(revoked), 'x')}) but it has no CRL that lists them; {restore}")
 
-    def verify_revocations(self, state: StateDir, observed: Observed, inv: Mapping[str, Any]) -> None:
+    def _held_pins(self, sigs: Mapping[str, Any] | None, check_keys: bool) -> list[str]:
+        """The fingerprints of the audit keys pinned without an endorsement (a lost key's successor,
+        `--rekey-missing`) that a plan trusts: those whose key this PKI's store holds, with the pinned
+        public key (a pull request cannot put a key into the store, only name one). Offline (no store
+        asked): all of them; the apply, online, checks. `pki audit verify` asks for --trust-pin."""
+        import hashlib
+
+        from .backend import KeyRef
+        from .errors import PkiError
+        from .x509 import public_key_der
+
+        unendorsed = [k for k in (sigs["keys"][1:] if sigs else []) if k["endorsement"] is None]
+        if not check_keys:
+            return [k["fingerprint"] for k in unendorsed]
+        held = []
+        for k in unendorsed:
+            if k["backend"] not in self.desired().stores:
+                continue
+            try:
+                public = self.store(k["backend"]).public_key(KeyRef(k["backend"], k["ref"]))
+            except (PkiError, ValueError):
+                continue
+            if hashlib.sha256(public_key_der(public)).hexdigest() == k["fingerprint"]:
+                held.append(k["fingerprint"])
+        return held
+
+    def verify_revocations(self, state: StateDir, observed: Observed, inv: Mapping[str, Any], *,
+                           check_keys: bool = True) -> None:
         """No revocation is lost by a state edit. A CRL file proves the revocations only while it is
         there and current: a pull request that deletes it and removes a revocation from the inventory
         would have the next CRL signed without it. The audit log proves them instead: its hash chain
@@ -303,10 +330,8 @@ class Project:
         entries, problems = audit.entries(audit.read_lines(state.audit_path))
         refuse(problems)
         sigs = auditsign.load(state)
-        # a pin without endorsement (a lost key's successor) is accepted here: `pki audit verify` is
-        # what asks for --trust-pin (README: what plan checks of the audit log)
-        pins = [k["fingerprint"] for k in sigs["keys"]] if sigs else []
-        refuse(auditsign.verify(entries, sigs, pins)[0] or auditsign.check_history(self, sigs))
+        refuse(auditsign.verify(entries, sigs, self._held_pins(sigs, check_keys))[0]
+               or auditsign.check_history(self, sigs))
         revocations = {(r["issuer"], r["serial"]): r for r in inv["revocations"]}
         for line, recorded in _recorded_revocations(entries, observed.records):
             problem = _revocation_problem(recorded, line, revocations, observed.records)

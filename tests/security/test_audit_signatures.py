@@ -376,3 +376,23 @@ def test_apply_itself_signs_every_new_head(applied):
         sigs["keys"][1]["fingerprint"]
     assert "3 signed heads" in pki.ok("audit", "verify").stdout
     assert pki.plan_exit() == 0
+
+
+def test_a_pin_added_without_endorsement_is_refused_by_plan_unless_the_store_holds_its_key(signed):
+    """A lost audit key's successor is pinned without an endorsement; plan trusts such a pin only when
+    this PKI's store holds its key. A pull request's own key, pinned so and signing lines it appended
+    (a retirement, an id), is refused by plan and apply, not only by `pki audit verify`."""
+    repo, pki = signed
+    rewrite_chain(repo, lambda lines: lines + [dict(lines[-1], time="2030-01-01T00:00:00Z")])
+    sigs = json.loads((repo / SIGS).read_text())
+    key, pin = attacker_key()
+    seq = sigs["heads"][-1]["seq"] + 1
+    sigs["keys"].append(dict(sigs["keys"][0], **pin, since_seq=seq, endorsement=None))
+    head = {"seq": seq, "hash": json.loads((repo / "state/audit.jsonl").read_text().splitlines()[-1])["hash"],
+            "time": "2030-01-01T00:00:00Z", "key": pin["fingerprint"]}
+    head["signature"] = base64.b64encode(key.sign(auditsign.head_message(head))).decode()
+    sigs["heads"].append(head)
+    (repo / SIGS).write_text(json.dumps(sigs))
+    for args in (["plan"], ["apply", "--auto-approve"]):
+        r = pki(*args, expect=1)
+        assert "is not endorsed by keys[0]" in assert_one_line(r.stderr.strip()), r

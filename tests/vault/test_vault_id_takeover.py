@@ -67,6 +67,14 @@ def _a_intact(server, repo_a: Path, pki_a: Pki, refs: set[str]) -> None:
     assert pki_a.plan_exit("--detailed-exitcode") == 0
 
 
+def _refused_as_taken(pki_b: Pki) -> None:
+    """keys, prune and apply of B each refuse, in one line, an id whose namespace holds A's 3 keys."""
+    for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
+        r = pki_b(*args, expect=1)
+        assert "Deleted" not in r.stdout, r
+        assert "already holds 3 key(s) that state/ does not name" in assert_one_line(r.stderr.strip()), r
+
+
 def test_another_pkis_id_given_by_a_pull_request_is_refused_and_deletes_nothing(tmp_path, vault_env):
     env = clean_env(VAULT_ADDR=vault_env.address, VAULT_TOKEN=vault_env.token)
     prefix = f"take{secrets.token_hex(4)}"
@@ -90,24 +98,18 @@ def test_another_pkis_id_given_by_a_pull_request_is_refused_and_deletes_nothing(
     assert git(repo_b, "rev-parse", "HEAD") == before
     _a_intact(vault_env, repo_a, pki_a, a_keys)
 
-    # the same pull request writes the id into B's inventory too: HEAD's first parent records none
+    # the same pull request writes the id into B's inventory too: B's audit log does not record it
     path = repo_b / "state/inventory.json"
     path.write_text(json.dumps({**json.loads(path.read_text()), "pki_id": A_ID}, indent=2, sort_keys=True) + "\n")
     commit_all(repo_b, "a pull request: record the id too")
-    for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
-        r = pki_b(*args, expect=1)
-        assert "Deleted" not in r.stdout, r
-        assert "already holds 3 key(s) that state/ does not name" in assert_one_line(r.stderr.strip()), r
+    _refused_as_taken(pki_b)
     _a_intact(vault_env, repo_a, pki_a, a_keys)
 
     # a commit lands on top (a rebase or fast-forward merge of more commits): HEAD and its first parent
     # both record the id now, but B's audit log does not, and only an apply writes that
     (repo_b / "NOTES.md").write_text("unrelated\n")
     commit_all(repo_b, "an unrelated commit")
-    for args in (["keys"], ["prune", "--auto-approve"], ["apply", "--auto-approve"]):
-        r = pki_b(*args, expect=1)
-        assert "Deleted" not in r.stdout, r
-        assert "already holds 3 key(s) that state/ does not name" in assert_one_line(r.stderr.strip()), r
+    _refused_as_taken(pki_b)
     _a_intact(vault_env, repo_a, pki_a, a_keys)
 
 

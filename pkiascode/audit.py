@@ -24,6 +24,9 @@ GENESIS = "0" * 64
 ISSUING = ("create", "reissue", "renew", "rekey", "import")
 REQUIRED = ("seq", "time", "actor", "action", "kind", "name", "serial", "sha256", "not_after", "backend",
             "plan", "prev", "hash")
+#: the fields that are text in every line, and those that are text or null
+_TEXT = ("time", "actor", "action", "kind", "name", "prev", "hash")
+_TEXT_OR_NULL = ("serial", "sha256", "not_after", "backend", "plan")
 
 
 _CANONICAL = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
@@ -140,6 +143,10 @@ def entries(lines: Sequence[str]) -> tuple[list[dict[str, Any]], list[str]]:
             return out, [f"audit.jsonl:{n}: prev does not match line {n - 1}'s hash "
                          "(a line was removed, inserted or reordered)" if n > 1 else
                          "audit.jsonl:1: prev is not the genesis hash (lines before it were removed)"]
+        wrong = [k for k in _TEXT if not isinstance(obj[k], str)] + [
+            k for k in _TEXT_OR_NULL if obj[k] is not None and not isinstance(obj[k], str)]
+        if wrong:
+            return out, [f"audit.jsonl:{n}: {', '.join(wrong)} not a string"]
         if type(obj["seq"]) is not int or obj["seq"] != seq + 1:
             return out, [f"audit.jsonl:{n}: seq {obj['seq']} follows {seq}"]
         prev, seq = obj["hash"], obj["seq"]

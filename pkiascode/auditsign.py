@@ -405,6 +405,9 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
             problems.append(f"{where}: audit.jsonl's line {head['seq']} is not the line that was signed "
                             "(the log was rewritten)" if head["seq"] in hashes else
                             f"{where}: audit.jsonl has no line {head['seq']} (lines were removed)")
+    if not problems and sigs["heads"][-1]["key"] != keys[-1]["fingerprint"]:
+        problems.append(f"{FILE}: keys[{len(keys) - 1}] is pinned after the last signed head, which keys"
+                        f"[{len(keys) - 1}] did not sign (an apply pins a key and signs with it at once)")
     if not problems and lines:
         last = sigs["heads"][-1]["seq"]
         if last != len(lines):
@@ -414,9 +417,12 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
 
 
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
-    """The pins in the file start with the key that the first commit of the file pinned (git's
-    history, not the file, says which key was pinned on first use). Empty when not in git or the
-    file was never committed. A shallow clone's history may not reach that commit (its oldest
+    """The pins in the file start with the key that the commits adding the file pinned (git's
+    history, not the file, says which key was pinned on first use): every such commit, on every
+    side of every merge, so a branch that adds its own file before the real one existed and is
+    merged in does not count as first. Empty when not in git or the file was never committed.
+    This is what an offline plan and `pki audit verify` have; online, plan checks the key that
+    signed the last head against the key store (`Project.verify_revocations`). A shallow clone's history may not reach that commit (its oldest
     commit would seem to add the file as it is now): a `PlanError` saying to fetch the full history,
     once there is a log to check."""
     import os
@@ -442,22 +448,21 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
-    try:
-        added = git("log", "--diff-filter=A", "--format=%H", "--", rel).split()
-        if not added:
-            return []
-        first = parse(git("show", f"{added[-1].decode()}:{rel}"), f"{where} as first committed")
+    try:  # every commit that adds the file, on every side of every merge (not git's simplified history)
+        added = git("log", "--full-history", "--diff-filter=A", "--format=%H", "--", rel).decode().split()
+        firsts = [(commit, parse(git("show", f"{commit}:{rel}"), f"{where} as committed in {commit[:12]}"))
+                  for commit in added]
     except subprocess.CalledProcessError:
         return []  # no commit yet
-    if not first["keys"]:
-        return []
-    pinned = first["keys"][0]["fingerprint"]
-    if not sigs or not sigs["keys"]:
-        return [f"{where}: missing or without keys, but commit {added[-1].decode()[:12]} pinned audit key "
-                f"{pinned[:16]}…"]
-    if sigs["keys"][0]["fingerprint"] != pinned:
-        return [f"{where}: keys[0] is {sigs['keys'][0]['fingerprint'][:16]}…, but commit {added[-1].decode()[:12]} "
-                f"pinned {pinned[:16]}…: the pinned key was swapped"]
+    for commit, first in firsts:
+        if not first["keys"]:
+            continue
+        pinned = first["keys"][0]["fingerprint"]
+        if not sigs or not sigs["keys"]:
+            return [f"{where}: missing or without keys, but commit {commit[:12]} pinned audit key {pinned[:16]}…"]
+        if sigs["keys"][0]["fingerprint"] != pinned:
+            return [f"{where}: keys[0] is {sigs['keys'][0]['fingerprint'][:16]}…, but commit {commit[:12]} "
+                    f"pinned {pinned[:16]}…: the pinned key was swapped"]
     return []
 
 

@@ -113,6 +113,12 @@ def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str,
                            "becomes this PKI's when an apply records it, having checked that no other PKI's keys are "
                            "there; the next `pki apply` with changes records it; no key is listed as an orphan or "
                            "deleted")
+    # the audit log says which id an apply recorded (`apply.logged_id`) only once its signed heads
+    # are checked against the key store, as every plan does: a pull request can append lines
+    try:
+        project.observe()
+    except PkiError as e:
+        raise PkiError(f"{e}; no key is listed as an orphan or deleted") from None
     refused = id_taken(project, configured) if id_first_recorded(project, inventories[0][1]) else None
     if refused:
         raise PkiError(f"{refused}; no key is listed as an orphan or deleted")

@@ -22,7 +22,7 @@ from .config import config_digest, find_line, load_config
 from .errors import BackendError, ConfigError, PkiError, PlanError, StalePlanError, first_of
 from .memo import NoopMemo, state_files
 from .model import CSR_STORE, Desired, Entry, Observed, Record
-from .plan import Action, Plan
+from .plan import AUDIT_KEY, Action, Plan
 from .planner import plan as make_plan
 from .plugins import Plugins
 from .render import OFFLINE_WARNING
@@ -56,6 +56,9 @@ class Project:
         self._state: StateDir | None = None
         #: whether the last `plan` was answered from the remembered no-op plan (pki.toml not parsed)
         self.answered_from_memo = False
+        #: the pin of the audit key that signed the last head, when the last `observe` found it
+        #: missing from its store (lost: only ``--replace @audit`` or ``--rekey-missing`` goes on)
+        self.audit_key_lost: Mapping[str, Any] | None = None
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -272,37 +275,43 @@ class Project:
                     raise PlanError(f"{rec.qualified}: its key reference {rec.store}:{rec.key_id} in "
                                     f"{state.rel}/inventory.json is also {records[other].qualified}'s; a key "
                                     "belongs to one object: restore the inventory from git")
+        for store, ref in inv.get("pending_deletes") or ():
+            other = owners.get((store, ref))
+            if other is not None:
+                raise PlanError(f"{records[other].qualified}: {state.rel}/inventory.json lists its key {store}:{ref} "
+                                f"for deletion; a key is deleted once no object uses it: restore the inventory "
+                                "from git")
         for issuer_name, revoked in revocations.items():
             rec = records.get(issuer_name)
             if revoked and (rec is None or (not rec.crl and rec.kind.value == "authority")):
                 raise PlanError(f"authority.{issuer_name}: {state.rel}/inventory.json lists revocations by it "
                                 f"(serial {format(min(revoked), 'x')}) but it has no CRL that lists them; {restore}")
 
-    def _held_pins(self, sigs: Mapping[str, Any] | None, check_keys: bool) -> list[str]:
-        """The fingerprints of the audit keys pinned without an endorsement (a lost key's successor,
-        `--rekey-missing`) that a plan trusts: those whose key this PKI's store holds, with the pinned
-        public key (a pull request cannot put a key into the store, only name one). Offline (no store
-        asked): all of them; the apply, online, checks. `pki audit verify` asks for --trust-pin."""
+    def _held_audit_keys(self, sigs: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
+        """(held, lost): the fingerprints of the pinned audit keys that this PKI's key store holds as
+        an audit key (under the pinned reference, with the pinned public key, kept from ``pki
+        export``), and of those whose key the store no longer has. A pull request can name a key in
+        the store, never put one there: a key it pins itself is neither, and an exportable key (a
+        leaf's, whose holder can sign with it) is not held. (No pin names an object's key:
+        `verify_revocations` checks that first.)"""
         import hashlib
 
         from .backend import KeyRef
-        from .errors import PkiError
         from .x509 import public_key_der
 
-        unendorsed = [k for k in (sigs["keys"][1:] if sigs else []) if k["endorsement"] is None]
-        if not check_keys:
-            return [k["fingerprint"] for k in unendorsed]
-        held = []
-        for k in unendorsed:
+        held: set[str] = set()
+        lost: set[str] = set()
+        for k in sigs["keys"] if sigs else ():
+            ref = KeyRef(k["backend"], k["ref"])
             if k["backend"] not in self.desired().stores:
                 continue
-            try:
-                public = self.store(k["backend"]).public_key(KeyRef(k["backend"], k["ref"]))
-            except (PkiError, ValueError):
-                continue
-            if hashlib.sha256(public_key_der(public)).hexdigest() == k["fingerprint"]:
-                held.append(k["fingerprint"])
-        return held
+            store = self.store(k["backend"])
+            if store.missing([ref]):
+                lost.add(k["fingerprint"])
+            elif (hashlib.sha256(public_key_der(store.public_key(ref))).hexdigest() == k["fingerprint"]
+                  and not store.is_exportable(ref)):
+                held.add(k["fingerprint"])
+        return held, lost
 
     def verify_revocations(self, state: StateDir, observed: Observed, inv: Mapping[str, Any], *,
                            check_keys: bool = True) -> None:
@@ -330,8 +339,28 @@ class Project:
         entries, problems = audit.entries(audit.read_lines(state.audit_path))
         refuse(problems)
         sigs = auditsign.load(state)
-        refuse(auditsign.verify(entries, sigs, self._held_pins(sigs, check_keys))[0]
+        owners = {(r.store, r.key_id): r for r in observed.records.values()}
+        for n, k in enumerate(sigs["keys"] if sigs else ()):
+            if (k["backend"], k["ref"]) in owners:
+                refuse([f"{auditsign.FILE}: keys[{n}] names {owners[k['backend'], k['ref']].qualified}'s key "
+                        f"({k['backend']}:{k['ref']}), but the audit key is no object's key"])
+        unendorsed = [k["fingerprint"] for k in (sigs["keys"][1:] if sigs else []) if k["endorsement"] is None]
+        held, lost = self._held_audit_keys(sigs) if check_keys else (set(unendorsed), set())
+        # (a lost key's successor is pinned without endorsement: trusted when the store holds it)
+        refuse(auditsign.verify(entries, sigs, [k for k in unendorsed if k in held])[0]
                or auditsign.check_history(self, sigs))
+        self.audit_key_lost = None
+        if check_keys and sigs and sigs["heads"]:
+            # the heads are only as good as the key that signed the last one: it covers every line
+            # before it, and its pin must be the store's audit key, not one the file names
+            last = next(k for k in sigs["keys"] if k["fingerprint"] == sigs["heads"][-1]["key"])
+            if last["fingerprint"] in lost:
+                self.audit_key_lost = last
+            elif last["fingerprint"] not in held:
+                refuse([f"{auditsign.FILE}: the last head is signed by audit key {last['fingerprint'][:16]}…, "
+                        f"which backend {last['backend']} does not hold as this PKI's audit key ({last['ref']}: "
+                        "not there with that public key, exportable, or an object's key): the pinned key "
+                        "was replaced"])
         revocations = {(r["issuer"], r["serial"]): r for r in inv["revocations"]}
         for line, recorded in _recorded_revocations(entries, observed.records):
             problem = _revocation_problem(recorded, line, revocations, observed.records)
@@ -433,6 +462,7 @@ class Project:
                            store_caps=caps, csr_key_types={n: i.key_type for n, i in csrs.items()},
                            rekey_missing=rekey_missing)
         self._refuse_revocations_to_come(desired, result, now or at)
+        result = self._with_lost_audit_key(result, replace, rekey_missing)
         if not result.empty:  # (a no-op plan signs nothing: nothing to lint, nothing to import)
             from .lint import with_findings
 
@@ -449,6 +479,34 @@ class Project:
         if quiet and result.empty and not result.warnings and inv.get("pki_id") == desired.settings.id:
             self._remember_noop(desired, observed)
         return result
+
+    def _with_lost_audit_key(self, result: Plan, replace: tuple[str, ...], rekey_missing: bool) -> Plan:
+        """``result``, when the last `observe` found the audit key that signed the last head missing
+        from its store (`audit_key_lost`), with a warning that names it, and, with ``rekey_missing``,
+        its replacement (unless ``--replace @audit`` planned it already). Apply refuses to go on
+        without one (`auditsign.check_ready`): the pinned key signs each apply's head."""
+        from .auditsign import FILE as SIGNATURES
+        from .model import Kind
+        from .plan import AUDIT_LOG, Change, FieldChange
+
+        lost = self.audit_key_lost
+        if lost is None:
+            return result
+        rel = self.state.rel
+        warning = (f"the audit key {lost['ref']} that signed the last head of {rel}/audit.jsonl is missing from "
+                   f"backend {lost['backend']}, so the heads were checked against the key git's history pinned "
+                   f"first, not against the key store; apply needs that key: apply where it is, or, if it is "
+                   f"lost, pin a new one with --replace {AUDIT_KEY} or --rekey-missing (if it is not lost, "
+                   f"{rel}/{SIGNATURES} was changed: `git log -p -- {rel}/{SIGNATURES}`)")
+        changes = result.changes
+        if rekey_missing and AUDIT_KEY not in replace:
+            changes += (Change(Action.REKEY_AUDIT_KEY, Kind.AUTHORITY, AUDIT_LOG, (
+                f"--rekey-missing: the audit key {lost['ref']} is missing from backend {lost['backend']}; a new "
+                "key signs the audit log's heads from this apply on, pinned without the lost key's endorsement "
+                "(`pki audit verify` needs --trust-pin for it)",),
+                (("key", FieldChange("the pinned audit key (missing)", "a new key in the store of the first root "
+                                     "authority")),)),)
+        return dataclasses.replace(result, changes=changes, warnings=result.warnings + (warning,))
 
     def _refuse_revocations_to_come(self, desired: Desired, result: Plan, now: dt.datetime) -> None:
         """A revocation the plan makes is dated at the latest when it is applied: its audit line
@@ -646,6 +704,11 @@ class Project:
         if observed.digest != state_digest(state.read_inventory_bytes()):
             return  # not the digest the remembered plan can check
         refs = {store: [[ref.id, ref.origin] for ref in keys] for store, keys in self._live_keys(observed.records).items()}
+        from .auditsign import load as load_signatures
+
+        sigs = load_signatures(state)
+        if sigs and sigs["keys"]:  # the audit key, asked too: a lost one is a warning of every plan
+            refs.setdefault(sigs["keys"][-1]["backend"], []).append([sigs["keys"][-1]["ref"], "generated"])
         paths = _csr_paths(self.config_path.read_text(encoding="utf-8"))
         if paths is None or paths != {e.csr for e in desired.entries.values() if e.csr}:
             return  # pki.toml names its CSRs in a way the remembered plan cannot find: plan the long way

@@ -38,7 +38,7 @@ def test_an_empty_plan_is_remembered_and_reused_without_reading_pki_toml_again(a
     first, _ = plan(applied)
     assert first.empty and memo_file(applied).exists()
     memo = json.loads(memo_file(applied).read_text())
-    assert set(memo["refs"]) == {"local"} and len(memo["refs"]["local"]) == 2
+    assert set(memo["refs"]) == {"local"} and len(memo["refs"]["local"]) == 3  # root, web, the audit key
     assert "files" not in memo and "stores" not in memo  # both come from state/ and pki.toml every time
     assert memo["quiet_until"] is not None
 

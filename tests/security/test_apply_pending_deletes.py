@@ -32,15 +32,49 @@ def test_a_root_key_listed_for_deletion_behind_a_broken_reference_is_kept(applie
 
 
 def test_a_key_of_a_certificate_in_state_is_never_deleted(applied):
-    """The plan passes (the root's reference names the audit log's key, which no object uses, and
-    the root does not sign in this run): the deletion refuses the certificate's key, since no apply
-    retired it (the signed audit log records each retirement)."""
+    """A pull request lists the root's key for deletion, the inventory otherwise intact: plan refuses
+    (a key in use is never pending deletion), and nothing is deleted."""
+    repo, pki = applied
+    real = key_ref(repo, "root")
+    edit_toml(repo, 'common_name = "client-1"', 'common_name = "client-2"')
+    _edit_inventory(repo, real, [["local", real]])
+    r = pki("apply", "--auto-approve", expect=1)
+    assert f"authority.root: state/inventory.json lists its key local:{real} for deletion" in r.stderr
+    assert (repo / ".pki/keys" / real).exists(), "the root CA's key was deleted"
+
+
+def test_a_key_no_apply_retired_is_kept(applied):
+    """A key in the store that no object uses (another PKI's, in a shared store; here a stray file)
+    listed for deletion by a pull request: the plan warns, apply keeps it, since no apply retired it
+    (the signed audit log records each retirement)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    repo, pki = applied
+    real = key_ref(repo, "root")
+    stray = repo / ".pki/keys/stray-0badc0de.pem"
+    stray.write_bytes(ec.generate_private_key(ec.SECP256R1()).private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()))
+    stray.chmod(0o600)
+    edit_toml(repo, 'common_name = "client-1"', 'common_name = "client-2"')
+    _edit_inventory(repo, real, [["local", stray.name]])
+    note = f"lists key {stray.name} (backend local) for deletion, but state/audit.jsonl does not record that an " \
+        "apply retired it"
+    assert note in pki("plan").stdout
+    r = pki.apply()
+    assert stray.exists(), "a key no apply retired was deleted"
+    assert note in r.stderr
+
+
+def test_a_reference_to_the_audit_key_is_refused(applied):
+    """The root's reference names the audit log's key (which the store holds, so no key looks
+    missing) and the real root key is listed for deletion: plan refuses, as a pin naming an
+    object's key is refused, and nothing is deleted."""
     repo, pki = applied
     real = key_ref(repo, "root")
     (audit_key,) = audit_key_refs(repo)
     edit_toml(repo, 'common_name = "client-1"', 'common_name = "client-2"')
     _edit_inventory(repo, audit_key, [["local", real]])
-    r = pki.apply()
+    r = pki("apply", "--auto-approve", expect=1)
+    assert "the audit key is no object's key" in r.stderr
     assert (repo / ".pki/keys" / real).exists(), "the root CA's key was deleted"
-    assert f"lists key {real} (backend local) for deletion, but state/audit.jsonl does not record that an apply " \
-        "retired it" in r.stderr

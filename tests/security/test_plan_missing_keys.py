@@ -70,8 +70,11 @@ def test_rekey_missing_replaces_every_missing_key_and_converges(origin, tmp_path
     clone = _clone(origin, tmp_path / "clone")
     pki = Pki(clone)
     data = pki.plan_json("--rekey-missing")
-    assert [(c["action"], c["name"]) for c in data["changes"]] == [("rekey", n) for n in NAMES]
+    # the audit key, missing too, is shown replaced (review F6: it was replaced without being shown)
+    assert [(c["action"], c["name"]) for c in data["changes"]] == [("rekey", n) for n in NAMES] + [
+        ("rekey_audit_key", "audit-log")]
     assert all("is missing from backend local" in " ".join(c["reasons"]) for c in data["changes"])
+    assert any("audit key" in w and "is missing from backend local" in w for w in data["warnings"])
     assert data["rekey_missing"] is True
     pki.apply("--rekey-missing")
     assert_state_sound(clone, pki, exact_keys=True, audit_args=_trusting_the_new_audit_pin(clone, pki))

@@ -278,13 +278,15 @@ def _unsigned(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return repo
 
 
-@pytest.mark.parametrize("name", [["x"], {"x": 1}], ids=["list", "object"])
-def test_a_hostile_line_type_in_an_unsigned_log_is_one_line_naming_the_log(_unsigned, tmp_path, env, name):
+@pytest.mark.parametrize("field, value", [("name", ["x"]), ("name", {"x": 1}), ("action", ["revoke"])],
+                         ids=["name-list", "name-object", "action-list"])
+def test_a_hostile_line_type_in_an_unsigned_log_is_one_line_naming_the_log(_unsigned, tmp_path, env, field, value):
     repo = copy_repo(_unsigned, tmp_path / "repo")
     pki = Pki(repo, env)
     lines = [json.loads(t) for t in (repo / "state/audit.jsonl").read_text().splitlines()]
-    ev = audit.event("revoke", "certificate", name, time=T, actor="a", serial="01", sha256=None, not_after=None,
+    ev = audit.event("revoke", "certificate", "x", time=T, actor="a", serial="01", sha256=None, not_after=None,
                      backend="local", plan=None, reason="key_compromise")
+    ev[field] = value
     new = audit.chain([ev], prev=lines[-1]["hash"], seq=lines[-1]["seq"])
     with (repo / "state/audit.jsonl").open("ab") as f:
         f.write(audit.render_lines(new))
@@ -300,7 +302,8 @@ def test_a_hostile_line_type_in_an_unsigned_log_is_one_line_naming_the_log(_unsi
 
 # -- F6: the audit key lost, nothing else to do -----------------------------------------------------
 
-def test_a_lost_audit_key_is_planned_and_rekeyed_by_rekey_missing(base):
+@pytest.mark.parametrize("remedy", [("--rekey-missing",), ("--replace", "@audit")], ids=["rekey-missing", "replace"])
+def test_a_lost_audit_key_is_planned_and_rekeyed(base, remedy):
     repo, pki, _ = base
     ref = json.loads((repo / "state" / SIGS).read_text())["keys"][-1]["ref"]
     (repo / ".pki/keys" / ref).unlink()
@@ -308,10 +311,10 @@ def test_a_lost_audit_key_is_planned_and_rekeyed_by_rekey_missing(base):
     assert r.returncode == 1, f"plan did not say the audit key is missing:\n{r}"
     line = assert_one_line(r.stderr.strip())
     assert "missing" in line and "--replace @audit" in line, line
-    r = pki("plan", "--rekey-missing", expect=None)
+    r = pki("plan", *remedy, expect=None)
     assert r.returncode == 0 and "audit" in r.stdout, r
     before = head(repo)
-    pki.apply("--rekey-missing")
+    pki.apply(*remedy)
     assert head(repo) != before
     sigs = json.loads((repo / "state" / SIGS).read_text())
     assert len(sigs["keys"]) == 2 and (repo / ".pki/keys" / sigs["keys"][-1]["ref"]).exists()

@@ -417,16 +417,20 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
 
 
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
-    """The pins in the file start with the key that the commits adding the file pinned (git's
-    history, not the file, says which key was pinned on first use): every such commit, on every
-    side of every merge, so a branch that adds its own file before the real one existed and is
-    merged in does not count as first. Empty when not in git or the file was never committed.
-    This is what an offline plan and `pki audit verify` have; online, plan checks the key that
-    signed the last head against the key store (`Project.verify_revocations`). A shallow clone's history may not reach that commit (its oldest
-    commit would seem to add the file as it is now): a `PlanError` saying to fetch the full history,
-    once there is a log to check."""
+    """The pins in the file start with the key that the commits adding it pinned (git's history, not
+    the file, says which key was pinned on first use): every such commit, on every side of every
+    merge (a branch that adds its own file before the real one existed and is merged in does not
+    count as first), and also the commits that added it elsewhere, in a directory that was this
+    pki.toml's ``state_dir`` then or where HEAD has no such file (a pull request that moves
+    ``state_dir``, or pki.toml with it, does not start a new history; another PKI's file in the same
+    repository is not this one's). Empty when not in git or the file was never committed. This is what an offline plan
+    and `pki audit verify` have; online, plan checks the key that signed the last head against
+    the key store (`Project.verify_revocations`). A shallow clone's history may not reach those
+    commits: a `PlanError` saying to fetch the full history, once there is a log to check."""
     import os
+    import posixpath
     import subprocess
+    import tomllib
 
     from .errors import PlanError
 
@@ -448,10 +452,28 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
-    try:  # every commit that adds the file, on every side of every merge (not git's simplified history)
-        added = git("log", "--full-history", "--diff-filter=A", "--format=%H", "--", rel).decode().split()
-        firsts = [(commit, parse(git("show", f"{commit}:{rel}"), f"{where} as committed in {commit[:12]}"))
-                  for commit in added]
+    config = repo.rel(project.config_path)
+
+    def was_state_dir(commit: str, path: str) -> bool:  # pki.toml's state_dir in ``commit`` held ``path``
+        try:
+            pki = tomllib.loads(git("show", f"{commit}:{config}").decode()).get("pki", {})
+        except (subprocess.CalledProcessError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            return False
+        state_dir = pki.get("state_dir", "state") if isinstance(pki, dict) else None
+        return isinstance(state_dir, str) and posixpath.normpath(
+            posixpath.join(posixpath.dirname(config), state_dir, FILE)) == path
+
+    def at_head(path: str) -> bool:  # another PKI's file, in a repository that holds several
+        return subprocess.run(["git", "-C", str(repo.top), "cat-file", "-e", f"HEAD:{path}"],
+                              capture_output=True).returncode == 0
+
+    try:  # every commit that adds the file (not git's simplified history, which follows one side of a merge)
+        log = git("log", "--full-history", "--diff-filter=A", "--format=%x00%H", "--name-only", "--",
+                  f":(glob)**/{FILE}").decode()
+        added = [(commit, path) for commit, *paths in (c.split() for c in log.split("\0") if c.strip())
+                 for path in paths if path == rel or was_state_dir(commit, path) or not at_head(path)]
+        firsts = [(commit, parse(git("show", f"{commit}:{path}"), f"{path} as committed in {commit[:12]}"))
+                  for commit, path in added]
     except subprocess.CalledProcessError:
         return []  # no commit yet
     for commit, first in firsts:

@@ -239,7 +239,7 @@ def logged_id(state: StateDir) -> str | None:
     """The ``[pki] id`` the audit log's newest line carrying one names (every line an apply writes
     carries the id it records), or None. Only an apply adds lines under a signed head (checked by
     every plan), so a pull request can neither add such a line nor change one."""
-    entries, problems = audit.entries(audit.read_lines(state.audit_path))
+    entries, problems = state.audit_entries()
     if problems:
         return None
     return next((e["pki_id"] for e in reversed(entries) if isinstance(e.get("pki_id"), str)), None)
@@ -531,7 +531,7 @@ def _retired_by_log(project: Project, keys: list[tuple[str, str]]) -> tuple[list
     pull request that lists another PKI's key for deletion, in one commit or in several, cannot
     show its retirement (review F-G). Keys retired before pkiascode recorded retirements are kept."""
     state, rel = project.state, project.state.rel
-    entries, problems = audit.entries(audit.read_lines(state.audit_path))
+    entries, problems = state.audit_entries()
     retired = set() if problems else {
         (e["retired_key"][0], e["retired_key"][1]) for e in entries
         if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2

@@ -336,7 +336,7 @@ class Project:
 
         for path in (state.audit_path, state.root / auditsign.FILE):  # (stamped as read: `memo.stamp_files`)
             state.seen[str(path)] = file_stamp(str(path))
-        entries, problems = audit.entries(audit.read_lines(state.audit_path))
+        entries, problems = state.audit_entries()
         refuse(problems)
         sigs = auditsign.load(state)
         owners = {(r.store, r.key_id): r for r in observed.records.values()}

@@ -510,6 +510,7 @@ class StateDir:
         self.keys_path = self.journal / "keys.jsonl"
         self.deletes_path = self.journal / "deletes.json"
         self.deferred_path = self.journal / "uncommitted.json"
+        self._audit: tuple[tuple[int, ...] | None, tuple[list[dict[str, Any]], list[str]]] | None = None
         self._journal_fd: int | None = None
         #: stat stamps of the files the last `observe` read, taken as it read them
         self.seen: dict[str, tuple[int, ...] | None] = {}
@@ -600,6 +601,15 @@ class StateDir:
         """The inventory as written, and its records: no drift checks (for readers of state)."""
         inv = self.parse_inventory(self.read_inventory_bytes())
         return inv, self.records(inv)
+
+    def audit_entries(self) -> tuple[list[dict[str, Any]], list[str]]:
+        """The audit log's lines, parsed and chained (`audit.entries`: the lines as far as the chain
+        holds, and its first problem), read again only when the file changed (its stamp). Read-only:
+        plan, the id and retirement checks of apply all ask."""
+        stamp = file_stamp(str(self.audit_path))
+        if self._audit is None or self._audit[0] != stamp or stamp is None:
+            self._audit = (stamp, audit.entries(audit.read_lines(self.audit_path)))
+        return self._audit[1]
 
     def records(self, inv: Mapping[str, Any]) -> dict[str, Record]:
         try:

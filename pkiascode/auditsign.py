@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .state import StateDir
 
 __all__ = ["FILE", "KEY_NAME", "REKEY_ACTION", "load", "render", "seal", "plan_events", "verify", "verify_files", "key_refs",
-           "head_message", "pin_message", "check_history", "check_ready"]
+           "head_message", "pin_message", "check_history", "check_ready", "pinned_key_missing"]
 
 FILE = "audit-signatures.json"
 FORMAT = 1
@@ -259,7 +259,8 @@ def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
     return store.signer(ref)
 
 
-def _pinned_key_missing(project: Project, pin: Mapping[str, Any]) -> bool:
+def pinned_key_missing(project: Project, pin: Mapping[str, Any]) -> bool:
+    """Whether ``pin``'s key is missing from its store (or its store from pki.toml)."""
     if pin["backend"] not in project.desired().stores:
         return True
     return bool(project.store(pin["backend"]).missing([KeyRef(pin["backend"], pin["ref"])]))
@@ -275,7 +276,7 @@ def plan_events(project: Project, plan: Plan, *, time: str, actor: str, digest: 
     sigs = load(project.state)
     pin = sigs["keys"][-1] if sigs and sigs["keys"] else None
     asked = any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes)
-    lost = pin is not None and (asked or plan.rekey_missing) and _pinned_key_missing(project, pin)
+    lost = pin is not None and (asked or plan.rekey_missing) and pinned_key_missing(project, pin)
     if not (asked or lost):
         return []
     return [audit.event(REKEY_ACTION, "audit", KEY_NAME, time=time, actor=actor, serial=None, sha256=None,
@@ -382,9 +383,22 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
     if keys[0]["endorsement"] is not None:
         problems.append(f"{FILE}: keys[0] has an endorsement but nothing before it to make one")
     hashes: dict[int, str] = {}
+    rekeys: dict[int, Any] = {}  # seq of each rekey line -> the fingerprint it replaces
     for line in lines:
         obj = json.loads(line) if isinstance(line, str) else line  # (audit.verify checked every line)
         hashes[obj["seq"]] = obj["hash"]
+        if obj["action"] == REKEY_ACTION:
+            rekeys[obj["seq"]] = obj.get("replaces")
+    signers = {h["key"] for h in sigs["heads"]}
+    for n, k in enumerate(keys):
+        if k["fingerprint"] not in signers:
+            problems.append(f"{FILE}: keys[{n}] (fingerprint {k['fingerprint'][:16]}…) signed no head: an apply "
+                            "pins a key and signs with it at once")
+        elif n and (k["since_seq"] not in rekeys or rekeys[k["since_seq"]] != keys[n - 1]["fingerprint"]):
+            problems.append(f"{FILE}: keys[{n}] is pinned from line {k['since_seq']}, which is not the "
+                            f"{REKEY_ACTION} line that replaced keys[{n - 1}]")
+    if problems:
+        return problems, warnings
     previous = 0
     for n, head in enumerate(sigs["heads"]):
         where = f"{FILE}: heads[{n}] (line {head['seq']})"
@@ -531,7 +545,7 @@ def check_ready(project: Project, plan: Plan) -> None:
     sigs = load(state)
     if sigs and sigs["keys"]:
         pin = sigs["keys"][-1]
-        if _pinned_key_missing(project, pin):
+        if pinned_key_missing(project, pin):
             if plan.rekey_missing or any(c.action is Action.REKEY_AUDIT_KEY for c in plan.changes):
                 return  # replaced, unendorsed (`plan_events`)
             raise StateError(f"the audit key {pin['ref']} is missing from backend {pin['backend']} (a fresh "

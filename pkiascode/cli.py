@@ -57,13 +57,15 @@ class Ctx:
         self.config = Path(config)
         self.no_color = no_color
         self._project: Any = None
+        #: --trust-pin of plan and apply (the project adds $PKI_TRUST_PIN)
+        self.trust_pins: tuple[str, ...] = ()
 
     @property
     def project(self) -> Any:
         if self._project is None:
             from .project import Project
 
-            self._project = Project(self.config)
+            self._project = Project(self.config, trusted_pins=self.trust_pins)
         return self._project
 
     def color(self, stream: Any = None) -> bool:
@@ -109,6 +111,12 @@ def pass_ctx(f: Callable[..., Any]) -> Callable[..., Any]:
 def at_option(f: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--at", "at", metavar="WHEN",
                         help="Plan as of another time: an ISO date (2027-06-01) or +90d.")(f)
+
+
+def trust_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--trust-pin", "trust_pins", multiple=True, metavar="FINGERPRINT",
+                        help="Accept this audit key's pin without its predecessor's endorsement (a reviewed "
+                             "rekey after the old key was lost; repeatable; also $PKI_TRUST_PIN).")(f)
 
 
 def replace_option(f: Callable[..., Any]) -> Callable[..., Any]:
@@ -179,10 +187,12 @@ def validate(c: Ctx) -> None:
               help="Plan against the state/ of git revision REF (e.g. origin/main): the change after merge.")
 @at_option
 @replace_option
+@trust_option
 @pass_ctx
 def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bool, base: str | None,
-         at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
+         at: str | None, replace: tuple[str, ...], rekey_missing: bool, trust_pins: tuple[str, ...]) -> None:
     """Show what apply would change, and why."""
+    c.trust_pins = trust_pins
     from .apply import check_new_id, planned_id_edit, with_id_note, with_pending_notes
     from .render import render_json, render_markdown, render_text
 
@@ -229,9 +239,11 @@ def plan(c: Ctx, out: str | None, fmt: str, detailed_exitcode: bool, offline: bo
               help="The remote branch for --push (default: the branch's upstream); needed on a detached HEAD.")
 @at_option
 @replace_option
+@trust_option
 @pass_ctx
 def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, lock_timeout: str, push: bool,
-          push_to: str | None, at: str | None, replace: tuple[str, ...], rekey_missing: bool) -> None:
+          push_to: str | None, at: str | None, replace: tuple[str, ...], rekey_missing: bool,
+          trust_pins: tuple[str, ...]) -> None:
     """Make the planned changes, then commit state/ to git.
 
     A saved plan (PLANFILE) is planned again under the lock from the inputs it records, and applied
@@ -242,6 +254,7 @@ def apply(c: Ctx, planfile: str | None, auto_approve: bool, no_commit: bool, loc
     With --push, under the lock: fetch the upstream, refuse unless HEAD is its tip, apply, commit,
     push (never forced), and only then delete the keys the commit retired. A rejected push is undone:
     the keys this run made are deleted, the branch and state/ are put back; exit 1."""
+    c.trust_pins = trust_pins
     from .apply import Base, apply_under_lock, id_to_add, lock_stores, preflight, saved_without_id_note, with_id_note
     from .ci import actor
     from .lock import apply_lock, holder_info
@@ -597,7 +610,7 @@ def audit() -> None:
 @audit.command()
 @click.option("--trust-pin", "trust_pins", multiple=True, metavar="FINGERPRINT",
               help="Accept this audit key's pin without its predecessor's endorsement (a reviewed rekey "
-                   "after the old key was lost).")
+                   "after the old key was lost; repeatable; also $PKI_TRUST_PIN).")
 @pass_ctx
 def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
     """Check state/audit.jsonl: its hash chain, every signed head against the pinned audit key(s),
@@ -614,7 +627,7 @@ def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
     warnings: list[str] = []
     if not problems:
         sigs = auditsign.load(state)
-        signed, warnings = auditsign.verify(lines, sigs, trust_pins)
+        signed, warnings = auditsign.verify(lines, sigs, trust_pins + c.project.trusted_pins)
         problems = auditsign.check_history(c.project, sigs) + signed + auditsign.verify_files(state, inv)
     for p in warnings:
         click.echo(printable(f"warning: {state.rel}/{p}"), err=True)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import os
+import posixpath
 import re
 import stat
 from collections.abc import Callable, Iterable, Mapping
@@ -40,6 +41,8 @@ __all__ = ["load_config", "parse_config", "find_line", "open_inside", "read_insi
            "OptionsLookup", "MAX_NAME", "MAX_PATH_LENGTH", "MAX_CSR_BYTES"]
 
 IMPLICIT_STORE = "local"
+#: the built-in store's directory (a store defined over it takes its place)
+IMPLICIT_PATH = ".pki/keys"
 
 OptionsLookup = Callable[[str], "Mapping[str, Option] | None"]
 
@@ -303,8 +306,18 @@ def parse_config(data: Mapping[str, Any], *, digest: str, options_for: OptionsLo
             if v is not None:
                 values[key] = v
         stores[name] = StoreSpec(name, plugin, tuple(sorted(values.items())))
-    if IMPLICIT_STORE not in stores and (settings.plugins is None or "local" in settings.plugins):
-        stores[IMPLICIT_STORE] = StoreSpec(IMPLICIT_STORE, "local", (("path", ".pki/keys"),), implicit=True)
+    # one directory, one store: two stores over it would each take the other's keys for orphans (`pki prune`)
+    key_dirs: dict[str, str] = {}
+    for name, spec in stores.items():
+        if spec.plugin == "local":
+            where = posixpath.normpath(str(spec.settings_dict().get("path") or IMPLICIT_PATH))
+            if where in key_dirs:
+                c.add(("backend", name, "path"), f"{where} is backend {key_dirs[where]}'s directory too: each store "
+                                                 "has a directory of its own")
+            key_dirs.setdefault(where, name)
+    if (IMPLICIT_STORE not in stores and IMPLICIT_PATH not in key_dirs
+            and (settings.plugins is None or "local" in settings.plugins)):
+        stores[IMPLICIT_STORE] = StoreSpec(IMPLICIT_STORE, "local", (("path", IMPLICIT_PATH),), implicit=True)
 
     # [defaults]
     d = data.get("defaults", {})

@@ -129,6 +129,16 @@ class Repository:
                               capture_output=True)
         return proc.returncode == 0
 
+    def tracked_under(self, path: Path) -> str | None:
+        """A file git tracks under ``path`` (relative to the top), or None (also outside the repository)."""
+        try:
+            rel = path.resolve().relative_to(self.top)
+        except ValueError:
+            return None
+        proc = subprocess.run(["git", "ls-files", "-z", "--", f"{rel.as_posix()}/"], cwd=self.top, capture_output=True)
+        first = proc.stdout.split(b"\0", 1)[0]
+        return first.decode("utf-8", "replace") if proc.returncode == 0 and first else None
+
     def check_can_commit(self, state_root: Path) -> None:
         """Before an apply: git is not busy, and nothing that would be committed is refused."""
         lock = self.git_dir / "index.lock"

@@ -10,6 +10,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
+import os
 import re
 import subprocess
 import tempfile
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from .backend import KeyRef, KeyStore, StoreContext
 from .config import config_digest, find_line, load_config
-from .errors import BackendError, ConfigError, PkiError, PlanError, StalePlanError, first_of
+from .errors import BackendError, ConfigError, PkiError, PlanError, StalePlanError, StateError, first_of
 from .memo import NoopMemo, state_files
 from .model import CSR_STORE, Desired, Entry, Observed, Record
 from .plan import AUDIT_KEY, Action, Plan
@@ -44,8 +45,11 @@ _PENDING_NOTE = ("an interrupted apply is pending; this plan assumes it complete
 
 
 class Project:
-    def __init__(self, config_path: Path, *, plugins: Plugins | None = None) -> None:
+    def __init__(self, config_path: Path, *, plugins: Plugins | None = None, trusted_pins: Iterable[str] = ()) -> None:
         self.config_path = config_path.resolve()
+        #: fingerprints of audit keys pinned without endorsement that the operator trusts (``--trust-pin``,
+        #: ``$PKI_TRUST_PIN``): given outside the repository, never read from a file a pull request edits
+        self.trusted_pins = tuple(trusted_pins) + tuple(os.environ.get("PKI_TRUST_PIN", "").replace(",", " ").split())
         self.base_dir = self.config_path.parent
         self.work_dir = self.base_dir / ".pki"
         self.plugins = plugins or Plugins()
@@ -116,6 +120,24 @@ class Project:
         if errors:
             raise first_of(errors)
 
+    def _check_untracked(self) -> None:
+        """``.pki/`` and the local key directories hold this machine's own files: git may track none
+        of them, or a pull request could put a transaction, a memo or a key there that every fresh
+        clone then holds as its own (a `StateError` naming the file)."""
+        repo = self.repository()
+        if repo is None:
+            return
+        context = StoreContext(self.base_dir, self.work_dir, pki_id=self.desired().settings.id)
+        dirs = [self.work_dir] + [  # (stores made for the question, not kept: apply may make them with a new id)
+            d for spec in self.desired().stores.values()
+            for d in self.plugins.create(spec.name, spec.plugin, spec.settings_dict(), context).local_key_dirs()]
+        for d in dirs:
+            tracked = repo.tracked_under(d)
+            if tracked is not None:
+                raise StateError(f"git tracks {tracked}: {_relative(d, self.base_dir)}/ holds this machine's own "
+                                 f"files (journal, keys, caches), never files from the repository; remove it from "
+                                 f"git (`git rm -r --cached {_relative(d, self.base_dir)}`) and commit that")
+
     def repository(self) -> Any:
         """The git repository holding pki.toml (a `pkiascode.gitops.Repository`), or None."""
         if self._repo is False:
@@ -128,6 +150,7 @@ class Project:
     def state(self) -> StateDir:
         state_dir = self.desired().settings.state_dir
         if self._state is None or self._state.rel != state_dir:
+            self._check_untracked()
             self._state = StateDir(self.base_dir, state_dir, self.work_dir)
         return self._state
 
@@ -287,32 +310,6 @@ class Project:
                 raise PlanError(f"authority.{issuer_name}: {state.rel}/inventory.json lists revocations by it "
                                 f"(serial {format(min(revoked), 'x')}) but it has no CRL that lists them; {restore}")
 
-    def _held_audit_keys(self, sigs: Mapping[str, Any] | None) -> tuple[set[str], set[str]]:
-        """(held, lost): the fingerprints of the pinned audit keys that this PKI's key store holds as
-        an audit key (under the pinned reference, with the pinned public key, kept from ``pki
-        export``), and of those whose key the store no longer has. A pull request can name a key in
-        the store, never put one there: a key it pins itself is neither, and an exportable key (a
-        leaf's, whose holder can sign with it) is not held. (No pin names an object's key:
-        `verify_revocations` checks that first.)"""
-        import hashlib
-
-        from .backend import KeyRef
-        from .x509 import public_key_der
-
-        held: set[str] = set()
-        lost: set[str] = set()
-        for k in sigs["keys"] if sigs else ():
-            ref = KeyRef(k["backend"], k["ref"])
-            if k["backend"] not in self.desired().stores:
-                continue
-            store = self.store(k["backend"])
-            if store.missing([ref]):
-                lost.add(k["fingerprint"])
-            elif (hashlib.sha256(public_key_der(store.public_key(ref))).hexdigest() == k["fingerprint"]
-                  and not store.is_exportable(ref)):
-                held.add(k["fingerprint"])
-        return held, lost
-
     def verify_revocations(self, state: StateDir, observed: Observed, inv: Mapping[str, Any], *,
                            check_keys: bool = True) -> None:
         """No revocation is lost by a state edit. A CRL file proves the revocations only while it is
@@ -344,23 +341,12 @@ class Project:
             if (k["backend"], k["ref"]) in owners:
                 refuse([f"{auditsign.FILE}: keys[{n}] names {owners[k['backend'], k['ref']].qualified}'s key "
                         f"({k['backend']}:{k['ref']}), but the audit key is no object's key"])
-        unendorsed = [k["fingerprint"] for k in (sigs["keys"][1:] if sigs else []) if k["endorsement"] is None]
-        held, lost = self._held_audit_keys(sigs) if check_keys else (set(unendorsed), set())
-        # (a lost key's successor is pinned without endorsement: trusted when the store holds it)
-        refuse(auditsign.verify(entries, sigs, [k for k in unendorsed if k in held])[0]
-               or auditsign.check_history(self, sigs))
+        # a pin without endorsement (a lost key's successor) is trusted only as the operator says, outside
+        # the repository: a pull request can pin its own key, and name it in a key store it defines
+        refuse(auditsign.verify(entries, sigs, self.trusted_pins)[0] or auditsign.check_history(self, sigs))
         self.audit_key_lost = None
-        if check_keys and sigs and sigs["heads"]:
-            # the heads are only as good as the key that signed the last one: it covers every line
-            # before it, and its pin must be the store's audit key, not one the file names
-            last = next(k for k in sigs["keys"] if k["fingerprint"] == sigs["heads"][-1]["key"])
-            if last["fingerprint"] in lost:
-                self.audit_key_lost = last
-            elif last["fingerprint"] not in held:
-                refuse([f"{auditsign.FILE}: the last head is signed by audit key {last['fingerprint'][:16]}…, "
-                        f"which backend {last['backend']} does not hold as this PKI's audit key ({last['ref']}: "
-                        "not there with that public key, exportable, or an object's key): the pinned key "
-                        "was replaced"])
+        if check_keys and sigs and sigs["keys"] and auditsign.pinned_key_missing(self, sigs["keys"][-1]):
+            self.audit_key_lost = sigs["keys"][-1]
         revocations = {(r["issuer"], r["serial"]): r for r in inv["revocations"]}
         for line, recorded in _recorded_revocations(entries, observed.records):
             problem = _revocation_problem(recorded, line, revocations, observed.records)
@@ -494,16 +480,16 @@ class Project:
             return result
         rel = self.state.rel
         warning = (f"the audit key {lost['ref']} that signed the last head of {rel}/audit.jsonl is missing from "
-                   f"backend {lost['backend']}, so the heads were checked against the key git's history pinned "
-                   f"first, not against the key store; apply needs that key: apply where it is, or, if it is "
-                   f"lost, pin a new one with --replace {AUDIT_KEY} or --rekey-missing (if it is not lost, "
-                   f"{rel}/{SIGNATURES} was changed: `git log -p -- {rel}/{SIGNATURES}`)")
+                   f"backend {lost['backend']}; apply needs that key: apply where it is, or, if it is lost, pin a "
+                   f"new one with --replace {AUDIT_KEY} or --rekey-missing (later plans then need --trust-pin "
+                   f"for it; if it is not lost, {rel}/{SIGNATURES} was changed: `git log -p -- "
+                   f"{rel}/{SIGNATURES}`)")
         changes = result.changes
         if rekey_missing and AUDIT_KEY not in replace:
             changes += (Change(Action.REKEY_AUDIT_KEY, Kind.AUTHORITY, AUDIT_LOG, (
                 f"--rekey-missing: the audit key {lost['ref']} is missing from backend {lost['backend']}; a new "
                 "key signs the audit log's heads from this apply on, pinned without the lost key's endorsement "
-                "(`pki audit verify` needs --trust-pin for it)",),
+                "(later plans, applies and `pki audit verify` need --trust-pin or $PKI_TRUST_PIN for it)",),
                 (("key", FieldChange("the pinned audit key (missing)", "a new key in the store of the first root "
                                      "authority")),)),)
         return dataclasses.replace(result, changes=changes, warnings=result.warnings + (warning,))

@@ -171,7 +171,7 @@ CASES = {
         common_name = "Root"
         backend = "file"
         """, ["pki.toml:6: authority.root.backend: unknown backend 'file' (did you mean 'files'?); define it as "
-              "[backend.file] (known: files, local)"]),
+              "[backend.file] (known: files)"]),  # (files is the store over .pki/keys: no built-in local beside it)
     "backend plugin not installed": ("""
         [backend.x]
         plugin = "nosuch"

@@ -132,7 +132,7 @@ CASES: dict[str, tuple[str, str | re.Pattern[str]]] = {
         ROOT + f'[certificate.{"n" * 65}]\nissuer = "root"\n',
         f"pki.toml:3: certificate.{'n' * 65}: name nnnnnnnnnnnnnnnnnnnn... is 65 characters long; at most 64"),
     "backend name of 65 characters": (
-        f'[backend.{"b" * 65}]\nplugin = "local"\n' + ROOT,
+        f'[backend.{"b" * 65}]\nplugin = "local"\npath = ".pki/b"\n' + ROOT,
         f"pki.toml:1: backend.{'b' * 65}: name bbbbbbbbbbbbbbbbbbbb... is 65 characters long; at most 64"),
     # the state directory
     "state_dir with a backslash": (

@@ -60,10 +60,13 @@ def test_a_fresh_clone_without_the_local_keys_plans_an_error_not_a_new_root(orig
 
 def _trusting_the_new_audit_pin(repo: Path, pki: Pki) -> tuple[str, ...]:
     """The audit key was lost with the others and replaced without the old key's endorsement: verify
-    refuses the new pin until a reviewer trusts it by its fingerprint."""
+    and plan refuse the new pin until the operator trusts it by its fingerprint (here in
+    $PKI_TRUST_PIN, as a pipeline's settings would hold it: never in a file of the repository)."""
     keys = json.loads((repo / "state/audit-signatures.json").read_text())["keys"]
     assert "is not endorsed" in pki("audit", "verify", expect=1).stderr
-    return ("--trust-pin", keys[-1]["fingerprint"])
+    assert f"--trust-pin {keys[-1]['fingerprint']}" in pki("plan", expect=1).stderr
+    pki.env["PKI_TRUST_PIN"] = keys[-1]["fingerprint"]
+    return ()
 
 
 def test_rekey_missing_replaces_every_missing_key_and_converges(origin, tmp_path):

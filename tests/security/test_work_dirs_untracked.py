@@ -1,0 +1,82 @@
+"""Threat: files a pull request puts where pkiascode keeps this machine's own (review R3).
+
+``.pki/`` (the journal, the memo) and the local key directories are never in git: a file force-added
+there (``git add -f``) arrives in every fresh clone as if this machine had written it. A committed
+transaction was completed, and signed, by the next apply; a committed key file let a pull request
+hold a key "in the store". And two stores over one directory each took the other's keys for
+orphans, so ``pki prune`` deleted the keys state uses.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from helpers import (
+    SMALL_PKI, Pki, assert_one_line, commit_all, commit_count, edit_toml, git, key_files, new_repo, tree_snapshot,
+)
+
+
+def _clone(origin: Path, where: Path, pki: Pki) -> tuple[Path, Pki]:
+    git(origin.parent, "clone", "-q", str(origin), str(where))
+    return where, Pki(where, pki.env)
+
+
+def test_a_committed_transaction_is_refused_in_a_fresh_clone(applied, tmp_path):
+    """The attacker's pull request carries the transaction of an apply killed after writing it (made
+    where they could sign, here a copy of the repository): the clone's plan and apply refuse it."""
+    repo, pki = applied
+    scratch = tmp_path / "scratch"
+    git(tmp_path, "clone", "-q", str(repo), str(scratch))
+    (scratch / ".pki").mkdir(mode=0o700)  # the origin's keys sign in the scratch copy
+    shutil.copytree(repo / ".pki/keys", scratch / ".pki/keys")
+    edit_toml(scratch, "[certificate.client]", '[certificate.evil]\nissuer = "inter"\ncommon_name = "evil"\n\n'
+              "[certificate.client]")
+    Pki(scratch, pki.env)("apply", "--auto-approve", env={"PKI_TEST_CRASH_AT": "after-txn"}, expect=None)
+    txn = scratch / ".pki/journal/txn.json"
+    assert txn.exists()
+    (repo / ".pki/journal").mkdir(exist_ok=True)
+    shutil.copy(txn, repo / ".pki/journal/txn.json")
+    git(repo, "add", "-f", ".pki/journal/txn.json")
+    git(repo, "commit", "-qm", "a pull request")
+
+    clone, ci = _clone(repo, tmp_path / "clone", pki)
+    state, commits = tree_snapshot(clone / "state"), commit_count(clone)
+    for args in (["plan"], ["apply", "--auto-approve"]):
+        line = assert_one_line(ci(*args, expect=1).stderr.strip())
+        assert line.startswith("Error: git tracks .pki/journal/txn.json: .pki/ holds this machine's own files"), line
+    assert tree_snapshot(clone / "state") == state and commit_count(clone) == commits
+    assert not (clone / "state/certs/evil.pem").exists()
+
+
+def test_a_committed_key_file_is_refused(applied):
+    repo, pki = applied
+    ref = sorted(key_files(repo))[0]
+    git(repo, "add", "-f", f".pki/keys/{ref}")
+    git(repo, "commit", "-qm", "a pull request")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert line.startswith(f"Error: git tracks .pki/keys/{ref}: .pki/ holds"), line
+
+
+def test_a_store_over_the_built_in_directory_takes_its_place(tmp_path, env):
+    """The README's `[backend.files]` over `.pki/keys`: no built-in `local` store beside it, so `pki
+    keys` lists each key once and `pki prune` finds no orphan (it deleted the root's key)."""
+    toml = '[backend.files]\nplugin = "local"\n\n' + SMALL_PKI.replace("[defaults]\n", '[defaults]\nbackend = "files"\n')
+    repo = new_repo(tmp_path / "repo", toml, commit=True)
+    pki = Pki(repo, env)
+    pki.apply()
+    rows = json.loads(pki.ok("keys", "--format", "json").stdout)
+    assert {r["backend"] for r in rows} == {"files"} and not [r for r in rows if r["status"] == "orphan"], rows
+    keys = key_files(repo)
+    assert "No orphan keys." in pki.ok("prune", "--auto-approve").stdout
+    assert key_files(repo) == keys
+    assert pki.plan_exit() == 0
+
+
+def test_two_stores_over_one_directory_are_a_config_error(tmp_path, env):
+    toml = ('[backend.a]\nplugin = "local"\npath = "keys"\n\n[backend.b]\nplugin = "local"\npath = "./keys"\n\n'
+            + SMALL_PKI)
+    repo = new_repo(tmp_path / "repo", toml)
+    line = assert_one_line(Pki(repo, env)("plan", expect=1).stderr.strip())
+    assert line == "pki.toml:7: backend.b.path: keys is backend a's directory too: each store has a directory of its own"

@@ -26,7 +26,7 @@ _COLORS = {Action.CREATE: "32", Action.REISSUE: "33", Action.RENEW: "33", Action
 _WILL = {Action.CREATE: "will be created", Action.REISSUE: "will be reissued", Action.RENEW: "will be renewed",
          Action.REKEY: "will get a new key and certificate", Action.MOVE_KEY: "will have its key moved",
          Action.REVOKE: "will be revoked", Action.UPDATE_CRL: "will have its CRL re-signed",
-         Action.REKEY_AUDIT_KEY: "will be replaced by a new key it endorses"}
+         Action.REKEY_AUDIT_KEY: "will be replaced by a new key"}
 _VERB = {Action.CREATE: "to create", Action.REISSUE: "to reissue", Action.RENEW: "to renew",
          Action.REKEY: "to rekey", Action.MOVE_KEY: "key{s} to move", Action.REVOKE: "to revoke",
          Action.UPDATE_CRL: "CRL{s} to update", Action.REKEY_AUDIT_KEY: "audit key to rekey"}

@@ -368,7 +368,7 @@ def test_the_audit_keys_rekey_in_every_format():
               {"key": ("the pinned audit key", "a new key in the store of the first root authority")})
     p = Plan(changes=(REISSUE, rekey), warnings=(), at=AT, replace=("web", "@audit"))
     text = render_text(p).splitlines()
-    assert "-/+ the audit log's key will be replaced by a new key it endorses" in text
+    assert "-/+ the audit log's key will be replaced by a new key" in text
     assert "      because --replace @audit: a new key signs the audit log's heads from this apply on" in text
     assert text[-1] == "Plan: 1 to reissue, 1 audit key to rekey."
     md = render_markdown(p)

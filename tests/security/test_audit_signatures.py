@@ -367,7 +367,7 @@ def test_apply_itself_signs_every_new_head(applied):
     assert "2 signed heads" in pki.ok("audit", "verify").stdout
     # the reviewed rekey: planned, applied, recorded, endorsed
     r = pki.ok("plan", "--replace", "@audit")
-    assert "-/+ the audit log's key will be replaced by a new key it endorses" in r.stdout
+    assert "-/+ the audit log's key will be replaced by a new key" in r.stdout
     assert "Plan: 1 audit key to rekey." in r.stdout
     assert "1 audit key rekeyed" in pki.apply("--replace", "@audit").stdout
     assert git(repo, "log", "-1", "--format=%s").strip() == "pki apply: 1 audit key rekeyed"

@@ -46,7 +46,7 @@ if TYPE_CHECKING:
     from .state import StateDir
 
 __all__ = ["FILE", "KEY_NAME", "REKEY_ACTION", "load", "render", "seal", "plan_events", "verify", "verify_files", "key_refs",
-           "head_message", "pin_message", "check_history", "check_ready", "pinned_key_missing"]
+           "head_message", "pin_message", "check_history", "check_ready", "pinned_key_missing", "check_pinned"]
 
 FILE = "audit-signatures.json"
 FORMAT = 1
@@ -246,17 +246,22 @@ def _new_key(store: KeyStore, time: str, since_seq: int, state: StateDir) -> dic
     return pin
 
 
-def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
-    """The pinned key's signer, after proving the store's key is the pinned one."""
+def check_pinned(project: Project, pin: Mapping[str, Any], state_rel: str) -> KeyRef:
+    """The pinned key's reference, after proving the store's key there is the pinned one
+    (`StateError` otherwise: the file names a key with another public key)."""
     if pin["backend"] not in project.desired().stores:
         raise StateError(f"the audit key is in backend {pin['backend']}, which pki.toml no longer defines; "
                          f"define it again (the pinned key is in {state_rel}/{FILE})")
-    store = project.store(pin["backend"])
     ref = KeyRef(pin["backend"], pin["ref"])
-    if hashlib.sha256(_spki(store.public_key(ref))).hexdigest() != pin["fingerprint"]:
+    if hashlib.sha256(_spki(project.store(pin["backend"]).public_key(ref))).hexdigest() != pin["fingerprint"]:
         raise StateError(f"backend {pin['backend']}: key {pin['ref']} is not the audit key pinned in "
                          f"{state_rel}/{FILE} (fingerprint {pin['fingerprint'][:16]}…)")
-    return store.signer(ref)
+    return ref
+
+
+def _signer(project: Project, pin: Mapping[str, Any], state_rel: str) -> Any:
+    """The pinned key's signer, after proving the store's key is the pinned one."""
+    return project.store(pin["backend"]).signer(check_pinned(project, pin, state_rel))
 
 
 def pinned_key_missing(project: Project, pin: Mapping[str, Any]) -> bool:
@@ -432,21 +437,21 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
 
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
     """The pins in the file start with the key that the commits adding it pinned (git's history, not
-    the file, says which key was pinned on first use): every such commit, on every side of every
-    merge (a branch that adds its own file before the real one existed and is merged in does not
-    count as first), and also the commits that added it elsewhere, in a directory that was this
-    pki.toml's ``state_dir`` then or where HEAD has no such file (a pull request that moves
-    ``state_dir``, or pki.toml with it, does not start a new history; another PKI's file in the same
-    repository is not this one's). Empty when not in git or the file was never committed. This is what an offline plan
-    and `pki audit verify` have; online, plan checks the key that signed the last head against
-    the key store (`Project.verify_revocations`). A shallow clone's history may not reach those
-    commits: a `PlanError` saying to fetch the full history, once there is a log to check."""
+    the file, says which key was pinned on first use): every such commit in all of history, on every
+    side of every merge (a branch that adds its own file before the real one existed and is merged
+    in does not count as first), at this path or at an earlier ``state_dir`` of this pki.toml (a
+    pull request that moves ``state_dir`` does not start a new history). A file of that name that
+    pkiascode did not write pins nothing; a conflict the operator has reviewed is settled with
+    ``--trust-pin`` for keys[0]. Git runs with literal paths and no replace objects (`git_env`).
+    Empty when not in git or the file was never committed. A shallow clone's history may not reach
+    those commits: a `PlanError` saying to fetch the full history, once there is a log to check."""
     import os
     import posixpath
     import subprocess
     import tomllib
 
     from .errors import PlanError
+    from .gitops import git_env
 
     state = project.state
     repo = project.repository()
@@ -456,7 +461,7 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     where = f"{state.rel}/{FILE}"
 
     def git(*args: str) -> bytes:
-        return subprocess.run(["git", "-C", str(repo.top), *args], capture_output=True, check=True).stdout
+        return subprocess.run(["git", "-C", str(repo.top), *args], capture_output=True, check=True, env=git_env()).stdout
 
     try:
         shallow = git("rev-parse", "--is-shallow-repository").strip() == b"true"
@@ -477,28 +482,30 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         return isinstance(state_dir, str) and posixpath.normpath(
             posixpath.join(posixpath.dirname(config), state_dir, FILE)) == path
 
-    def at_head(path: str) -> bool:  # another PKI's file, in a repository that holds several
-        return subprocess.run(["git", "-C", str(repo.top), "cat-file", "-e", f"HEAD:{path}"],
-                              capture_output=True).returncode == 0
-
-    try:  # every commit that adds the file (not git's simplified history, which follows one side of a merge)
-        log = git("log", "--full-history", "--diff-filter=A", "--format=%x00%H", "--name-only", "--",
-                  f":(glob)**/{FILE}").decode()
-        added = [(commit, path) for commit, *paths in (c.split() for c in log.split("\0") if c.strip())
-                 for path in paths if path == rel or was_state_dir(commit, path) or not at_head(path)]
-        firsts = [(commit, parse(git("show", f"{commit}:{path}"), f"{path} as committed in {commit[:12]}"))
-                  for commit, path in added]
+    try:  # every commit that adds a file of that name (all of history: no pathspec, no simplification)
+        log = git("log", "--full-history", "--diff-filter=A", "--format=%x01%H", "--name-only", "-z").decode()
     except subprocess.CalledProcessError:
         return []  # no commit yet
+    firsts = []
+    for chunk in log.split("\x01")[1:]:
+        commit, _, names = chunk.partition("\0")  # "<hash>\0\n<name>\0<name>\0..."
+        for path in (p.strip("\n") for p in names.split("\0")):
+            if posixpath.basename(path) == FILE and (path == rel or was_state_dir(commit, path)):
+                try:
+                    firsts.append((commit, parse(git("show", f"{commit}:{path}"), path)))
+                except (subprocess.CalledProcessError, StateError):
+                    continue  # not a file pkiascode wrote: it pins nothing
+    trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
     for commit, first in firsts:
-        if not first["keys"]:
+        if not first["keys"] or trusted:  # (--trust-pin for keys[0]: the operator settles a conflict)
             continue
         pinned = first["keys"][0]["fingerprint"]
         if not sigs or not sigs["keys"]:
             return [f"{where}: missing or without keys, but commit {commit[:12]} pinned audit key {pinned[:16]}…"]
         if sigs["keys"][0]["fingerprint"] != pinned:
             return [f"{where}: keys[0] is {sigs['keys'][0]['fingerprint'][:16]}…, but commit {commit[:12]} "
-                    f"pinned {pinned[:16]}…: the pinned key was swapped"]
+                    f"pinned {pinned[:16]}…: the pinned key was swapped (if you reviewed that history and "
+                    f"keys[0] is this PKI's: --trust-pin {sigs['keys'][0]['fingerprint']})"]
     return []
 
 

@@ -524,9 +524,11 @@ def export(c: Ctx, name: str, directory: str, no_key: bool) -> None:
 
 @cli.command()
 @click.option("--format", "fmt", type=click.Choice(["text", "json"]), default="text", show_default=True)
+@trust_option
 @pass_ctx
-def keys(c: Ctx, fmt: str) -> None:
+def keys(c: Ctx, fmt: str, trust_pins: tuple[str, ...]) -> None:
     """Every key in this PKI's namespace of each key store: in use (by which entry), pending deletion, or orphan."""
+    c.trust_pins = trust_pins
     from .keys import key_rows
 
     rows = key_rows(c.project)
@@ -549,9 +551,11 @@ def keys(c: Ctx, fmt: str) -> None:
               help="The remote branch to compare with (default: the branch's upstream).")
 @click.option("--lock-timeout", default="0s", show_default=True, metavar="DURATION",
               help="How long to wait for an apply to finish.")
+@trust_option
 @pass_ctx
-def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: str) -> None:
+def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: str, trust_pins: tuple[str, ...]) -> None:
     """Delete orphan keys (no state names them), only when HEAD is the upstream's tip (fetched under the lock)."""
+    c.trust_pins = trust_pins
     from .ci import actor
     from .keys import orphans, upstream_tip
     from .lock import apply_lock, holder_info

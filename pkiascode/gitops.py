@@ -31,7 +31,7 @@ from cryptography import x509
 from .errors import GitError
 from .x509 import holds_private_key
 
-__all__ = ["Repository", "Upstream", "find_repository", "check_ignored", "refuse_reason", "PushRejected"]
+__all__ = ["git_env", "Repository", "Upstream", "find_repository", "check_ignored", "refuse_reason", "PushRejected"]
 
 _PEM_BLOCK = re.compile(rb"-----BEGIN ([A-Z0-9 ]+)-----\r?\n(.*?)-----END \1-----", re.S)
 _STATE_LABELS = (b"CERTIFICATE", b"X509 CRL")
@@ -103,8 +103,7 @@ class Repository:
         """Nothing to let go of: every git call is a process of its own."""
 
     def _git(self, *args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> str:
-        run_env = dict(os.environ, **env) if env else None
-        proc = subprocess.run(["git", *args], cwd=self.top, input=stdin, capture_output=True, env=run_env)
+        proc = subprocess.run(["git", *args], cwd=self.top, input=stdin, capture_output=True, env=git_env(env))
         if proc.returncode != 0:
             command = next(a for a in args if not a.startswith("-") and "=" not in a)  # (after any -c k=v)
             raise GitError(f"git {command} failed: {_first_reason(proc.stderr.decode(errors='replace'))}")
@@ -125,7 +124,8 @@ class Repository:
             rel = path.resolve().relative_to(self.top)
         except ValueError:
             return True  # outside the repository: git never sees it
-        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", str(rel) + "/"], cwd=self.top,
+        # ("./": check-ignore takes no literal pathspecs, and a path starting with ":" would be magic)
+        proc = subprocess.run(["git", "check-ignore", "-q", "--no-index", f"./{rel.as_posix()}/"], cwd=self.top,
                               capture_output=True)
         return proc.returncode == 0
 
@@ -135,7 +135,8 @@ class Repository:
             rel = path.resolve().relative_to(self.top)
         except ValueError:
             return None
-        proc = subprocess.run(["git", "ls-files", "-z", "--", f"{rel.as_posix()}/"], cwd=self.top, capture_output=True)
+        proc = subprocess.run(["git", "ls-files", "-z", "--", f"{rel.as_posix()}/"], cwd=self.top, capture_output=True,
+                              env=git_env())
         first = proc.stdout.split(b"\0", 1)[0]
         return first.decode("utf-8", "replace") if proc.returncode == 0 and first else None
 
@@ -231,11 +232,11 @@ class Repository:
                          stdin=message.encode("utf-8"))
 
     def _config_bool(self, key: str) -> bool:
-        proc = subprocess.run(["git", "config", "--type=bool", "--get", key], cwd=self.top, capture_output=True)
+        proc = subprocess.run(["git", "config", "--type=bool", "--get", key], cwd=self.top, capture_output=True, env=git_env())
         return proc.returncode == 0 and proc.stdout.strip() == b"true"
 
     def _missing_identity(self) -> bool:
-        return any(subprocess.run(["git", "var", ident], cwd=self.top, capture_output=True).returncode
+        return any(subprocess.run(["git", "var", ident], cwd=self.top, capture_output=True, env=git_env()).returncode
                    for ident in ("GIT_AUTHOR_IDENT", "GIT_COMMITTER_IDENT"))
 
     def _sync_index(self, index_info: bytes, root: str, commit: str) -> None:
@@ -252,7 +253,7 @@ class Repository:
         """HEAD's commit and tree, in one git call; (None, None) on an unborn branch."""
         # (a failure other than an unborn branch shows later: update-ref refuses to create a ref that exists)
         proc = subprocess.run(["git", "log", "--no-show-signature", "-1", "--format=%H %T", "HEAD", "--"],
-                              cwd=self.top, capture_output=True)
+                              cwd=self.top, capture_output=True, env=git_env())
         ids = proc.stdout.decode().split() if proc.returncode == 0 else []
         return (ids[0], ids[1]) if len(ids) == 2 else (None, None)
 
@@ -274,7 +275,7 @@ class Repository:
                 known = ", ".join(remotes) or "none"
                 raise GitError(f"--push-to {push_to}: use REMOTE/BRANCH with a configured remote (remotes: {known})")
             return Upstream(remote, branch)
-        proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=self.top, capture_output=True)
+        proc = subprocess.run(["git", "symbolic-ref", "-q", "HEAD"], cwd=self.top, capture_output=True, env=git_env())
         branch_ref = proc.stdout.decode().strip()
         if proc.returncode != 0 or not branch_ref:
             return None  # detached
@@ -298,11 +299,11 @@ class Repository:
     def tip(self, upstream: Upstream) -> str | None:
         """The tip of ``upstream`` as last fetched (None if never)."""
         proc = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{upstream.ref}^{{commit}}"], cwd=self.top,
-                              capture_output=True)
+                              capture_output=True, env=git_env())
         return (proc.stdout.decode().strip() or None) if proc.returncode == 0 else None
 
     def is_ancestor(self, commit: str, of: str) -> bool:
-        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, of], cwd=self.top, capture_output=True)
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, of], cwd=self.top, capture_output=True, env=git_env())
         return proc.returncode == 0
 
     def push(self, upstream: Upstream, commit: str) -> None:
@@ -310,7 +311,7 @@ class Repository:
         branch holds ``commit`` after all, that is success; else `PushRejected` (nothing landed), or
         `GitError` when the remote cannot be asked (unknown whether it landed)."""
         proc = subprocess.run(["git", "push", "--quiet", "--", upstream.remote,
-                               f"{commit}:refs/heads/{upstream.branch}"], cwd=self.top, capture_output=True)
+                               f"{commit}:refs/heads/{upstream.branch}"], cwd=self.top, capture_output=True, env=git_env())
         if proc.returncode == 0:
             self._git("update-ref", "-m", "pki apply --push", upstream.ref, commit)
             return
@@ -341,7 +342,7 @@ class Repository:
     def changed_paths(self, paths: Iterable[str]) -> list[str]:
         """The files under ``paths`` that differ from HEAD (staged, unstaged or untracked)."""
         proc = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
-                              cwd=self.top, capture_output=True)
+                              cwd=self.top, capture_output=True, env=git_env())
         if proc.returncode != 0:
             raise GitError(f"git status failed: {_first_reason(proc.stderr.decode(errors='replace'))}")
         # entries "XY path" (a rename adds its source as one more entry, which is skipped)
@@ -350,7 +351,7 @@ class Repository:
 
     def show(self, commit: str, path: str) -> bytes | None:
         """The bytes of ``path`` (relative to the repository's top) at ``commit``; None if not a file there."""
-        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top, capture_output=True)
+        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top, capture_output=True, env=git_env())
         return proc.stdout if proc.returncode == 0 else None
 
     def move_head(self, to: str, expected: str) -> None:
@@ -378,7 +379,7 @@ class Repository:
             if path in blobs:
                 mode, oid = blobs[path]
                 data = subprocess.run(["git", "cat-file", "blob", oid], cwd=self.top, capture_output=True,
-                                      check=True).stdout
+                                      check=True, env=git_env()).stdout
                 target.parent.mkdir(parents=True, exist_ok=True)
                 tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
                 tmp.unlink(missing_ok=True)
@@ -464,13 +465,20 @@ def find_repository(path: Path) -> Repository | None:
     """The non-bare repository whose work tree holds ``path``, or None. One ``git rev-parse``."""
     try:
         proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree", "--show-toplevel",
-                               "--absolute-git-dir", "--show-object-format"], cwd=path, capture_output=True)
+                               "--absolute-git-dir", "--show-object-format"], cwd=path, capture_output=True, env=git_env())
     except (FileNotFoundError, NotADirectoryError):
         return None
     lines = proc.stdout.decode().splitlines()
     if proc.returncode != 0 or len(lines) < 4 or lines[0] != "true":
         return None
     return Repository(Path(lines[1]).resolve(), Path(lines[2]).resolve(), lines[3].strip() or "sha1")
+
+
+def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The environment of every git process pkiascode runs: paths are literal (a directory named
+    ``:`` or ``*`` is that directory, not pathspec magic such as ``:/``, "the top"), and no
+    ``git replace`` object stands in for a commit."""
+    return dict(os.environ, GIT_LITERAL_PATHSPECS="1", GIT_NO_REPLACE_OBJECTS="1", **(extra or {}))
 
 
 def check_ignored(repo: Repository, dirs: Iterable[Path], base: Path) -> None:

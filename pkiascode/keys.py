@@ -80,6 +80,14 @@ def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str,
     configured = project.desired().settings.id
     shared = configured is not None and not all(s.plugin == "local" for s in project.desired().stores.values())
     inventories = list(inventories)
+    stores = project.desired().stores
+    named_stores = {store for _, inv in inventories for store, _ in keys_in(inv["objects"])}
+    named_stores |= {store for store, _ in auditsign.key_refs(project.state)}
+    undefined = sorted(named_stores - set(stores))
+    if undefined:  # (its keys would be listed, under another store over the same place, as orphans)
+        raise PkiError(f"state names keys in backend {undefined[0]}, which pki.toml does not define: define it "
+                       "again (or move the keys with `pki apply`) before listing keys; no key is listed as an "
+                       "orphan or deleted")
     for where, inv in inventories:
         refused = id_refusal(inv, configured, where)
         if refused:
@@ -93,7 +101,6 @@ def check_namespace(project: Project, inventories: Iterable[tuple[str, dict[str,
                            f"{committed or 'unset'} in commit {commit[:12]}: the id names this PKI's keys in shared "
                            "key stores, and another id's keys are not this PKI's orphans; no key is listed as an "
                            "orphan or deleted")
-    stores = project.desired().stores
     by_store: dict[str, set[KeyRef]] = {}
     for _, inv in inventories:
         for store, ref in keys_in(inv["objects"]):

@@ -46,6 +46,7 @@ _PENDING_NOTE = ("an interrupted apply is pending; this plan assumes it complete
 
 class Project:
     def __init__(self, config_path: Path, *, plugins: Plugins | None = None, trusted_pins: Iterable[str] = ()) -> None:
+        _refuse_links(config_path)
         self.config_path = config_path.resolve()
         #: fingerprints of audit keys pinned without endorsement that the operator trusts (``--trust-pin``,
         #: ``$PKI_TRUST_PIN``): given outside the repository, never read from a file a pull request edits
@@ -345,8 +346,14 @@ class Project:
         # the repository: a pull request can pin its own key, and name it in a key store it defines
         refuse(auditsign.verify(entries, sigs, self.trusted_pins)[0] or auditsign.check_history(self, sigs))
         self.audit_key_lost = None
-        if check_keys and sigs and sigs["keys"] and auditsign.pinned_key_missing(self, sigs["keys"][-1]):
-            self.audit_key_lost = sigs["keys"][-1]
+        if check_keys and sigs and sigs["keys"]:  # the key that signs next: missing, or the pinned one
+            if auditsign.pinned_key_missing(self, sigs["keys"][-1]):
+                self.audit_key_lost = sigs["keys"][-1]
+            else:
+                try:
+                    auditsign.check_pinned(self, sigs["keys"][-1], state.rel)
+                except BackendError:
+                    pass  # (its public key needs what a plan does not: a passphrase; apply checks it)
         revocations = {(r["issuer"], r["serial"]): r for r in inv["revocations"]}
         for line, recorded in _recorded_revocations(entries, observed.records):
             problem = _revocation_problem(recorded, line, revocations, observed.records)
@@ -554,6 +561,8 @@ class Project:
     def _base_state(self, ref: str, tmp: Path) -> tuple[StateDir, bool]:
         """A copy, in ``tmp``, of the state directory as git revision ``ref`` has it, and whether this
         checkout's differs. Only regular files with the names pkiascode writes are taken."""
+        from .gitops import git_env
+
         repo = self.repository()
         if repo is None:
             raise PlanError(f"--base {ref}: {self.base_dir} is not in a git repository")
@@ -565,7 +574,7 @@ class Project:
             raise PlanError(f"--base {ref}: the state directory is outside the git repository") from None
 
         def git(*args: str, stdin: bytes | None = None) -> bytes:
-            proc = subprocess.run(["git", *args], cwd=repo.top, input=stdin, capture_output=True)
+            proc = subprocess.run(["git", *args], cwd=repo.top, input=stdin, capture_output=True, env=git_env())
             if proc.returncode != 0:
                 reason = (proc.stderr.decode(errors="replace").strip().splitlines() or ["failed"])[-1]
                 raise PlanError(f"--base {ref}: {reason}")
@@ -598,9 +607,9 @@ class Project:
             (state.root / sub).parent.mkdir(parents=True, exist_ok=True)
             (state.root / sub).write_bytes(data)
         here = subprocess.run(["git", "rev-parse", "--verify", "-q", f"HEAD:{rel}"], cwd=repo.top,
-                              capture_output=True).stdout.strip()
+                              capture_output=True, env=git_env()).stdout.strip()
         there = subprocess.run(["git", "rev-parse", "--verify", "-q", f"{commit}:{rel}"], cwd=repo.top,
-                               capture_output=True).stdout.strip()
+                               capture_output=True, env=git_env()).stdout.strip()
         dirty = git("status", "--porcelain", "--untracked-files=all", "--", f"{rel}/").strip()
         return state, here != there or bool(dirty)
 
@@ -784,6 +793,19 @@ def _csr_digests(base: Path, paths: Iterable[str]) -> dict[str, str | None] | No
         with os.fdopen(fd, "rb") as f:
             out[rel] = hashlib.sha256(f.read(MAX_CSR_BYTES + 1)).hexdigest()
     return out
+
+
+def _refuse_links(config_path: Path) -> None:
+    """pki.toml, and each directory from it up to (not including) its repository's top, is no symbolic
+    link: a pull request could otherwise move the project (pki.toml, state/) somewhere git's history
+    of its path does not know, leaving a link where it was."""
+    path = Path(os.path.abspath(config_path))
+    for p in [path, *path.parents]:
+        if p != path and ((p / ".git").exists() or p.parent == p):
+            return
+        if p.is_symlink():
+            raise PkiError(f"{p} is a symbolic link: pkiascode reads pki.toml and its directory only as they are "
+                           "in the repository, never through a link")
 
 
 def _relative(path: Path, base: Path) -> str:

@@ -332,3 +332,30 @@ def test_the_reviewed_rekey_of_a_present_audit_key_then_plans_nothing(base):
     assert len(sigs["keys"]) == 2 and sigs["keys"][1]["endorsement"]
     assert pki.plan_exit() == 0, pki("plan")
     pki.ok("audit", "verify")
+
+
+# -- review R4 H3: a file of that name elsewhere in history wedges nothing --------------------------
+
+@pytest.mark.parametrize("content", ["garbage", "another pki's"])
+def test_a_signatures_file_added_and_removed_elsewhere_wedges_nothing(base, content):
+    """A merged pull request added ``docs/audit-signatures.json`` and removed it again (an empty net
+    diff): plan and verify still pass. It is not this PKI's state directory, so it pins nothing;
+    before, any such file not at HEAD counted, and one that did not parse was fatal."""
+    repo, pki, _ = base
+    git(repo, "checkout", "-q", "-b", "pr")
+    (repo / "docs").mkdir()
+    der = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
+        serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    pin = {"fingerprint": hashlib.sha256(der).hexdigest(), "public_key": base64.b64encode(der).decode(),
+           "algorithm": "ed25519", "backend": "local", "ref": "audit-log-0badc0de.noexport.pem", "since_seq": 1,
+           "time": "2026-12-01T00:00:00Z", "endorsement": None}
+    other = auditsign.render({"format_version": 1, "keys": [pin], "heads": []}) if content == "another pki's" else b"{"
+    (repo / "docs" / SIGS).write_bytes(other)
+    commit_all(repo, "docs")
+    git(repo, "rm", "-q", f"docs/{SIGS}")
+    commit_all(repo, "no docs")
+    git(repo, "checkout", "-q", "main")
+    git(repo, "merge", "-q", "--no-ff", "pr", "-m", "Merge pull request #8")
+    shutil.rmtree(repo / ".pki/cache", ignore_errors=True)
+    assert pki.plan_exit() == 0, pki("plan")
+    pki.ok("audit", "verify")

@@ -80,3 +80,43 @@ def test_two_stores_over_one_directory_are_a_config_error(tmp_path, env):
     repo = new_repo(tmp_path / "repo", toml)
     line = assert_one_line(Pki(repo, env)("plan", expect=1).stderr.strip())
     assert line == "pki.toml:7: backend.b.path: keys is backend a's directory too: each store has a directory of its own"
+
+
+def test_a_key_directory_named_like_pathspec_magic_is_checked_literally(applied):
+    """``:/k`` is a directory ``:`` with ``k`` in it, not git's "top of the repository" (review R4 H2)."""
+    repo, pki = applied
+    edit_toml(repo, "[defaults]\n", '[backend.aux]\nplugin = "local"\npath = ":/k"\n\n[defaults]\n')
+    (repo / ".gitignore").write_text(".pki/\n:/k/\n")
+    (repo / ":/k").mkdir(parents=True)
+    (repo / ":/k/audit-log-0badc0de.noexport.pem").write_text("not a key\n")
+    git(repo, "add", "-f", ".gitignore", "pki.toml", ":(literal):/k/audit-log-0badc0de.noexport.pem")
+    git(repo, "commit", "-qm", "a pull request")
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    assert line.startswith("Error: git tracks :/k/audit-log-0badc0de.noexport.pem: :/k/ holds"), line
+
+
+def test_a_linked_pki_toml_is_refused(applied):
+    """A pull request moves the project into another directory and leaves a link where pki.toml was:
+    the history of pki.toml's path would not be the project's (review R4 H2)."""
+    repo, pki = applied
+    git(repo, "mv", "pki.toml", "moved.toml")
+    (repo / "pki.toml").symlink_to("moved.toml")
+    commit_all(repo, "a pull request")
+    for args in (["plan"], ["apply", "--auto-approve"], ["keys"]):
+        line = assert_one_line(pki(*args, expect=1).stderr.strip())
+        assert line.endswith("pki.toml is a symbolic link: pkiascode reads pki.toml and its directory only as they "
+                             "are in the repository, never through a link"), line
+
+
+def test_keys_of_a_store_pki_toml_no_longer_defines_are_no_orphans(applied):
+    """The README's [backend.files] over .pki/keys added to a PKI made with the built-in store: state
+    names backend local, which pki.toml no longer defines; keys and prune refuse, nothing is
+    deleted (review R4 H4: prune deleted the root's key)."""
+    repo, pki = applied
+    edit_toml(repo, "[defaults]\n", '[backend.files]\nplugin = "local"\n\n[defaults]\nbackend = "files"\n')
+    commit_all(repo, "the README's example")
+    keys = key_files(repo)
+    for args in (["keys"], ["prune", "--auto-approve"]):
+        line = assert_one_line(pki(*args, expect=1).stderr.strip())
+        assert "state names keys in backend local, which pki.toml does not define" in line, line
+    assert key_files(repo) == keys

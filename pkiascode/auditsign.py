@@ -436,19 +436,19 @@ def verify(lines: Sequence[str] | Sequence[Mapping[str, Any]], sigs: Mapping[str
 
 
 def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]:
-    """The pins in the file start with the key that the commits adding it pinned (git's history, not
-    the file, says which key was pinned on first use): every such commit in all of history, on every
-    side of every merge (a branch that adds its own file before the real one existed and is merged
-    in does not count as first), at this path or at an earlier ``state_dir`` of this pki.toml (a
-    pull request that moves ``state_dir`` does not start a new history). A file of that name that
-    pkiascode did not write pins nothing; a conflict the operator has reviewed is settled with
-    ``--trust-pin`` for keys[0]. Git runs with literal paths and no replace objects (`git_env`).
-    Empty when not in git or the file was never committed. A shallow clone's history may not reach
-    those commits: a `PlanError` saying to fetch the full history, once there is a log to check."""
+    """The pins in the file start with the key that every commit adding a file of its name pinned:
+    git's history, not the file, says which key was pinned on first use. Every such commit in all of
+    history, on every side of every merge, at any path (a move counts as an add: a pull request that
+    moves the state directory, pki.toml, or the whole project does not start a new history), fails
+    closed: only a file pkiascode did not write (it does not parse) pins nothing. So a repository
+    holds one PKI; a conflict the operator has reviewed (another PKI's file in the same history) is
+    settled with ``--trust-pin`` for keys[0]. Git runs with literal paths and no replace objects
+    (`git_env`). Empty when not in git or the file was never committed. A shallow clone's history
+    may not reach those commits: a `PlanError` saying to fetch the full history, once there is a log
+    to check."""
     import os
     import posixpath
     import subprocess
-    import tomllib
 
     from .errors import PlanError
     from .gitops import git_env
@@ -457,7 +457,6 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     repo = project.repository()
     if repo is None:
         return []
-    rel = repo.rel(state.root / FILE)
     where = f"{state.rel}/{FILE}"
 
     def git(*args: str) -> bytes:
@@ -471,41 +470,33 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
-    config = repo.rel(project.config_path)
-
-    def was_state_dir(commit: str, path: str) -> bool:  # pki.toml's state_dir in ``commit`` held ``path``
-        try:
-            pki = tomllib.loads(git("show", f"{commit}:{config}").decode()).get("pki", {})
-        except (subprocess.CalledProcessError, UnicodeDecodeError, tomllib.TOMLDecodeError):
-            return False
-        state_dir = pki.get("state_dir", "state") if isinstance(pki, dict) else None
-        return isinstance(state_dir, str) and posixpath.normpath(
-            posixpath.join(posixpath.dirname(config), state_dir, FILE)) == path
-
-    try:  # every commit that adds a file of that name (all of history: no pathspec, no simplification)
-        log = git("log", "--full-history", "--diff-filter=A", "--format=%x01%H", "--name-only", "-z").decode()
+    try:  # every commit that adds a file of that name, anywhere (all of history, moves as adds)
+        log = git("log", "--full-history", "--no-renames", "--diff-filter=A", "--format=%x01%H", "--name-only",
+                  "-z").decode()
     except subprocess.CalledProcessError:
         return []  # no commit yet
     firsts = []
     for chunk in log.split("\x01")[1:]:
         commit, _, names = chunk.partition("\0")  # "<hash>\0\n<name>\0<name>\0..."
         for path in (p.strip("\n") for p in names.split("\0")):
-            if posixpath.basename(path) == FILE and (path == rel or was_state_dir(commit, path)):
+            if posixpath.basename(path) == FILE:
                 try:
-                    firsts.append((commit, parse(git("show", f"{commit}:{path}"), path)))
+                    firsts.append((commit, path, parse(git("show", f"{commit}:{path}"), path)))
                 except (subprocess.CalledProcessError, StateError):
                     continue  # not a file pkiascode wrote: it pins nothing
     trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
-    for commit, first in firsts:
+    for commit, path, first in firsts:
         if not first["keys"] or trusted:  # (--trust-pin for keys[0]: the operator settles a conflict)
             continue
         pinned = first["keys"][0]["fingerprint"]
         if not sigs or not sigs["keys"]:
-            return [f"{where}: missing or without keys, but commit {commit[:12]} pinned audit key {pinned[:16]}…"]
+            return [f"{where}: missing or without keys, but commit {commit[:12]} pinned audit key {pinned[:16]}… "
+                    f"({path})"]
         if sigs["keys"][0]["fingerprint"] != pinned:
             return [f"{where}: keys[0] is {sigs['keys'][0]['fingerprint'][:16]}…, but commit {commit[:12]} "
-                    f"pinned {pinned[:16]}…: the pinned key was swapped (if you reviewed that history and "
-                    f"keys[0] is this PKI's: --trust-pin {sigs['keys'][0]['fingerprint']})"]
+                    f"pinned {pinned[:16]}… ({path}): the pinned key was swapped, or that file is another PKI's "
+                    f"(one PKI per repository; if you reviewed that history and keys[0] is this PKI's: "
+                    f"--trust-pin {sigs['keys'][0]['fingerprint']})"]
     return []
 
 

@@ -624,6 +624,7 @@ def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
     from .audit import read_lines
     from .audit import verify as verify_lines
 
+    c.trust_pins = trust_pins
     state = c.project.state
     lines = read_lines(state.audit_path)
     inv = state.parse_inventory(state.read_inventory_bytes())
@@ -631,7 +632,7 @@ def verify(c: Ctx, trust_pins: tuple[str, ...]) -> None:
     warnings: list[str] = []
     if not problems:
         sigs = auditsign.load(state)
-        signed, warnings = auditsign.verify(lines, sigs, trust_pins + c.project.trusted_pins)
+        signed, warnings = auditsign.verify(lines, sigs, c.project.trusted_pins)
         problems = auditsign.check_history(c.project, sigs) + signed + auditsign.verify_files(state, inv)
     for p in warnings:
         click.echo(printable(f"warning: {state.rel}/{p}"), err=True)

@@ -64,6 +64,8 @@ class Project:
         #: the pin of the audit key that signed the last head, when the last `observe` found it
         #: missing from its store (lost: only ``--replace @audit`` or ``--rekey-missing`` goes on)
         self.audit_key_lost: Mapping[str, Any] | None = None
+        #: what the last `observe` found worth saying of the signed heads (no signed heads; a pin trusted)
+        self.audit_warnings: list[str] = []
 
     # -- desired --------------------------------------------------------------------------------
     def desired(self) -> Desired:
@@ -344,7 +346,8 @@ class Project:
                         f"({k['backend']}:{k['ref']}), but the audit key is no object's key"])
         # a pin without endorsement (a lost key's successor) is trusted only as the operator says, outside
         # the repository: a pull request can pin its own key, and name it in a key store it defines
-        refuse(auditsign.verify(entries, sigs, self.trusted_pins)[0] or auditsign.check_history(self, sigs))
+        problems, self.audit_warnings = auditsign.verify(entries, sigs, self.trusted_pins)
+        refuse(problems or auditsign.check_history(self, sigs))
         self.audit_key_lost = None
         if check_keys and sigs and sigs["keys"]:  # the key that signs next: missing, or the pinned one
             if auditsign.pinned_key_missing(self, sigs["keys"][-1]):
@@ -455,7 +458,7 @@ class Project:
                            store_caps=caps, csr_key_types={n: i.key_type for n, i in csrs.items()},
                            rekey_missing=rekey_missing)
         self._refuse_revocations_to_come(desired, result, now or at)
-        result = self._with_lost_audit_key(result, replace, rekey_missing)
+        result = self._with_audit_notes(result, replace, rekey_missing)
         if not result.empty:  # (a no-op plan signs nothing: nothing to lint, nothing to import)
             from .lint import with_findings
 
@@ -473,19 +476,23 @@ class Project:
             self._remember_noop(desired, observed)
         return result
 
-    def _with_lost_audit_key(self, result: Plan, replace: tuple[str, ...], rekey_missing: bool) -> Plan:
-        """``result``, when the last `observe` found the audit key that signed the last head missing
-        from its store (`audit_key_lost`), with a warning that names it, and, with ``rekey_missing``,
-        its replacement (unless ``--replace @audit`` planned it already). Apply refuses to go on
-        without one (`auditsign.check_ready`): the pinned key signs each apply's head."""
+    def _with_audit_notes(self, result: Plan, replace: tuple[str, ...], rekey_missing: bool) -> Plan:
+        """``result`` with what the last `observe` found of the audit log: the warnings of its signed
+        heads (a log without them; a pin trusted by --trust-pin), and, when the audit key that signed
+        the last head is missing from its store (`audit_key_lost`), a warning that names it and, with
+        ``rekey_missing``, its replacement (unless ``--replace @audit`` planned it already). Apply
+        refuses to go on without one (`auditsign.check_ready`): the pinned key signs each head."""
         from .auditsign import FILE as SIGNATURES
         from .model import Kind
         from .plan import AUDIT_LOG, Change, FieldChange
 
+        rel = self.state.rel
+        said = tuple(f"{rel}/{w}" for w in self.audit_warnings)
+        if said:
+            result = dataclasses.replace(result, warnings=result.warnings + said)
         lost = self.audit_key_lost
         if lost is None:
             return result
-        rel = self.state.rel
         warning = (f"the audit key {lost['ref']} that signed the last head of {rel}/audit.jsonl is missing from "
                    f"backend {lost['backend']}; apply needs that key: apply where it is, or, if it is lost, pin a "
                    f"new one with --replace {AUDIT_KEY} or --rekey-missing (later plans then need --trust-pin "
@@ -800,8 +807,11 @@ def _refuse_links(config_path: Path) -> None:
     link: a pull request could otherwise move the project (pki.toml, state/) somewhere git's history
     of its path does not know, leaving a link where it was."""
     path = Path(os.path.abspath(config_path))
+    top = next((p for p in path.parents if (p / ".git").exists()), None)
+    if top is None:
+        return  # not in a repository: no history to keep apart from
     for p in [path, *path.parents]:
-        if p != path and ((p / ".git").exists() or p.parent == p):
+        if p == top:
             return
         if p.is_symlink():
             raise PkiError(f"{p} is a symbolic link: pkiascode reads pki.toml and its directory only as they are "

@@ -336,26 +336,42 @@ def test_the_reviewed_rekey_of_a_present_audit_key_then_plans_nothing(base):
 
 # -- review R4 H3: a file of that name elsewhere in history wedges nothing --------------------------
 
-@pytest.mark.parametrize("content", ["garbage", "another pki's"])
-def test_a_signatures_file_added_and_removed_elsewhere_wedges_nothing(base, content):
-    """A merged pull request added ``docs/audit-signatures.json`` and removed it again (an empty net
-    diff): plan and verify still pass. It is not this PKI's state directory, so it pins nothing;
-    before, any such file not at HEAD counted, and one that did not parse was fatal."""
+def test_a_file_of_that_name_that_pkiascode_did_not_write_wedges_nothing(base):
+    """A merged pull request added ``docs/audit-signatures.json`` (not JSON) and removed it again (an
+    empty net diff): plan and verify still pass, since it pins nothing (review R4 H3: it was fatal)."""
     repo, pki, _ = base
-    git(repo, "checkout", "-q", "-b", "pr")
-    (repo / "docs").mkdir()
+    _add_and_remove_in_a_merged_pr(repo, b"{")
+    assert pki.plan_exit() == 0, pki("plan")
+    pki.ok("audit", "verify")
+
+
+def test_another_pin_anywhere_in_history_is_a_conflict_the_operator_settles(base):
+    """The same with a signatures file pinning another key: every commit that adds a file of that
+    name counts, wherever it is (a pull request that moves the project elsewhere must not start a new
+    history, review R5), so plan refuses, in one line naming the commit, until the operator, having
+    reviewed it, trusts this PKI's first pin."""
+    repo, pki, _ = base
     der = ed25519.Ed25519PrivateKey.generate().public_key().public_bytes(
         serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     pin = {"fingerprint": hashlib.sha256(der).hexdigest(), "public_key": base64.b64encode(der).decode(),
            "algorithm": "ed25519", "backend": "local", "ref": "audit-log-0badc0de.noexport.pem", "since_seq": 1,
            "time": "2026-12-01T00:00:00Z", "endorsement": None}
-    other = auditsign.render({"format_version": 1, "keys": [pin], "heads": []}) if content == "another pki's" else b"{"
-    (repo / "docs" / SIGS).write_bytes(other)
+    _add_and_remove_in_a_merged_pr(repo, auditsign.render({"format_version": 1, "keys": [pin], "heads": []}))
+    line = assert_one_line(pki("plan", expect=1).stderr.strip())
+    ours = json.loads((repo / "state" / SIGS).read_text())["keys"][0]["fingerprint"]
+    assert f"(docs/{SIGS}): the pinned key was swapped, or that file is another PKI's" in line, line
+    assert line.endswith(f"--trust-pin {ours}); restore state/ from git (`git checkout -- state`) before planning")
+    assert pki.plan_exit("--trust-pin", ours) == 0
+    pki.ok("audit", "verify", "--trust-pin", ours)
+
+
+def _add_and_remove_in_a_merged_pr(repo: Path, content: bytes) -> None:
+    git(repo, "checkout", "-q", "-b", "pr")
+    (repo / "docs").mkdir()
+    (repo / "docs" / SIGS).write_bytes(content)
     commit_all(repo, "docs")
     git(repo, "rm", "-q", f"docs/{SIGS}")
     commit_all(repo, "no docs")
     git(repo, "checkout", "-q", "main")
     git(repo, "merge", "-q", "--no-ff", "pr", "-m", "Merge pull request #8")
     shutil.rmtree(repo / ".pki/cache", ignore_errors=True)
-    assert pki.plan_exit() == 0, pki("plan")
-    pki.ok("audit", "verify")

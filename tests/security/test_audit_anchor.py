@@ -263,6 +263,31 @@ def test_a_forged_anchor_in_a_moved_state_dir_is_refused(base):
     _assert_refused(repo, pki, serial, state="pki-state", says=None)
 
 
+@pytest.mark.parametrize("how", ["signatures deleted", "project moved"])
+def test_a_moved_state_without_its_pin_is_refused(base, how):
+    """Review R5: the forgery moved where no pki.toml of history put the state directory, either
+    without any signatures file (then a log without signed heads only warned, and apply pinned a new
+    key over the forged log) or with the whole project moved into a subdirectory by ``git mv`` (a
+    rename, which git's log does not list as an add unless told)."""
+    repo, pki, serial = base
+    edit_toml(repo, REVOKED, "")
+    forged = forge_anchor(repo, only_the_attackers_key=True)
+    if how == "signatures deleted":
+        (repo / "state" / SIGS).unlink()
+        shutil.move(repo / "state", repo / "s2")
+        (repo / "pki.toml").write_text('[pki]\nstate_dir = "s2"\n\n' + (repo / "pki.toml").read_text())
+        commit_all(repo, "tidy")
+        _assert_refused(repo, pki, serial, state="s2", says="missing or without keys, but commit")
+    else:
+        (repo / "state" / SIGS).write_bytes(forged)
+        (repo / "pki").mkdir()
+        for name in ("pki.toml", "state"):
+            shutil.move(repo / name, repo / "pki" / name)
+        commit_all(repo, "the PKI in its own directory")
+        assert "R" in git(repo, "show", "--stat", "--format=", "-M", "--name-status", "HEAD")  # a rename to git
+        _assert_refused(repo / "pki", Pki(repo / "pki", pki.env), serial, says="the pinned key was swapped")
+
+
 # -- F5: a hostile line type in an unsigned log -----------------------------------------------------
 
 ROOT_ONLY = '[authority.root]\ncommon_name = "Root"\nkey = "ecdsa-p256"\n'

@@ -459,8 +459,9 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         return []
     where = f"{state.rel}/{FILE}"
 
-    def git(*args: str) -> bytes:
-        return subprocess.run(["git", "-C", str(repo.top), *args], capture_output=True, check=True, env=git_env()).stdout
+    def git(*args: str, stdin: bytes | None = None) -> bytes:
+        return subprocess.run(["git", "-C", str(repo.top), *args], input=stdin, capture_output=True, check=True,
+                              env=git_env()).stdout
 
     try:
         shallow = git("rev-parse", "--is-shallow-repository").strip() == b"true"
@@ -470,20 +471,30 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
-    try:  # every commit that adds a file of that name, anywhere (all of history, moves as adds)
-        log = git("log", "--full-history", "--no-renames", "--diff-filter=A", "--format=%x01%H", "--name-only",
-                  "-z").decode()
+    try:  # every commit that adds a file of that name, anywhere (all of history and merges, moves as adds)
+        log = git("log", "--full-history", "-m", "--no-renames", "--diff-filter=A", "--format=%x01%H", "--raw",
+                  "--no-abbrev", "-z")
     except subprocess.CalledProcessError:
         return []  # no commit yet
+    added: dict[str, tuple[str, str]] = {}  # blob id -> (a commit that adds it, its path)
+    tokens, commit, n = log.split(b"\0"), "", 0
+    while n < len(tokens):  # "\x01<commit>", then per file ":<modes> <ids> A" and its path
+        token = tokens[n].lstrip(b"\n")
+        if token.startswith(b"\x01"):
+            commit = token[1:].decode("ascii", "replace")
+        elif token.startswith(b":") and n + 1 < len(tokens):
+            n += 1
+            path = tokens[n].decode("utf-8", "surrogateescape")
+            if posixpath.basename(path) == FILE and len(token.split()) > 3:
+                added.setdefault(token.split()[3].decode("ascii", "replace"), (commit, path))
+        n += 1
     firsts = []
-    for chunk in log.split("\x01")[1:]:
-        commit, _, names = chunk.partition("\0")  # "<hash>\0\n<name>\0<name>\0..."
-        for path in (p.strip("\n") for p in names.split("\0")):
-            if posixpath.basename(path) == FILE:
-                try:
-                    firsts.append((commit, path, parse(git("show", f"{commit}:{path}"), path)))
-                except (subprocess.CalledProcessError, StateError):
-                    continue  # not a file pkiascode wrote: it pins nothing
+    for blob, data in _blobs(git, list(added)).items():
+        commit, path = added[blob]
+        try:
+            firsts.append((commit, path, parse(data, path)))
+        except StateError:
+            continue  # not a file pkiascode wrote: it pins nothing
     trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
     for commit, path, first in firsts:
         if not first["keys"] or trusted:  # (--trust-pin for keys[0]: the operator settles a conflict)
@@ -498,6 +509,24 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
                     f"(one PKI per repository; if you reviewed that history and keys[0] is this PKI's: "
                     f"--trust-pin {sigs['keys'][0]['fingerprint']})"]
     return []
+
+
+def _blobs(git: Any, ids: list[str]) -> dict[str, bytes]:
+    """The content of each blob of ``ids`` no larger than a signatures file may be (`_MAX_BYTES`),
+    read by two ``git cat-file`` processes however many there are."""
+    if not ids:
+        return {}
+    sizes = {}
+    for line in git("cat-file", "--batch-check", stdin="\n".join(ids).encode()).decode().splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit() and int(parts[2]) <= _MAX_BYTES:
+            sizes[parts[0]] = int(parts[2])
+    out, pos, found = git("cat-file", "--batch", stdin="\n".join(sizes).encode()), 0, {}
+    for oid, size in sizes.items():
+        start = out.index(b"\n", pos) + 1
+        found[oid] = out[start:start + size]
+        pos = start + size + 1
+    return found
 
 
 def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:

@@ -557,7 +557,7 @@ def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: s
     """Delete orphan keys (no state names them), only when HEAD is the upstream's tip (fetched under the lock)."""
     c.trust_pins = trust_pins
     from .ci import actor
-    from .keys import orphans, upstream_tip
+    from .keys import never_committed, orphans, upstream_tip
     from .lock import apply_lock, holder_info
     from .names import parse_duration
 
@@ -577,7 +577,9 @@ def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: s
     with apply_lock(project.work_dir / "lock", stores, holder_info(actor()), desired.settings.state_dir,
                     timeout=timeout) as confirm:
         head, tip = upstream_tip(project, upstream)
-        found = orphans(project, head=head, tip=tip)
+        found, kept = never_committed(project, orphans(project, head=head, tip=tip))
+        for note in kept:
+            click.echo(printable(f"warning: {note}"), err=True)
         if not found:
             click.echo("No orphan keys.")
             return

@@ -339,6 +339,10 @@ class Repository:
             return None
         return len(lines)
 
+    def mentions(self, text: str) -> bool:
+        """Whether a commit of HEAD's history (merges included) adds or removes ``text`` in a file."""
+        return bool(self._git("log", "--full-history", "-m", "--format=%H", "-1", f"-S{text}", "HEAD"))
+
     def changed_paths(self, paths: Iterable[str]) -> list[str]:
         """The files under ``paths`` that differ from HEAD (staged, unstaged or untracked)."""
         proc = subprocess.run(["git", "status", "--porcelain", "-z", "--untracked-files=all", "--", *paths],
@@ -462,15 +466,29 @@ def _first_reason(text: str) -> str:
 
 
 def find_repository(path: Path) -> Repository | None:
-    """The non-bare repository whose work tree holds ``path``, or None. One ``git rev-parse``."""
+    """The repository whose work tree holds ``path``, or None when no directory from ``path`` up has a
+    ``.git``. Fails closed (`GitError`) when there is one but git does not see its work tree from
+    ``path`` (a directory between them that looks like a bare repository: a commit can make one) or
+    sees a submodule's: its history, which the audit checks read, would not be this repository's."""
+    here = path.resolve()
+    marker = next((p for p in [here, *here.parents] if os.path.lexists(p / ".git")), None)
     try:
-        proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree", "--show-toplevel",
-                               "--absolute-git-dir", "--show-object-format"], cwd=path, capture_output=True, env=git_env())
+        proc = subprocess.run(["git", "rev-parse", "--is-inside-work-tree", "--show-toplevel", "--absolute-git-dir",
+                               "--show-object-format", "--show-superproject-working-tree"], cwd=path,
+                              capture_output=True, env=git_env())
     except (FileNotFoundError, NotADirectoryError):
         return None
-    lines = proc.stdout.decode().splitlines()
-    if proc.returncode != 0 or len(lines) < 4 or lines[0] != "true":
-        return None
+    lines = proc.stdout.decode(errors="replace").splitlines()
+    if proc.returncode != 0 or len(lines) < 4 or lines[0] != "true" or Path(lines[1]).resolve() != marker:
+        if marker is None:
+            return None
+        raise GitError(f"{path} is in the git repository {marker}, but git does not see that work tree from there "
+                       f"({_first_reason(proc.stderr.decode(errors='replace')) if proc.returncode else 'another one'}):"
+                       " a directory between them looks like a repository of its own (HEAD, objects/, refs/); "
+                       "remove it from the repository")
+    if len(lines) > 4 and lines[4].strip():
+        raise GitError(f"{path} is in a git submodule of {lines[4].strip()}: pkiascode runs in the repository that "
+                       "holds the PKI's history, not in a submodule")
     return Repository(Path(lines[1]).resolve(), Path(lines[2]).resolve(), lines[3].strip() or "sha1")
 
 

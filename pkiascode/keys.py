@@ -36,7 +36,7 @@ from .gitops import Upstream
 from .project import Project
 from .state import id_refusal
 
-__all__ = ["key_rows", "orphans", "upstream_tip", "check_namespace"]
+__all__ = ["never_committed", "key_rows", "orphans", "upstream_tip", "check_namespace"]
 
 
 def _users(objects: dict[str, Any]) -> dict[tuple[str, str], str]:
@@ -209,6 +209,28 @@ def orphans(project: Project, *, head: str | None, tip: str | None) -> list[KeyR
         raise PkiError("an interrupted apply is pending: run `pki apply` first")
     known |= set(journaled)
     return _own(project, [ref for ref in _listed(project) if (ref.store, ref.id) not in known])
+
+
+def never_committed(project: Project, refs: list[KeyRef]) -> tuple[list[KeyRef], list[str]]:
+    """(the keys of ``refs``, orphans, that no committed state ever named or whose retirement the
+    signed audit log records; a note for each other one, kept). A key a committed state named and no
+    apply retired is an orphan only because state was rolled back (a pull request can restore an
+    older state): deleting it could delete a live authority's key."""
+    repo = project.repository()
+    if repo is None or not refs:
+        return refs, []
+    entries, _ = project.state.audit_entries()
+    retired = {(e["retired_key"][0], e["retired_key"][1]) for e in entries
+               if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2}
+    deletable, notes = [], []
+    for ref in refs:
+        if (ref.store, ref.id) in retired or not repo.mentions(ref.id):
+            deletable.append(ref)
+        else:
+            notes.append(f"{ref.store}:{ref.id} is no state's key now, but a committed state named it and the audit "
+                         "log records no apply retiring it (state rolled back?): kept; delete it from its store "
+                         "yourself once you are sure")
+    return deletable, notes
 
 
 def upstream_tip(project: Project, upstream: Upstream | None) -> tuple[str | None, str | None]:

@@ -10,6 +10,7 @@ orphans, so ``pki prune`` deleted the keys state uses.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
@@ -120,3 +121,58 @@ def test_keys_of_a_store_pki_toml_no_longer_defines_are_no_orphans(applied):
         line = assert_one_line(pki(*args, expect=1).stderr.strip())
         assert "state names keys in backend local, which pki.toml does not define" in line, line
     assert key_files(repo) == keys
+
+
+def test_a_directory_made_to_look_like_a_bare_repository_is_refused(tmp_path, env):
+    """Review R6 B1: a pull request commits HEAD, objects/ and refs/ into the PKI's subdirectory; git
+    then takes it for a bare repository and pkiascode saw no repository at all (no history check, no
+    tracked-file check). It fails closed now."""
+    top = new_repo(tmp_path / "repo", "", commit=False)
+    (top / "pki.toml").unlink()
+    pki_dir = top / "pki"
+    pki_dir.mkdir()
+    (pki_dir / "pki.toml").write_text(SMALL_PKI)
+    (top / ".gitignore").write_text(".pki/\npki/.pki/\n")
+    commit_all(top, "a PKI in pki/")
+    pki = Pki(pki_dir, env)
+    pki.apply()
+    (pki_dir / "HEAD").write_text("ref: refs/heads/main\n")
+    for d in ("objects", "refs"):
+        (pki_dir / d).mkdir()
+        (pki_dir / d / ".keep").write_text("")
+    commit_all(top, "a pull request")
+    for args in (["plan"], ["plan", "--offline"], ["apply", "--auto-approve", "--no-commit"], ["audit", "verify"]):
+        line = assert_one_line(pki(*args, expect=1).stderr.strip())
+        assert "but git does not see that work tree from there" in line, line
+
+
+def test_a_file_name_that_is_not_utf8_in_history_is_no_error(applied):
+    """Review R6 B2: one such name anywhere in history made every plan an unexpected error."""
+    repo, pki = applied
+    name = b"caf\xe9.txt"
+    with open(os.path.join(os.fsencode(repo), name), "wb") as f:
+        f.write(b"x\n")
+    git(repo, "add", "-A")
+    git(repo, "commit", "-qm", "a file")
+    shutil.rmtree(repo / ".pki/cache", ignore_errors=True)
+    assert pki.plan_exit() == 0
+    pki.ok("audit", "verify")
+
+
+def test_prune_keeps_a_key_that_a_committed_state_named(applied):
+    """Review R6 B3: a pull request rolls state/ back to before an authority existed (a rollback to
+    an older signed state is not detectable): its key became an orphan, and prune deleted a live
+    authority's key. A key a committed state named is deleted only once the audit log records an
+    apply retiring it."""
+    repo, pki = applied
+    before = git(repo, "rev-parse", "HEAD").strip()
+    edit_toml(repo, "[certificate.client]", '[authority.inter2]\nissuer = "root"\ncommon_name = "Inter 2"\n\n'
+              "[certificate.client]")
+    commit_all(repo, "inter2")
+    pki.apply()
+    ref = json.loads((repo / "state/inventory.json").read_text())["objects"]["inter2"]["key"]["ref"]
+    git(repo, "checkout", "-q", before, "--", "state", "pki.toml")
+    commit_all(repo, "a pull request: state and pki.toml as they were")
+    r = pki("prune", "--auto-approve", expect=0)
+    assert f"local:{ref} is no state's key now, but a committed state named it" in r.stderr, r
+    assert (repo / ".pki/keys" / ref).exists(), "prune deleted a key a committed state named"

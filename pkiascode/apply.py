@@ -50,7 +50,7 @@ from .x509 import build_certificate, load_certificate, prove_key, public_key_der
 __all__ = ["Progress", "NullProgress", "ApplyResult", "execute", "recover", "preflight", "complete", "abandon",
            "finish_deletes", "delete_old_keys", "undo", "inventory_at", "keys_in", "needs_id", "IdEdit",
            "legacy_stores", "planned_id_edit", "id_note", "with_id_note", "saved_without_id_note", "id_to_add",
-           "Base", "apply_under_lock", "check_new_id", "lock_stores", "with_pending_notes", "state_keys",
+           "Base", "apply_under_lock", "check_new_id", "lock_stores", "with_pending_notes", "state_keys", "retired_keys",
            "id_first_recorded", "id_taken"]
 
 
@@ -524,6 +524,16 @@ def finish_deletes(project: Project, *, upstream: Upstream | None,
     return notes
 
 
+def retired_keys(state: StateDir) -> set[tuple[str, str]]:
+    """The keys (store, reference) the audit log records an apply retiring (``retired_key``); only
+    as good as the check of its signed heads that the caller made first (`Project.observe`)."""
+    entries, problems = state.audit_entries()
+    return set() if problems else {
+        (e["retired_key"][0], e["retired_key"][1]) for e in entries
+        if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2
+        and all(isinstance(part, str) for part in e["retired_key"])}
+
+
 def _retired_by_log(project: Project, keys: list[tuple[str, str]]) -> tuple[list[tuple[str, str]], list[str]]:
     """(the keys of ``keys``, pending deletions, whose retirement the audit log records; a note for each
     other one, kept). Every apply that retires a key says so in its line (``retired_key``), and only
@@ -531,11 +541,7 @@ def _retired_by_log(project: Project, keys: list[tuple[str, str]]) -> tuple[list
     pull request that lists another PKI's key for deletion, in one commit or in several, cannot
     show its retirement (review F-G). Keys retired before pkiascode recorded retirements are kept."""
     state, rel = project.state, project.state.rel
-    entries, problems = state.audit_entries()
-    retired = set() if problems else {
-        (e["retired_key"][0], e["retired_key"][1]) for e in entries
-        if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2
-        and all(isinstance(part, str) for part in e["retired_key"])}
+    retired = retired_keys(state)
     notes = [f"{rel}/inventory.json lists key {key_id} (backend {store}) for deletion, but {rel}/audit.jsonl does not "
              "record that an apply retired it: not a key an apply retired, kept; remove it from pending_deletes "
              "(a key retired before pkiascode recorded retirements: delete it from its store yourself)"

@@ -32,7 +32,7 @@ import base64
 import hashlib
 import json
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from . import audit
@@ -459,9 +459,9 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         return []
     where = f"{state.rel}/{FILE}"
 
-    def git(*args: str, stdin: bytes | None = None) -> bytes:
+    def git(*args: str, stdin: bytes | None = None, env: Mapping[str, str] | None = None) -> bytes:
         return subprocess.run(["git", "-C", str(repo.top), *args], input=stdin, capture_output=True, check=True,
-                              env=git_env()).stdout
+                              env=git_env(env)).stdout
 
     try:
         shallow = git("rev-parse", "--is-shallow-repository").strip() == b"true"
@@ -471,9 +471,10 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
-    try:  # every commit that adds a file of that name, anywhere (all of history and merges, moves as adds)
+    try:  # every commit that adds a file of that name, anywhere (all of history and merges, moves as adds;
+        # the one pathspec is ours, with glob magic: git lists only those files)
         log = git("log", "--full-history", "-m", "--no-renames", "--diff-filter=A", "--format=%x01%H", "--raw",
-                  "--no-abbrev", "-z")
+                  "--no-abbrev", "-z", "--", f":(glob)**/{FILE}", env={"GIT_LITERAL_PATHSPECS": "0"})
     except subprocess.CalledProcessError:
         return []  # no commit yet
     added: dict[str, tuple[str, str]] = {}  # blob id -> (a commit that adds it, its path)
@@ -489,7 +490,7 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
                 added.setdefault(token.split()[3].decode("ascii", "replace"), (commit, path))
         n += 1
     firsts = []
-    for blob, data in _blobs(git, list(added)).items():
+    for blob, data in _blobs(git, list(added)):
         commit, path = added[blob]
         try:
             firsts.append((commit, path, parse(data, path)))
@@ -511,22 +512,33 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     return []
 
 
-def _blobs(git: Any, ids: list[str]) -> dict[str, bytes]:
-    """The content of each blob of ``ids`` no larger than a signatures file may be (`_MAX_BYTES`),
-    read by two ``git cat-file`` processes however many there are."""
+#: a first pin is a few kilobytes: a larger file of that name in history pins nothing we read
+_MAX_HISTORIC = 1024 * 1024
+#: what one ``git cat-file --batch`` may hand over at once
+_BATCH_BYTES = 16 * 1024 * 1024
+
+
+def _blobs(git: Any, ids: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(id, content) of each blob of ``ids`` no larger than `_MAX_HISTORIC` (a pull request can put
+    many large files of that name into history: read in batches of at most `_BATCH_BYTES`)."""
     if not ids:
-        return {}
+        return
     sizes = {}
     for line in git("cat-file", "--batch-check", stdin="\n".join(ids).encode()).decode().splitlines():
         parts = line.split()
-        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit() and int(parts[2]) <= _MAX_BYTES:
+        if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit() and int(parts[2]) <= _MAX_HISTORIC:
             sizes[parts[0]] = int(parts[2])
-    out, pos, found = git("cat-file", "--batch", stdin="\n".join(sizes).encode()), 0, {}
-    for oid, size in sizes.items():
-        start = out.index(b"\n", pos) + 1
-        found[oid] = out[start:start + size]
-        pos = start + size + 1
-    return found
+    batch: list[str] = []
+    for oid in [*sizes, None]:
+        if batch and (oid is None or sum(sizes[b] for b in batch) + sizes[oid] > _BATCH_BYTES):
+            out, pos = git("cat-file", "--batch", stdin="\n".join(batch).encode()), 0
+            for each in batch:
+                start = out.index(b"\n", pos) + 1
+                yield each, out[start:start + sizes[each]]
+                pos = start + sizes[each] + 1
+            batch = []
+        if oid is not None:
+            batch.append(oid)
 
 
 def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:

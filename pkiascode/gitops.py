@@ -496,7 +496,7 @@ def git_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """The environment of every git process pkiascode runs: paths are literal (a directory named
     ``:`` or ``*`` is that directory, not pathspec magic such as ``:/``, "the top"), and no
     ``git replace`` object stands in for a commit."""
-    return dict(os.environ, GIT_LITERAL_PATHSPECS="1", GIT_NO_REPLACE_OBJECTS="1", **(extra or {}))
+    return {**os.environ, "GIT_LITERAL_PATHSPECS": "1", "GIT_NO_REPLACE_OBJECTS": "1", **(extra or {})}
 
 
 def check_ignored(repo: Repository, dirs: Iterable[Path], base: Path) -> None:

@@ -219,9 +219,13 @@ def never_committed(project: Project, refs: list[KeyRef]) -> tuple[list[KeyRef],
     repo = project.repository()
     if repo is None or not refs:
         return refs, []
-    entries, _ = project.state.audit_entries()
-    retired = {(e["retired_key"][0], e["retired_key"][1]) for e in entries
-               if isinstance(e.get("retired_key"), list) and len(e["retired_key"]) == 2}
+    try:  # the log's retirements count only once its signed heads are checked, as a plan does
+        project.observe()
+    except PkiError as e:
+        raise PkiError(f"{e}; nothing deleted") from None
+    from .apply import retired_keys
+
+    retired = retired_keys(project.state)
     deletable, notes = [], []
     for ref in refs:
         if (ref.store, ref.id) in retired or not repo.mentions(ref.id):

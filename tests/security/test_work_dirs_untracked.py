@@ -176,3 +176,29 @@ def test_prune_keeps_a_key_that_a_committed_state_named(applied):
     r = pki("prune", "--auto-approve", expect=0)
     assert f"local:{ref} is no state's key now, but a committed state named it" in r.stderr, r
     assert (repo / ".pki/keys" / ref).exists(), "prune deleted a key a committed state named"
+
+
+def test_prune_trusts_a_retirement_only_under_a_signed_head(applied):
+    """Review R7 P1: the rollback above with one more (hash-chained, unsigned) audit line saying an
+    apply retired the authority's key: prune took it for a retirement and deleted the key. Prune now
+    checks the log as a plan does first, and refuses."""
+    from pkiascode import audit
+
+    repo, pki = applied
+    before = git(repo, "rev-parse", "HEAD").strip()
+    edit_toml(repo, "[certificate.client]", '[authority.inter2]\nissuer = "root"\ncommon_name = "Inter 2"\n\n'
+              "[certificate.client]")
+    commit_all(repo, "inter2")
+    pki.apply()
+    ref = json.loads((repo / "state/inventory.json").read_text())["objects"]["inter2"]["key"]["ref"]
+    git(repo, "checkout", "-q", before, "--", "state", "pki.toml")
+    log = repo / "state/audit.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1])
+    line = audit.event("rekey", "authority", "inter", time="2026-12-07T04:00:00Z", actor="ci", serial=None,
+                       sha256=None, not_after=None, backend="local", plan=None, retired_key=["local", ref])
+    with log.open("ab") as f:
+        f.write(audit.render_lines(audit.chain([line], prev=last["hash"], seq=last["seq"])))
+    commit_all(repo, "a pull request: state as it was, and a retirement")
+    line = assert_one_line(pki("prune", "--auto-approve", expect=1).stderr.strip())
+    assert "lines after the last signature were not written by an apply" in line and line.endswith("nothing deleted")
+    assert (repo / ".pki/keys" / ref).exists(), "prune deleted a key on an unsigned line's word"

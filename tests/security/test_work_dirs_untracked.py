@@ -165,13 +165,7 @@ def test_prune_keeps_a_key_that_a_committed_state_named(applied):
     authority's key. A key a committed state named is deleted only once the audit log records an
     apply retiring it."""
     repo, pki = applied
-    before = git(repo, "rev-parse", "HEAD").strip()
-    edit_toml(repo, "[certificate.client]", '[authority.inter2]\nissuer = "root"\ncommon_name = "Inter 2"\n\n'
-              "[certificate.client]")
-    commit_all(repo, "inter2")
-    pki.apply()
-    ref = json.loads((repo / "state/inventory.json").read_text())["objects"]["inter2"]["key"]["ref"]
-    git(repo, "checkout", "-q", before, "--", "state", "pki.toml")
+    ref = _rolled_back_past_a_new_authority(repo, pki)
     commit_all(repo, "a pull request: state and pki.toml as they were")
     r = pki("prune", "--auto-approve", expect=0)
     assert f"local:{ref} is no state's key now, but a committed state named it" in r.stderr, r
@@ -185,13 +179,7 @@ def test_prune_trusts_a_retirement_only_under_a_signed_head(applied):
     from pkiascode import audit
 
     repo, pki = applied
-    before = git(repo, "rev-parse", "HEAD").strip()
-    edit_toml(repo, "[certificate.client]", '[authority.inter2]\nissuer = "root"\ncommon_name = "Inter 2"\n\n'
-              "[certificate.client]")
-    commit_all(repo, "inter2")
-    pki.apply()
-    ref = json.loads((repo / "state/inventory.json").read_text())["objects"]["inter2"]["key"]["ref"]
-    git(repo, "checkout", "-q", before, "--", "state", "pki.toml")
+    ref = _rolled_back_past_a_new_authority(repo, pki)
     log = repo / "state/audit.jsonl"
     last = json.loads(log.read_text().splitlines()[-1])
     line = audit.event("rekey", "authority", "inter", time="2026-12-07T04:00:00Z", actor="ci", serial=None,
@@ -202,3 +190,16 @@ def test_prune_trusts_a_retirement_only_under_a_signed_head(applied):
     line = assert_one_line(pki("prune", "--auto-approve", expect=1).stderr.strip())
     assert "lines after the last signature were not written by an apply" in line and line.endswith("nothing deleted")
     assert (repo / ".pki/keys" / ref).exists(), "prune deleted a key on an unsigned line's word"
+
+
+def _rolled_back_past_a_new_authority(repo: Path, pki: Pki) -> str:
+    """An apply adds authority.inter2; then state/ and pki.toml as they were before it (uncommitted).
+    Returns inter2's key reference."""
+    before = git(repo, "rev-parse", "HEAD").strip()
+    edit_toml(repo, "[certificate.client]", '[authority.inter2]\nissuer = "root"\ncommon_name = "Inter 2"\n\n'
+              "[certificate.client]")
+    commit_all(repo, "inter2")
+    pki.apply()
+    ref = json.loads((repo / "state/inventory.json").read_text())["objects"]["inter2"]["key"]["ref"]
+    git(repo, "checkout", "-q", before, "--", "state", "pki.toml")
+    return ref

@@ -388,7 +388,9 @@ def adopt(project: Project, directory: Path, *, backend: str | None) -> list[str
         recovered = recover(project, commit=commit, progress=NullProgress(), importing=True)
         lines += recovered
         state = project.state
-        observed, inv = state.observe()
+        # state checked as a plan checks it (its signed heads included): the import's own head
+        # will cover every line before it
+        observed, inv = project.observe()
         clash = sorted(set(cands) & set(observed.records))
         if clash:
             if recovered and set(cands) <= set(observed.records):

@@ -328,6 +328,10 @@ def seal(project: Project, appended: str = "", *, now: str | None = None) -> dic
     if heads and heads[-1]["seq"] >= seq:
         raise StateError(f"{state.rel}/{FILE} has a head at line {heads[-1]['seq']} but {state.rel}/audit.jsonl "
                          f"ends at line {seq}; run `pki audit verify`")
+    appended_lines = len([t for t in appended.splitlines() if t.strip()])
+    if heads and heads[-1]["seq"] != seq - appended_lines:  # a new head covers every line before it
+        raise StateError(f"{state.rel}/audit.jsonl has lines after its last signed head (line {heads[-1]['seq']}) "
+                         f"that this run did not write: nothing is signed over them; run `pki audit verify`")
     time = now or format_time(utc_now())
     rekey = _rekey(appended)
     if not keys:  # first use: pin a new key
@@ -489,6 +493,13 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
             if posixpath.basename(path) == FILE and len(token.split()) > 3:
                 added.setdefault(token.split()[3].decode("ascii", "replace"), (commit, path))
         n += 1
+    trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
+    if trusted:  # (--trust-pin for keys[0]: the operator has settled it; nothing to read)
+        return []
+    if len(added) > _MAX_HISTORIC_FILES:
+        return [f"{where}: git's history adds {len(added)} different files of that name, more than pkiascode "
+                f"reads to find the first pin ({_MAX_HISTORIC_FILES}); review that history, then --trust-pin "
+                f"keys[0]"]
     firsts = []
     for blob, data in _blobs(git, list(added)):
         commit, path = added[blob]
@@ -496,9 +507,8 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
             firsts.append((commit, path, parse(data, path)))
         except StateError:
             continue  # not a file pkiascode wrote: it pins nothing
-    trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
     for commit, path, first in firsts:
-        if not first["keys"] or trusted:  # (--trust-pin for keys[0]: the operator settles a conflict)
+        if not first["keys"]:
             continue
         pinned = first["keys"][0]["fingerprint"]
         if not sigs or not sigs["keys"]:
@@ -512,8 +522,10 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     return []
 
 
-#: a first pin is a few kilobytes: a larger file of that name in history pins nothing we read
-_MAX_HISTORIC = 1024 * 1024
+#: a first pin is about a kilobyte: a larger file of that name in history pins nothing we read
+_MAX_HISTORIC = 64 * 1024
+#: how many files of that name history may hold before the check stops (say --trust-pin after review)
+_MAX_HISTORIC_FILES = 1000
 #: what one ``git cat-file --batch`` may hand over at once
 _BATCH_BYTES = 16 * 1024 * 1024
 

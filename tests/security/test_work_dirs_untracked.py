@@ -192,6 +192,29 @@ def test_prune_trusts_a_retirement_only_under_a_signed_head(applied):
     assert (repo / ".pki/keys" / ref).exists(), "prune deleted a key on an unsigned line's word"
 
 
+def test_import_signs_no_line_it_did_not_check(applied, tmp_path):
+    """Review R8 S3: an unsigned (hash-chained) line a pull request appended, which plan refuses, was
+    covered by the head that a later `pki import` signed, and so looked genuine. Import checks state
+    as a plan does first, and a head is signed only right after the last signed one's lines and the
+    run's own."""
+    from pkiascode import audit
+
+    from helpers import openssl_ca
+
+    repo, pki = applied
+    log = repo / "state/audit.jsonl"
+    last = json.loads(log.read_text().splitlines()[-1])
+    line = audit.event("update_crl", "authority", "inter", time="2026-12-07T04:00:00Z", actor="ci", serial=None,
+                       sha256=None, not_after=None, backend="local", plan=None)
+    with log.open("ab") as f:
+        f.write(audit.render_lines(audit.chain([line], prev=last["hash"], seq=last["seq"])))
+    commit_all(repo, "a pull request: one more line")
+    heads = json.loads((repo / "state/audit-signatures.json").read_text())["heads"]
+    r = pki("import", str(openssl_ca(tmp_path / "old", "legacy")), expect=1)
+    assert "lines after the last signature were not written by an apply" in assert_one_line(r.stderr.strip()), r
+    assert json.loads((repo / "state/audit-signatures.json").read_text())["heads"] == heads
+
+
 def _rolled_back_past_a_new_authority(repo: Path, pki: Pki) -> str:
     """An apply adds authority.inter2; then state/ and pki.toml as they were before it (uncommitted).
     Returns inter2's key reference."""

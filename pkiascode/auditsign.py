@@ -496,12 +496,8 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
     trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
     if trusted:  # (--trust-pin for keys[0]: the operator has settled it; nothing to read)
         return []
-    if len(added) > _MAX_HISTORIC_FILES:
-        return [f"{where}: git's history adds {len(added)} different files of that name, more than pkiascode "
-                f"reads to find the first pin ({_MAX_HISTORIC_FILES}); review that history, then --trust-pin "
-                f"keys[0]"]
-    firsts = []
-    for blob, data in _blobs(git, list(added)):
+    firsts = []  # (the oldest first, as git lists them: the first pin is among them)
+    for blob, data in _blobs(git, list(reversed(added))[:_MAX_HISTORIC_FILES]):
         commit, path = added[blob]
         try:
             firsts.append((commit, path, parse(data, path)))
@@ -519,6 +515,12 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
                     f"pinned {pinned[:16]}… ({path}): the pinned key was swapped, or that file is another PKI's "
                     f"(one PKI per repository; if you reviewed that history and keys[0] is this PKI's: "
                     f"--trust-pin {sigs['keys'][0]['fingerprint']})"]
+    if len(added) > _MAX_HISTORIC_FILES:  # (the oldest agree; the rest are not read)
+        oldest = added[next(iter(reversed(added)))]
+        return [f"{where}: git's history adds {len(added)} different files of that name (the oldest in commit "
+                f"{oldest[0][:12]}, {oldest[1]}), more than pkiascode reads ({_MAX_HISTORIC_FILES}): a pull "
+                "request may have added them to hide one; review that history, and only if keys[0] is the key "
+                "that oldest commit pinned, --trust-pin keys[0]"]
     return []
 
 

@@ -637,6 +637,9 @@ class Project:
         memo = self._memo().load()
         if memo is None:
             return None
+        repo = self.repository()
+        if repo is not None and repo.tracked_under(self.work_dir) is not None:
+            return None  # a memo from the repository (the full plan refuses it: `_check_untracked`)
         try:
             data = self.config_path.read_bytes()
             text = data.decode("utf-8")
@@ -657,6 +660,8 @@ class Project:
         try:
             state = StateDir(self.base_dir, settings.state_dir, self.work_dir)
         except PkiError:
+            return None
+        if not os.path.isfile(state.inventory_path):  # (missing files stamp alike: no state, no memo)
             return None
         if not NoopMemo.still_holds(memo, config_digest=memo["config_digest"], csrs=csrs, at=at,
                                     plugins=self._plugin_ids(stores.values()), files=state_files(state.root)):

@@ -153,7 +153,15 @@ def _require_match(rec: Record, key: Any, cert_pem: bytes, where: str) -> None:
 
 def describe_file(path: Path) -> list[tuple[str, str]]:
     """A certificate or CRL file (PEM or DER) as (label, value) lines, for ``pki show --file`` and git's
-    ``textconv`` (diffs of state/crl/*.crl). Text before a PEM block is ignored."""
+    ``textconv`` (diffs of state/crl/*.crl). Text before a PEM block is ignored. A malformed field
+    (an extension cryptography parses only when asked) is a one-line `PkiError` naming the file."""
+    try:
+        return _describe_file(path)
+    except ValueError as e:
+        raise PkiError(f"{path}: a certificate or CRL with a malformed field ({e})") from None
+
+
+def _describe_file(path: Path) -> list[tuple[str, str]]:
     from cryptography import x509
 
     from .x509 import describe

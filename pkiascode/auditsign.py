@@ -475,6 +475,8 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
         raise PlanError(f"this clone of git's history is shallow, and which audit key {where} pinned first is "
                         "in that history: fetch it whole (`git fetch --unshallow`; actions/checkout with "
                         "fetch-depth: 0, GitLab CI with GIT_DEPTH: 0)")
+    if sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins:
+        return []  # (--trust-pin for keys[0]: the operator has settled it; nothing to read)
     try:  # every commit that adds a file of that name, anywhere (all of history and merges, moves as adds;
         # the one pathspec is ours, with glob magic: git lists only those files)
         log = git("log", "--full-history", "-m", "--no-renames", "--diff-filter=A", "--format=%x01%H", "--raw",
@@ -493,9 +495,6 @@ def check_history(project: Project, sigs: Mapping[str, Any] | None) -> list[str]
             if posixpath.basename(path) == FILE and len(token.split()) > 3:
                 added.setdefault(token.split()[3].decode("ascii", "replace"), (commit, path))
         n += 1
-    trusted = bool(sigs and sigs["keys"] and sigs["keys"][0]["fingerprint"] in project.trusted_pins)
-    if trusted:  # (--trust-pin for keys[0]: the operator has settled it; nothing to read)
-        return []
     firsts = []  # (the oldest first, as git lists them: the first pin is among them)
     for blob, data in _blobs(git, list(reversed(added))[:_MAX_HISTORIC_FILES]):
         commit, path = added[blob]
@@ -543,16 +542,18 @@ def _blobs(git: Any, ids: list[str]) -> Iterator[tuple[str, bytes]]:
         if len(parts) == 3 and parts[1] == "blob" and parts[2].isdigit() and int(parts[2]) <= _MAX_HISTORIC:
             sizes[parts[0]] = int(parts[2])
     batch: list[str] = []
+    total = 0
     for oid in [*sizes, None]:
-        if batch and (oid is None or sum(sizes[b] for b in batch) + sizes[oid] > _BATCH_BYTES):
+        if batch and (oid is None or total + sizes[oid] > _BATCH_BYTES):
             out, pos = git("cat-file", "--batch", stdin="\n".join(batch).encode()), 0
             for each in batch:
                 start = out.index(b"\n", pos) + 1
                 yield each, out[start:start + sizes[each]]
                 pos = start + sizes[each] + 1
-            batch = []
+            batch, total = [], 0
         if oid is not None:
             batch.append(oid)
+            total += sizes[oid]
 
 
 def verify_files(state: StateDir, inventory: Mapping[str, Any]) -> list[str]:

@@ -553,7 +553,8 @@ def keys(c: Ctx, fmt: str, trust_pins: tuple[str, ...]) -> None:
               help="How long to wait for an apply to finish.")
 @trust_option
 @pass_ctx
-def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: str, trust_pins: tuple[str, ...]) -> None:
+def prune(c: Ctx, auto_approve: bool, upstream_name: str | None, lock_timeout: str,
+          trust_pins: tuple[str, ...]) -> None:
     """Delete orphan keys (no state names them), only when HEAD is the upstream's tip (fetched under the lock)."""
     c.trust_pins = trust_pins
     from .ci import actor

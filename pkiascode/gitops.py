@@ -232,7 +232,8 @@ class Repository:
                          stdin=message.encode("utf-8"))
 
     def _config_bool(self, key: str) -> bool:
-        proc = subprocess.run(["git", "config", "--type=bool", "--get", key], cwd=self.top, capture_output=True, env=git_env())
+        proc = subprocess.run(["git", "config", "--type=bool", "--get", key], cwd=self.top,
+                              capture_output=True, env=git_env())
         return proc.returncode == 0 and proc.stdout.strip() == b"true"
 
     def _missing_identity(self) -> bool:
@@ -303,7 +304,8 @@ class Repository:
         return (proc.stdout.decode().strip() or None) if proc.returncode == 0 else None
 
     def is_ancestor(self, commit: str, of: str) -> bool:
-        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, of], cwd=self.top, capture_output=True, env=git_env())
+        proc = subprocess.run(["git", "merge-base", "--is-ancestor", commit, of], cwd=self.top,
+                              capture_output=True, env=git_env())
         return proc.returncode == 0
 
     def push(self, upstream: Upstream, commit: str) -> None:
@@ -311,7 +313,8 @@ class Repository:
         branch holds ``commit`` after all, that is success; else `PushRejected` (nothing landed), or
         `GitError` when the remote cannot be asked (unknown whether it landed)."""
         proc = subprocess.run(["git", "push", "--quiet", "--", upstream.remote,
-                               f"{commit}:refs/heads/{upstream.branch}"], cwd=self.top, capture_output=True, env=git_env())
+                               f"{commit}:refs/heads/{upstream.branch}"], cwd=self.top,
+                               capture_output=True, env=git_env())
         if proc.returncode == 0:
             self._git("update-ref", "-m", "pki apply --push", upstream.ref, commit)
             return
@@ -355,7 +358,8 @@ class Repository:
 
     def show(self, commit: str, path: str) -> bytes | None:
         """The bytes of ``path`` (relative to the repository's top) at ``commit``; None if not a file there."""
-        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top, capture_output=True, env=git_env())
+        proc = subprocess.run(["git", "cat-file", "blob", f"{commit}:{path}"], cwd=self.top,
+                              capture_output=True, env=git_env())
         return proc.stdout if proc.returncode == 0 else None
 
     def move_head(self, to: str, expected: str) -> None:
